@@ -1,0 +1,327 @@
+//! One test per behaviour of the public ops, run on every device the build has.
+mod common;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_targeted_dropout::philox::Bernoulli;
+use candle_targeted_dropout::*;
+use common::*;
+
+macro_rules! test_device {
+    ($fn:ident, $name:ident) => {
+        #[test]
+        fn $name() -> Result<()> {
+            for d in devices() {
+                $fn(&d)?;
+            }
+            Ok(())
+        }
+    };
+}
+
+fn check_weight(dev: &Device, w: &Tensor, gamma: f64, alpha: f64, seed: u64, off: u64) -> Result<()> {
+    let got = targeted_weight_dropout_seeded(&w.to_device(dev)?, gamma, alpha, seed, off)?;
+    let want = oracle(w, w, DropoutKind::Weight, gamma, &Bernoulli::new(seed, off, alpha))?;
+    assert_same_bits(&got, &want, &format!("weight {:?} {:?} g{gamma} a{alpha}", w.dims(), w.dtype()))
+}
+
+fn check_unit(dev: &Device, w: &Tensor, gamma: f64, alpha: f64, seed: u64, off: u64) -> Result<()> {
+    let got = targeted_unit_dropout_seeded(&w.to_device(dev)?, gamma, alpha, seed, off)?;
+    let want = oracle(w, w, DropoutKind::Unit, gamma, &Bernoulli::new(seed, off, alpha))?;
+    assert_same_bits(&got, &want, &format!("unit {:?} {:?} g{gamma} a{alpha}", w.dims(), w.dtype()))
+}
+
+fn odd_shapes(dev: &Device) -> Result<()> {
+    let mut rng = Rng(1);
+    let shapes: &[&[usize]] = &[
+        &[1],
+        &[7],
+        &[1, 1],
+        &[5, 1],
+        &[3, 17],
+        &[2, 1025],
+        &[3, 4097],
+        &[4, 3, 3, 3],
+        &[17, 5, 3, 3],
+        &[1, 1 << 20],
+        &[100_000, 9],
+    ];
+    for &shape in shapes {
+        for dt in DTYPES {
+            let w = tensor(&mut rng, shape, dt, Data::Edgy)?;
+            for (g, a) in [(0.5, 0.5), (0.0, 0.7), (1.0, 0.3), (0.9, 1.0)] {
+                check_weight(dev, &w, g, a, 7, 3)?;
+                check_unit(dev, &w, g, a, 7, 3)?;
+            }
+        }
+    }
+    Ok(())
+}
+test_device!(odd_shapes, odd_shapes_match_the_oracle);
+
+fn ties_and_zeros(dev: &Device) -> Result<()> {
+    // An all-zero filter still targets exactly k (the paper's code would target none).
+    let w = Tensor::zeros((3, 10), DType::F32, &Device::Cpu)?;
+    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.3, 1.0, 0, 0)?;
+    let m = m.to_dtype(DType::F32)?.sum(D::Minus1)?.to_vec1::<f32>()?;
+    assert_eq!(m, [3.0, 3.0, 3.0]);
+    // -0.0 and +0.0 tie: the lower index goes first.
+    let w = Tensor::new(&[-0.0f32, 0.0, 1.0, -0.0], &Device::Cpu)?;
+    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.5, 1.0, 0, 0)?;
+    assert_eq!(m.to_vec1::<u8>()?, [1, 1, 0, 0]);
+    // +Inf ranks above every finite value and NaN above +Inf; +Inf and -Inf tie.
+    let w = Tensor::new(&[f32::NAN, f32::INFINITY, 1e30, -f32::INFINITY], &Device::Cpu)?;
+    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.5, 1.0, 0, 0)?;
+    assert_eq!(m.to_vec1::<u8>()?, [0, 1, 1, 0]);
+    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.75, 1.0, 0, 0)?;
+    assert_eq!(m.to_vec1::<u8>()?, [0, 1, 1, 1]);
+    // Dropped elements are +0.0 even where the input was -0.0; kept ones keep their bits.
+    let w = Tensor::new(&[-0.0f32, 2.0], &Device::Cpu)?;
+    let d = prune_weights(&w.to_device(dev)?, 0.5)?.to_vec1::<f32>()?;
+    assert_eq!(d[0].to_bits(), 0);
+    let mut rng = Rng(2);
+    for dt in DTYPES {
+        let w = tensor(&mut rng, &[33, 65], dt, Data::Ties)?;
+        check_weight(dev, &w, 0.37, 0.5, 1, 2)?;
+        check_unit(dev, &w, 0.37, 0.5, 1, 2)?;
+    }
+    Ok(())
+}
+test_device!(ties_and_zeros, ties_zeros_and_specials);
+
+fn non_contiguous(dev: &Device) -> Result<()> {
+    let mut rng = Rng(3);
+    for dt in DTYPES {
+        let base = tensor(&mut rng, &[40, 33], dt, Data::Edgy)?.to_device(dev)?;
+        let views = [
+            base.t()?,                              // transposed view
+            base.narrow(0, 5, 20)?,                 // rows 5..25: an offset in the storage
+            base.narrow(1, 3, 17)?,                 // a column slice: strided rows
+            base.reshape((8, 5, 33))?.transpose(1, 2)?, // rank 3, permuted
+        ];
+        for v in views {
+            let c = v.contiguous()?;
+            for kind in [DropoutKind::Weight, DropoutKind::Unit] {
+                let a = targeted_dropout_mask(&v, kind, 0.6, 0.5, 9, 9)?;
+                let b = targeted_dropout_mask(&c, kind, 0.6, 0.5, 9, 9)?;
+                assert_same_bits(&a, &b, "mask of a view vs its copy")?;
+            }
+            let a = targeted_weight_dropout_seeded(&v, 0.6, 0.5, 9, 9)?;
+            let b = targeted_weight_dropout_seeded(&c, 0.6, 0.5, 9, 9)?;
+            assert_same_bits(&a, &b, "weight dropout of a view vs its copy")?;
+            let a = targeted_unit_dropout_seeded(&v, 0.6, 0.5, 9, 9)?;
+            let b = targeted_unit_dropout_seeded(&c, 0.6, 0.5, 9, 9)?;
+            assert_same_bits(&a, &b, "unit dropout of a view vs its copy")?;
+            let a = prune_weights(&v, 0.6)?;
+            assert_same_bits(&a, &prune_weights(&c, 0.6)?, "pruning of a view vs its copy")?;
+        }
+    }
+    Ok(())
+}
+test_device!(non_contiguous, views_equal_their_contiguous_copy);
+
+fn gradients(dev: &Device) -> Result<()> {
+    let mut rng = Rng(4);
+    for dt in DTYPES {
+        for kind in [DropoutKind::Weight, DropoutKind::Unit] {
+            let w0 = tensor(&mut rng, &[13, 3, 5], dt, Data::Edgy)?;
+            let w = Var::from_tensor(&w0.to_device(dev)?)?;
+            let g = tensor(&mut rng, &[13, 3, 5], dt, Data::Plain)?;
+            let y = match kind {
+                DropoutKind::Weight => targeted_weight_dropout_seeded(&w, 0.5, 0.5, 11, 5)?,
+                DropoutKind::Unit => targeted_unit_dropout_seeded(&w, 0.5, 0.5, 11, 5)?,
+            };
+            let loss = (y * g.to_device(dev)?)?.sum_all()?;
+            let grads = loss.backward()?;
+            let gw = grads.get(&w).expect("w has a gradient");
+            // The incoming gradient of `sum(y * g)` is `g`: masked exactly where y dropped.
+            let want = oracle(&w0, &g, kind, 0.5, &Bernoulli::new(11, 5, 0.5))?;
+            assert_same_bits(gw, &want, "gradient")?;
+            let mask = targeted_dropout_mask(&w0, kind, 0.5, 0.5, 11, 5)?;
+            let gwv = bits(gw)?;
+            let gv = bits(&g)?;
+            for (i, m) in bits(&mask)?.into_iter().enumerate() {
+                if m == 1 {
+                    assert_eq!(gwv[i], 0, "dropped element {i} must have a +0 gradient");
+                } else {
+                    assert_eq!(gwv[i], gv[i], "kept element {i} keeps its gradient");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+test_device!(gradients, gradient_is_the_masked_incoming_gradient);
+
+fn bad_input(dev: &Device) -> Result<()> {
+    let w = Tensor::ones((4, 4), DType::F32, dev)?;
+    for bad in [f64::NAN, f64::INFINITY, -0.1, 1.5, f64::NEG_INFINITY] {
+        let e = targeted_weight_dropout(&w, bad, 0.5).unwrap_err().to_string();
+        assert!(e.contains("gamma") && e.contains("[0, 1]") && e.contains(&format!("{bad}")), "{e}");
+        let e = targeted_unit_dropout_seeded(&w, 0.5, bad, 0, 0).unwrap_err().to_string();
+        assert!(e.contains("alpha") && e.contains(&format!("{bad}")), "{e}");
+        let e = prune_weights(&w, bad).unwrap_err().to_string();
+        assert!(e.contains("gamma"), "{e}");
+        assert!(prune_units(&w, bad).is_err());
+        assert!(TargetedDropout::weight(bad, 0.5).is_err());
+    }
+    for dt in [DType::U8, DType::U32, DType::I64] {
+        let wi = w.to_dtype(dt)?;
+        let e = targeted_weight_dropout(&wi, 0.5, 0.5).unwrap_err().to_string();
+        assert!(e.contains(&format!("{dt:?}")) && e.contains("f32"), "{e}");
+        assert!(prune_units(&wi, 0.5).is_err());
+    }
+    let scalar = Tensor::new(1f32, dev)?;
+    let e = prune_weights(&scalar, 0.5).unwrap_err().to_string();
+    assert!(e.contains("rank"), "{e}");
+    // Empty tensors give empty tensors.
+    for shape in [&[0usize][..], &[0, 5], &[5, 0], &[3, 0, 2]] {
+        let w = Tensor::zeros(shape, DType::F32, dev)?;
+        assert_eq!(targeted_weight_dropout(&w, 0.5, 0.5)?.dims(), shape);
+        assert_eq!(prune_units(&w, 0.5)?.dims(), shape);
+    }
+    Ok(())
+}
+test_device!(bad_input, bad_input_is_an_error_naming_the_value);
+
+fn determinism(dev: &Device) -> Result<()> {
+    let mut rng = Rng(5);
+    let w = tensor(&mut rng, &[64, 300], DType::F32, Data::Plain)?.to_device(dev)?;
+    let a = targeted_weight_dropout_seeded(&w, 0.5, 0.5, 42, 0)?;
+    let b = targeted_weight_dropout_seeded(&w, 0.5, 0.5, 42, 0)?;
+    assert_same_bits(&a, &b, "same seed and offset")?;
+    let c = targeted_weight_dropout_seeded(&w, 0.5, 0.5, 42, 1)?;
+    assert_ne!(bits(&a)?, bits(&c)?, "the next offset draws a fresh mask");
+    let d = targeted_weight_dropout_seeded(&w, 0.5, 0.5, 43, 0)?;
+    assert_ne!(bits(&a)?, bits(&d)?, "another seed draws a fresh mask");
+    Ok(())
+}
+test_device!(determinism, same_seed_same_bits);
+
+/// The process-wide generator, in one test so that no other test moves it meanwhile.
+#[test]
+fn set_seed_repeats_a_run() -> Result<()> {
+    let mut rng = Rng(6);
+    let w = tensor(&mut rng, &[32, 100], DType::F32, Data::Plain)?;
+    let run = || -> Result<Vec<Vec<u64>>> {
+        (0..3)
+            .map(|i| {
+                if i == 1 {
+                    bits(&targeted_unit_dropout(&w, 0.5, 0.5)?)
+                } else {
+                    bits(&targeted_weight_dropout(&w, 0.5, 0.5)?)
+                }
+            })
+            .collect()
+    };
+    set_seed(1234);
+    assert_eq!(generator_state(), (1234, 0));
+    let first = run()?;
+    assert_eq!(generator_state(), (1234, 3), "one offset per call");
+    // Pruning draws nothing and does not move the generator.
+    prune_weights(&w, 0.5)?;
+    assert_eq!(generator_state(), (1234, 3));
+    set_seed(1234);
+    assert_eq!(run()?, first, "a re-seeded run repeats itself");
+    assert_ne!(first[0], first[2], "consecutive calls draw fresh masks");
+    // The plain call at (seed, offset) equals the seeded one.
+    set_seed(99);
+    let a = targeted_weight_dropout(&w, 0.5, 0.5)?;
+    let b = targeted_weight_dropout_seeded(&w, 0.5, 0.5, 99, 0)?;
+    assert_same_bits(&a, &b, "plain vs seeded")?;
+    Ok(())
+}
+
+fn drop_rate(dev: &Device) -> Result<()> {
+    let mut rng = Rng(7);
+    let w = tensor(&mut rng, &[512, 2048], DType::F32, Data::Plain)?.to_device(dev)?;
+    for alpha in [0.1, 0.5, 0.9] {
+        let m = targeted_dropout_mask(&w, DropoutKind::Weight, 0.5, alpha, 3, 1)?;
+        let dropped = m.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        let targeted = 512.0 * 1024.0;
+        let rate = dropped / targeted;
+        let sd = (alpha * (1.0 - alpha) / targeted).sqrt();
+        assert!((rate - alpha).abs() < 4.0 * sd, "alpha {alpha}: dropped {rate}, sd {sd}");
+    }
+    // Units: 4096 units of 4, half targeted.
+    let w = tensor(&mut rng, &[4096, 4], DType::F32, Data::Plain)?.to_device(dev)?;
+    let m = targeted_dropout_mask(&w, DropoutKind::Unit, 0.5, 0.5, 3, 1)?;
+    let rate = m.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? / 4.0 / 2048.0;
+    assert!((rate - 0.5).abs() < 4.0 * (0.25f64 / 2048.0).sqrt(), "unit rate {rate}");
+    Ok(())
+}
+test_device!(drop_rate, drop_rate_is_alpha);
+
+fn only_targeted_are_dropped(dev: &Device) -> Result<()> {
+    // Every dropped weight is one of the smallest k, and every kept weight is unchanged.
+    let mut rng = Rng(8);
+    let w = tensor(&mut rng, &[50, 97], DType::F32, Data::Plain)?;
+    let p = prune_weights(&w.to_device(dev)?, 0.3)?.to_device(&Device::Cpu)?;
+    let k = (0.3f64 * 97.0).floor() as usize;
+    for (row, prow) in w.to_vec2::<f32>()?.iter().zip(p.to_vec2::<f32>()?) {
+        let mut mags: Vec<f32> = row.iter().map(|x| x.abs()).collect();
+        mags.sort_by(f32::total_cmp);
+        let zeroed = prow.iter().filter(|x| **x == 0.0).count();
+        assert_eq!(zeroed, k);
+        for (x, y) in row.iter().zip(&prow) {
+            if *y == 0.0 {
+                assert!(x.abs() <= mags[k - 1]);
+            } else {
+                assert_eq!(x, y);
+            }
+        }
+    }
+    Ok(())
+}
+test_device!(only_targeted_are_dropped, pruning_removes_the_smallest);
+
+#[test]
+fn layers_train_and_eval() -> Result<()> {
+    use candle_core::ModuleT;
+    use candle_nn::{VarBuilder, VarMap};
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let td = TargetedDropout::weight(0.5, 0.5)?;
+    let lin = linear(6, 4, vb.pp("l"), Some(td))?;
+    let x = Tensor::ones((2, 6), DType::F32, &Device::Cpu)?;
+    // Evaluation prunes exactly the targeted half of every row.
+    let y = lin.forward_t(&x, false)?;
+    let pruned = prune_weights(lin.weight(), 0.5)?;
+    let want = candle_nn::Linear::new(pruned, lin.bias().cloned()).forward_t(&x, false)?;
+    assert_same_bits(&y, &want, "eval forward")?;
+    // Training applies a random mask and gradients flow back to the weight.
+    let y = lin.forward_t(&x, true)?;
+    let grads = y.sum_all()?.backward()?;
+    assert!(grads.get(lin.weight()).is_some());
+    let conv = conv2d(3, 5, 3, Default::default(), vb.pp("c"), Some(TargetedDropout::unit(0.4, 1.0)?))?;
+    let img = Tensor::ones((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
+    let y = conv.forward_t(&img, false)?;
+    assert_eq!(y.dims(), [1, 5, 6, 6]);
+    // Two of five filters pruned: their outputs are the bias alone.
+    let w = prune_units(conv.weight(), 0.4)?;
+    let zero_filters = w.abs()?.sum((1, 2, 3))?.eq(0.0)?.to_dtype(DType::F32)?.sum_all()?;
+    assert_eq!(zero_filters.to_scalar::<f32>()?, 2.0);
+    Ok(())
+}
+
+#[test]
+fn schedule_ramps_like_the_paper() -> Result<()> {
+    let s = RampSchedule::new(0.5, 0.66);
+    assert_eq!((s.t1, s.t2), (20_000, 40_000));
+    let (g, a) = s.at(10_000);
+    assert!((g - 0.95 * 0.5 * 0.5).abs() < 1e-12 && (a - 0.66 * 0.25).abs() < 1e-12);
+    let (g, _) = s.at(30_000);
+    assert!((g - (0.95 * 0.5 + 0.05 * 0.5 * 0.5)).abs() < 1e-12);
+    assert_eq!(s.at(1_000_000), (0.5, 0.66));
+    let td = TargetedDropout::weight(0.0, 0.0)?;
+    let full = RampSchedule::with_steps(1.0, 1.0, 10, 20);
+    let at = td.at_step(&full, 20)?;
+    assert_eq!((at.gamma, at.alpha), (1.0, 1.0));
+    Ok(())
+}
+
+#[test]
+fn sparsity_counts_zeros() -> Result<()> {
+    let w = Tensor::new(&[0f32, -0.0, 1.0, 2.0], &Device::Cpu)?;
+    assert_eq!(sparsity(&w)?, 0.5);
+    Ok(())
+}
