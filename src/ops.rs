@@ -73,6 +73,11 @@ fn contiguous_data<'a, T: Clone>(data: &'a [T], layout: &Layout) -> std::borrow:
 }
 
 impl TargetedOp {
+    #[cfg(feature = "cuda")]
+    pub(crate) fn kind_name(&self) -> &'static str {
+        self.name()
+    }
+
     fn name(&self) -> &'static str {
         match (self.kind, self.output) {
             (DropoutKind::Weight, Output::Values) => "targeted-weight-dropout",

@@ -59,3 +59,31 @@ pub fn unit_dropout<T: Scored>(
     }
     out
 }
+
+/// [`weight_dropout`] with the rows spread over the rayon pool: the same bits, for
+/// benchmarks that compare the selection algorithms with the same threads.
+pub fn weight_dropout_par<T: Element>(
+    w: &[T],
+    vals: &[T],
+    n: usize,
+    gamma: f64,
+    draws: &Bernoulli,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vals.to_vec();
+    if n == 0 {
+        return out;
+    }
+    let k = targeted_count(gamma, n);
+    out.par_chunks_mut(n)
+        .zip(w.par_chunks(n))
+        .enumerate()
+        .for_each(|(r, (o, row))| {
+            for i in targeted_by_sort(row, k) {
+                if draws.drops((r * n + i) as u64) {
+                    o[i] = T::ZERO
+                }
+            }
+        });
+    out
+}
