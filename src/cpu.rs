@@ -2,7 +2,10 @@
 //! and the tests call these; the CUDA kernels compute the same bits.
 
 use crate::philox::Bernoulli;
-use crate::select::{for_each_targeted, targeted_count, targeted_flags_par, Element, LONG_ROW};
+use crate::select::{
+    for_each_targeted, targeted_count, targeted_flags, targeted_flags_par, Element, Threshold,
+    LONG_ROW, TINY_ROW,
+};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -92,26 +95,77 @@ pub fn unit_score<T: Scored>(unit: &[T]) -> T::Acc {
     lanes[0].canonical()
 }
 
-/// The dropped indices of one row whose first element has flat index `first_e`.
-fn row_mask<T: Element>(row: &[T], k: usize, first_e: u64, draws: &Bernoulli) -> Vec<usize> {
-    let mut cursor = draws.cursor();
-    let mut dropped = Vec::new();
-    for_each_targeted(row, k, |i| {
-        if cursor.drops(first_e + i as u64) {
-            dropped.push(i)
-        }
-    });
-    dropped
+/// A vector of `len` default values, filled by the rayon pool (so that the first touch of
+/// fresh pages is spread over the threads too).
+pub fn par_default<O: Copy + Send + Sync + Default>(len: usize) -> Vec<O> {
+    (0..len).into_par_iter().map(|_| O::default()).collect()
 }
 
-/// Writes +0.0 into `out` at the elements that targeted weight dropout on `w` drops; every
-/// other element of `out` is left as it is. `out` holds a copy of the values to mask (`w`
-/// itself in the forward pass, the incoming gradient in the backward pass). Both are
-/// row-major with rows of `n` elements.
-///
-/// `dropped` is what a dropped element becomes: `T::ZERO` for values, `1u8` for a mask.
-pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync>(
+/// Writes one row of output: `dropped` where the element is targeted and its draw falls
+/// under alpha, the kept value (`kept[i]`, or the default when there is none) elsewhere.
+/// `first_e` is the flat index of the row's first element.
+#[inline]
+fn write_row<O: Copy + Default>(
+    out: &mut [O],
+    kept: Option<&[O]>,
+    targeted: impl Fn(usize) -> bool,
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+) {
+    let keep = |i: usize| kept.map_or(O::default(), |k| k[i]);
+    match draws.threshold {
+        0 => out.iter_mut().enumerate().for_each(|(i, o)| *o = keep(i)),
+        crate::philox::THRESHOLD_ALWAYS => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = if targeted(i) { dropped } else { keep(i) };
+            }
+        }
+        t => {
+            // Elements before the first aligned group and after the last, one at a time.
+            let len = out.len();
+            let head = (((4 - first_e % 4) % 4) as usize).min(len);
+            let one = |o: &mut O, i: usize| {
+                let d = targeted(i) && (draws.draw(first_e + i as u64) >> 8) < t;
+                *o = if d { dropped } else { keep(i) };
+            };
+            let (head_out, body) = out.split_at_mut(head);
+            head_out.iter_mut().enumerate().for_each(|(i, o)| one(o, i));
+            // Whole groups in batches: the Philox blocks of a batch are independent, so the
+            // processor overlaps them; the selects after them have no branches.
+            const BATCH: usize = 16;
+            let groups = body.len() / 4;
+            let g0 = (first_e + head as u64) / 4;
+            let mut words = [[0u32; 4]; BATCH];
+            for b0 in (0..groups).step_by(BATCH) {
+                let nb = BATCH.min(groups - b0);
+                for (g, w) in words.iter_mut().enumerate().take(nb) {
+                    *w = draws.block(g0 + (b0 + g) as u64);
+                }
+                for (g, w) in words.iter().enumerate().take(nb) {
+                    for (q, &r) in w.iter().enumerate() {
+                        let i = head + 4 * (b0 + g) + q;
+                        let d = targeted(i) & ((r >> 8) < t);
+                        body[i - head] = if d { dropped } else { keep(i) };
+                    }
+                }
+            }
+            let done = head + 4 * groups;
+            out[done..]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, o)| one(o, done + j));
+        }
+    }
+}
+
+/// Targeted weight dropout on `w` (row-major, rows of `n`), written into every element of
+/// `out`: `dropped` where an element is dropped, `kept[e]` elsewhere (the values to mask:
+/// `w` itself in the forward pass, the incoming gradient in the backward pass), or the
+/// default value when `kept` is `None` (a mask).
+pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
     w: &[T],
+    kept: Option<&[O]>,
     out: &mut [O],
     dropped: O,
     n: usize,
@@ -122,28 +176,20 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync>(
         return;
     }
     let k = targeted_count(gamma, n);
-    if k == 0 || draws.threshold == 0 {
-        return;
-    }
     let rows = w.len() / n;
     if n >= LONG_ROW && rows < 2 * rayon::current_num_threads() {
         // Few long rows: split each row over the pool instead.
+        const CHUNK: usize = 1 << 14;
         let mut flags = vec![false; n];
         for (r, (wr, or)) in w.chunks(n).zip(out.chunks_mut(n)).enumerate() {
             targeted_flags_par(wr, k, &mut flags);
-            let first_e = (r * n) as u64;
-            const CHUNK: usize = 1 << 14;
+            let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
             or.par_chunks_mut(CHUNK)
                 .zip(flags.par_chunks(CHUNK))
                 .enumerate()
                 .for_each(|(c, (o, f))| {
-                    let mut cursor = draws.cursor();
-                    let base = first_e + (c * CHUNK) as u64;
-                    for (i, (o, &f)) in o.iter_mut().zip(f).enumerate() {
-                        if f && cursor.drops(base + i as u64) {
-                            *o = dropped
-                        }
-                    }
+                    let kc = kr.map(|v| &v[c * CHUNK..c * CHUNK + o.len()]);
+                    write_row(o, kc, |i| f[i], dropped, (r * n + c * CHUNK) as u64, draws)
                 });
         }
         return;
@@ -152,11 +198,24 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync>(
         .zip(w.par_chunks(n))
         .enumerate()
         .with_min_len((4096 / n).max(1))
-        .for_each(|(r, (o, wr))| {
-            for i in row_mask(wr, k, (r * n) as u64, draws) {
-                o[i] = dropped
-            }
-        });
+        .for_each_init(
+            || (Vec::new(), vec![false; n]),
+            |(keys, flags), (r, (o, wr))| {
+                let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
+                let e0 = (r * n) as u64;
+                match Threshold::of_row_with(wr, k, keys) {
+                    Some(th) if th.take == th.ties && n > TINY_ROW && draws.threshold > 0 => {
+                        // No tie to rank: the comparison is made as the output is written.
+                        let kth = th.kth;
+                        write_row(o, kr, |i| wr[i].key() <= kth, dropped, e0, draws)
+                    }
+                    _ => {
+                        targeted_flags(wr, k, keys, flags);
+                        write_row(o, kr, |i| flags[i], dropped, e0, draws)
+                    }
+                }
+            },
+        );
 }
 
 /// The dropped flags of the `d0 = w.len() / n` units under targeted unit dropout.
@@ -188,17 +247,25 @@ pub fn unit_dropped<T: Scored>(w: &[T], n: usize, gamma: f64, draws: &Bernoulli)
     dropped
 }
 
-/// Sets every element of the dropped units of `out` (rows of `n`) to `value`.
-pub fn apply_unit_mask<O: Copy + Send + Sync>(out: &mut [O], n: usize, dropped: &[bool], value: O) {
+/// Writes every element of `out` (rows of `n`): `dropped` in the dropped units, `kept[e]`
+/// (or the default) elsewhere.
+pub fn unit_dropout_into<O: Copy + Send + Sync + Default>(
+    kept: Option<&[O]>,
+    out: &mut [O],
+    dropped: O,
+    n: usize,
+    units: &[bool],
+) {
     if n == 0 {
         return;
     }
     out.par_chunks_mut(n)
-        .zip(dropped.par_iter())
+        .zip(units.par_iter())
+        .enumerate()
         .with_min_len((4096 / n).max(1))
-        .for_each(|(o, &d)| {
-            if d {
-                o.fill(value)
-            }
+        .for_each(|(r, (o, &d))| match (d, kept) {
+            (true, _) => o.fill(dropped),
+            (false, Some(k)) => o.copy_from_slice(&k[r * n..(r + 1) * n]),
+            (false, None) => o.fill(O::default()),
         });
 }

@@ -221,7 +221,7 @@ fn select_rows<T: Width>(
             let mut b = stream.launch_builder(&apply_fn);
             io_args!(b);
             b.arg(&row0).arg(&n32).arg(&LONG_CHUNK).arg(&k32);
-            b.arg(&hist_g).arg(&chunk_hist);
+            b.arg(&mut hist_g).arg(&chunk_hist);
             b.arg(&d.seed).arg(&d.offset).arg(&d.thr);
             // SAFETY: as above.
             unsafe { b.launch(cfg((chunks, g as u32), 0)) }.w()?;

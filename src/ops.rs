@@ -1,7 +1,7 @@
 //! The candle custom ops and the public functions that validate their arguments and apply
 //! them.
 
-use crate::cpu::{apply_unit_mask, unit_dropped, weight_dropout_into, Scored};
+use crate::cpu::{par_default, unit_dropout_into, unit_dropped, weight_dropout_into, Scored};
 use crate::philox::Bernoulli;
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor,
@@ -87,30 +87,24 @@ impl TargetedOp {
         }
     }
 
-    /// Selection on `w`, values from `vals` (the same tensor in the forward pass).
-    fn run<T: Scored>(&self, w: &[T], vals: &[T], shape: &Shape) -> Vec<T> {
+    /// Selection on `w`; the output holds `kept` where not dropped (the values), or is a
+    /// mask (`O = u8`, 1 = dropped) when `kept` is `None`.
+    fn run<T: Scored, O: Copy + Send + Sync + Default>(
+        &self,
+        w: &[T],
+        kept: Option<&[O]>,
+        dropped: O,
+        shape: &Shape,
+    ) -> Vec<O> {
         let (_, n) = filters(shape);
-        let mut out = vals.to_vec();
+        let mut out = par_default(w.len());
         match self.kind {
             DropoutKind::Weight => {
-                weight_dropout_into(w, &mut out, T::ZERO, n, self.gamma, &self.draws)
+                weight_dropout_into(w, kept, &mut out, dropped, n, self.gamma, &self.draws)
             }
             DropoutKind::Unit => {
-                let dropped = unit_dropped(w, n, self.gamma, &self.draws);
-                apply_unit_mask(&mut out, n, &dropped, T::ZERO)
-            }
-        }
-        out
-    }
-
-    fn mask<T: Scored>(&self, w: &[T], shape: &Shape) -> Vec<u8> {
-        let (_, n) = filters(shape);
-        let mut out = vec![0u8; w.len()];
-        match self.kind {
-            DropoutKind::Weight => weight_dropout_into(w, &mut out, 1u8, n, self.gamma, &self.draws),
-            DropoutKind::Unit => {
-                let dropped = unit_dropped(w, n, self.gamma, &self.draws);
-                apply_unit_mask(&mut out, n, &dropped, 1u8)
+                let units = unit_dropped(w, n, self.gamma, &self.draws);
+                unit_dropout_into(kept, &mut out, dropped, n, &units)
             }
         }
         out
@@ -125,10 +119,13 @@ impl TargetedOp {
     ) -> CpuStorage {
         let w = contiguous_data(w, wl);
         match self.output {
-            Output::Mask => CpuStorage::U8(self.mask(&w, wl.shape())),
+            Output::Mask => CpuStorage::U8(self.run::<T, u8>(&w, None, 1, wl.shape())),
             Output::Values => match vals {
-                None => wrap(self.run(&w, &w, wl.shape())),
-                Some((v, vl)) => wrap(self.run(&w, &contiguous_data(v, vl), wl.shape())),
+                None => wrap(self.run(&w, Some(&w), T::ZERO, wl.shape())),
+                Some((v, vl)) => {
+                    let v = contiguous_data(v, vl);
+                    wrap(self.run(&w, Some(&v), T::ZERO, wl.shape()))
+                }
             },
         }
     }

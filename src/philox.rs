@@ -81,8 +81,9 @@ impl Bernoulli {
         self.block(e / 4)[(e % 4) as usize]
     }
 
+    /// The Philox block for counter `c`: the draws of elements `4c .. 4c + 4`.
     #[inline]
-    fn block(&self, c: u64) -> [u32; 4] {
+    pub fn block(&self, c: u64) -> [u32; 4] {
         philox4x32_10(
             [
                 c as u32,

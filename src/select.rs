@@ -17,10 +17,14 @@ pub const TINY_ROW: usize = 16;
 /// Rows at least this long are selected with both (all) cores when there are few of them.
 pub const LONG_ROW: usize = 1 << 16;
 
-/// An unsigned key that a radix select can take apart 8 bits at a time.
-pub trait RadixKey: Copy + Ord + Eq + Send + Sync + std::fmt::Debug + 'static {
+/// An unsigned key that a radix select can take apart a digit at a time.
+pub trait RadixKey: Copy + Ord + Eq + Send + Sync + Default + std::fmt::Debug + 'static {
     const BITS: u32;
-    fn digit(self, shift: u32) -> usize;
+    fn to_u64(self) -> u64;
+    #[inline(always)]
+    fn digit(self, shift: u32) -> usize {
+        ((self.to_u64() >> shift) & 0xff) as usize
+    }
 }
 
 macro_rules! radix_key {
@@ -28,8 +32,8 @@ macro_rules! radix_key {
         impl RadixKey for $t {
             const BITS: u32 = <$t>::BITS;
             #[inline(always)]
-            fn digit(self, shift: u32) -> usize {
-                ((self >> shift) & 0xff) as usize
+            fn to_u64(self) -> u64 {
+                self as u64
             }
         }
     )*};
@@ -37,7 +41,7 @@ macro_rules! radix_key {
 radix_key!(u16, u32, u64);
 
 /// A floating element type the ops accept, with its magnitude key.
-pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
+pub trait Element: Copy + Send + Sync + PartialEq + Default + std::fmt::Debug + 'static {
     type Key: RadixKey;
     /// The IEEE bits with the sign bit cleared.
     fn key(self) -> Self::Key;
@@ -106,11 +110,12 @@ pub fn targeted_count(gamma: f64, n: usize) -> usize {
     ((gamma * n as f64).floor() as usize).min(n)
 }
 
-type Hist = [u32; 256];
+/// Candidates at or below this count are finished by counting instead of histograms.
+const FINISH_BY_COUNTING: usize = 16;
 
-/// Finds the bin that holds rank `r` (0-based) and returns `(bin, rank within it, bin size)`.
+/// The bin of `hist` that holds rank `r` (0-based): `(bin, rank within it, bin size)`.
 #[inline]
-fn pick_bin(hist: &Hist, r: usize) -> (usize, usize, usize) {
+fn pick_bin(hist: &[u32], r: usize) -> (usize, usize, usize) {
     let mut below = 0usize;
     for (b, &c) in hist.iter().enumerate() {
         let c = c as usize;
@@ -122,57 +127,136 @@ fn pick_bin(hist: &Hist, r: usize) -> (usize, usize, usize) {
     unreachable!("rank {r} is outside a histogram of {below} keys")
 }
 
-/// Continues a radix select on the candidates that share `prefix` in the digits above
-/// `shift + 8`; `hist` is the histogram of digit `shift` over them.
-fn finish_select<K: RadixKey>(
-    mut candidates: Vec<K>,
-    mut hist: Hist,
-    mut shift: u32,
-    mut r: usize,
-) -> Threshold<K> {
-    loop {
-        let (b, rr, count) = pick_bin(&hist, r);
-        r = rr;
-        candidates.retain(|k| k.digit(shift) == b);
-        if count == 1 || shift == 0 {
-            // One candidate left, or every digit fixed: all candidates equal the k-th key.
+/// The key of rank `r` among a few candidates, by counting.
+fn finish_by_counting<K: RadixKey>(cand: &[K], r: usize) -> Threshold<K> {
+    for &c in cand {
+        let less = cand.iter().filter(|&&x| x < c).count();
+        let eq = cand.iter().filter(|&&x| x == c).count();
+        if less <= r && r < less + eq {
             return Threshold {
-                kth: candidates[0],
-                take: r + 1,
-                ties: count,
+                kth: c,
+                take: r - less + 1,
+                ties: eq,
             };
         }
-        shift -= 8;
-        hist = [0; 256];
-        for k in &candidates {
-            hist[k.digit(shift)] += 1;
+    }
+    unreachable!("rank {r} is outside {} candidates", cand.len())
+}
+
+/// The digit window of one pass: the `bits`-wide digit just below the highest bit in which
+/// the candidates differ (the bits above it are common to all and need no pass).
+#[inline]
+fn window(diff: u64, len: usize) -> (u32, u32) {
+    let hb = 63 - diff.leading_zeros();
+    // Fewer bins for few candidates (about four per bin): the per-pass cost stays
+    // proportional to the work.
+    let bits = (usize::BITS - len.leading_zeros()).saturating_sub(2).clamp(4, 8);
+    let shift = (hb + 1).saturating_sub(bits);
+    (shift, bits)
+}
+
+/// One histogram pass over `cand` in the window `(shift, bits)` into `hist[..1 << bits]`.
+#[inline]
+fn histogram<K: RadixKey>(cand: &[K], shift: u32, bits: u32, hist: &mut [u32; 256]) {
+    let mask = (1u64 << bits) - 1;
+    let bins = 1usize << bits;
+    hist[..bins].fill(0);
+    if cand.len() < 1024 {
+        for x in cand {
+            hist[((x.to_u64() >> shift) & mask) as usize] += 1;
         }
+        return;
+    }
+    // Four sub-histograms break the dependency between neighbours of the same bin.
+    let mut h = [[0u32; 256]; 4];
+    let mut chunks = cand.chunks_exact(4);
+    for c in &mut chunks {
+        for (q, x) in c.iter().enumerate() {
+            h[q][((x.to_u64() >> shift) & mask) as usize] += 1;
+        }
+    }
+    for x in chunks.remainder() {
+        h[0][((x.to_u64() >> shift) & mask) as usize] += 1;
+    }
+    for b in 0..bins {
+        hist[b] = h[0][b] + h[1][b] + h[2][b] + h[3][b];
+    }
+}
+
+/// Keeps the candidates whose digit in `(shift, bits)` is `bin`, in place; returns how many.
+#[inline]
+fn compact<K: RadixKey>(cand: &mut [K], shift: u32, bits: u32, bin: usize) -> usize {
+    let mask = (1u64 << bits) - 1;
+    let mut w = 0;
+    for i in 0..cand.len() {
+        let x = cand[i];
+        cand[w] = x;
+        w += (((x.to_u64() >> shift) & mask) as usize == bin) as usize;
+    }
+    w
+}
+
+/// The highest differing bit pattern of the candidates: `OR` of `x ^ x0`.
+#[inline]
+fn spread<K: RadixKey>(cand: &[K]) -> u64 {
+    let x0 = cand[0].to_u64();
+    cand.iter().fold(0u64, |a, x| a | (x.to_u64() ^ x0))
+}
+
+/// The key of rank `r` (0-based) among `cand` by MSB-first radix select; `cand` is used as
+/// scratch (compacted in place pass after pass). Linear in `cand.len()`.
+pub fn select_in_place<K: RadixKey>(cand: &mut [K], mut r: usize) -> Threshold<K> {
+    let mut len = cand.len();
+    let mut hist = [0u32; 256];
+    loop {
+        let c = &mut cand[..len];
+        if len <= FINISH_BY_COUNTING {
+            return finish_by_counting(c, r);
+        }
+        let diff = spread(c);
+        if diff == 0 {
+            return Threshold {
+                kth: c[0],
+                take: r + 1,
+                ties: len,
+            };
+        }
+        let (shift, bits) = window(diff, len);
+        histogram(c, shift, bits, &mut hist);
+        let (b, rr, _) = pick_bin(&hist[..1 << bits], r);
+        r = rr;
+        len = compact(c, shift, bits, b);
     }
 }
 
 /// The k-th smallest key (`1 <= k <= keys.len()`) by radix select, in linear time.
-pub fn radix_select<K: RadixKey>(keys: impl Iterator<Item = K> + Clone, k: usize) -> Threshold<K> {
-    let shift = K::BITS - 8;
-    let mut hist = [0u32; 256];
-    for key in keys.clone() {
-        hist[key.digit(shift)] += 1;
-    }
-    let (b, _, _) = pick_bin(&hist, k - 1);
-    let candidates: Vec<K> = keys.filter(|key| key.digit(shift) == b).collect();
-    finish_select(candidates, hist, shift, k - 1)
+pub fn radix_select<K: RadixKey>(keys: &[K], k: usize) -> Threshold<K> {
+    let mut cand = keys.to_vec();
+    select_in_place(&mut cand, k - 1)
 }
 
 /// [`radix_select`] over a long row, its first (full) pass split over the rayon pool.
 pub fn radix_select_par<T: Element>(row: &[T], k: usize) -> Threshold<T::Key> {
-    let shift = T::Key::BITS - 8;
     const CHUNK: usize = 1 << 14;
+    let x0 = row[0].key().to_u64();
+    let diff = row
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().fold(0u64, |a, x| a | (x.key().to_u64() ^ x0)))
+        .reduce(|| 0, |a, b| a | b);
+    if diff == 0 {
+        return Threshold {
+            kth: row[0].key(),
+            take: k,
+            ties: row.len(),
+        };
+    }
+    let (shift, bits) = window(diff, row.len());
     let hist = row
         .par_chunks(CHUNK)
         .map(|c| {
+            let keys: Vec<T::Key> = c.iter().map(|x| x.key()).collect();
             let mut h = [0u32; 256];
-            for x in c {
-                h[x.key().digit(shift)] += 1;
-            }
+            histogram(&keys, shift, bits, &mut h);
             h
         })
         .reduce(
@@ -182,16 +266,17 @@ pub fn radix_select_par<T: Element>(row: &[T], k: usize) -> Threshold<T::Key> {
                 a
             },
         );
-    let (b, _, _) = pick_bin(&hist, k - 1);
-    let candidates: Vec<T::Key> = row
+    let (b, r, _) = pick_bin(&hist[..1 << bits], k - 1);
+    let mask = (1u64 << bits) - 1;
+    let mut cand: Vec<T::Key> = row
         .par_chunks(CHUNK)
         .flat_map_iter(|c| {
             c.iter()
                 .map(|x| x.key())
-                .filter(move |key| key.digit(shift) == b)
+                .filter(move |x| ((x.to_u64() >> shift) & mask) as usize == b)
         })
         .collect();
-    finish_select(candidates, hist, shift, k - 1)
+    select_in_place(&mut cand, r)
 }
 
 impl<K: RadixKey> Threshold<K> {
@@ -213,15 +298,37 @@ impl<K: RadixKey> Threshold<K> {
         if row.len() >= LONG_ROW {
             Some(radix_select_par(row, k))
         } else {
-            Some(radix_select(row.iter().map(|x| x.key()), k))
+            let mut keys: Vec<K> = row.iter().map(|x| x.key()).collect();
+            Some(select_in_place(&mut keys, k - 1))
         }
+    }
+
+    /// [`Threshold::of_row`] with a caller-owned key buffer, reused across rows.
+    pub fn of_row_with<T: Element<Key = K>>(row: &[T], k: usize, keys: &mut Vec<K>) -> Option<Self> {
+        if k == 0 || k == row.len() || row.len() >= LONG_ROW {
+            return Self::of_row(row, k);
+        }
+        keys.clear();
+        keys.extend(row.iter().map(|x| x.key()));
+        Some(select_in_place(keys, k - 1))
     }
 }
 
 /// Calls `f(i)` for every targeted index `i` of `row`, in increasing order, given the number
 /// `k` of targeted elements.
 #[inline]
-pub fn for_each_targeted<T: Element>(row: &[T], k: usize, mut f: impl FnMut(usize)) {
+pub fn for_each_targeted<T: Element>(row: &[T], k: usize, f: impl FnMut(usize)) {
+    for_each_targeted_with(row, k, &mut Vec::new(), f)
+}
+
+/// [`for_each_targeted`] with a caller-owned key buffer, reused across rows.
+#[inline]
+pub fn for_each_targeted_with<T: Element>(
+    row: &[T],
+    k: usize,
+    keys: &mut Vec<T::Key>,
+    mut f: impl FnMut(usize),
+) {
     if k == 0 {
         return;
     }
@@ -247,7 +354,7 @@ pub fn for_each_targeted<T: Element>(row: &[T], k: usize, mut f: impl FnMut(usiz
         }
         return;
     }
-    let th = Threshold::of_row(row, k).expect("k >= 1");
+    let th = Threshold::of_row_with(row, k, keys).expect("k >= 1");
     let mut ties_left = th.take;
     for (i, x) in row.iter().enumerate() {
         let key = x.key();
@@ -256,6 +363,40 @@ pub fn for_each_targeted<T: Element>(row: &[T], k: usize, mut f: impl FnMut(usiz
         } else if key == th.kth && ties_left > 0 {
             ties_left -= 1;
             f(i)
+        }
+    }
+}
+
+/// Sets `flags[i]` (`flags.len() == row.len()`) to whether element `i` of `row` is among its
+/// `k` targeted elements; `keys` is a scratch buffer reused across rows.
+pub fn targeted_flags<T: Element>(row: &[T], k: usize, keys: &mut Vec<T::Key>, flags: &mut [bool]) {
+    if k == 0 {
+        flags.fill(false);
+        return;
+    }
+    if k == row.len() {
+        flags.fill(true);
+        return;
+    }
+    if row.len() <= TINY_ROW {
+        flags.fill(false);
+        for_each_targeted(row, k, |i| flags[i] = true);
+        return;
+    }
+    let th = Threshold::of_row_with(row, k, keys).expect("k >= 1");
+    let kth = th.kth;
+    if th.take == th.ties {
+        // Every tie is targeted: one branch-free comparison per element.
+        for (f, x) in flags.iter_mut().zip(row) {
+            *f = x.key() <= kth;
+        }
+    } else {
+        let mut ties_left = th.take;
+        for (f, x) in flags.iter_mut().zip(row) {
+            let key = x.key();
+            let tie = key == kth && ties_left > 0;
+            ties_left -= tie as usize;
+            *f = key < kth || tie;
         }
     }
 }
@@ -305,7 +446,7 @@ mod tests {
     fn select_small() {
         let keys = [5u32, 1, 3, 3, 9, 0, 3];
         // sorted: 0 1 3 3 3 5 9
-        let t = radix_select(keys.iter().copied(), 4);
+        let t = radix_select(&keys, 4);
         assert_eq!(
             t,
             Threshold {
@@ -314,7 +455,7 @@ mod tests {
                 ties: 3
             }
         );
-        let t = radix_select(keys.iter().copied(), 7);
+        let t = radix_select(&keys, 7);
         assert_eq!(
             t,
             Threshold {
@@ -323,18 +464,27 @@ mod tests {
                 ties: 1
             }
         );
-        let t = radix_select(keys.iter().copied(), 1);
+        let t = radix_select(&keys, 1);
         assert_eq!(t.kth, 0);
     }
 
     #[test]
     fn select_u64_and_u16() {
         let keys: Vec<u64> = (0..1000u64).map(|i| (i * 7919) % 1000 << 40).collect();
-        let t = radix_select(keys.iter().copied(), 500);
+        let t = radix_select(&keys, 500);
         assert_eq!(t.kth, 499 << 40);
         let keys: Vec<u16> = (0..300u16).rev().collect();
-        assert_eq!(radix_select(keys.iter().copied(), 1).kth, 0);
-        assert_eq!(radix_select(keys.iter().copied(), 300).kth, 299);
+        assert_eq!(radix_select(&keys, 1).kth, 0);
+        assert_eq!(radix_select(&keys, 300).kth, 299);
+        // Many ties and a long row: past the counting finish.
+        let keys: Vec<u32> = (0..5000u32).map(|i| (i % 7) << 20 | (i % 3)).collect();
+        let t = radix_select(&keys, 2500);
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        assert_eq!(t.kth, sorted[2499]);
+        let less = sorted.iter().filter(|&&x| x < t.kth).count();
+        assert_eq!(t.take, 2500 - less);
+        assert_eq!(t.ties, sorted.iter().filter(|&&x| x == t.kth).count());
     }
 
     #[test]
