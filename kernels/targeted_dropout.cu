@@ -9,7 +9,9 @@
 // (key, index). An MSB-first radix select with 8-bit digits finds the k-th key K: a
 // histogram of the top digit over the row, the bin that holds rank k-1, then the next digit
 // among the elements of that bin, and so on (4 passes for f32, 2 for 16-bit types, 8 for
-// f64; it stops early when the chosen bin holds a single element). Elements with key < K
+// f64 at most; it stops early when the chosen bin holds a single element). The short-row
+// kernel first ORs every key XOR the row's first key while loading: the bits above the
+// highest bit set there are common to the row, and the first digit starts below them. Elements with key < K
 // are targeted; of the `ties` elements with key == K the `take` lowest-indexed are, found by
 // a block-wide exclusive scan over the tied elements in index order (only when
 // 0 < take < ties).
@@ -21,8 +23,9 @@
 //
 // Kernels, by row length n:
 // - tdw_tiny  (n <= 32): a block stages 256 rows in shared memory with coalesced loads;
-//   each thread ranks the elements of one row by counting; the tile is written back
-//   coalesced. Traffic: one read and one write of the tensor.
+//   each thread ranks the elements of one row by counting (a 32-bit targeted mask per row);
+//   the tile is written back by aligned groups of four, one Philox block per group.
+//   Traffic: one read and one write of the tensor.
 // - tdw_block (n <= BLOCK_ROW_BYTES / sizeof): one block per row, a grid sized to the
 //   machine looping over rows. The row is read from global memory once into shared memory;
 //   all radix passes and the output pass read shared memory. Traffic: one read, one write.
@@ -169,13 +172,18 @@ __device__ __forceinline__ Pick pick_bin(const unsigned* hist, unsigned r, Scrat
     return p;
 }
 
-// Adds one to hist[digit] for each active lane, one atomic per distinct digit in the warp.
-// All 32 lanes of the warp must call.
-__device__ __forceinline__ void hist_add(unsigned* hist, unsigned digit, bool active) {
-    unsigned am = __ballot_sync(0xffffffffu, active);
-    if (active) {
-        unsigned peers = __match_any_sync(am, digit);
-        if ((int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+// Adds one to hist[digit] for each active lane. With `aggregate`, one atomic per distinct
+// digit in the warp (__match_any_sync); otherwise one shared-memory atomic per lane. All 32
+// lanes of the warp must call.
+__device__ __forceinline__ void hist_add(unsigned* hist, unsigned digit, bool active, bool aggregate) {
+    if (aggregate) {
+        unsigned am = __ballot_sync(0xffffffffu, active);
+        if (active) {
+            unsigned peers = __match_any_sync(am, digit);
+            if ((int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+        }
+    } else if (active) {
+        atomicAdd(&hist[digit], 1u);
     }
 }
 
@@ -283,14 +291,20 @@ __device__ void apply_range(const U* src, const U* vals, U* out, uint8_t* mask, 
 template <typename U>
 __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_t* mask,
                           uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset,
-                          uint32_t thr) {
+                          uint32_t thr, uint32_t opts) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     U* s = reinterpret_cast<U*>(smem_raw);
     __shared__ Scratch sc;
     const U MASK = Bits<U>::MASK;
     for (uint64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         const uint64_t e0 = row * n;
+        if (threadIdx.x == 0) sc.key = 0;
+        __syncthreads();
         // 1. Stage the row: aligned groups of four, vector loads where the group is whole.
+        //    On the way, OR together each key XOR the first key: the bits above the highest
+        //    set bit are common to the whole row, and the radix passes start below them.
+        const U ref = w[e0] & MASK;
+        U diff = 0;
         {
             const uint64_t g_first = e0 / 4, g_last = (e0 + n - 1) / 4;
             for (uint64_t g = g_first + threadIdx.x; g <= g_last; g += BLOCK) {
@@ -299,13 +313,28 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
                     U x[4];
                     load4(w + e0 + l0, x);
                     store4(s + l0, x);
+#pragma unroll
+                    for (int q = 0; q < 4; q++) diff |= (x[q] & MASK) ^ ref;
                 } else {
 #pragma unroll
                     for (int q = 0; q < 4; q++)
-                        if (l0 + q >= 0 && l0 + q < n) s[l0 + q] = w[e0 + l0 + q];
+                        if (l0 + q >= 0 && l0 + q < n) {
+                            const U x = w[e0 + l0 + q];
+                            s[l0 + q] = x;
+                            diff |= (x & MASK) ^ ref;
+                        }
                 }
             }
         }
+        {
+            // Block-wide OR of diff.
+            unsigned long long d = (unsigned long long)diff;
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1) d |= __shfl_xor_sync(0xffffffffu, d, o);
+            if ((threadIdx.x & 31) == 0) atomicOr(&sc.key, d);
+        }
+        __syncthreads();
+        diff = (U)sc.key;
         __syncthreads();
         // 2. Radix select of the k-th key.
         U K;
@@ -316,9 +345,21 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
             ties = 0;
         } else {
             unsigned r = k - 1;
-            U prefix = 0, hi_mask = 0;
-            int shift = Bits<U>::BITS - 8;
-            while (true) {
+            // Bits >= top are the same in every key (those of ref); the passes take 8-bit
+            // digits from top down.
+            int top = 0;
+            while (top < Bits<U>::BITS && (diff >> top) != 0) top++;
+            const U low = top == Bits<U>::BITS ? (U)~(U)0 : (U)(((U)1 << top) - 1);
+            U prefix = ref & (U)~low, hi_mask = MASK & (U)~low;
+            if (top == 0) {
+                // Every key is the same.
+                K = ref;
+                take = k;
+                ties = n;
+            }
+            while (top > 0) {
+                const int lo = top > 8 ? top - 8 : 0;
+                const unsigned dmask = (1u << (top - lo)) - 1;
                 sc.hist[threadIdx.x] = 0;
                 __syncthreads();
                 for (uint32_t base = 0; base < n; base += BLOCK) {
@@ -328,16 +369,17 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
                     if (i < n) {
                         U key = s[i] & MASK;
                         act = (key & hi_mask) == prefix;
-                        d = (unsigned)(key >> shift) & 255u;
+                        d = (unsigned)(key >> lo) & dmask;
                     }
-                    hist_add(sc.hist, d, act);
+                    hist_add(sc.hist, d, act, opts & 1);
                 }
                 __syncthreads();
                 Pick p = pick_bin(sc.hist, r, sc);
                 r = p.r;
-                prefix |= (U)p.bin << shift;
-                hi_mask |= (U)255 << shift;
-                if (shift == 0) {
+                prefix |= (U)p.bin << lo;
+                hi_mask |= (U)dmask << lo;
+                top = lo;
+                if (top == 0) {
                     K = prefix;
                     take = r + 1;
                     ties = p.cnt;
@@ -356,7 +398,6 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
                     __syncthreads();
                     break;
                 }
-                shift -= 8;
             }
         }
         // 3. Targeting, draws and output in one pass over shared memory.
@@ -377,7 +418,7 @@ __device__ void tdw_tiny(const U* __restrict__ w, const U* vals, U* out, uint8_t
                          uint32_t thr) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     U* s = reinterpret_cast<U*>(smem_raw);
-    __shared__ uint32_t dropped[BLOCK];
+    __shared__ uint32_t targeted[BLOCK];
     const U MASK = Bits<U>::MASK;
     const uint32_t stride = n | 1;
     // i / n for i < 8192 and n <= 32: exact with a 20-bit reciprocal.
@@ -404,33 +445,42 @@ __device__ void tdw_tiny(const U* __restrict__ w, const U* vals, U* out, uint8_t
                 }
                 tm |= (uint32_t)(rank < k) << j;
             }
-            uint32_t dm = 0;
-            if (thr == ALWAYS) {
-                dm = tm;
-            } else if (thr != 0 && tm != 0) {
-                const uint64_t e0 = (r0 + threadIdx.x) * n;
-                uint64_t cur = ~0ull;
-                uint4 b = make_uint4(0, 0, 0, 0);
-                for (uint32_t j = 0; j < n; j++) {
-                    if ((tm >> j) & 1) {
-                        const uint64_t e = e0 + j;
-                        if (e / 4 != cur) {
-                            cur = e / 4;
-                            b = philox_block(cur, seed, offset);
-                        }
-                        dm |= (uint32_t)((word_of(b, (int)(e & 3)) >> 8) < thr) << j;
-                    }
-                }
-            }
-            dropped[threadIdx.x] = dm;
+            targeted[threadIdx.x] = tm;
         }
         __syncthreads();
-#pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < cnt; i += BLOCK) {
-            const uint32_t r = (i * magic) >> 20, j = i - r * n;
-            const bool d = (dropped[r] >> j) & 1;
-            if (out) out[eb + i] = d ? (U)0 : (vals ? vals[eb + i] : s[r * stride + j]);
-            if (mask) mask[eb + i] = d ? 1 : 0;
+        // Output by aligned groups of four flat indices: one Philox block per group.
+        const uint64_t g_first = eb / 4, g_last = (eb + cnt - 1) / 4;
+        for (uint64_t g = g_first + threadIdx.x; g <= g_last; g += BLOCK) {
+            bool tg[4], in[4];
+            uint32_t idx[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const uint64_t e = 4 * g + q;
+                in[q] = e >= eb && e < eb + cnt;
+                const uint32_t i = in[q] ? (uint32_t)(e - eb) : 0;
+                const uint32_t r = (i * magic) >> 20, j = i - r * n;
+                idx[q] = r * stride + j;
+                tg[q] = in[q] && ((targeted[r] >> j) & 1);
+            }
+            bool dr[4];
+            if (thr == ALWAYS) {
+#pragma unroll
+                for (int q = 0; q < 4; q++) dr[q] = tg[q];
+            } else if (thr != 0 && (tg[0] || tg[1] || tg[2] || tg[3])) {
+                const uint4 b = philox_block(g, seed, offset);
+#pragma unroll
+                for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < thr;
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; q++) dr[q] = false;
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                if (!in[q]) continue;
+                const uint64_t e = 4 * g + q;
+                if (out) out[e] = dr[q] ? (U)0 : (vals ? vals[e] : s[idx[q]]);
+                if (mask) mask[e] = dr[q] ? 1 : 0;
+            }
         }
         __syncthreads();
     }
@@ -460,7 +510,8 @@ __device__ __forceinline__ void replay(const unsigned* row_hist, int upto, uint3
 
 template <typename U>
 __device__ void tdw_long_hist(const U* __restrict__ w, uint64_t row0, uint32_t n, uint32_t chunk,
-                              uint32_t k, int pass, unsigned* hist, unsigned* chunk_hist) {
+                              uint32_t k, int pass, unsigned* hist, unsigned* chunk_hist,
+                              uint32_t opts) {
     __shared__ Scratch sc;
     const int passes = Bits<U>::BITS / 8;
     const uint64_t row = row0 + blockIdx.y;
@@ -490,7 +541,7 @@ __device__ void tdw_long_hist(const U* __restrict__ w, uint64_t row0, uint32_t n
 #pragma unroll
         for (int q = 0; q < 4; q++) {
             const U key = kb[q] & Bits<U>::MASK;
-            hist_add(sc.hist, (unsigned)(key >> shift) & 255u, in[q] && (key & hi_mask) == prefix);
+            hist_add(sc.hist, (unsigned)(key >> shift) & 255u, in[q] && (key & hi_mask) == prefix, opts & 1);
         }
     }
     __syncthreads();
@@ -672,8 +723,8 @@ __device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* 
 #define WEIGHT_KERNELS(NAME, U)                                                                 \
     extern "C" __global__ void __launch_bounds__(BLOCK) tdw_block_##NAME(                      \
         const U* w, const U* vals, U* out, uint8_t* mask, uint64_t rows, uint32_t n,           \
-        uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {                            \
-        tdw_block<U>(w, vals, out, mask, rows, n, k, seed, offset, thr);                       \
+        uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr, uint32_t opts) {             \
+        tdw_block<U>(w, vals, out, mask, rows, n, k, seed, offset, thr, opts);                 \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(BLOCK) tdw_tiny_##NAME(                       \
         const U* w, const U* vals, U* out, uint8_t* mask, uint64_t rows, uint32_t n,           \
@@ -682,8 +733,8 @@ __device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* 
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(BLOCK) tdw_long_hist_##NAME(                  \
         const U* w, uint64_t row0, uint32_t n, uint32_t chunk, uint32_t k, int pass,          \
-        unsigned* hist, unsigned* chunk_hist) {                                                 \
-        tdw_long_hist<U>(w, row0, n, chunk, k, pass, hist, chunk_hist);                        \
+        unsigned* hist, unsigned* chunk_hist, uint32_t opts) {                                  \
+        tdw_long_hist<U>(w, row0, n, chunk, k, pass, hist, chunk_hist, opts);                  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(BLOCK) tdw_long_apply_##NAME(                 \
         const U* w, const U* vals, U* out, uint8_t* mask, uint64_t row0, uint32_t n,           \

@@ -27,7 +27,7 @@ const TINY_ROW: u64 = 32;
 /// Rows whose bytes fit here are staged in shared memory, one block per row.
 const BLOCK_ROW_BYTES: u64 = 64 * 1024;
 /// Elements per block in the long-row kernels.
-const LONG_CHUNK: u32 = 16 * 1024;
+const LONG_CHUNK: u32 = 4 * 1024;
 
 /// The loaded module of one device and what the launches need to know about the device.
 pub struct Kernels {
@@ -117,6 +117,24 @@ impl Width for f64 {
 
 const NULL: u64 = 0;
 
+/// Kernel variants for benchmarking (`TD_KERNEL_OPTS`, a bit set; 0 by default): bit 0
+/// aggregates the histogram atomics of a warp with `__match_any_sync`.
+fn kernel_options() -> u32 {
+    std::env::var("TD_KERNEL_OPTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises a kernel's dynamic shared memory limit when it needs more than the default 48 KB.
+fn allow_smem(func: &CudaFunction, smem: u32) -> Result<()> {
+    if smem > 48 * 1024 {
+        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        func.set_attribute(attr, smem as i32).w()?;
+    }
+    Ok(())
+}
+
 /// Weight-dropout selection over `rows` rows of `n` elements of `w`: writes the masked
 /// `vals` (or `w` when `vals` is `None`) into `out` and the dropped flags into `mask`.
 #[allow(clippy::too_many_arguments)]
@@ -150,6 +168,7 @@ fn select_rows<T: Width>(
     }
     let size = std::mem::size_of::<T>() as u64;
     let (n32, k32) = (n as u32, k as u32);
+    let opts = kernel_options();
     macro_rules! io_args {
         ($b:ident) => {
             $b.arg(w);
@@ -170,6 +189,7 @@ fn select_rows<T: Width>(
     if n <= TINY_ROW {
         let func = kern.func(&format!("tdw_tiny_{}", T::NAME))?;
         let smem = (BLOCK as u64 * (n | 1) * size) as u32;
+        allow_smem(&func, smem)?;
         let grid = rows.div_ceil(BLOCK as u64).min(kern.sms as u64 * 8) as u32;
         let mut b = stream.launch_builder(&func);
         io_args!(b);
@@ -180,10 +200,7 @@ fn select_rows<T: Width>(
     } else if n * size <= BLOCK_ROW_BYTES {
         let func = kern.func(&format!("tdw_block_{}", T::NAME))?;
         let smem = (n.div_ceil(4) * 4 * size) as u32;
-        if smem > 48 * 1024 {
-            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            func.set_attribute(attr, smem as i32).w()?;
-        }
+        allow_smem(&func, smem)?;
         let per_sm = func
             .occupancy_max_active_blocks_per_multiprocessor(BLOCK, smem as usize, None)
             .w()?
@@ -192,6 +209,7 @@ fn select_rows<T: Width>(
         let mut b = stream.launch_builder(&func);
         io_args!(b);
         b.arg(&rows).arg(&n32).arg(&k32).arg(&d.seed).arg(&d.offset).arg(&d.thr);
+        b.arg(&opts);
         // SAFETY: as above; the shared memory holds the row rounded up to four elements.
         unsafe { b.launch(cfg((grid, 1), smem)) }.w()?;
     } else {
@@ -213,7 +231,7 @@ fn select_rows<T: Width>(
             for pass in 0..passes as i32 {
                 let mut b = stream.launch_builder(&hist_fn);
                 b.arg(w).arg(&row0).arg(&n32).arg(&LONG_CHUNK).arg(&k32).arg(&pass);
-                b.arg(&mut hist_g).arg(&mut chunk_hist);
+                b.arg(&mut hist_g).arg(&mut chunk_hist).arg(&opts);
                 // SAFETY: rows row0 .. row0 + g exist; hist_g holds g * passes * 256 counts
                 // and chunk_hist g * chunks * 256.
                 unsafe { b.launch(cfg((chunks, g as u32), 0)) }.w()?;

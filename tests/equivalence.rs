@@ -119,7 +119,9 @@ fn long_rows_match_the_oracle() -> Result<()> {
                 let w = tensor(&mut rng, &shape, dt, data)?;
                 let wd = w.to_device(&dev)?;
                 let (u1, u2) = (rng.unit(), rng.unit());
-                for (gamma, alpha) in [(0.5, 0.5), (0.9, 1.0), (u1, u2)] {
+                let big = shape.iter().product::<usize>() >= 1 << 22;
+                let params = if big { &[(u1, u2)][..] } else { &[(0.5, 0.5), (0.9, 1.0), (u1, u2)][..] };
+                for &(gamma, alpha) in params {
                     let (seed, offset) = (rng.next_u64(), rng.below(1000));
                     let draws = Bernoulli::new(seed, offset, alpha);
                     let what = format!("{shape:?} {dt:?} {data:?} gamma {gamma} alpha {alpha}");

@@ -32,7 +32,13 @@ impl Rng {
 
 /// The devices this build can run on: the CPU always, CUDA device 0 when the build has the
 /// feature and a device opens (otherwise a message says the GPU cases are skipped).
+///
+/// With `TD_ONLY_CUDA` set, only the CUDA device (the GPU machine's run: the CPU path is
+/// checked where there is no GPU).
 pub fn devices() -> Vec<Device> {
+    if std::env::var_os("TD_ONLY_CUDA").is_some() {
+        return cuda().into_iter().collect();
+    }
     let mut d = vec![Device::Cpu];
     if let Some(c) = cuda() {
         d.push(c)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds, strips and gzips what the GPU machine needs into .gpu/ (git-ignored) and prints
+# the command to run there. Needs the CUDA toolchain of shared/cuda/setup.sh:
+#   ../shared/cuda/setup.sh ~/.cache/cuda13 && source ~/.cache/cuda13/env.sh
+# On the GPU machine (no Rust there), from the repository root: bash .gpu/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v nvcc >/dev/null || { echo "nvcc not found: source the env.sh of shared/cuda/setup.sh" >&2; exit 1; }
+cargo build --release --features cuda --example gpu_bench
+bins=$(cargo test --release --features cuda --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("equivalence", "ops"):
+        print(m["target"]["name"], m["executable"])')
+rm -rf .gpu && mkdir -p .gpu
+while read -r name path; do
+  strip -o ".gpu/$name" "$path"
+done <<< "$bins"
+strip -o .gpu/gpu_bench target/release/examples/gpu_bench
+gzip -f .gpu/equivalence .gpu/ops .gpu/gpu_bench
+libs=${SHARED_CUDA:-../shared/cuda}/find-runtime-libs.sh
+cp "$libs" .gpu/
+cp scripts/gpu-run.sh .gpu/run.sh
+du -sh .gpu
+echo "on the GPU machine, from the repository root: bash .gpu/run.sh   (carry .gpu)"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (copied to .gpu/run.sh by scripts/gpu-check.sh): checks that the
+# libraries resolve, runs the GPU-vs-CPU equivalence suite, compute-sanitizer memcheck and
+# racecheck over a subset, the GPU benchmark and the PyTorch baseline, and ends with a
+# summary table. Logs go to $OUT (or /tmp/td-out).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/td-out}; mkdir -p "$OUT"
+for f in .gpu/*.gz; do gunzip -f "$f"; done
+chmod +x .gpu/equivalence .gpu/ops .gpu/gpu_bench .gpu/find-runtime-libs.sh
+export LD_LIBRARY_PATH=$(.gpu/find-runtime-libs.sh)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+status=()
+for b in equivalence ops gpu_bench; do
+  if ldd .gpu/$b | grep 'not found'; then status+=("ldd $b: MISSING LIBRARIES"); else status+=("ldd $b: ok"); fi
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
+run() { # name timeout command...
+  local name=$1 t=$2; shift 2
+  local s=$(date +%s)
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$? e=$(( $(date +%s) - s ))
+  tail -4 "$OUT/$name.log"
+  status+=("$(printf '%-34s rc=%-3s %4ss  %s' "$name" "$rc" "$e" "$(grep -E 'test result|ERROR SUMMARY|RACECHECK SUMMARY|bit-exact' "$OUT/$name.log" | tr '\n' ' ' | cut -c1-110)")")
+}
+export TD_ONLY_CUDA=1
+run equivalence_1000_cases 150 env TD_LONG=1 .gpu/equivalence --nocapture --test-threads 2
+run ops_per_behaviour 60 .gpu/ops --test-threads 2
+run memcheck_40_cases 80 env TD_CASES=40 compute-sanitizer --tool memcheck --leak-check no .gpu/equivalence random_cases --test-threads 1
+run racecheck_12_cases 80 env TD_CASES=12 compute-sanitizer --tool racecheck .gpu/equivalence random_cases --test-threads 1
+run gpu_bench 100 .gpu/gpu_bench "$OUT/gpu_bench.csv"
+# Kernel durations and DRAM throughput per kernel (ncu reads the counters on Firecracker).
+timeout 120 ncu --clock-control none --section SpeedOfLight --kernel-name regex:'tdw|unit_' .gpu/gpu_bench --profile > "$OUT/ncu.log" 2>&1
+awk '/tdw_|unit_/ && /\(/ {name=$1; grid=$2} /Duration/ {d=$NF; u=$(NF-1)} /DRAM Throughput/ {t=$NF} /Duration/ {print name, grid, "duration", d, u, "dram%", t}' "$OUT/ncu.log" > "$OUT/ncu_summary.txt"
+status+=("ncu: $(wc -l < "$OUT/ncu_summary.txt") kernels profiled")
+run torch_baseline 100 env PYTHONUNBUFFERED=1 python3 benches/torch_baseline.py "$OUT/torch_baseline.csv"
+cat "$OUT/gpu_bench.log" | grep -E "copy ceiling|fails" | head -12
+grep -E "copy ceiling" "$OUT/torch_baseline.log"
+echo; echo "== benchmark (crate vs PyTorch, same GPU, same run) =="
+python3 benches/summary.py "$OUT/gpu_bench.csv" "$OUT/torch_baseline.csv" | tee "$OUT/summary.txt"
+echo; echo "== ncu (kernel, grid, duration, DRAM throughput %) =="
+cat "$OUT/ncu_summary.txt" | head -60
+echo; echo "== checks =="
+printf '%s\n' "${status[@]}"
