@@ -10,7 +10,9 @@ fn data(numel: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..numel)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             // Roughly normal: the sum of four uniforms, centred.
             let u = |x: u64| ((x >> 40) & 0xffff) as f32 / 65536.0;
             u(s) + u(s.rotate_left(16)) + u(s.rotate_left(32)) + u(s.rotate_left(48)) - 2.0
@@ -34,8 +36,8 @@ fn bench(c: &mut Criterion) {
             let id = format!("{rows}x{n}");
             g.bench_function(BenchmarkId::new("radix_select", &id), |b| {
                 b.iter(|| {
-                    let mut out = w.clone();
-                    cpu::weight_dropout_into(&w, &mut out, 0.0f32, n, 0.5, &draws);
+                    let mut out = cpu::par_default(w.len());
+                    cpu::weight_dropout_into(&w, Some(&w), &mut out, 0.0f32, n, 0.5, &draws);
                     black_box(out)
                 })
             });

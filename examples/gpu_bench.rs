@@ -15,7 +15,12 @@ use std::io::Write;
 
 const ITERS: usize = 30;
 
-fn stream(dev: &Device) -> Result<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>> {
+/// One benchmarked op at gamma = alpha = 0.5.
+type Op = fn(&Tensor) -> Result<Tensor>;
+
+fn stream(
+    dev: &Device,
+) -> Result<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>> {
     Ok(dev.as_cuda_device()?.cuda_stream())
 }
 
@@ -56,7 +61,8 @@ fn copy_ceiling(dev: &Device) -> Result<f64> {
     };
     drop(st);
     let ms = time_ms(dev, |_| {
-        s.memcpy_dtod(&src, &mut b).map_err(candle_core::Error::wrap)
+        s.memcpy_dtod(&src, &mut b)
+            .map_err(candle_core::Error::wrap)
     })?;
     Ok(2.0 * (n * 4) as f64 / (ms * 1e-3))
 }
@@ -136,14 +142,19 @@ fn profile(dev: &Device) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let csv_path = std::env::args().nth(1).unwrap_or_else(|| "gpu_bench.csv".into());
+    let csv_path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "gpu_bench.csv".into());
     let dev = Device::new_cuda(0)?;
     keep_pool(&dev)?;
     if csv_path == "--profile" {
         return profile(&dev);
     }
     let ceiling = copy_ceiling(&dev)?;
-    println!("copy ceiling: {:.0} GB/s (device-to-device, read + write)", ceiling / 1e9);
+    println!(
+        "copy ceiling: {:.0} GB/s (device-to-device, read + write)",
+        ceiling / 1e9
+    );
     let shapes: Vec<(&str, Vec<usize>)> = vec![
         ("resnet32-like [32x288]", vec![32, 32, 3, 3]),
         ("resnet32-like [64x576]", vec![64, 64, 3, 3]),
@@ -161,10 +172,10 @@ fn main() -> Result<()> {
             let xs = inputs(shape, dt, &dev)?;
             let bytes = 2.0 * (xs[0].elem_count() * dt.size_in_bytes()) as f64;
             let r = xs.len();
-            let ops: [(&str, Box<dyn Fn(&Tensor) -> Result<Tensor>>); 3] = [
-                ("weight_dropout", Box::new(|w| targeted_weight_dropout(w, 0.5, 0.5))),
-                ("prune_weights", Box::new(|w| prune_weights(w, 0.5))),
-                ("unit_dropout", Box::new(|w| targeted_unit_dropout(w, 0.5, 0.5))),
+            let ops: [(&str, Op); 3] = [
+                ("weight_dropout", |w| targeted_weight_dropout(w, 0.5, 0.5)),
+                ("prune_weights", |w| prune_weights(w, 0.5)),
+                ("unit_dropout", |w| targeted_unit_dropout(w, 0.5, 0.5)),
             ];
             for (op, f) in ops.iter() {
                 let ms = time_ms(&dev, |i| f(&xs[i % r]).map(drop))?;
@@ -173,7 +184,10 @@ fn main() -> Result<()> {
                         Ok(ms) => format!("{ms:.4}"),
                         Err(e) => {
                             let e = e.to_string();
-                            eprintln!("candle composite fails on {name} {dt:?}: {}", e.lines().next().unwrap_or(""));
+                            eprintln!(
+                                "candle composite fails on {name} {dt:?}: {}",
+                                e.lines().next().unwrap_or("")
+                            );
                             "fails".to_string()
                         }
                     }
@@ -182,7 +196,10 @@ fn main() -> Result<()> {
                 };
                 let gbps = bytes / (ms * 1e-3) / 1e9;
                 let share = 100.0 * bytes / (ms * 1e-3) / ceiling;
-                writeln!(csv, "{op},{name},{dt:?},{ms:.4},{gbps:.0},{share:.1},{candle}")?;
+                writeln!(
+                    csv,
+                    "{op},{name},{dt:?},{ms:.4},{gbps:.0},{share:.1},{candle}"
+                )?;
                 rows.push(format!(
                     "{op:15} {name:26} {:5} {ms:9.4} ms {gbps:6.0} GB/s {share:5.1}% of copy  candle: {candle}",
                     format!("{dt:?}")

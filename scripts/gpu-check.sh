@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, strips and gzips what the GPU machine needs into .gpu/ (git-ignored) and prints
 # the command to run there. Needs the CUDA toolchain of shared/cuda/setup.sh:
-#   ../shared/cuda/setup.sh ~/.cache/cuda13 && source ~/.cache/cuda13/env.sh
+#   scripts/cuda/setup.sh ~/.cache/cuda13 && source ~/.cache/cuda13/env.sh
 # On the GPU machine (no Rust there), from the repository root: bash .gpu/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ while read -r name path; do
 done <<< "$bins"
 strip -o .gpu/gpu_bench target/release/examples/gpu_bench
 gzip -f .gpu/equivalence .gpu/ops .gpu/gpu_bench
-libs=${SHARED_CUDA:-../shared/cuda}/find-runtime-libs.sh
+libs=scripts/cuda/find-runtime-libs.sh
 cp "$libs" .gpu/
 cp scripts/gpu-run.sh .gpu/run.sh
 du -sh .gpu

@@ -193,7 +193,12 @@ fn select_rows<T: Width>(
         let grid = rows.div_ceil(BLOCK as u64).min(kern.sms as u64 * 8) as u32;
         let mut b = stream.launch_builder(&func);
         io_args!(b);
-        b.arg(&rows).arg(&n32).arg(&k32).arg(&d.seed).arg(&d.offset).arg(&d.thr);
+        b.arg(&rows)
+            .arg(&n32)
+            .arg(&k32)
+            .arg(&d.seed)
+            .arg(&d.offset)
+            .arg(&d.thr);
         // SAFETY: the pointers cover rows * n elements (checked by the caller), the shared
         // memory is what the kernel indexes (256 rows of an odd stride >= n).
         unsafe { b.launch(cfg((grid, 1), smem)) }.w()?;
@@ -208,7 +213,12 @@ fn select_rows<T: Width>(
         let grid = rows.min(kern.sms as u64 * per_sm as u64) as u32;
         let mut b = stream.launch_builder(&func);
         io_args!(b);
-        b.arg(&rows).arg(&n32).arg(&k32).arg(&d.seed).arg(&d.offset).arg(&d.thr);
+        b.arg(&rows)
+            .arg(&n32)
+            .arg(&k32)
+            .arg(&d.seed)
+            .arg(&d.offset)
+            .arg(&d.thr);
         b.arg(&opts);
         // SAFETY: as above; the shared memory holds the row rounded up to four elements.
         unsafe { b.launch(cfg((grid, 1), smem)) }.w()?;
@@ -218,10 +228,13 @@ fn select_rows<T: Width>(
         let passes = size as u32; // 8-bit digits: one pass per byte of the key
         let chunks = n.div_ceil(LONG_CHUNK as u64) as u32;
         let group = ((kern.l2_bytes / 2) / (n * size)).clamp(1, rows.min(65_535));
-        let mut hist = stream.alloc_zeros::<u32>((rows * passes as u64 * 256) as usize).w()?;
+        let mut hist = stream
+            .alloc_zeros::<u32>((rows * passes as u64 * 256) as usize)
+            .w()?;
         // SAFETY: every (row, chunk, bin) of a group is written by the last histogram pass
         // before the output pass reads it.
-        let mut chunk_hist = unsafe { stream.alloc::<u32>((group * chunks as u64 * 256) as usize) }.w()?;
+        let mut chunk_hist =
+            unsafe { stream.alloc::<u32>((group * chunks as u64 * 256) as usize) }.w()?;
         let hist_fn = kern.func(&format!("tdw_long_hist_{}", T::NAME))?;
         let apply_fn = kern.func(&format!("tdw_long_apply_{}", T::NAME))?;
         let mut row0 = 0u64;
@@ -230,7 +243,12 @@ fn select_rows<T: Width>(
             let mut hist_g = hist.slice_mut((row0 * passes as u64 * 256) as usize..);
             for pass in 0..passes as i32 {
                 let mut b = stream.launch_builder(&hist_fn);
-                b.arg(w).arg(&row0).arg(&n32).arg(&LONG_CHUNK).arg(&k32).arg(&pass);
+                b.arg(w)
+                    .arg(&row0)
+                    .arg(&n32)
+                    .arg(&LONG_CHUNK)
+                    .arg(&k32)
+                    .arg(&pass);
                 b.arg(&mut hist_g).arg(&mut chunk_hist).arg(&opts);
                 // SAFETY: rows row0 .. row0 + g exist; hist_g holds g * passes * 256 counts
                 // and chunk_hist g * chunks * 256.
@@ -294,6 +312,9 @@ fn unit_mask<T: Width>(
     Ok(umask)
 }
 
+/// What an op wrote: the values, or the u8 mask.
+type Outputs<T> = (Option<CudaSlice<T>>, Option<CudaSlice<u8>>);
+
 fn run<T: Width>(
     op: &TargetedOp,
     dev: &CudaDevice,
@@ -301,7 +322,7 @@ fn run<T: Width>(
     wl: &Layout,
     vals: Option<(&CudaSlice<T>, &Layout)>,
     score_name: &str,
-) -> Result<(Option<CudaSlice<T>>, Option<CudaSlice<u8>>)> {
+) -> Result<Outputs<T>> {
     let kern = Kernels::of(dev)?;
     let stream = kern.stream.clone();
     let Some((ws, we)) = wl.contiguous_offsets() else {
@@ -313,7 +334,10 @@ fn run<T: Width>(
         None => None,
         Some((v, vl)) => {
             let Some((vs, ve)) = vl.contiguous_offsets() else {
-                bail!("{}: internal error, the gradient is not contiguous", op.kind_name())
+                bail!(
+                    "{}: internal error, the gradient is not contiguous",
+                    op.kind_name()
+                )
             };
             vals_view = v.slice(vs..ve);
             Some(&vals_view)
@@ -412,11 +436,5 @@ pub(crate) fn forward(
             vals.map(|(v, _)| format!(", the gradient {:?}", v.dtype())).unwrap_or_default()
         ),
     };
-    Ok((
-        CudaStorage {
-            slice,
-            device: dev,
-        },
-        wl.shape().clone(),
-    ))
+    Ok((CudaStorage { slice, device: dev }, wl.shape().clone()))
 }

@@ -94,7 +94,10 @@ pub fn linear(
     vb: VarBuilder,
     dropout: Option<TargetedDropout>,
 ) -> Result<Linear> {
-    Ok(Linear::new(candle_nn::linear(in_dim, out_dim, vb)?, dropout))
+    Ok(Linear::new(
+        candle_nn::linear(in_dim, out_dim, vb)?,
+        dropout,
+    ))
 }
 
 impl ModuleT for Linear {
@@ -150,7 +153,8 @@ impl ModuleT for Conv2d {
             None => self.inner.forward(xs),
             Some(td) => {
                 let w = td.apply(self.inner.weight(), train)?;
-                let conv = candle_nn::Conv2d::new(w, self.inner.bias().cloned(), *self.inner.config());
+                let conv =
+                    candle_nn::Conv2d::new(w, self.inner.bias().cloned(), *self.inner.config());
                 conv.forward(xs)
             }
         }

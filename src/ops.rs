@@ -4,7 +4,8 @@
 use crate::cpu::{par_default, unit_dropout_into, unit_dropped, weight_dropout_into, Scored};
 use crate::philox::Bernoulli;
 use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor,
+    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
+    Tensor,
 };
 use std::sync::Mutex;
 
@@ -335,7 +336,15 @@ fn validated(
 /// ```
 pub fn targeted_weight_dropout(w: &Tensor, gamma: f64, alpha: f64) -> Result<Tensor> {
     let op = "targeted_weight_dropout";
-    let o = validated(op, w, DropoutKind::Weight, gamma, alpha, None, Output::Values)?;
+    let o = validated(
+        op,
+        w,
+        DropoutKind::Weight,
+        gamma,
+        alpha,
+        None,
+        Output::Values,
+    )?;
     apply(w, o)
 }
 
@@ -441,7 +450,15 @@ pub fn targeted_dropout_mask(
     offset: u64,
 ) -> Result<Tensor> {
     let s = Some((seed, offset));
-    let o = validated("targeted_dropout_mask", w, kind, gamma, alpha, s, Output::Mask)?;
+    let o = validated(
+        "targeted_dropout_mask",
+        w,
+        kind,
+        gamma,
+        alpha,
+        s,
+        Output::Mask,
+    )?;
     apply(w, o)
 }
 

@@ -45,7 +45,8 @@ impl RampSchedule {
         let (t1, t2) = (self.t1 as f64, self.t2 as f64);
         let ramp = |x: f64| if x.is_nan() { 1.0 } else { x.clamp(0.0, 1.0) };
         let alpha = self.alpha * ramp(t / t2);
-        let gamma = 0.95 * self.gamma * ramp(t / t1) + 0.05 * self.gamma * ramp((t - t1) / (t2 - t1));
+        let gamma =
+            0.95 * self.gamma * ramp(t / t1) + 0.05 * self.gamma * ramp((t - t1) / (t2 - t1));
         (gamma.min(self.gamma), alpha)
     }
 }

@@ -150,7 +150,9 @@ fn window(diff: u64, len: usize) -> (u32, u32) {
     let hb = 63 - diff.leading_zeros();
     // Fewer bins for few candidates (about four per bin): the per-pass cost stays
     // proportional to the work.
-    let bits = (usize::BITS - len.leading_zeros()).saturating_sub(2).clamp(4, 8);
+    let bits = (usize::BITS - len.leading_zeros())
+        .saturating_sub(2)
+        .clamp(4, 8);
     let shift = (hb + 1).saturating_sub(bits);
     (shift, bits)
 }
@@ -304,7 +306,11 @@ impl<K: RadixKey> Threshold<K> {
     }
 
     /// [`Threshold::of_row`] with a caller-owned key buffer, reused across rows.
-    pub fn of_row_with<T: Element<Key = K>>(row: &[T], k: usize, keys: &mut Vec<K>) -> Option<Self> {
+    pub fn of_row_with<T: Element<Key = K>>(
+        row: &[T],
+        k: usize,
+        keys: &mut Vec<K>,
+    ) -> Option<Self> {
         if k == 0 || k == row.len() || row.len() >= LONG_ROW {
             return Self::of_row(row, k);
         }
@@ -470,7 +476,7 @@ mod tests {
 
     #[test]
     fn select_u64_and_u16() {
-        let keys: Vec<u64> = (0..1000u64).map(|i| (i * 7919) % 1000 << 40).collect();
+        let keys: Vec<u64> = (0..1000u64).map(|i| ((i * 7919) % 1000) << 40).collect();
         let t = radix_select(&keys, 500);
         assert_eq!(t.kth, 499 << 40);
         let keys: Vec<u16> = (0..300u16).rev().collect();

@@ -28,7 +28,10 @@ fn random_shape(rng: &mut Rng) -> Vec<usize> {
         1 => rng.below(32) as usize + 1,
         2..=5 => rng.below(600) as usize + 1,
         6 | 7 => rng.below(5000) as usize + 1,
-        8 => pick(rng, &[1023, 1024, 1025, 4095, 4097, 16383, 16385, 16384 + 17]),
+        8 => pick(
+            rng,
+            &[1023, 1024, 1025, 4095, 4097, 16383, 16385, 16384 + 17],
+        ),
         _ => rng.below(1 << 17) as usize + 1,
     };
     let max_rows = ((1usize << 18) / n).clamp(1, 3000);
@@ -54,7 +57,9 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
     let (seed, offset) = (rng.next_u64(), rng.below(1 << 40));
     let w = tensor(rng, &shape, dt, data)?;
     let wd = w.to_device(dev)?;
-    let what = |op: &str| format!("case {i}: {op} {shape:?} {dt:?} {data:?} gamma {gamma} alpha {alpha} seed {seed} offset {offset}");
+    let what = |op: &str| {
+        format!("case {i}: {op} {shape:?} {dt:?} {data:?} gamma {gamma} alpha {alpha} seed {seed} offset {offset}")
+    };
     let draws = Bernoulli::new(seed, offset, alpha);
     let got = targeted_weight_dropout_seeded(&wd, gamma, alpha, seed, offset)?;
     let want = oracle(&w, &w, DropoutKind::Weight, gamma, &draws)?;
@@ -68,17 +73,20 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
     let got = prune_units(&wd, gamma)?;
     let want = oracle(&w, &w, DropoutKind::Unit, gamma, &Bernoulli::always())?;
     assert_same_bits(&got, &want, &what("prune_units"))?;
-    if i % 8 == 0 {
+    if i.is_multiple_of(8) {
         // Gradients: the incoming gradient g, masked where the forward pass dropped.
         let g = tensor(rng, &shape, dt, Data::Plain)?;
         for kind in [DropoutKind::Weight, DropoutKind::Unit] {
             let v = Var::from_tensor(&wd)?;
             let y = match kind {
-                DropoutKind::Weight => targeted_weight_dropout_seeded(&v, gamma, alpha, seed, offset)?,
+                DropoutKind::Weight => {
+                    targeted_weight_dropout_seeded(&v, gamma, alpha, seed, offset)?
+                }
                 DropoutKind::Unit => targeted_unit_dropout_seeded(&v, gamma, alpha, seed, offset)?,
             };
             // sum(y * g) in f64 keeps the incoming gradient exactly g.
-            let loss = (y.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?.to_device(dev)?)?.sum_all()?;
+            let loss =
+                (y.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?.to_device(dev)?)?.sum_all()?;
             let grads = loss.backward()?;
             let gw = grads.get(&v).expect("a gradient");
             let want = oracle(&w, &g, kind, gamma, &draws)?;
@@ -107,7 +115,8 @@ fn long_rows_match_the_oracle() -> Result<()> {
     let long = std::env::var("TD_LONG").is_ok();
     for dev in devices() {
         let mut rng = Rng(0x10_2018);
-        let mut shapes: Vec<Vec<usize>> = vec![vec![1, 1 << 20], vec![3, (1 << 18) + 3], vec![1 << 20, 9]];
+        let mut shapes: Vec<Vec<usize>> =
+            vec![vec![1, 1 << 20], vec![3, (1 << 18) + 3], vec![1 << 20, 9]];
         if long {
             shapes.push(vec![1, 1 << 22]);
             shapes.push(vec![4, 1 << 22]);
@@ -120,7 +129,11 @@ fn long_rows_match_the_oracle() -> Result<()> {
                 let wd = w.to_device(&dev)?;
                 let (u1, u2) = (rng.unit(), rng.unit());
                 let big = shape.iter().product::<usize>() >= 1 << 22;
-                let params = if big { &[(u1, u2)][..] } else { &[(0.5, 0.5), (0.9, 1.0), (u1, u2)][..] };
+                let params = if big {
+                    &[(u1, u2)][..]
+                } else {
+                    &[(0.5, 0.5), (0.9, 1.0), (u1, u2)][..]
+                };
                 for &(gamma, alpha) in params {
                     let (seed, offset) = (rng.next_u64(), rng.below(1000));
                     let draws = Bernoulli::new(seed, offset, alpha);
@@ -146,7 +159,11 @@ fn offsets_and_views() -> Result<()> {
         let mut rng = Rng(11);
         for dt in DTYPES {
             let big = tensor(&mut rng, &[301, 77], dt, Data::Edgy)?.to_device(&dev)?;
-            for v in [big.narrow(0, 7, 150)?, big.narrow(0, 1, 3)?.t()?, big.narrow(1, 5, 60)?] {
+            for v in [
+                big.narrow(0, 7, 150)?,
+                big.narrow(0, 1, 3)?.t()?,
+                big.narrow(1, 5, 60)?,
+            ] {
                 let c = v.contiguous()?;
                 for kind in [DropoutKind::Weight, DropoutKind::Unit] {
                     let a = targeted_dropout_mask(&v, kind, 0.45, 0.6, 5, 6)?;
@@ -154,7 +171,11 @@ fn offsets_and_views() -> Result<()> {
                     assert_same_bits(&a, &b, "mask of a view")?;
                 }
                 let a = targeted_weight_dropout_seeded(&v, 0.45, 0.6, 5, 6)?;
-                assert_same_bits(&a, &targeted_weight_dropout_seeded(&c, 0.45, 0.6, 5, 6)?, "view")?;
+                assert_same_bits(
+                    &a,
+                    &targeted_weight_dropout_seeded(&c, 0.45, 0.6, 5, 6)?,
+                    "view",
+                )?;
             }
         }
     }

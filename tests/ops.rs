@@ -18,16 +18,43 @@ macro_rules! test_device {
     };
 }
 
-fn check_weight(dev: &Device, w: &Tensor, gamma: f64, alpha: f64, seed: u64, off: u64) -> Result<()> {
+fn check_weight(
+    dev: &Device,
+    w: &Tensor,
+    gamma: f64,
+    alpha: f64,
+    seed: u64,
+    off: u64,
+) -> Result<()> {
     let got = targeted_weight_dropout_seeded(&w.to_device(dev)?, gamma, alpha, seed, off)?;
-    let want = oracle(w, w, DropoutKind::Weight, gamma, &Bernoulli::new(seed, off, alpha))?;
-    assert_same_bits(&got, &want, &format!("weight {:?} {:?} g{gamma} a{alpha}", w.dims(), w.dtype()))
+    let want = oracle(
+        w,
+        w,
+        DropoutKind::Weight,
+        gamma,
+        &Bernoulli::new(seed, off, alpha),
+    )?;
+    assert_same_bits(
+        &got,
+        &want,
+        &format!("weight {:?} {:?} g{gamma} a{alpha}", w.dims(), w.dtype()),
+    )
 }
 
 fn check_unit(dev: &Device, w: &Tensor, gamma: f64, alpha: f64, seed: u64, off: u64) -> Result<()> {
     let got = targeted_unit_dropout_seeded(&w.to_device(dev)?, gamma, alpha, seed, off)?;
-    let want = oracle(w, w, DropoutKind::Unit, gamma, &Bernoulli::new(seed, off, alpha))?;
-    assert_same_bits(&got, &want, &format!("unit {:?} {:?} g{gamma} a{alpha}", w.dims(), w.dtype()))
+    let want = oracle(
+        w,
+        w,
+        DropoutKind::Unit,
+        gamma,
+        &Bernoulli::new(seed, off, alpha),
+    )?;
+    assert_same_bits(
+        &got,
+        &want,
+        &format!("unit {:?} {:?} g{gamma} a{alpha}", w.dims(), w.dtype()),
+    )
 }
 
 fn odd_shapes(dev: &Device) -> Result<()> {
@@ -69,7 +96,10 @@ fn ties_and_zeros(dev: &Device) -> Result<()> {
     let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.5, 1.0, 0, 0)?;
     assert_eq!(m.to_vec1::<u8>()?, [1, 1, 0, 0]);
     // +Inf ranks above every finite value and NaN above +Inf; +Inf and -Inf tie.
-    let w = Tensor::new(&[f32::NAN, f32::INFINITY, 1e30, -f32::INFINITY], &Device::Cpu)?;
+    let w = Tensor::new(
+        &[f32::NAN, f32::INFINITY, 1e30, -f32::INFINITY],
+        &Device::Cpu,
+    )?;
     let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.5, 1.0, 0, 0)?;
     assert_eq!(m.to_vec1::<u8>()?, [0, 1, 1, 0]);
     let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.75, 1.0, 0, 0)?;
@@ -93,9 +123,9 @@ fn non_contiguous(dev: &Device) -> Result<()> {
     for dt in DTYPES {
         let base = tensor(&mut rng, &[40, 33], dt, Data::Edgy)?.to_device(dev)?;
         let views = [
-            base.t()?,                              // transposed view
-            base.narrow(0, 5, 20)?,                 // rows 5..25: an offset in the storage
-            base.narrow(1, 3, 17)?,                 // a column slice: strided rows
+            base.t()?,                                  // transposed view
+            base.narrow(0, 5, 20)?,                     // rows 5..25: an offset in the storage
+            base.narrow(1, 3, 17)?,                     // a column slice: strided rows
             base.reshape((8, 5, 33))?.transpose(1, 2)?, // rank 3, permuted
         ];
         for v in views {
@@ -112,7 +142,11 @@ fn non_contiguous(dev: &Device) -> Result<()> {
             let b = targeted_unit_dropout_seeded(&c, 0.6, 0.5, 9, 9)?;
             assert_same_bits(&a, &b, "unit dropout of a view vs its copy")?;
             let a = prune_weights(&v, 0.6)?;
-            assert_same_bits(&a, &prune_weights(&c, 0.6)?, "pruning of a view vs its copy")?;
+            assert_same_bits(
+                &a,
+                &prune_weights(&c, 0.6)?,
+                "pruning of a view vs its copy",
+            )?;
         }
     }
     Ok(())
@@ -155,9 +189,16 @@ test_device!(gradients, gradient_is_the_masked_incoming_gradient);
 fn bad_input(dev: &Device) -> Result<()> {
     let w = Tensor::ones((4, 4), DType::F32, dev)?;
     for bad in [f64::NAN, f64::INFINITY, -0.1, 1.5, f64::NEG_INFINITY] {
-        let e = targeted_weight_dropout(&w, bad, 0.5).unwrap_err().to_string();
-        assert!(e.contains("gamma") && e.contains("[0, 1]") && e.contains(&format!("{bad}")), "{e}");
-        let e = targeted_unit_dropout_seeded(&w, 0.5, bad, 0, 0).unwrap_err().to_string();
+        let e = targeted_weight_dropout(&w, bad, 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gamma") && e.contains("[0, 1]") && e.contains(&format!("{bad}")),
+            "{e}"
+        );
+        let e = targeted_unit_dropout_seeded(&w, 0.5, bad, 0, 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("alpha") && e.contains(&format!("{bad}")), "{e}");
         let e = prune_weights(&w, bad).unwrap_err().to_string();
         assert!(e.contains("gamma"), "{e}");
@@ -166,7 +207,9 @@ fn bad_input(dev: &Device) -> Result<()> {
     }
     for dt in [DType::U8, DType::U32, DType::I64] {
         let wi = w.to_dtype(dt)?;
-        let e = targeted_weight_dropout(&wi, 0.5, 0.5).unwrap_err().to_string();
+        let e = targeted_weight_dropout(&wi, 0.5, 0.5)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&format!("{dt:?}")) && e.contains("f32"), "{e}");
         assert!(prune_units(&wi, 0.5).is_err());
     }
@@ -240,13 +283,19 @@ fn drop_rate(dev: &Device) -> Result<()> {
         let targeted = 512.0 * 1024.0;
         let rate = dropped / targeted;
         let sd = (alpha * (1.0 - alpha) / targeted).sqrt();
-        assert!((rate - alpha).abs() < 4.0 * sd, "alpha {alpha}: dropped {rate}, sd {sd}");
+        assert!(
+            (rate - alpha).abs() < 4.0 * sd,
+            "alpha {alpha}: dropped {rate}, sd {sd}"
+        );
     }
     // Units: 4096 units of 4, half targeted.
     let w = tensor(&mut rng, &[4096, 4], DType::F32, Data::Plain)?.to_device(dev)?;
     let m = targeted_dropout_mask(&w, DropoutKind::Unit, 0.5, 0.5, 3, 1)?;
     let rate = m.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? / 4.0 / 2048.0;
-    assert!((rate - 0.5).abs() < 4.0 * (0.25f64 / 2048.0).sqrt(), "unit rate {rate}");
+    assert!(
+        (rate - 0.5).abs() < 4.0 * (0.25f64 / 2048.0).sqrt(),
+        "unit rate {rate}"
+    );
     Ok(())
 }
 test_device!(drop_rate, drop_rate_is_alpha);
@@ -292,13 +341,25 @@ fn layers_train_and_eval() -> Result<()> {
     let y = lin.forward_t(&x, true)?;
     let grads = y.sum_all()?.backward()?;
     assert!(grads.get(lin.weight()).is_some());
-    let conv = conv2d(3, 5, 3, Default::default(), vb.pp("c"), Some(TargetedDropout::unit(0.4, 1.0)?))?;
+    let conv = conv2d(
+        3,
+        5,
+        3,
+        Default::default(),
+        vb.pp("c"),
+        Some(TargetedDropout::unit(0.4, 1.0)?),
+    )?;
     let img = Tensor::ones((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
     let y = conv.forward_t(&img, false)?;
     assert_eq!(y.dims(), [1, 5, 6, 6]);
     // Two of five filters pruned: their outputs are the bias alone.
     let w = prune_units(conv.weight(), 0.4)?;
-    let zero_filters = w.abs()?.sum((1, 2, 3))?.eq(0.0)?.to_dtype(DType::F32)?.sum_all()?;
+    let zero_filters = w
+        .abs()?
+        .sum((1, 2, 3))?
+        .eq(0.0)?
+        .to_dtype(DType::F32)?
+        .sum_all()?;
     assert_eq!(zero_filters.to_scalar::<f32>()?, 2.0);
     Ok(())
 }

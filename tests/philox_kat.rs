@@ -22,7 +22,11 @@ fn known_answers() {
         ),
     ];
     for (ctr, key, want) in kat {
-        assert_eq!(philox4x32_10(ctr, key), want, "counter {ctr:x?} key {key:x?}");
+        assert_eq!(
+            philox4x32_10(ctr, key),
+            want,
+            "counter {ctr:x?} key {key:x?}"
+        );
     }
 }
 
@@ -35,7 +39,12 @@ fn draw_layout_follows_the_contract() {
     for e in [0u64, 1, 2, 3, 4, 4 * 0x1_0000_0001 + 3, u64::MAX] {
         let c = e / 4;
         let block = philox4x32_10(
-            [c as u32, (c >> 32) as u32, offset as u32, (offset >> 32) as u32],
+            [
+                c as u32,
+                (c >> 32) as u32,
+                offset as u32,
+                (offset >> 32) as u32,
+            ],
             [seed as u32, (seed >> 32) as u32],
         );
         assert_eq!(b.draw(e), block[(e % 4) as usize], "e = {e}");

@@ -41,12 +41,19 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 fn parse(path: &Path, bytes: &[u8], magic: u32, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let header = 4 + 4 * rank;
     if bytes.len() < header {
-        bail!("{}: {} bytes, shorter than the {header}-byte IDX header", path.display(), bytes.len())
+        bail!(
+            "{}: {} bytes, shorter than the {header}-byte IDX header",
+            path.display(),
+            bytes.len()
+        )
     }
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let got = be(0);
     if got != magic {
-        bail!("{}: magic number {got} (0x{got:08x}), expected {magic} (0x{magic:08x})", path.display())
+        bail!(
+            "{}: magic number {got} (0x{got:08x}), expected {magic} (0x{magic:08x})",
+            path.display()
+        )
     }
     let dims: Vec<usize> = (0..rank).map(|d| be(4 + 4 * d) as usize).collect();
     let want = dims.iter().product::<usize>();
@@ -68,7 +75,12 @@ pub fn load(dir: &Path, prefix: &str) -> Result<Split> {
     let (idims, pixels) = parse(&ip, &read_bytes(&ip)?, 2051, 3)?;
     let (ldims, labels) = parse(&lp, &read_bytes(&lp)?, 2049, 1)?;
     if idims[1..] != [28, 28] {
-        bail!("{}: images are {}x{}, expected 28x28", ip.display(), idims[1], idims[2])
+        bail!(
+            "{}: images are {}x{}, expected 28x28",
+            ip.display(),
+            idims[1],
+            idims[2]
+        )
     }
     if idims[0] != ldims[0] {
         bail!(
@@ -96,10 +108,19 @@ mod tests {
     #[test]
     fn rejects_bad_files() {
         let p = Path::new("x");
-        assert!(parse(p, &[0, 0, 8, 3], 2051, 3).unwrap_err().to_string().contains("shorter"));
+        assert!(parse(p, &[0, 0, 8, 3], 2051, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("shorter"));
         let mut b = vec![0, 0, 8, 1, 0, 0, 0, 3, 1, 2];
-        assert!(parse(p, &b, 2051, 1).unwrap_err().to_string().contains("magic number 2049"));
-        assert!(parse(p, &b, 2049, 1).unwrap_err().to_string().contains("holds 2"));
+        assert!(parse(p, &b, 2051, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("magic number 2049"));
+        assert!(parse(p, &b, 2049, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("holds 2"));
         b.push(3);
         assert_eq!(parse(p, &b, 2049, 1).unwrap().1, [1, 2, 3]);
     }

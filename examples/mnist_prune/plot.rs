@@ -22,10 +22,15 @@ fn font() -> bool {
     false
 }
 
-/// `panels`: (title, rates in %, one (model, accuracies in %) per line).
-pub fn draw(path: &Path, panels: &[(&str, &[f64], &[(String, Vec<f64>)])]) -> Result<bool> {
+/// One panel: its title, the pruning rates in %, and a (model, accuracies in %) per line.
+pub type Panel<'a> = (&'a str, &'a [f64], &'a [(String, Vec<f64>)]);
+
+pub fn draw(path: &Path, panels: &[Panel]) -> Result<bool> {
     if !font() {
-        eprintln!("no font found ({}): the plot is skipped, the CSV files hold the data", FONTS.join(", "));
+        eprintln!(
+            "no font found ({}): the plot is skipped, the CSV files hold the data",
+            FONTS.join(", ")
+        );
         return Ok(false);
     }
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
@@ -56,7 +61,9 @@ pub fn draw(path: &Path, panels: &[(&str, &[f64], &[(String, Vec<f64>)])]) -> Re
                 ))
                 .map_err(|e| anyhow!("{e}"))?
                 .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

@@ -98,9 +98,9 @@ fn edge_bits(rng: &mut Rng, dt: DType, data: Data, pool: &[f64]) -> u64 {
     match cat {
         0..=9 => normal(rng.normal() * 2.0),
         10..=13 => normal(pool[rng.below(pool.len() as u64) as usize]) | s,
-        14 | 15 => s,                           // ±0
-        16 | 17 => s | mant(rng).max(1),        // subnormal
-        18 => s | (exp_all << exp_shift),       // ±Inf
+        14 | 15 => s,                                       // ±0
+        16 | 17 => s | mant(rng).max(1),                    // subnormal
+        18 => s | (exp_all << exp_shift),                   // ±Inf
         _ => s | (exp_all << exp_shift) | mant(rng).max(1), // NaN, any payload
     }
 }
@@ -109,10 +109,14 @@ fn edge_bits(rng: &mut Rng, dt: DType, data: Data, pool: &[f64]) -> u64 {
 pub fn tensor(rng: &mut Rng, shape: &[usize], dt: DType, data: Data) -> Result<Tensor> {
     let numel: usize = shape.iter().product();
     let pool = [0.5, 1.0, 1.5, 0.25];
-    let bits: Vec<u64> = (0..numel).map(|_| edge_bits(rng, dt, data, &pool)).collect();
+    let bits: Vec<u64> = (0..numel)
+        .map(|_| edge_bits(rng, dt, data, &pool))
+        .collect();
     match dt {
         DType::F32 => Tensor::from_vec(
-            bits.iter().map(|&b| f32::from_bits(b as u32)).collect::<Vec<_>>(),
+            bits.iter()
+                .map(|&b| f32::from_bits(b as u32))
+                .collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
@@ -122,12 +126,16 @@ pub fn tensor(rng: &mut Rng, shape: &[usize], dt: DType, data: Data) -> Result<T
             &Device::Cpu,
         ),
         DType::F16 => Tensor::from_vec(
-            bits.iter().map(|&b| f16::from_bits(b as u16)).collect::<Vec<_>>(),
+            bits.iter()
+                .map(|&b| f16::from_bits(b as u16))
+                .collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
         DType::BF16 => Tensor::from_vec(
-            bits.iter().map(|&b| bf16::from_bits(b as u16)).collect::<Vec<_>>(),
+            bits.iter()
+                .map(|&b| bf16::from_bits(b as u16))
+                .collect::<Vec<_>>(),
             shape,
             &Device::Cpu,
         ),
@@ -139,10 +147,22 @@ pub fn tensor(rng: &mut Rng, shape: &[usize], dt: DType, data: Data) -> Result<T
 pub fn bits(t: &Tensor) -> Result<Vec<u64>> {
     let t = t.to_device(&Device::Cpu)?.flatten_all()?;
     Ok(match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>()?.iter().map(|x| x.to_bits() as u64).collect(),
+        DType::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|x| x.to_bits() as u64)
+            .collect(),
         DType::F64 => t.to_vec1::<f64>()?.iter().map(|x| x.to_bits()).collect(),
-        DType::F16 => t.to_vec1::<f16>()?.iter().map(|x| x.to_bits() as u64).collect(),
-        DType::BF16 => t.to_vec1::<bf16>()?.iter().map(|x| x.to_bits() as u64).collect(),
+        DType::F16 => t
+            .to_vec1::<f16>()?
+            .iter()
+            .map(|x| x.to_bits() as u64)
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<bf16>()?
+            .iter()
+            .map(|x| x.to_bits() as u64)
+            .collect(),
         DType::U8 => t.to_vec1::<u8>()?.iter().map(|&x| x as u64).collect(),
         dt => panic!("bits of {dt:?}"),
     })
