@@ -1,5 +1,6 @@
 //! CPU throughput of pruning and targeted weight dropout, side by side with the plain
-//! full-sort reference (the test oracle, one thread) and with a plain copy of the tensor.
+//! full-sort reference (the test oracle, one thread), the same full sort with the rows
+//! spread over the rayon pool, and a plain copy of the tensor.
 //! Bytes counted: one read and one write of the tensor. `cargo bench --bench cpu`.
 use candle_targeted_dropout::philox::Bernoulli;
 use candle_targeted_dropout::{cpu, reference};
@@ -43,6 +44,9 @@ fn bench(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::new("full_sort_reference", &id), |b| {
                 b.iter(|| black_box(reference::weight_dropout(&w, &w, n, 0.5, &draws)))
+            });
+            g.bench_function(BenchmarkId::new("full_sort_reference_rayon", &id), |b| {
+                b.iter(|| black_box(reference::weight_dropout_par(&w, &w, n, 0.5, &draws)))
             });
             g.bench_function(BenchmarkId::new("copy", &id), |b| {
                 b.iter(|| black_box(w.clone()))

@@ -160,25 +160,37 @@ fn window(diff: u64, len: usize) -> (u32, u32) {
 /// One histogram pass over `cand` in the window `(shift, bits)` into `hist[..1 << bits]`.
 #[inline]
 fn histogram<K: RadixKey>(cand: &[K], shift: u32, bits: u32, hist: &mut [u32; 256]) {
+    histogram_by(cand, |&x| x, shift, bits, hist)
+}
+
+/// [`histogram`] over the keys `key(x)` of `items`.
+#[inline]
+fn histogram_by<I, K: RadixKey>(
+    items: &[I],
+    key: impl Fn(&I) -> K,
+    shift: u32,
+    bits: u32,
+    hist: &mut [u32; 256],
+) {
     let mask = (1u64 << bits) - 1;
     let bins = 1usize << bits;
     hist[..bins].fill(0);
-    if cand.len() < 1024 {
-        for x in cand {
-            hist[((x.to_u64() >> shift) & mask) as usize] += 1;
+    if items.len() < 8192 {
+        for x in items {
+            hist[((key(x).to_u64() >> shift) & mask) as usize] += 1;
         }
         return;
     }
     // Four sub-histograms break the dependency between neighbours of the same bin.
     let mut h = [[0u32; 256]; 4];
-    let mut chunks = cand.chunks_exact(4);
+    let mut chunks = items.chunks_exact(4);
     for c in &mut chunks {
         for (q, x) in c.iter().enumerate() {
-            h[q][((x.to_u64() >> shift) & mask) as usize] += 1;
+            h[q][((key(x).to_u64() >> shift) & mask) as usize] += 1;
         }
     }
     for x in chunks.remainder() {
-        h[0][((x.to_u64() >> shift) & mask) as usize] += 1;
+        h[0][((key(x).to_u64() >> shift) & mask) as usize] += 1;
     }
     for b in 0..bins {
         hist[b] = h[0][b] + h[1][b] + h[2][b] + h[3][b];
@@ -314,9 +326,28 @@ impl<K: RadixKey> Threshold<K> {
         if k == 0 || k == row.len() || row.len() >= LONG_ROW {
             return Self::of_row(row, k);
         }
+        // The first pass reads the row itself; only the candidates it leaves are copied.
+        let x0 = row[0].key().to_u64();
+        let diff = row.iter().fold(0u64, |a, x| a | (x.key().to_u64() ^ x0));
+        if diff == 0 {
+            return Some(Threshold {
+                kth: row[0].key(),
+                take: k,
+                ties: row.len(),
+            });
+        }
+        let (shift, bits) = window(diff, row.len());
+        let mut hist = [0u32; 256];
+        histogram_by(row, |x| x.key(), shift, bits, &mut hist);
+        let (b, r, _) = pick_bin(&hist[..1 << bits], k - 1);
+        let mask = (1u64 << bits) - 1;
         keys.clear();
-        keys.extend(row.iter().map(|x| x.key()));
-        Some(select_in_place(keys, k - 1))
+        keys.extend(
+            row.iter()
+                .map(|x| x.key())
+                .filter(|x| ((x.to_u64() >> shift) & mask) as usize == b),
+        );
+        Some(select_in_place(keys, r))
     }
 }
 
