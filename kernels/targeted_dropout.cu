@@ -288,7 +288,7 @@ __device__ void apply_range(const U* src, const U* vals, U* out, uint8_t* mask, 
 //
 // w, vals, out: [rows, n] (vals may be null: the same as w; out or mask may be null)
 // mask: [rows, n] u8. Dynamic shared memory: n rounded up to 4, times sizeof(U).
-template <typename U>
+template <typename U, int LOAD_BATCH>
 __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_t* mask,
                           uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset,
                           uint32_t thr, uint32_t opts) {
@@ -306,23 +306,39 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
         const U ref = w[e0] & MASK;
         U diff = 0;
         {
+            // LOAD_BATCH groups per thread at a time, all their loads issued before any is
+            // used, so that a row costs fewer serialized memory latencies (2 is the most
+            // that fits in 64 registers, 4 blocks per multiprocessor, without spills).
             const uint64_t g_first = e0 / 4, g_last = (e0 + n - 1) / 4;
-            for (uint64_t g = g_first + threadIdx.x; g <= g_last; g += BLOCK) {
-                const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
-                if (l0 >= 0 && l0 + 4 <= n && aligned4<U>(w + e0 + l0) && aligned4<U>(s + l0)) {
-                    U x[4];
-                    load4(w + e0 + l0, x);
-                    store4(s + l0, x);
+            for (uint64_t gb = g_first + threadIdx.x; gb <= g_last; gb += LOAD_BATCH * BLOCK) {
+                U x[LOAD_BATCH][4];
+                bool vec[LOAD_BATCH];
 #pragma unroll
-                    for (int q = 0; q < 4; q++) diff |= (x[q] & MASK) ^ ref;
-                } else {
+                for (int u = 0; u < LOAD_BATCH; u++) {
+                    const uint64_t g = gb + (uint64_t)u * BLOCK;
+                    const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
+                    vec[u] = g <= g_last && l0 >= 0 && l0 + 4 <= n && aligned4<U>(w + e0 + l0) &&
+                             aligned4<U>(s + l0);
+                    if (vec[u]) load4(w + e0 + l0, x[u]);
+                }
 #pragma unroll
-                    for (int q = 0; q < 4; q++)
-                        if (l0 + q >= 0 && l0 + q < n) {
-                            const U x = w[e0 + l0 + q];
-                            s[l0 + q] = x;
-                            diff |= (x & MASK) ^ ref;
-                        }
+                for (int u = 0; u < LOAD_BATCH; u++) {
+                    const uint64_t g = gb + (uint64_t)u * BLOCK;
+                    if (g > g_last) break;
+                    const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
+                    if (vec[u]) {
+                        store4(s + l0, x[u]);
+#pragma unroll
+                        for (int q = 0; q < 4; q++) diff |= (x[u][q] & MASK) ^ ref;
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < 4; q++)
+                            if (l0 + q >= 0 && l0 + q < n) {
+                                const U v = w[e0 + l0 + q];
+                                s[l0 + q] = v;
+                                diff |= (v & MASK) ^ ref;
+                            }
+                    }
                 }
             }
         }
@@ -724,7 +740,12 @@ __device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* 
     extern "C" __global__ void __launch_bounds__(BLOCK) tdw_block_##NAME(                      \
         const U* w, const U* vals, U* out, uint8_t* mask, uint64_t rows, uint32_t n,           \
         uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr, uint32_t opts) {             \
-        tdw_block<U>(w, vals, out, mask, rows, n, k, seed, offset, thr, opts);                 \
+        tdw_block<U, 2>(w, vals, out, mask, rows, n, k, seed, offset, thr, opts);              \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(BLOCK) tdw_block1_##NAME(                     \
+        const U* w, const U* vals, U* out, uint8_t* mask, uint64_t rows, uint32_t n,           \
+        uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr, uint32_t opts) {             \
+        tdw_block<U, 1>(w, vals, out, mask, rows, n, k, seed, offset, thr, opts);              \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(BLOCK) tdw_tiny_##NAME(                       \
         const U* w, const U* vals, U* out, uint8_t* mask, uint64_t rows, uint32_t n,           \

@@ -32,6 +32,9 @@ run gpu_bench 100 .gpu/gpu_bench "$OUT/gpu_bench.csv"
 timeout 120 ncu --clock-control none --section SpeedOfLight --kernel-name regex:'tdw|unit_' .gpu/gpu_bench --profile > "$OUT/ncu.log" 2>&1
 awk '/tdw_|unit_/ && /\(/ {name=$1; grid=$2} /Duration/ {d=$NF; u=$(NF-1)} /DRAM Throughput/ {t=$NF} /Duration/ {print name, grid, "duration", d, u, "dram%", t}' "$OUT/ncu.log" > "$OUT/ncu_summary.txt"
 status+=("ncu: $(wc -l < "$OUT/ncu_summary.txt") kernels profiled")
+# Where the short-row kernel's warps wait (the first two launches: weight dropout, prune).
+timeout 90 ncu --clock-control none --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
+  --kernel-name regex:'tdw_block_u32' --launch-count 2 .gpu/gpu_bench --profile > "$OUT/ncu_block.log" 2>&1
 run torch_baseline 100 env PYTHONUNBUFFERED=1 python3 benches/torch_baseline.py "$OUT/torch_baseline.csv"
 cat "$OUT/gpu_bench.log" | grep -E "copy ceiling|fails" | head -12
 grep -E "copy ceiling" "$OUT/torch_baseline.log"

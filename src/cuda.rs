@@ -118,7 +118,8 @@ impl Width for f64 {
 const NULL: u64 = 0;
 
 /// Kernel variants for benchmarking (`TD_KERNEL_OPTS`, a bit set; 0 by default): bit 0
-/// aggregates the histogram atomics of a warp with `__match_any_sync`.
+/// aggregates the histogram atomics of a warp with `__match_any_sync`; bit 1 stages short
+/// rows with one load in flight per thread instead of two.
 fn kernel_options() -> u32 {
     std::env::var("TD_KERNEL_OPTS")
         .ok()
@@ -203,7 +204,9 @@ fn select_rows<T: Width>(
         // memory is what the kernel indexes (256 rows of an odd stride >= n).
         unsafe { b.launch(cfg((grid, 1), smem)) }.w()?;
     } else if n * size <= BLOCK_ROW_BYTES {
-        let func = kern.func(&format!("tdw_block_{}", T::NAME))?;
+        // Bit 1 of the options: the previous version, one load in flight per thread.
+        let version = if opts & 2 != 0 { "tdw_block1" } else { "tdw_block" };
+        let func = kern.func(&format!("{version}_{}", T::NAME))?;
         let smem = (n.div_ceil(4) * 4 * size) as u32;
         allow_smem(&func, smem)?;
         let per_sm = func
