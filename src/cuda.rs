@@ -205,7 +205,11 @@ fn select_rows<T: Width>(
         unsafe { b.launch(cfg((grid, 1), smem)) }.w()?;
     } else if n * size <= BLOCK_ROW_BYTES {
         // Bit 1 of the options: the previous version, one load in flight per thread.
-        let version = if opts & 2 != 0 { "tdw_block1" } else { "tdw_block" };
+        let version = if opts & 2 != 0 {
+            "tdw_block1"
+        } else {
+            "tdw_block"
+        };
         let func = kern.func(&format!("{version}_{}", T::NAME))?;
         let smem = (n.div_ceil(4) * 4 * size) as u32;
         allow_smem(&func, smem)?;
