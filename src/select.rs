@@ -340,14 +340,19 @@ impl<K: RadixKey> Threshold<K> {
         let mut hist = [0u32; 256];
         histogram_by(row, |x| x.key(), shift, bits, &mut hist);
         let (b, r, _) = pick_bin(&hist[..1 << bits], k - 1);
+        // Branch-free compaction: every key is written, the cursor advances on a match.
         let mask = (1u64 << bits) - 1;
-        keys.clear();
-        keys.extend(
-            row.iter()
-                .map(|x| x.key())
-                .filter(|x| ((x.to_u64() >> shift) & mask) as usize == b),
-        );
-        Some(select_in_place(keys, r))
+        if keys.len() < row.len() {
+            keys.resize(row.len(), K::default());
+        }
+        let buf = &mut keys[..row.len()];
+        let mut c = 0;
+        for x in row {
+            let key = x.key();
+            buf[c] = key;
+            c += (((key.to_u64() >> shift) & mask) as usize == b) as usize;
+        }
+        Some(select_in_place(&mut buf[..c], r))
     }
 }
 
