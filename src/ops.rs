@@ -409,32 +409,17 @@ pub fn targeted_unit_dropout_seeded(
 /// # Ok(()) }
 /// ```
 pub fn prune_weights(w: &Tensor, gamma: f64) -> Result<Tensor> {
-    let s = Some((0, 0));
-    let mut o = validated(
-        "prune_weights",
-        w,
-        DropoutKind::Weight,
-        gamma,
-        1.0,
-        s,
-        Output::Values,
-    )?;
-    o.draws = Bernoulli::always();
-    apply(w, o)
+    prune("prune_weights", w, DropoutKind::Weight, gamma)
 }
 
 /// Unit pruning: zeroes the `floor(gamma * d0)` filters with the smallest L2 norm.
 pub fn prune_units(w: &Tensor, gamma: f64) -> Result<Tensor> {
-    let s = Some((0, 0));
-    let mut o = validated(
-        "prune_units",
-        w,
-        DropoutKind::Unit,
-        gamma,
-        1.0,
-        s,
-        Output::Values,
-    )?;
+    prune("prune_units", w, DropoutKind::Unit, gamma)
+}
+
+/// The whole targeted set removed: alpha = 1 without draws or generator.
+fn prune(op: &str, w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {
+    let mut o = validated(op, w, kind, gamma, 1.0, Some((0, 0)), Output::Values)?;
     o.draws = Bernoulli::always();
     apply(w, o)
 }

@@ -26,15 +26,19 @@ pub fn weight_dropout<T: Element>(
         return out;
     }
     let k = targeted_count(gamma, n);
-    for (r, row) in w.chunks(n).enumerate() {
-        for i in targeted_by_sort(row, k) {
-            let e = r * n + i;
-            if draws.drops(e as u64) {
-                out[e] = T::ZERO
-            }
-        }
+    for (r, (o, row)) in out.chunks_mut(n).zip(w.chunks(n)).enumerate() {
+        drop_row(o, row, k, (r * n) as u64, draws);
     }
     out
+}
+
+/// Zeroes the targeted elements of one row (first flat index `first_e`) whose draw drops.
+fn drop_row<T: Element>(out: &mut [T], row: &[T], k: usize, first_e: u64, draws: &Bernoulli) {
+    for i in targeted_by_sort(row, k) {
+        if draws.drops(first_e + i as u64) {
+            out[i] = T::ZERO
+        }
+    }
 }
 
 /// Targeted unit dropout: sort the units by `(score, index)` and drop the first `k` whose
@@ -78,12 +82,6 @@ pub fn weight_dropout_par<T: Element>(
     out.par_chunks_mut(n)
         .zip(w.par_chunks(n))
         .enumerate()
-        .for_each(|(r, (o, row))| {
-            for i in targeted_by_sort(row, k) {
-                if draws.drops((r * n + i) as u64) {
-                    o[i] = T::ZERO
-                }
-            }
-        });
+        .for_each(|(r, (o, row))| drop_row(o, row, k, (r * n) as u64, draws));
     out
 }
