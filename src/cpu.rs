@@ -159,6 +159,26 @@ fn write_row<O: Copy + Default>(
     }
 }
 
+/// The raw draws of the `n` elements from flat index `first_e` on, into `words[..n]`.
+fn fill_draws(words: &mut Vec<u32>, first_e: u64, n: usize, draws: &Bernoulli) {
+    words.resize(n, 0);
+    let head = (((4 - first_e % 4) % 4) as usize).min(n);
+    for (i, w) in words[..head].iter_mut().enumerate() {
+        *w = draws.draw(first_e + i as u64);
+    }
+    let groups = (n - head) / 4;
+    let g0 = (first_e + head as u64) / 4;
+    for (g, c) in words[head..head + 4 * groups]
+        .chunks_exact_mut(4)
+        .enumerate()
+    {
+        c.copy_from_slice(&draws.block(g0 + g as u64));
+    }
+    for (j, w) in words[head + 4 * groups..n].iter_mut().enumerate() {
+        *w = draws.draw(first_e + (head + 4 * groups + j) as u64);
+    }
+}
+
 /// Targeted weight dropout on `w` (row-major, rows of `n`), written into every element of
 /// `out`: `dropped` where an element is dropped, `kept[e]` elsewhere (the values to mask:
 /// `w` itself in the forward pass, the incoming gradient in the backward pass), or the
@@ -199,11 +219,42 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
         .enumerate()
         .with_min_len((4096 / n).max(1))
         .for_each_init(
-            || (Vec::new(), vec![false; n]),
-            |(keys, flags), (r, (o, wr))| {
+            || (Vec::new(), vec![false; n], Vec::new()),
+            |(keys, flags, words), (r, (o, wr))| {
                 let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
                 let e0 = (r * n) as u64;
                 match Threshold::of_row_with(wr, k, keys) {
+                    Some(th)
+                        if th.take == th.ties
+                            && n > TINY_ROW
+                            && draws.threshold == crate::philox::THRESHOLD_ALWAYS
+                            && kr.is_some() =>
+                    {
+                        // Pruning without ties to rank: one select per element, no indexing,
+                        // which the compiler vectorises.
+                        let (kth, kr) = (th.kth, kr.expect("checked above"));
+                        for ((o, x), &v) in o.iter_mut().zip(wr).zip(kr) {
+                            *o = if x.key() <= kth { dropped } else { v };
+                        }
+                    }
+                    Some(th)
+                        if th.take == th.ties
+                            && n > TINY_ROW
+                            && draws.threshold > 0
+                            && kr.is_some() =>
+                    {
+                        // Dropout without ties to rank: the row's draws first (independent
+                        // Philox blocks), then one branch-free select per element.
+                        let (kth, kr, t) = (th.kth, kr.expect("checked above"), draws.threshold);
+                        fill_draws(words, e0, n, draws);
+                        for (((o, x), &v), &r) in o.iter_mut().zip(wr).zip(kr).zip(words.iter()) {
+                            *o = if (x.key() <= kth) & ((r >> 8) < t) {
+                                dropped
+                            } else {
+                                v
+                            };
+                        }
+                    }
                     Some(th) if th.take == th.ties && n > TINY_ROW && draws.threshold > 0 => {
                         // No tie to rank: the comparison is made as the output is written.
                         let kth = th.kth;
