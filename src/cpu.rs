@@ -223,10 +223,16 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
             |(keys, flags, words), (r, (o, wr))| {
                 let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
                 let e0 = (r * n) as u64;
-                match Threshold::of_row_with(wr, k, keys) {
+                // The row's threshold, found once (tiny rows rank directly; nothing is
+                // dropped at alpha = 0, so nothing is selected).
+                let th = if draws.threshold == 0 || n <= TINY_ROW {
+                    None
+                } else {
+                    Threshold::of_row_with(wr, k, keys)
+                };
+                match th {
                     Some(th)
                         if th.take == th.ties
-                            && n > TINY_ROW
                             && draws.threshold == crate::philox::THRESHOLD_ALWAYS
                             && kr.is_some() =>
                     {
@@ -237,12 +243,7 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
                             *o = if x.key() <= kth { dropped } else { v };
                         }
                     }
-                    Some(th)
-                        if th.take == th.ties
-                            && n > TINY_ROW
-                            && draws.threshold > 0
-                            && kr.is_some() =>
-                    {
+                    Some(th) if th.take == th.ties && kr.is_some() => {
                         // Dropout without ties to rank: the row's draws first (independent
                         // Philox blocks), then one branch-free select per element.
                         let (kth, kr, t) = (th.kth, kr.expect("checked above"), draws.threshold);
@@ -255,12 +256,17 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
                             };
                         }
                     }
-                    Some(th) if th.take == th.ties && n > TINY_ROW && draws.threshold > 0 => {
+                    Some(th) if th.take == th.ties => {
                         // No tie to rank: the comparison is made as the output is written.
                         let kth = th.kth;
                         write_row(o, kr, |i| wr[i].key() <= kth, dropped, e0, draws)
                     }
-                    _ => {
+                    Some(th) => {
+                        th.flags(wr, flags);
+                        write_row(o, kr, |i| flags[i], dropped, e0, draws)
+                    }
+                    None if draws.threshold == 0 => write_row(o, kr, |_| false, dropped, e0, draws),
+                    None => {
                         targeted_flags(wr, k, keys, flags);
                         write_row(o, kr, |i| flags[i], dropped, e0, draws)
                     }

@@ -317,6 +317,26 @@ impl<K: RadixKey> Threshold<K> {
         }
     }
 
+    /// Sets `flags[i]` to whether element `i` of `row` (whose threshold this is) is targeted:
+    /// key below the k-th, or one of the `take` lowest-indexed ties.
+    pub fn flags<T: Element<Key = K>>(&self, row: &[T], flags: &mut [bool]) {
+        let kth = self.kth;
+        if self.take == self.ties {
+            // Every tie is targeted: one branch-free comparison per element.
+            for (f, x) in flags.iter_mut().zip(row) {
+                *f = x.key() <= kth;
+            }
+        } else {
+            let mut ties_left = self.take;
+            for (f, x) in flags.iter_mut().zip(row) {
+                let key = x.key();
+                let tie = key == kth && ties_left > 0;
+                ties_left -= tie as usize;
+                *f = key < kth || tie;
+            }
+        }
+    }
+
     /// [`Threshold::of_row`] with a caller-owned key buffer, reused across rows.
     pub fn of_row_with<T: Element<Key = K>>(
         row: &[T],
@@ -425,22 +445,9 @@ pub fn targeted_flags<T: Element>(row: &[T], k: usize, keys: &mut Vec<T::Key>, f
         for_each_targeted(row, k, |i| flags[i] = true);
         return;
     }
-    let th = Threshold::of_row_with(row, k, keys).expect("k >= 1");
-    let kth = th.kth;
-    if th.take == th.ties {
-        // Every tie is targeted: one branch-free comparison per element.
-        for (f, x) in flags.iter_mut().zip(row) {
-            *f = x.key() <= kth;
-        }
-    } else {
-        let mut ties_left = th.take;
-        for (f, x) in flags.iter_mut().zip(row) {
-            let key = x.key();
-            let tie = key == kth && ties_left > 0;
-            ties_left -= tie as usize;
-            *f = key < kth || tie;
-        }
-    }
+    Threshold::of_row_with(row, k, keys)
+        .expect("k >= 1")
+        .flags(row, flags);
 }
 
 /// The targeted flags of a long row, computed with the rayon pool: the tied elements are
