@@ -1,70 +1,19 @@
-//! The host implementation of every op, generic over the element type. The CPU custom ops
-//! and the tests call these; the CUDA kernels compute the same bits.
+//! The host implementation of [`TargetedOp`], generic over the element type: the CPU custom
+//! ops call [`TargetedOp::cpu`]; the CUDA kernels compute the same bits.
+//!
+//! Rows go over the rayon pool; each row is selected once ([`RowSelection::of_row`]) and
+//! written in one pass that fuses the comparison with the threshold, the Philox draw and the
+//! store. A few long rows are split over the pool instead.
 
-use crate::philox::Bernoulli;
-use crate::select::{
-    for_each_targeted, targeted_count, targeted_flags, targeted_flags_par, Element, Threshold,
-    LONG_ROW, TINY_ROW,
-};
-use half::{bf16, f16};
+use crate::element::{Element, Score, Scored};
+use crate::op::{filters, DropoutKind, Output, TargetedOp};
+use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
+use crate::select::{targeted_count, RowSelection, LONG_ROW, PAR_CHUNK};
+use candle_core::{bail, CpuStorage, Layout, Result};
 use rayon::prelude::*;
 
 /// Lanes of the unit-norm reduction: see [`unit_score`].
-pub const SCORE_LANES: usize = 1024;
-
-/// The accumulator of unit scores: f32 for f16, bf16 and f32 input, f64 for f64.
-pub trait Score: Element + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
-    /// NaN scores all rank above every number and tie with each other: one canonical NaN.
-    fn canonical(self) -> Self;
-}
-impl Score for f32 {
-    fn canonical(self) -> Self {
-        if self.is_nan() {
-            f32::NAN
-        } else {
-            self
-        }
-    }
-}
-impl Score for f64 {
-    fn canonical(self) -> Self {
-        if self.is_nan() {
-            f64::NAN
-        } else {
-            self
-        }
-    }
-}
-
-/// An element type with its unit-score accumulator.
-pub trait Scored: Element {
-    type Acc: Score;
-    fn to_acc(self) -> Self::Acc;
-}
-impl Scored for f32 {
-    type Acc = f32;
-    fn to_acc(self) -> f32 {
-        self
-    }
-}
-impl Scored for f64 {
-    type Acc = f64;
-    fn to_acc(self) -> f64 {
-        self
-    }
-}
-impl Scored for f16 {
-    type Acc = f32;
-    fn to_acc(self) -> f32 {
-        self.to_f32()
-    }
-}
-impl Scored for bf16 {
-    type Acc = f32;
-    fn to_acc(self) -> f32 {
-        self.to_f32()
-    }
-}
+pub(crate) const SCORE_LANES: usize = 1024;
 
 /// The squared L2 norm of one unit, in the order every device follows:
 /// 1. lane `j` (`0 <= j < 1024`) starts at +0.0 and adds `x[j + 1024 m]^2` for
@@ -72,7 +21,7 @@ impl Scored for bf16 {
 ///    multiply-add);
 /// 2. the lanes are folded pairwise, `lane[j] += lane[j + s]` for `s = 512, 256, ..., 1`;
 /// 3. a NaN result becomes the canonical NaN.
-pub fn unit_score<T: Scored>(unit: &[T]) -> T::Acc {
+pub(crate) fn unit_score<T: Scored>(unit: &[T]) -> T::Acc {
     let zero = T::Acc::ZERO;
     let mut lanes = [zero; SCORE_LANES];
     for chunk in unit.chunks(SCORE_LANES) {
@@ -95,9 +44,17 @@ pub fn unit_score<T: Scored>(unit: &[T]) -> T::Acc {
     lanes[0].canonical()
 }
 
+/// The unit scores of the `w.len() / n` units of `w`, over the rayon pool.
+pub(crate) fn unit_scores<T: Scored>(w: &[T], n: usize) -> Vec<T::Acc> {
+    w.par_chunks(n)
+        .with_min_len((4096 / n).max(1))
+        .map(unit_score)
+        .collect()
+}
+
 /// A vector of `len` default values, filled by the rayon pool (so that the first touch of
 /// fresh pages is spread over the threads too).
-pub fn par_default<O: Copy + Send + Sync + Default>(len: usize) -> Vec<O> {
+fn par_default<O: Copy + Send + Sync + Default>(len: usize) -> Vec<O> {
     (0..len).into_par_iter().map(|_| O::default()).collect()
 }
 
@@ -116,7 +73,7 @@ fn write_row<O: Copy + Default>(
     let keep = |i: usize| kept.map_or(O::default(), |k| k[i]);
     match draws.threshold {
         0 => out.iter_mut().enumerate().for_each(|(i, o)| *o = keep(i)),
-        crate::philox::THRESHOLD_ALWAYS => {
+        THRESHOLD_ALWAYS => {
             for (i, o) in out.iter_mut().enumerate() {
                 *o = if targeted(i) { dropped } else { keep(i) };
             }
@@ -183,7 +140,7 @@ fn fill_draws(words: &mut Vec<u32>, first_e: u64, n: usize, draws: &Bernoulli) {
 /// `out`: `dropped` where an element is dropped, `kept[e]` elsewhere (the values to mask:
 /// `w` itself in the forward pass, the incoming gradient in the backward pass), or the
 /// default value when `kept` is `None` (a mask).
-pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
+fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
     w: &[T],
     kept: Option<&[O]>,
     out: &mut [O],
@@ -199,17 +156,17 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
     let rows = w.len() / n;
     if n >= LONG_ROW && rows < 2 * rayon::current_num_threads() {
         // Few long rows: split each row over the pool instead.
-        const CHUNK: usize = 1 << 14;
         let mut flags = vec![false; n];
         for (r, (wr, or)) in w.chunks(n).zip(out.chunks_mut(n)).enumerate() {
-            targeted_flags_par(wr, k, &mut flags);
+            RowSelection::of_row(wr, k, &mut Vec::new()).flags_par(wr, &mut flags);
             let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
-            or.par_chunks_mut(CHUNK)
-                .zip(flags.par_chunks(CHUNK))
+            or.par_chunks_mut(PAR_CHUNK)
+                .zip(flags.par_chunks(PAR_CHUNK))
                 .enumerate()
                 .for_each(|(c, (o, f))| {
-                    let kc = kr.map(|v| &v[c * CHUNK..c * CHUNK + o.len()]);
-                    write_row(o, kc, |i| f[i], dropped, (r * n + c * CHUNK) as u64, draws)
+                    let kc = kr.map(|v| &v[c * PAR_CHUNK..c * PAR_CHUNK + o.len()]);
+                    let e0 = (r * n + c * PAR_CHUNK) as u64;
+                    write_row(o, kc, |i| f[i], dropped, e0, draws)
                 });
         }
         return;
@@ -223,51 +180,39 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
             |(keys, flags, words), (r, (o, wr))| {
                 let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
                 let e0 = (r * n) as u64;
-                // The row's threshold, found once (tiny rows rank directly; nothing is
-                // dropped at alpha = 0, so nothing is selected).
-                let th = if draws.threshold == 0 || n <= TINY_ROW {
-                    None
+                // Nothing is dropped at alpha = 0, so nothing needs selecting.
+                let sel = if draws.threshold == 0 {
+                    RowSelection::Nothing
                 } else {
-                    Threshold::of_row_with(wr, k, keys)
+                    RowSelection::of_row(wr, k, keys)
                 };
-                match th {
-                    Some(th)
-                        if th.take == th.ties
-                            && draws.threshold == crate::philox::THRESHOLD_ALWAYS
-                            && kr.is_some() =>
-                    {
-                        // Pruning without ties to rank: one select per element, no indexing,
-                        // which the compiler vectorises.
-                        let (kth, kr) = (th.kth, kr.expect("checked above"));
-                        for ((o, x), &v) in o.iter_mut().zip(wr).zip(kr) {
-                            *o = if x.key() <= kth { dropped } else { v };
+                match (sel, kr) {
+                    (RowSelection::Below(th), Some(kr)) if th.takes_all_ties() => {
+                        // No tie to rank: one branch-free select per element, which the
+                        // compiler vectorises; dropout draws the row's words first
+                        // (independent Philox blocks).
+                        let kth = th.kth;
+                        if draws.threshold == THRESHOLD_ALWAYS {
+                            for ((o, x), &v) in o.iter_mut().zip(wr).zip(kr) {
+                                *o = if x.key() <= kth { dropped } else { v };
+                            }
+                        } else {
+                            let t = draws.threshold;
+                            fill_draws(words, e0, n, draws);
+                            for (((o, x), &v), &r) in o.iter_mut().zip(wr).zip(kr).zip(&*words) {
+                                let d = (x.key() <= kth) & ((r >> 8) < t);
+                                *o = if d { dropped } else { v };
+                            }
                         }
                     }
-                    Some(th) if th.take == th.ties && kr.is_some() => {
-                        // Dropout without ties to rank: the row's draws first (independent
-                        // Philox blocks), then one branch-free select per element.
-                        let (kth, kr, t) = (th.kth, kr.expect("checked above"), draws.threshold);
-                        fill_draws(words, e0, n, draws);
-                        for (((o, x), &v), &r) in o.iter_mut().zip(wr).zip(kr).zip(words.iter()) {
-                            *o = if (x.key() <= kth) & ((r >> 8) < t) {
-                                dropped
-                            } else {
-                                v
-                            };
-                        }
-                    }
-                    Some(th) if th.take == th.ties => {
-                        // No tie to rank: the comparison is made as the output is written.
+                    (RowSelection::Below(th), _) if th.takes_all_ties() => {
                         let kth = th.kth;
                         write_row(o, kr, |i| wr[i].key() <= kth, dropped, e0, draws)
                     }
-                    Some(th) => {
-                        th.flags(wr, flags);
-                        write_row(o, kr, |i| flags[i], dropped, e0, draws)
-                    }
-                    None if draws.threshold == 0 => write_row(o, kr, |_| false, dropped, e0, draws),
-                    None => {
-                        targeted_flags(wr, k, keys, flags);
+                    (RowSelection::Nothing, _) => write_row(o, kr, |_| false, dropped, e0, draws),
+                    (RowSelection::Everything, _) => write_row(o, kr, |_| true, dropped, e0, draws),
+                    (sel, _) => {
+                        sel.flags(wr, flags);
                         write_row(o, kr, |i| flags[i], dropped, e0, draws)
                     }
                 }
@@ -276,46 +221,33 @@ pub fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
 }
 
 /// The dropped flags of the `d0 = w.len() / n` units under targeted unit dropout.
-pub fn unit_dropped<T: Scored>(w: &[T], n: usize, gamma: f64, draws: &Bernoulli) -> Vec<bool> {
-    if n == 0 {
-        return Vec::new();
-    }
+fn unit_dropped<T: Scored>(w: &[T], n: usize, gamma: f64, draws: &Bernoulli) -> Vec<bool> {
     let d0 = w.len() / n;
     let k = targeted_count(gamma, d0);
     let mut dropped = vec![false; d0];
     if k == 0 || draws.threshold == 0 {
         return dropped;
     }
-    let scores: Vec<T::Acc> = w
-        .par_chunks(n)
-        .with_min_len((4096 / n).max(1))
-        .map(unit_score)
-        .collect();
-    if d0 >= LONG_ROW {
-        targeted_flags_par(&scores, k, &mut dropped);
-        dropped
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(i, d)| *d = *d && draws.drops(i as u64));
-    } else {
-        let mut cursor = draws.cursor();
-        for_each_targeted(&scores, k, |i| dropped[i] = cursor.drops(i as u64));
-    }
+    let scores = unit_scores(w, n);
+    RowSelection::of_row(&scores, k, &mut Vec::new()).flags_par(&scores, &mut dropped);
+    // The draw of a unit is the draw of element index = unit index.
+    dropped
+        .par_iter_mut()
+        .enumerate()
+        .with_min_len(4096)
+        .for_each(|(i, d)| *d = *d && draws.drops(i as u64));
     dropped
 }
 
 /// Writes every element of `out` (rows of `n`): `dropped` in the dropped units, `kept[e]`
 /// (or the default) elsewhere.
-pub fn unit_dropout_into<O: Copy + Send + Sync + Default>(
+fn unit_dropout_into<O: Copy + Send + Sync + Default>(
     kept: Option<&[O]>,
     out: &mut [O],
     dropped: O,
     n: usize,
     units: &[bool],
 ) {
-    if n == 0 {
-        return;
-    }
     out.par_chunks_mut(n)
         .zip(units.par_iter())
         .enumerate()
@@ -325,4 +257,61 @@ pub fn unit_dropout_into<O: Copy + Send + Sync + Default>(
             (false, Some(k)) => o.copy_from_slice(&k[r * n..(r + 1) * n]),
             (false, None) => o.fill(O::default()),
         });
+}
+
+/// The contiguous elements of a layout (the public functions make `w` contiguous first, the
+/// backward pass its gradient).
+fn contiguous<'a, T>(op: &TargetedOp, data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{}: internal error, an input is not contiguous", op.name()),
+    }
+}
+
+impl TargetedOp {
+    /// The selection on `w` (rows of `n`), written over `kept` (the values) or as a mask
+    /// (`O = u8`, 1 = dropped) when `kept` is `None`.
+    fn run<T: Scored, O: Copy + Send + Sync + Default>(
+        &self,
+        w: &[T],
+        kept: Option<&[O]>,
+        dropped: O,
+        n: usize,
+    ) -> Vec<O> {
+        let mut out = par_default(w.len());
+        if n == 0 {
+            return out;
+        }
+        match self.kind {
+            DropoutKind::Weight => {
+                weight_dropout_into(w, kept, &mut out, dropped, n, self.gamma, &self.draws)
+            }
+            DropoutKind::Unit => {
+                let units = unit_dropped(w, n, self.gamma, &self.draws);
+                unit_dropout_into(kept, &mut out, dropped, n, &units)
+            }
+        }
+        out
+    }
+
+    /// The op on the CPU: selection on `w`, values from `vals` (the backward pass) or `w`,
+    /// or the mask; `wrap` makes the values a storage of `T`.
+    pub(crate) fn cpu<T: Scored>(
+        &self,
+        w: &[T],
+        wl: &Layout,
+        vals: Option<(&[T], &Layout)>,
+        wrap: fn(Vec<T>) -> CpuStorage,
+    ) -> Result<CpuStorage> {
+        let w = contiguous(self, w, wl)?;
+        let (_, n) = filters(wl.shape());
+        Ok(match (self.output, vals) {
+            (Output::Mask, _) => CpuStorage::U8(self.run::<T, u8>(w, None, 1, n)),
+            (Output::Values, None) => wrap(self.run(w, Some(w), T::ZERO, n)),
+            (Output::Values, Some((v, vl))) => {
+                let v = contiguous(self, v, vl)?;
+                wrap(self.run(w, Some(v), T::ZERO, n))
+            }
+        })
+    }
 }

@@ -4,7 +4,7 @@
 //! Every kernel works on raw bits, so f16 and bf16 share the 16-bit selection kernels; the
 //! unit scores have a kernel per dtype. Arguments are checked in Rust before any launch.
 
-use crate::ops::{filters, DropoutKind, Output, TargetedOp};
+use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use crate::philox::THRESHOLD_ALWAYS;
 use crate::select::targeted_count;
 use candle_core::backend::BackendStorage;
@@ -333,7 +333,7 @@ fn run<T: Width>(
     let kern = Kernels::of(dev)?;
     let stream = kern.stream.clone();
     let Some((ws, we)) = wl.contiguous_offsets() else {
-        bail!("{}: internal error, w is not contiguous", op.kind_name())
+        bail!("{}: internal error, w is not contiguous", op.name())
     };
     let w = w.slice(ws..we);
     let vals_view;
@@ -343,7 +343,7 @@ fn run<T: Width>(
             let Some((vs, ve)) = vl.contiguous_offsets() else {
                 bail!(
                     "{}: internal error, the gradient is not contiguous",
-                    op.kind_name()
+                    op.name()
                 )
             };
             vals_view = v.slice(vs..ve);
@@ -438,7 +438,7 @@ pub(crate) fn forward(
         }
         _ => bail!(
             "{}: unsupported dtypes on CUDA: w is {:?}{} (expected f16, bf16, f32 or f64, the gradient of the same dtype)",
-            op.kind_name(),
+            op.name(),
             w.dtype(),
             vals.map(|(v, _)| format!(", the gradient {:?}", v.dtype())).unwrap_or_default()
         ),

@@ -1,10 +1,16 @@
-//! What a candle model needs to train with targeted dropout: a config that applies itself to
-//! a weight, and `Linear` / `Conv2d` layers that apply it to theirs.
+//! Targeted dropout on a layer's weight: the [`TargetedDropout`] config, which applies
+//! itself to a weight (training: random; evaluation: pruning), and one generic wrapper,
+//! [`Targeted`], that puts it on any module with a weight ([`WithWeight`]: candle-nn's
+//! `Linear`, `Conv1d`, `Conv2d` and `Embedding`, or a module of your own). For a model whose
+//! code you do not want to touch, see [`crate::VarMapDropout`].
 
-use crate::ops::{prune_units, prune_weights, targeted_unit_dropout, targeted_weight_dropout};
-use crate::{DropoutKind, RampSchedule};
-use candle_core::{bail, Module, ModuleT, Result, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
+use crate::functions::check_fraction;
+use crate::{
+    prune_units, prune_weights, targeted_unit_dropout, targeted_weight_dropout, DropoutKind,
+    RampSchedule,
+};
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{Conv1dConfig, Conv2dConfig, VarBuilder};
 
 /// Targeted dropout of one kind at `gamma` (the targeted fraction) and `alpha` (the drop
 /// rate among the targeted).
@@ -24,26 +30,28 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TargetedDropout {
+    /// Weights or whole units.
     pub kind: DropoutKind,
+    /// The targeted fraction of each filter (weights) or of the filters (units), in [0, 1].
     pub gamma: f64,
+    /// The drop rate among the targeted, in [0, 1].
     pub alpha: f64,
 }
 
 impl TargetedDropout {
     /// A config of `kind`; gamma and alpha must be in [0, 1].
     pub fn new(kind: DropoutKind, gamma: f64, alpha: f64) -> Result<Self> {
-        for (name, v) in [("gamma", gamma), ("alpha", alpha)] {
-            if !(0.0..=1.0).contains(&v) {
-                bail!("TargetedDropout: {name} must be a number in [0, 1], got {v}")
-            }
-        }
+        check_fraction("TargetedDropout", "gamma", gamma)?;
+        check_fraction("TargetedDropout", "alpha", alpha)?;
         Ok(Self { kind, gamma, alpha })
     }
 
+    /// Targeted weight dropout at `gamma` and `alpha`.
     pub fn weight(gamma: f64, alpha: f64) -> Result<Self> {
         Self::new(DropoutKind::Weight, gamma, alpha)
     }
 
+    /// Targeted unit dropout at `gamma` and `alpha`.
     pub fn unit(gamma: f64, alpha: f64) -> Result<Self> {
         Self::new(DropoutKind::Unit, gamma, alpha)
     }
@@ -54,7 +62,8 @@ impl TargetedDropout {
         Self::new(self.kind, gamma, alpha)
     }
 
-    /// Random targeted dropout when `train`, pruning of the targeted set otherwise.
+    /// Random targeted dropout when `train` (one offset of the process-wide generator),
+    /// pruning of the targeted set otherwise (no draws).
     pub fn apply(&self, w: &Tensor, train: bool) -> Result<Tensor> {
         match (self.kind, train) {
             (DropoutKind::Weight, true) => targeted_weight_dropout(w, self.gamma, self.alpha),
@@ -65,25 +74,122 @@ impl TargetedDropout {
     }
 }
 
-/// A linear layer (`y = x W^T + b`, `W: [out, in]`) whose weight goes through targeted
-/// dropout first, when it has one.
+/// A module whose weight targeted dropout can replace: filter `i` is `weight()[i]`.
+pub trait WithWeight: Module {
+    /// The weight, output dimension first.
+    fn weight(&self) -> &Tensor;
+    /// The same module with `w` in place of its weight (same shape).
+    fn with_weight(&self, w: Tensor) -> Self;
+}
+
+impl WithWeight for candle_nn::Linear {
+    fn weight(&self) -> &Tensor {
+        candle_nn::Linear::weight(self)
+    }
+    fn with_weight(&self, w: Tensor) -> Self {
+        candle_nn::Linear::new(w, self.bias().cloned())
+    }
+}
+
+impl WithWeight for candle_nn::Conv1d {
+    fn weight(&self) -> &Tensor {
+        candle_nn::Conv1d::weight(self)
+    }
+    fn with_weight(&self, w: Tensor) -> Self {
+        candle_nn::Conv1d::new(w, self.bias().cloned(), *self.config())
+    }
+}
+
+impl WithWeight for candle_nn::Conv2d {
+    fn weight(&self) -> &Tensor {
+        candle_nn::Conv2d::weight(self)
+    }
+    fn with_weight(&self, w: Tensor) -> Self {
+        candle_nn::Conv2d::new(w, self.bias().cloned(), *self.config())
+    }
+}
+
+/// An embedding's filters are its rows: one vector per token.
+impl WithWeight for candle_nn::Embedding {
+    fn weight(&self) -> &Tensor {
+        self.embeddings()
+    }
+    fn with_weight(&self, w: Tensor) -> Self {
+        candle_nn::Embedding::new(w, self.hidden_size())
+    }
+}
+
+/// A module whose weight goes through targeted dropout first, when it has a config:
+/// `forward_t(x, true)` drops at random, `forward_t(x, false)` prunes.
+///
+/// ```
+/// use candle_core::{DType, Device, ModuleT, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use candle_targeted_dropout::{linear, TargetedDropout};
+/// # fn main() -> candle_core::Result<()> {
+/// let vm = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+/// let layer = linear(8, 4, Some(TargetedDropout::weight(0.5, 0.5)?), vb.pp("fc"))?;
+/// let y = layer.forward_t(&Tensor::ones((2, 8), DType::F32, &Device::Cpu)?, true)?;
+/// assert_eq!(y.dims(), [2, 4]);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
-pub struct Linear {
-    inner: candle_nn::Linear,
+pub struct Targeted<M> {
+    inner: M,
+    /// The config applied to the weight; `None` passes the module through unchanged.
     pub dropout: Option<TargetedDropout>,
 }
 
-impl Linear {
-    pub fn new(inner: candle_nn::Linear, dropout: Option<TargetedDropout>) -> Self {
+/// A `candle_nn::Linear` with targeted dropout on its `[out, in]` weight.
+pub type Linear = Targeted<candle_nn::Linear>;
+/// A `candle_nn::Conv1d` with targeted dropout on its `[out, in, k]` weight.
+pub type Conv1d = Targeted<candle_nn::Conv1d>;
+/// A `candle_nn::Conv2d` with targeted dropout on its `[out, in, kh, kw]` weight.
+pub type Conv2d = Targeted<candle_nn::Conv2d>;
+/// A `candle_nn::Embedding` with targeted dropout on its `[vocab, hidden]` table.
+pub type Embedding = Targeted<candle_nn::Embedding>;
+
+impl<M: WithWeight> Targeted<M> {
+    /// `inner` with `dropout` on its weight.
+    pub fn new(inner: M, dropout: Option<TargetedDropout>) -> Self {
         Self { inner, dropout }
     }
 
+    /// The wrapped module, with its original weight.
+    pub fn inner(&self) -> &M {
+        &self.inner
+    }
+
+    /// The original (undropped) weight.
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
+}
 
+impl Linear {
+    /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()
+    }
+}
+
+impl Conv2d {
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+}
+
+impl<M: WithWeight> ModuleT for Targeted<M> {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.dropout {
+            None => self.inner.forward(xs),
+            Some(td) => {
+                let w = td.apply(self.inner.weight(), train)?;
+                self.inner.with_weight(w).forward(xs)
+            }
+        }
     }
 }
 
@@ -91,47 +197,26 @@ impl Linear {
 pub fn linear(
     in_dim: usize,
     out_dim: usize,
-    vb: VarBuilder,
     dropout: Option<TargetedDropout>,
+    vb: VarBuilder,
 ) -> Result<Linear> {
-    Ok(Linear::new(
+    Ok(Targeted::new(
         candle_nn::linear(in_dim, out_dim, vb)?,
         dropout,
     ))
 }
 
-impl ModuleT for Linear {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        match &self.dropout {
-            None => self.inner.forward(xs),
-            Some(td) => {
-                let w = td.apply(self.inner.weight(), train)?;
-                candle_nn::Linear::new(w, self.inner.bias().cloned()).forward(xs)
-            }
-        }
-    }
-}
-
-/// A 2-d convolution (`W: [out, in, kh, kw]`) whose weight goes through targeted dropout
-/// first, when it has one: filter `i` is `W[i]`, all its input channels and taps.
-#[derive(Debug, Clone)]
-pub struct Conv2d {
-    inner: candle_nn::Conv2d,
-    pub dropout: Option<TargetedDropout>,
-}
-
-impl Conv2d {
-    pub fn new(inner: candle_nn::Conv2d, dropout: Option<TargetedDropout>) -> Self {
-        Self { inner, dropout }
-    }
-
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
-    }
-
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.inner.bias()
-    }
+/// A [`Conv1d`] from `vb` (`weight` and `bias`, candle's default initialisation).
+pub fn conv1d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    cfg: Conv1dConfig,
+    dropout: Option<TargetedDropout>,
+    vb: VarBuilder,
+) -> Result<Conv1d> {
+    let inner = candle_nn::conv1d(in_channels, out_channels, kernel_size, cfg, vb)?;
+    Ok(Targeted::new(inner, dropout))
 }
 
 /// A [`Conv2d`] from `vb` (`weight` and `bias`, candle's default initialisation).
@@ -140,23 +225,22 @@ pub fn conv2d(
     out_channels: usize,
     kernel_size: usize,
     cfg: Conv2dConfig,
-    vb: VarBuilder,
     dropout: Option<TargetedDropout>,
+    vb: VarBuilder,
 ) -> Result<Conv2d> {
     let inner = candle_nn::conv2d(in_channels, out_channels, kernel_size, cfg, vb)?;
-    Ok(Conv2d::new(inner, dropout))
+    Ok(Targeted::new(inner, dropout))
 }
 
-impl ModuleT for Conv2d {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        match &self.dropout {
-            None => self.inner.forward(xs),
-            Some(td) => {
-                let w = td.apply(self.inner.weight(), train)?;
-                let conv =
-                    candle_nn::Conv2d::new(w, self.inner.bias().cloned(), *self.inner.config());
-                conv.forward(xs)
-            }
-        }
-    }
+/// An [`Embedding`] from `vb` (`weight`, candle's default initialisation).
+pub fn embedding(
+    in_size: usize,
+    out_size: usize,
+    dropout: Option<TargetedDropout>,
+    vb: VarBuilder,
+) -> Result<Embedding> {
+    Ok(Targeted::new(
+        candle_nn::embedding(in_size, out_size, vb)?,
+        dropout,
+    ))
 }

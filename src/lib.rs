@@ -5,17 +5,19 @@
 //! the weights that pruning would remove are dropped at random, so the network learns not to
 //! depend on them and survives the pruning done after training.
 //!
-//! The story of the crate, module by module:
+//! The crate, module by module (the exact contract, down to the bits, is `DESIGN.md` of the
+//! repository):
+//! - `element`: the float types and their magnitude keys; `select`: the per-filter radix
+//!   select that finds the k smallest magnitudes in linear time, the algorithm the CUDA
+//!   kernels share;
 //! - [`philox`]: the counter-based generator whose draw for element `e` depends only on
-//!   `(seed, offset, e)`, so that every device draws the same mask;
-//! - [`select`]: the per-filter radix select that finds the k smallest magnitudes in linear
-//!   time, the algorithm the CUDA kernels share;
-//! - [`cpu`]: the host implementation of every op; `ops`: the candle custom ops (CPU and,
-//!   with the `cuda` feature, CUDA), with autograd, and the public functions below;
-//! - [`layers`] and [`schedule`]: what a model needs to train with it;
-//! - [`reference`]: the full-sort oracle the tests compare against.
-//!
-//! The exact contract, down to the bits, is in `DESIGN.md` of the repository.
+//!   `(seed, offset, e)`, so that every device draws the same mask; `generator`: the
+//!   process-wide `(seed, offset)` of the plain functions;
+//! - `op`: the op that both paths implement, `cpu` and `cuda` (feature `cuda`) its two
+//!   implementations, `custom_op` the candle glue with autograd;
+//! - `functions`: the public functions below, which validate their arguments and apply it;
+//! - `layers` ([`Targeted`], [`TargetedDropout`]) and `schedule` ([`RampSchedule`]): what
+//!   training needs.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -29,21 +31,31 @@
 //! let pruned = prune_weights(&w, 0.75)?; // evaluation: 75% of each filter removed
 //! # let _ = (grads, pruned); Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
-pub mod cpu;
+mod cpu;
 #[cfg(feature = "cuda")]
-pub mod cuda;
-pub mod layers;
-mod ops;
+mod cuda;
+mod custom_op;
+mod element;
+mod functions;
+mod generator;
+mod layers;
+mod op;
 pub mod philox;
+#[doc(hidden)]
 pub mod reference;
-pub mod schedule;
-pub mod select;
+mod schedule;
+mod select;
 
-pub use layers::{conv2d, linear, Conv2d, Linear, TargetedDropout};
-pub use ops::{
-    generator_state, prune_units, prune_weights, set_seed, sparsity, targeted_dropout_mask,
-    targeted_unit_dropout, targeted_unit_dropout_seeded, targeted_weight_dropout,
-    targeted_weight_dropout_seeded, DropoutKind,
+pub use functions::{
+    prune_units, prune_weights, sparsity, targeted_dropout_mask, targeted_unit_dropout,
+    targeted_unit_dropout_seeded, targeted_weight_dropout, targeted_weight_dropout_seeded,
 };
+pub use generator::{generator_state, set_generator_state, set_seed};
+pub use layers::{
+    conv1d, conv2d, embedding, linear, Conv1d, Conv2d, Embedding, Linear, Targeted,
+    TargetedDropout, WithWeight,
+};
+pub use op::DropoutKind;
 pub use schedule::RampSchedule;

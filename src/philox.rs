@@ -51,13 +51,16 @@ pub fn drop_threshold(alpha: f64) -> u32 {
 /// `r` word `e % 4` of Philox at counter `[e / 4, offset]` under key `seed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bernoulli {
+    /// The Philox key, as a u64 (low word first).
     pub seed: u64,
+    /// Words 2 and 3 of the counter: one per call of the plain functions.
     pub offset: u64,
     /// `ceil(alpha * 2^24)`, in `0..=2^24`.
     pub threshold: u32,
 }
 
 impl Bernoulli {
+    /// The draws of `(seed, offset)` at drop rate `alpha` (in [0, 1]).
     pub fn new(seed: u64, offset: u64, alpha: f64) -> Self {
         Self {
             seed,
@@ -104,41 +107,6 @@ impl Bernoulli {
             t => (self.draw(e) >> 8) < t,
         }
     }
-
-    /// A cursor that reuses each Philox block for the four elements that share it, for
-    /// callers that visit elements in increasing order.
-    pub fn cursor(&self) -> DrawCursor<'_> {
-        DrawCursor {
-            b: self,
-            block: u64::MAX,
-            words: [0; 4],
-        }
-    }
-}
-
-/// See [`Bernoulli::cursor`].
-pub struct DrawCursor<'a> {
-    b: &'a Bernoulli,
-    block: u64,
-    words: [u32; 4],
-}
-
-impl DrawCursor<'_> {
-    #[inline]
-    pub fn drops(&mut self, e: u64) -> bool {
-        match self.b.threshold {
-            0 => false,
-            THRESHOLD_ALWAYS => true,
-            t => {
-                let c = e / 4;
-                if c != self.block {
-                    self.block = c;
-                    self.words = self.b.block(c);
-                }
-                (self.words[(e % 4) as usize] >> 8) < t
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -152,14 +120,5 @@ mod tests {
         assert_eq!(drop_threshold(0.5), 1 << 23);
         // ceil: the smallest positive alpha still drops something.
         assert_eq!(drop_threshold(1e-12), 1);
-    }
-
-    #[test]
-    fn cursor_matches_draws() {
-        let b = Bernoulli::new(0x1234_5678_9abc_def0, 77, 0.3);
-        let mut c = b.cursor();
-        for e in 0..1000u64 {
-            assert_eq!(c.drops(e), b.drops(e), "e = {e}");
-        }
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Var};
-use candle_targeted_dropout::philox::Bernoulli;
+use candle_targeted_dropout::reference::Draws;
 use candle_targeted_dropout::*;
 use common::*;
 
@@ -60,18 +60,22 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
     let what = |op: &str| {
         format!("case {i}: {op} {shape:?} {dt:?} {data:?} gamma {gamma} alpha {alpha} seed {seed} offset {offset}")
     };
-    let draws = Bernoulli::new(seed, offset, alpha);
+    let draws = Draws {
+        seed,
+        offset,
+        alpha,
+    };
     let got = targeted_weight_dropout_seeded(&wd, gamma, alpha, seed, offset)?;
-    let want = oracle(&w, &w, DropoutKind::Weight, gamma, &draws)?;
+    let want = oracle(&w, &w, DropoutKind::Weight, gamma, draws)?;
     assert_same_bits(&got, &want, &what("weight"))?;
     let got = targeted_unit_dropout_seeded(&wd, gamma, alpha, seed, offset)?;
-    let want = oracle(&w, &w, DropoutKind::Unit, gamma, &draws)?;
+    let want = oracle(&w, &w, DropoutKind::Unit, gamma, draws)?;
     assert_same_bits(&got, &want, &what("unit"))?;
     let got = prune_weights(&wd, gamma)?;
-    let want = oracle(&w, &w, DropoutKind::Weight, gamma, &Bernoulli::always())?;
+    let want = oracle(&w, &w, DropoutKind::Weight, gamma, Draws::PRUNE)?;
     assert_same_bits(&got, &want, &what("prune_weights"))?;
     let got = prune_units(&wd, gamma)?;
-    let want = oracle(&w, &w, DropoutKind::Unit, gamma, &Bernoulli::always())?;
+    let want = oracle(&w, &w, DropoutKind::Unit, gamma, Draws::PRUNE)?;
     assert_same_bits(&got, &want, &what("prune_units"))?;
     if i.is_multiple_of(8) {
         // Gradients: the incoming gradient g, masked where the forward pass dropped.
@@ -89,7 +93,7 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
                 (y.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?.to_device(dev)?)?.sum_all()?;
             let grads = loss.backward()?;
             let gw = grads.get(&v).expect("a gradient");
-            let want = oracle(&w, &g, kind, gamma, &draws)?;
+            let want = oracle(&w, &g, kind, gamma, draws)?;
             assert_same_bits(gw, &want, &what(&format!("{kind:?} gradient")))?;
         }
     }
@@ -136,13 +140,17 @@ fn long_rows_match_the_oracle() -> Result<()> {
                 };
                 for &(gamma, alpha) in params {
                     let (seed, offset) = (rng.next_u64(), rng.below(1000));
-                    let draws = Bernoulli::new(seed, offset, alpha);
+                    let draws = Draws {
+                        seed,
+                        offset,
+                        alpha,
+                    };
                     let what = format!("{shape:?} {dt:?} {data:?} gamma {gamma} alpha {alpha}");
                     let got = targeted_weight_dropout_seeded(&wd, gamma, alpha, seed, offset)?;
-                    let want = oracle(&w, &w, DropoutKind::Weight, gamma, &draws)?;
+                    let want = oracle(&w, &w, DropoutKind::Weight, gamma, draws)?;
                     assert_same_bits(&got, &want, &format!("weight {what}"))?;
                     let got = targeted_unit_dropout_seeded(&wd, gamma, alpha, seed, offset)?;
-                    let want = oracle(&w, &w, DropoutKind::Unit, gamma, &draws)?;
+                    let want = oracle(&w, &w, DropoutKind::Unit, gamma, draws)?;
                     assert_same_bits(&got, &want, &format!("unit {what}"))?;
                 }
             }

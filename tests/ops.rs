@@ -2,7 +2,7 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
-use candle_targeted_dropout::philox::Bernoulli;
+use candle_targeted_dropout::reference::Draws;
 use candle_targeted_dropout::*;
 use common::*;
 
@@ -26,7 +26,17 @@ fn check(dev: &Device, kind: DropoutKind, w: &Tensor, gamma: f64, alpha: f64) ->
         DropoutKind::Weight => targeted_weight_dropout_seeded(&wd, gamma, alpha, seed, off)?,
         DropoutKind::Unit => targeted_unit_dropout_seeded(&wd, gamma, alpha, seed, off)?,
     };
-    let want = oracle(w, w, kind, gamma, &Bernoulli::new(seed, off, alpha))?;
+    let want = oracle(
+        w,
+        w,
+        kind,
+        gamma,
+        Draws {
+            seed,
+            offset: off,
+            alpha,
+        },
+    )?;
     let what = format!("{kind:?} {:?} {:?} g{gamma} a{alpha}", w.dims(), w.dtype());
     assert_same_bits(&got, &want, &what)
 }
@@ -142,7 +152,17 @@ fn gradients(dev: &Device) -> Result<()> {
             let grads = loss.backward()?;
             let gw = grads.get(&w).expect("w has a gradient");
             // The incoming gradient of `sum(y * g)` is `g`: masked exactly where y dropped.
-            let want = oracle(&w0, &g, kind, 0.5, &Bernoulli::new(11, 5, 0.5))?;
+            let want = oracle(
+                &w0,
+                &g,
+                kind,
+                0.5,
+                Draws {
+                    seed: 11,
+                    offset: 5,
+                    alpha: 0.5,
+                },
+            )?;
             assert_same_bits(gw, &want, "gradient")?;
             let mask = targeted_dropout_mask(&w0, kind, 0.5, 0.5, 11, 5)?;
             let gwv = bits(gw)?;
@@ -193,7 +213,10 @@ fn bad_input(dev: &Device) -> Result<()> {
     // Empty tensors give empty tensors.
     for shape in [&[0usize][..], &[0, 5], &[5, 0], &[3, 0, 2]] {
         let w = Tensor::zeros(shape, DType::F32, dev)?;
-        assert_eq!(targeted_weight_dropout(&w, 0.5, 0.5)?.dims(), shape);
+        assert_eq!(
+            targeted_weight_dropout_seeded(&w, 0.5, 0.5, 0, 0)?.dims(),
+            shape
+        );
         assert_eq!(prune_units(&w, 0.5)?.dims(), shape);
     }
     Ok(())
@@ -213,40 +236,6 @@ fn determinism(dev: &Device) -> Result<()> {
     Ok(())
 }
 test_device!(determinism, same_seed_same_bits);
-
-/// The process-wide generator, in one test so that no other test moves it meanwhile.
-#[test]
-fn set_seed_repeats_a_run() -> Result<()> {
-    let mut rng = Rng(6);
-    let w = tensor(&mut rng, &[32, 100], DType::F32, Data::Plain)?;
-    let run = || -> Result<Vec<Vec<u64>>> {
-        (0..3)
-            .map(|i| {
-                if i == 1 {
-                    bits(&targeted_unit_dropout(&w, 0.5, 0.5)?)
-                } else {
-                    bits(&targeted_weight_dropout(&w, 0.5, 0.5)?)
-                }
-            })
-            .collect()
-    };
-    set_seed(1234);
-    assert_eq!(generator_state(), (1234, 0));
-    let first = run()?;
-    assert_eq!(generator_state(), (1234, 3), "one offset per call");
-    // Pruning draws nothing and does not move the generator.
-    prune_weights(&w, 0.5)?;
-    assert_eq!(generator_state(), (1234, 3));
-    set_seed(1234);
-    assert_eq!(run()?, first, "a re-seeded run repeats itself");
-    assert_ne!(first[0], first[2], "consecutive calls draw fresh masks");
-    // The plain call at (seed, offset) equals the seeded one.
-    set_seed(99);
-    let a = targeted_weight_dropout(&w, 0.5, 0.5)?;
-    let b = targeted_weight_dropout_seeded(&w, 0.5, 0.5, 99, 0)?;
-    assert_same_bits(&a, &b, "plain vs seeded")?;
-    Ok(())
-}
 
 fn drop_rate(dev: &Device) -> Result<()> {
     let mut rng = Rng(7);
@@ -298,59 +287,34 @@ fn only_targeted_are_dropped(dev: &Device) -> Result<()> {
 test_device!(only_targeted_are_dropped, pruning_removes_the_smallest);
 
 #[test]
-fn layers_train_and_eval() -> Result<()> {
-    use candle_core::ModuleT;
-    use candle_nn::{VarBuilder, VarMap};
-    let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let td = TargetedDropout::weight(0.5, 0.5)?;
-    let lin = linear(6, 4, vb.pp("l"), Some(td))?;
-    let x = Tensor::ones((2, 6), DType::F32, &Device::Cpu)?;
-    // Evaluation prunes exactly the targeted half of every row.
-    let y = lin.forward_t(&x, false)?;
-    let pruned = prune_weights(lin.weight(), 0.5)?;
-    let want = candle_nn::Linear::new(pruned, lin.bias().cloned()).forward_t(&x, false)?;
-    assert_same_bits(&y, &want, "eval forward")?;
-    // Training applies a random mask and gradients flow back to the weight.
-    let y = lin.forward_t(&x, true)?;
-    let grads = y.sum_all()?.backward()?;
-    assert!(grads.get(lin.weight()).is_some());
-    let conv = conv2d(
-        3,
-        5,
-        3,
-        Default::default(),
-        vb.pp("c"),
-        Some(TargetedDropout::unit(0.4, 1.0)?),
-    )?;
-    let img = Tensor::ones((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
-    let y = conv.forward_t(&img, false)?;
-    assert_eq!(y.dims(), [1, 5, 6, 6]);
-    // Two of five filters pruned: their outputs are the bias alone.
-    let w = prune_units(conv.weight(), 0.4)?;
-    let zero_filters = w
-        .abs()?
-        .sum((1, 2, 3))?
-        .eq(0.0)?
-        .to_dtype(DType::F32)?
-        .sum_all()?;
-    assert_eq!(zero_filters.to_scalar::<f32>()?, 2.0);
-    Ok(())
-}
-
-#[test]
 fn schedule_ramps_like_the_paper() -> Result<()> {
-    let s = RampSchedule::new(0.5, 0.66);
-    assert_eq!((s.t1, s.t2), (20_000, 40_000));
+    let s = RampSchedule::new(0.5, 0.66)?;
+    assert_eq!(s.steps(), (20_000, 40_000));
     let (g, a) = s.at(10_000);
     assert!((g - 0.95 * 0.5 * 0.5).abs() < 1e-12 && (a - 0.66 * 0.25).abs() < 1e-12);
     let (g, _) = s.at(30_000);
     assert!((g - (0.95 * 0.5 + 0.05 * 0.5 * 0.5)).abs() < 1e-12);
     assert_eq!(s.at(1_000_000), (0.5, 0.66));
     let td = TargetedDropout::weight(0.0, 0.0)?;
-    let full = RampSchedule::with_steps(1.0, 1.0, 10, 20);
+    let full = RampSchedule::with_steps(1.0, 1.0, 10, 20)?;
     let at = td.at_step(&full, 20)?;
     assert_eq!((at.gamma, at.alpha), (1.0, 1.0));
+    // Bad ranges are errors that name them.
+    for (t1, t2) in [(20, 20), (30, 20), (0, 20)] {
+        let e = RampSchedule::with_steps(0.5, 0.5, t1, t2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("t1 = {t1}")) && e.contains(&format!("t2 = {t2}")),
+            "{e}"
+        );
+    }
+    for bad in [f64::NAN, -0.5, 1.5] {
+        let e = RampSchedule::new(bad, 0.5).unwrap_err().to_string();
+        assert!(e.contains("gamma") && e.contains(&format!("{bad}")), "{e}");
+        let e = RampSchedule::new(0.5, bad).unwrap_err().to_string();
+        assert!(e.contains("alpha") && e.contains(&format!("{bad}")), "{e}");
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Philox4x32-10 against Random123's known-answer vectors
 //! (`shared/testdata/philox4x32_10_kat.txt`).
 use candle_targeted_dropout::philox::{philox4x32_10, Bernoulli};
+use candle_targeted_dropout::reference;
 
 #[test]
 fn known_answers() {
@@ -26,6 +27,12 @@ fn known_answers() {
             philox4x32_10(ctr, key),
             want,
             "counter {ctr:x?} key {key:x?}"
+        );
+        // The oracle's own Philox too.
+        assert_eq!(
+            reference::philox4x32_10(ctr, key),
+            want,
+            "oracle, counter {ctr:x?}"
         );
     }
 }

@@ -99,21 +99,21 @@ impl Net {
             Model::Mlp => Net {
                 convs: vec![],
                 hidden: vec![
-                    linear(784, 300, vb.pp("fc1"), None)?,
-                    linear(300, 100, vb.pp("fc2"), None)?,
+                    linear(784, 300, None, vb.pp("fc1"))?,
+                    linear(300, 100, None, vb.pp("fc2"))?,
                 ],
-                logits: linear(100, 10, vb.pp("fc3"), None)?,
+                logits: linear(100, 10, None, vb.pp("fc3"))?,
             },
             Model::Cnn => Net {
                 convs: vec![
-                    conv2d(1, 6, 5, Default::default(), vb.pp("c1"), None)?,
-                    conv2d(6, 16, 5, Default::default(), vb.pp("c2"), None)?,
+                    conv2d(1, 6, 5, Default::default(), None, vb.pp("c1"))?,
+                    conv2d(6, 16, 5, Default::default(), None, vb.pp("c2"))?,
                 ],
                 hidden: vec![
-                    linear(256, 120, vb.pp("fc1"), None)?,
-                    linear(120, 84, vb.pp("fc2"), None)?,
+                    linear(256, 120, None, vb.pp("fc1"))?,
+                    linear(120, 84, None, vb.pp("fc2"))?,
                 ],
-                logits: linear(84, 10, vb.pp("fc3"), None)?,
+                logits: linear(84, 10, None, vb.pp("fc3"))?,
             },
         })
     }
@@ -449,9 +449,9 @@ fn main() -> Result<()> {
             Recipe::Ramp(RampSchedule::with_steps(
                 args.ramp_to,
                 args.ramp_to,
-                steps / 5,
-                2 * steps / 5,
-            )),
+                (steps / 5).max(1),
+                (2 * steps / 5).max(2),
+            )?),
         ),
     ];
     let start = std::time::Instant::now();

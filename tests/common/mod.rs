@@ -3,9 +3,8 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor, WithDType};
-use candle_targeted_dropout::cpu::Scored;
-use candle_targeted_dropout::philox::Bernoulli;
-use candle_targeted_dropout::{reference, DropoutKind};
+use candle_targeted_dropout::reference::{self, Draws, Float};
+use candle_targeted_dropout::DropoutKind;
 use half::{bf16, f16};
 
 /// splitmix64: a tiny seeded generator for test data.
@@ -34,10 +33,14 @@ impl Rng {
 /// feature and a device opens (otherwise a message says the GPU cases are skipped).
 ///
 /// With `TD_ONLY_CUDA` set, only the CUDA device (the GPU machine's run: the CPU path is
-/// checked where there is no GPU).
+/// checked where there is no GPU), and a CUDA device that does not open is a failure: a GPU
+/// run must not pass having run nothing.
 pub fn devices() -> Vec<Device> {
     if std::env::var_os("TD_ONLY_CUDA").is_some() {
-        return cuda().into_iter().collect();
+        match cuda() {
+            Some(d) => return vec![d],
+            None => panic!("TD_ONLY_CUDA is set but no CUDA device opens (see the message above)"),
+        }
     }
     let mut d = vec![Device::Cpu];
     if let Some(c) = cuda() {
@@ -178,12 +181,12 @@ pub fn filters(shape: &[usize]) -> (usize, usize) {
     }
 }
 
-fn oracle_t<T: Scored + WithDType>(
+fn oracle_t<T: Float + WithDType>(
     w: &Tensor,
     vals: &Tensor,
     kind: DropoutKind,
     gamma: f64,
-    draws: &Bernoulli,
+    draws: Draws,
 ) -> Result<Tensor> {
     let shape = w.dims().to_vec();
     let (_, n) = filters(&shape);
@@ -202,7 +205,7 @@ pub fn oracle(
     vals: &Tensor,
     kind: DropoutKind,
     gamma: f64,
-    draws: &Bernoulli,
+    draws: Draws,
 ) -> Result<Tensor> {
     let w = w.to_device(&Device::Cpu)?;
     let vals = vals.to_device(&Device::Cpu)?;

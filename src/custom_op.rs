@@ -1,0 +1,108 @@
+//! The candle glue: [`TargetedOp`] as a `CustomOp1` (the forward pass, differentiable) and
+//! as a `CustomOp2` over `(w, gradient)` (the backward pass: the selection on `w` applied to
+//! the gradient). Each backend's forward dispatches on the dtype and calls `cpu.rs` or
+//! `cuda.rs`.
+
+use crate::op::TargetedOp;
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor,
+};
+
+const BACKWARD: &str = "targeted-dropout-backward";
+
+fn same_shape(l1: &Layout, l2: &Layout) -> Result<()> {
+    if l1.shape() != l2.shape() {
+        bail!(
+            "{BACKWARD}: w has shape {:?} but the gradient {:?}",
+            l1.shape(),
+            l2.shape()
+        )
+    }
+    Ok(())
+}
+
+impl CustomOp1 for TargetedOp {
+    fn name(&self) -> &'static str {
+        TargetedOp::name(self)
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(w) => self.cpu(w, l, None, CpuStorage::F32)?,
+            CpuStorage::F64(w) => self.cpu(w, l, None, CpuStorage::F64)?,
+            CpuStorage::F16(w) => self.cpu(w, l, None, CpuStorage::F16)?,
+            CpuStorage::BF16(w) => self.cpu(w, l, None, CpuStorage::BF16)?,
+            other => bail!(
+                "{}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
+                self.name(),
+                other.dtype()
+            ),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::forward(self, s, l, None)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // The mask is a constant of the step: recompute it from `w` and the same draws and
+        // apply it to the incoming gradient.
+        let grad = grad_res.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&grad, self)?))
+    }
+}
+
+impl CustomOp2 for TargetedOp {
+    fn name(&self) -> &'static str {
+        BACKWARD
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(l1, l2)?;
+        let v = Some(l2);
+        let out = match (s1, s2) {
+            (CpuStorage::F32(w), CpuStorage::F32(g)) => {
+                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::F32)?
+            }
+            (CpuStorage::F64(w), CpuStorage::F64(g)) => {
+                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::F64)?
+            }
+            (CpuStorage::F16(w), CpuStorage::F16(g)) => {
+                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::F16)?
+            }
+            (CpuStorage::BF16(w), CpuStorage::BF16(g)) => {
+                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::BF16)?
+            }
+            (a, b) => bail!(
+                "{BACKWARD}: w is {:?} and the gradient {:?}; both must be the same float dtype",
+                a.dtype(),
+                b.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        same_shape(l1, l2)?;
+        crate::cuda::forward(self, s1, l1, Some((s2, l2)))
+    }
+}

@@ -1,0 +1,54 @@
+//! The op that the CPU and the CUDA paths both implement: what one application of targeted
+//! dropout selects, draws and writes. `cpu.rs` and `cuda.rs` compute it; `custom_op.rs`
+//! hands it to candle.
+
+use crate::philox::Bernoulli;
+use candle_core::Shape;
+
+/// Which elements a targeted dropout targets: single weights, or whole units (filters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropoutKind {
+    /// The `floor(gamma * n)` smallest-magnitude weights of each filter.
+    Weight,
+    /// The `floor(gamma * d0)` filters with the smallest L2 norm.
+    Unit,
+}
+
+/// What an op writes: the masked values, or a `u8` mask (1 = dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    Values,
+    Mask,
+}
+
+/// One application of targeted dropout: the selection, the draws and what to write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TargetedOp {
+    pub kind: DropoutKind,
+    pub gamma: f64,
+    pub draws: Bernoulli,
+    pub output: Output,
+}
+
+impl TargetedOp {
+    /// The op's name, for candle and for error messages.
+    pub fn name(&self) -> &'static str {
+        match (self.kind, self.output) {
+            (DropoutKind::Weight, Output::Values) => "targeted-weight-dropout",
+            (DropoutKind::Unit, Output::Values) => "targeted-unit-dropout",
+            (DropoutKind::Weight, Output::Mask) => "targeted-weight-mask",
+            (DropoutKind::Unit, Output::Mask) => "targeted-unit-mask",
+        }
+    }
+}
+
+/// `(d0, n)`: the number of filters and their length (DESIGN.md, "Filters").
+pub(crate) fn filters(shape: &Shape) -> (usize, usize) {
+    let dims = shape.dims();
+    let numel = shape.elem_count();
+    match dims {
+        [] | [_] => (1, numel),
+        [d0, ..] if *d0 == 0 => (0, 0),
+        [d0, ..] => (*d0, numel / d0),
+    }
+}
