@@ -3,7 +3,8 @@
 //! the gradient). Each backend's forward dispatches on the dtype and calls `cpu.rs` or
 //! `cuda.rs`.
 
-use crate::op::TargetedOp;
+use crate::cpu::unit_scores;
+use crate::op::{filters, TargetedOp, UnitScoresOp};
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor,
 };
@@ -104,5 +105,30 @@ impl CustomOp2 for TargetedOp {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         same_shape(l1, l2)?;
         crate::cuda::forward(self, s1, l1, Some((s2, l2)))
+    }
+}
+
+impl CustomOp1 for UnitScoresOp {
+    fn name(&self) -> &'static str {
+        "targeted-dropout-unit-scores"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            bail!("{}: internal error, w is not contiguous", self.name())
+        };
+        let (d0, n) = filters(l.shape());
+        let out = match s {
+            CpuStorage::F32(w) => CpuStorage::F32(unit_scores(&w[start..end], n)),
+            CpuStorage::F64(w) => CpuStorage::F64(unit_scores(&w[start..end], n)),
+            CpuStorage::F16(w) => CpuStorage::F32(unit_scores(&w[start..end], n)),
+            CpuStorage::BF16(w) => CpuStorage::F32(unit_scores(&w[start..end], n)),
+            other => bail!(
+                "{}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
+                self.name(),
+                other.dtype()
+            ),
+        };
+        Ok((out, Shape::from(d0)))
     }
 }

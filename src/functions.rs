@@ -3,7 +3,7 @@
 //! applies the op.
 
 use crate::generator::next_draw_state;
-use crate::op::{DropoutKind, Output, TargetedOp};
+use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;
 use candle_core::{bail, DType, Result, Tensor};
 /// gamma and alpha: a number in [0, 1] (NaN is not).
@@ -198,4 +198,91 @@ pub fn sparsity(w: &Tensor) -> Result<f64> {
     }
     let zeros = w.eq(0.0)?.to_dtype(DType::F64)?.sum_all()?;
     Ok(zeros.to_scalar::<f64>()? / w.elem_count() as f64)
+}
+
+/// The unit scores of `w`: the squared L2 norm of each of its `d0` filters (rank 1: one
+/// filter), in the reduction order that DESIGN.md fixes and every device follows, as a
+/// `[d0]` tensor of f32 (f16, bf16 and f32 input) or f64 (f64 input). Unit dropout targets
+/// the units with the smallest scores; under tensor parallelism, where each device holds some
+/// of the columns of a unit, the scores are what the devices must combine (see
+/// [`targeted_unit_dropout_from_scores`]).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use candle_targeted_dropout::unit_scores;
+/// # fn main() -> candle_core::Result<()> {
+/// let w = Tensor::new(&[[3f32, 4.0], [1.0, -1.0]], &Device::Cpu)?;
+/// assert_eq!(unit_scores(&w)?.to_vec1::<f32>()?, [25.0, 2.0]);
+/// # Ok(()) }
+/// ```
+pub fn unit_scores(w: &Tensor) -> Result<Tensor> {
+    check_tensor("unit_scores", w)?;
+    let (d0, _) = filters(w.shape());
+    let acc = if w.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    if w.elem_count() == 0 {
+        return Tensor::zeros(d0, acc, w.device());
+    }
+    w.contiguous()?.apply_op1_no_bwd(&UnitScoresOp)
+}
+
+/// Targeted unit dropout of a row shard `w` (units `first_unit .. first_unit + d0` of a
+/// larger weight, e.g. under tensor parallelism) given the scores of **all** the weight's
+/// units (`[D]`, from [`unit_scores`] on each shard, gathered in unit order): the same bits
+/// as [`targeted_unit_dropout_seeded`] on the whole weight, restricted to the shard. With
+/// `first_unit = 0` and the scores of `w` itself it is that function. Differentiable.
+///
+/// The scores are compared as [`unit_scores`] gives them (non-negative, NaN canonical).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use candle_targeted_dropout::*;
+/// # fn main() -> candle_core::Result<()> {
+/// let w = Tensor::new(&[[3f32, 4.0], [0.1, 0.1], [1.0, 1.0], [0.2, 0.0]], &Device::Cpu)?;
+/// let whole = targeted_unit_dropout_seeded(&w, 0.5, 1.0, 9, 0)?;
+/// let (top, bottom) = (w.narrow(0, 0, 2)?, w.narrow(0, 2, 2)?);
+/// let scores = Tensor::cat(&[unit_scores(&top)?, unit_scores(&bottom)?], 0)?;
+/// let shard = targeted_unit_dropout_from_scores(&bottom, &scores, 2, 0.5, 1.0, 9, 0)?;
+/// assert_eq!(shard.to_vec2::<f32>()?, whole.narrow(0, 2, 2)?.to_vec2::<f32>()?);
+/// # Ok(()) }
+/// ```
+pub fn targeted_unit_dropout_from_scores(
+    w: &Tensor,
+    scores: &Tensor,
+    first_unit: usize,
+    gamma: f64,
+    alpha: f64,
+    seed: u64,
+    offset: u64,
+) -> Result<Tensor> {
+    let op = "targeted_unit_dropout_from_scores";
+    check_fraction(op, "gamma", gamma)?;
+    check_fraction(op, "alpha", alpha)?;
+    check_tensor(op, w)?;
+    if scores.rank() != 1 || !matches!(scores.dtype(), DType::F32 | DType::F64) {
+        bail!(
+            "{op}: scores must be a rank-1 f32 or f64 tensor (one score per unit), got {:?} {:?}",
+            scores.dtype(),
+            scores.dims()
+        )
+    }
+    let (d0, _) = filters(w.shape());
+    let total = scores.dim(0)?;
+    if first_unit.checked_add(d0).is_none_or(|end| end > total) {
+        bail!("{op}: units {first_unit}..{first_unit}+{d0} of the shard are outside the {total} scores")
+    }
+    if w.elem_count() == 0 {
+        return Ok(w.clone());
+    }
+    // The scores as one filter: the weight selection over it, with draw index = unit index,
+    // is the unit selection (non-negative floats order like their bits).
+    let mask = targeted_dropout_mask(scores, DropoutKind::Weight, gamma, alpha, seed, offset)?
+        .narrow(0, first_unit, d0)?;
+    let mut dims = vec![1usize; w.rank()];
+    dims[0] = d0;
+    let mask = mask.reshape(dims)?.broadcast_as(w.shape())?;
+    mask.where_cond(&w.zeros_like()?, w)
 }

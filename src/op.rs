@@ -52,3 +52,8 @@ pub(crate) fn filters(shape: &Shape) -> (usize, usize) {
         [d0, ..] => (*d0, numel / d0),
     }
 }
+
+/// The unit scores of a tensor: the squared L2 norm of each of its `d0` filters, in the
+/// documented reduction order (DESIGN.md, "Targeted unit dropout", step 1).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnitScoresOp;
