@@ -2,7 +2,8 @@
 //! accepted range), takes its draws from the caller or the process-wide generator, and
 //! applies the op.
 
-use crate::generator::next_draw_state;
+use crate::generator::{next_draw_state, take_offsets};
+use crate::layers::TargetedDropout;
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;
 use candle_core::{bail, DType, Result, Tensor};
@@ -285,4 +286,111 @@ pub fn targeted_unit_dropout_from_scores(
     dims[0] = d0;
     let mask = mask.reshape(dims)?.broadcast_as(w.shape())?;
     mask.where_cond(&w.zeros_like()?, w)
+}
+
+/// Targeted dropout on many tensors in one call, each with its own config (kind, gamma,
+/// alpha): tensor `i` takes offset `offset + i` of the process-wide generator, so the results
+/// are bit-identical to calling [`targeted_weight_dropout`] / [`targeted_unit_dropout`] on
+/// each in order. Each result keeps its own autograd. Every argument is checked before any
+/// draw: on an error the generator has not moved.
+///
+/// On the CPU the tensors are computed in parallel.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use candle_targeted_dropout::*;
+/// # fn main() -> candle_core::Result<()> {
+/// let a = Tensor::randn(0f32, 1.0, (16, 27), &Device::Cpu)?;
+/// let b = Tensor::randn(0f32, 1.0, (10, 64), &Device::Cpu)?;
+/// let (wd, ud) = (TargetedDropout::weight(0.5, 0.5)?, TargetedDropout::unit(0.3, 1.0)?);
+/// set_seed(1);
+/// let many = targeted_dropout_many(&[(&a, wd), (&b, ud)])?;
+/// set_seed(1);
+/// let one = targeted_weight_dropout(&a, 0.5, 0.5)?;
+/// assert_eq!(many[0].to_vec2::<f32>()?, one.to_vec2::<f32>()?);
+/// # Ok(()) }
+/// ```
+pub fn targeted_dropout_many(items: &[(&Tensor, TargetedDropout)]) -> Result<Vec<Tensor>> {
+    let op = "targeted_dropout_many";
+    check_many(op, items)?;
+    let (seed, offset) = take_offsets(items.len() as u64);
+    run_many(op, items, seed, offset)
+}
+
+/// [`targeted_dropout_many`] with an explicit seed: tensor `i` draws at
+/// `(seed, first_offset + i)`, like [`targeted_weight_dropout_seeded`] on each. The process-wide
+/// generator is neither read nor advanced (data-parallel replicas that each track the same
+/// `(seed, offset)` draw the same masks).
+pub fn targeted_dropout_many_seeded(
+    items: &[(&Tensor, TargetedDropout)],
+    seed: u64,
+    first_offset: u64,
+) -> Result<Vec<Tensor>> {
+    let op = "targeted_dropout_many_seeded";
+    check_many(op, items)?;
+    run_many(op, items, seed, first_offset)
+}
+
+fn check_many(op: &str, items: &[(&Tensor, TargetedDropout)]) -> Result<()> {
+    for (i, (w, td)) in items.iter().enumerate() {
+        let what = format!("{op}: tensor {i}");
+        check_fraction(&what, "gamma", td.gamma)?;
+        check_fraction(&what, "alpha", td.alpha)?;
+        check_tensor(&what, w)?;
+    }
+    Ok(())
+}
+
+fn run_many(
+    op: &str,
+    items: &[(&Tensor, TargetedDropout)],
+    seed: u64,
+    first_offset: u64,
+) -> Result<Vec<Tensor>> {
+    use rayon::prelude::*;
+    let one = |i: usize| {
+        let (w, td) = items[i];
+        let offset = first_offset.wrapping_add(i as u64);
+        let o = validated(
+            op,
+            w,
+            td.kind,
+            td.gamma,
+            td.alpha,
+            Some((seed, offset)),
+            Output::Values,
+        )?;
+        apply(w, o)
+    };
+    if items.iter().all(|(w, _)| w.device().is_cpu()) {
+        (0..items.len()).into_par_iter().map(one).collect()
+    } else {
+        (0..items.len()).map(one).collect()
+    }
+}
+
+/// The gradient that autograd gives `w` through targeted dropout at `(seed, offset)`: `grad`
+/// with the dropped elements zeroed. For [`crate::VarMapDropout`], whose model saw the
+/// dropped weights directly.
+pub(crate) fn masked_gradient(
+    w: &Tensor,
+    grad: &Tensor,
+    td: TargetedDropout,
+    seed: u64,
+    offset: u64,
+) -> Result<Tensor> {
+    let op = "targeted dropout backward";
+    let o = validated(
+        op,
+        w,
+        td.kind,
+        td.gamma,
+        td.alpha,
+        Some((seed, offset)),
+        Output::Values,
+    )?;
+    if w.elem_count() == 0 {
+        return Ok(grad.clone());
+    }
+    w.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &o)
 }

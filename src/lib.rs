@@ -16,8 +16,9 @@
 //! - `op`: the op that both paths implement, `cpu` and `cuda` (feature `cuda`) its two
 //!   implementations, `custom_op` the candle glue with autograd;
 //! - `functions`: the public functions below, which validate their arguments and apply it;
-//! - `layers` ([`Targeted`], [`TargetedDropout`]) and `schedule` ([`RampSchedule`]): what
-//!   training needs.
+//! - `layers` ([`Targeted`], [`TargetedDropout`]), `varmap` ([`VarMapDropout`]: any model
+//!   through its `VarMap`, pruning and [`SparsityReport`]) and `schedule`
+//!   ([`RampSchedule`]): what training needs.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -47,11 +48,13 @@ pub mod philox;
 pub mod reference;
 mod schedule;
 mod select;
+mod varmap;
 
 pub use functions::{
-    prune_units, prune_weights, sparsity, targeted_dropout_mask, targeted_unit_dropout,
-    targeted_unit_dropout_from_scores, targeted_unit_dropout_seeded, targeted_weight_dropout,
-    targeted_weight_dropout_seeded, unit_scores,
+    prune_units, prune_weights, sparsity, targeted_dropout_many, targeted_dropout_many_seeded,
+    targeted_dropout_mask, targeted_unit_dropout, targeted_unit_dropout_from_scores,
+    targeted_unit_dropout_seeded, targeted_weight_dropout, targeted_weight_dropout_seeded,
+    unit_scores,
 };
 pub use generator::{generator_state, set_generator_state, set_seed};
 pub use layers::{
@@ -60,3 +63,4 @@ pub use layers::{
 };
 pub use op::DropoutKind;
 pub use schedule::RampSchedule;
+pub use varmap::{DropoutStep, SparsityReport, VarMapDropout, VarSparsity};

@@ -1,0 +1,398 @@
+//! Targeted dropout on any candle model, through the `VarMap` that holds its variables:
+//! [`VarMapDropout`] drops the selected weights in place for one training step and masks
+//! their gradients afterwards, prunes them for evaluation, and reports the sparsity
+//! ([`SparsityReport`]). The model's code does not change.
+
+use crate::functions::{masked_gradient, targeted_dropout_many_seeded};
+use crate::generator::take_offsets;
+use crate::{prune_units, prune_weights, DropoutKind, TargetedDropout};
+use candle_core::backprop::GradStore;
+use candle_core::{bail, DType, Result, Tensor, Var};
+use candle_nn::VarMap;
+use std::fmt;
+
+/// One selected variable.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    var: Var,
+    config: TargetedDropout,
+}
+
+/// Targeted dropout for the variables of a [`VarMap`], with no change to the model's code.
+///
+/// ```
+/// use candle_core::{DType, Device, Module, Tensor};
+/// use candle_nn::{linear, Optimizer, VarBuilder, VarMap, SGD};
+/// use candle_targeted_dropout::{TargetedDropout, VarMapDropout};
+/// # fn main() -> candle_core::Result<()> {
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+/// let (fc1, fc2) = (linear(8, 16, vb.pp("fc1"))?, linear(16, 2, vb.pp("fc2"))?);
+/// let vd = VarMapDropout::new(&varmap, |name: &str, w: &Tensor| {
+///     (name.ends_with(".weight") && w.rank() >= 2 && name != "fc2.weight")
+///         .then(|| TargetedDropout::weight(0.5, 0.5).unwrap())
+/// })?;
+/// let mut opt = SGD::new(varmap.all_vars(), 0.1)?;
+/// let x = Tensor::ones((4, 8), DType::F32, &Device::Cpu)?;
+/// let step = vd.apply()?; // fc1.weight now holds its dropped weights
+/// let loss = fc2.forward(&fc1.forward(&x)?.relu()?)?.sqr()?.mean_all()?;
+/// let mut grads = loss.backward()?;
+/// step.finish(&mut grads)?; // gradients masked, original weights back
+/// opt.step(&grads)?;
+/// let report = vd.prune()?; // evaluation: the targeted half of every filter removed
+/// assert_eq!(report.total().zeros, 16 * 4);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct VarMapDropout {
+    entries: Vec<Entry>,
+}
+
+impl VarMapDropout {
+    /// Selects the variables of `varmap` that get targeted dropout: `select(name, tensor)` is
+    /// called once per variable and returns its config, or `None` to leave it alone.
+    ///
+    /// Errors (each naming the variable): a selected variable that is not a float tensor of
+    /// rank >= 1, a config with gamma or alpha outside [0, 1]. A selection that matches no
+    /// variable is an error too: training would silently run without dropout.
+    pub fn new(
+        varmap: &VarMap,
+        mut select: impl FnMut(&str, &Tensor) -> Option<TargetedDropout>,
+    ) -> Result<Self> {
+        let mut named: Vec<(String, Var)> = {
+            let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let total = named.len();
+        let mut entries = Vec::new();
+        for (name, var) in named {
+            let Some(config) = select(&name, var.as_tensor()) else {
+                continue;
+            };
+            check_entry(&name, var.as_tensor(), &config)?;
+            entries.push(Entry { name, var, config });
+        }
+        if entries.is_empty() {
+            bail!(
+                "VarMapDropout: the selection matched none of the {total} variables of the VarMap"
+            )
+        }
+        Ok(Self { entries })
+    }
+
+    /// The selected variables' names, in the order [`VarMapDropout::apply`] visits them
+    /// (ascending).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.name.as_str())
+    }
+
+    /// The number of selected variables: the offsets one [`VarMapDropout::apply`] takes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true: a selection that matches nothing is an error at [`VarMapDropout::new`].
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The config of a selected variable.
+    pub fn config(&self, name: &str) -> Option<TargetedDropout> {
+        self.entries
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.config)
+    }
+
+    /// Sets the config of one selected variable (e.g. from a [`crate::RampSchedule`]).
+    pub fn set_config(&mut self, name: &str, config: TargetedDropout) -> Result<()> {
+        let Some(e) = self.entries.iter_mut().find(|e| e.name == name) else {
+            bail!("VarMapDropout: {name} is not one of the selected variables")
+        };
+        check_entry(name, e.var.as_tensor(), &config)?;
+        e.config = config;
+        Ok(())
+    }
+
+    /// Sets the config of every selected variable.
+    pub fn set_all(&mut self, config: TargetedDropout) -> Result<()> {
+        for e in &mut self.entries {
+            check_entry(&e.name, e.var.as_tensor(), &config)?;
+            e.config = config;
+        }
+        Ok(())
+    }
+
+    /// One training step: every selected variable now holds its dropped weights, drawn with
+    /// the next offsets of the process-wide generator, one per variable in name order (the
+    /// same bits as [`crate::targeted_weight_dropout`] / [`crate::targeted_unit_dropout`] on
+    /// each in that order). Run the model's forward and backward passes, then call
+    /// [`DropoutStep::finish`]. Until then a copy of each selected weight is held.
+    pub fn apply(&self) -> Result<DropoutStep<'_>> {
+        let (seed, offset) = take_offsets(self.entries.len() as u64);
+        self.apply_seeded(seed, offset)
+    }
+
+    /// [`VarMapDropout::apply`] with explicit draws: variable `i` (in name order) draws at
+    /// `(seed, first_offset + i)`, and the process-wide generator is untouched. Data-parallel
+    /// replicas that track the same `(seed, offset)` draw the same masks.
+    pub fn apply_seeded(&self, seed: u64, first_offset: u64) -> Result<DropoutStep<'_>> {
+        let originals: Vec<Tensor> = self
+            .entries
+            .iter()
+            .map(|e| e.var.as_tensor().detach())
+            .collect();
+        let items: Vec<(&Tensor, TargetedDropout)> = originals
+            .iter()
+            .zip(&self.entries)
+            .map(|(t, e)| (t, e.config))
+            .collect();
+        let dropped = targeted_dropout_many_seeded(&items, seed, first_offset)?;
+        // Keep each original (a copy: the variable's storage is about to be overwritten).
+        let mut step = DropoutStep {
+            vd: self,
+            saved: Vec::with_capacity(self.entries.len()),
+            seed,
+            first_offset,
+        };
+        for ((e, orig), d) in self.entries.iter().zip(&originals).zip(dropped) {
+            let copy = orig.copy()?;
+            if d.elem_count() > 0 {
+                e.var.set(&d)?;
+            }
+            step.saved.push(copy);
+        }
+        Ok(step)
+    }
+
+    /// Prunes every selected variable in place (its config's kind and gamma: the whole
+    /// targeted set, as the paper evaluates) and reports the sparsity. The generator is
+    /// untouched. Save the pruned model with `VarMap::save`.
+    pub fn prune(&self) -> Result<SparsityReport> {
+        for e in &self.entries {
+            let pruned = prune_as(e.var.as_tensor(), e.config.kind, e.config.gamma)?;
+            e.var.set(&pruned)?;
+        }
+        self.report()
+    }
+
+    /// Prunes every selected variable temporarily at `kind` and `gamma` (e.g. to measure
+    /// accuracy at several rates), calls `f` with the report, and restores the original
+    /// weights, also when `f` fails.
+    pub fn with_pruned<R>(
+        &self,
+        kind: DropoutKind,
+        gamma: f64,
+        f: impl FnOnce(&SparsityReport) -> Result<R>,
+    ) -> Result<R> {
+        let originals: Vec<Tensor> = self
+            .entries
+            .iter()
+            .map(|e| e.var.as_tensor().copy())
+            .collect::<Result<_>>()?;
+        let restore = Restore {
+            vars: self.entries.iter().map(|e| &e.var).collect(),
+            originals,
+        };
+        for (e, orig) in self.entries.iter().zip(&restore.originals) {
+            e.var.set(&prune_as(orig, kind, gamma)?)?;
+        }
+        let report = self.report()?;
+        let out = f(&report);
+        restore.now()?;
+        out
+    }
+
+    /// The sparsity of the selected variables as they are now.
+    pub fn report(&self) -> Result<SparsityReport> {
+        let mut vars = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let t = e.var.as_tensor();
+            let zeros = t
+                .eq(0.0)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()? as usize;
+            vars.push(VarSparsity {
+                name: e.name.clone(),
+                shape: t.dims().to_vec(),
+                zeros,
+                numel: t.elem_count(),
+            });
+        }
+        Ok(SparsityReport { vars })
+    }
+}
+
+fn check_entry(name: &str, w: &Tensor, config: &TargetedDropout) -> Result<()> {
+    let what = format!("VarMapDropout: variable {name}");
+    crate::functions::check_fraction(&what, "gamma", config.gamma)?;
+    crate::functions::check_fraction(&what, "alpha", config.alpha)?;
+    crate::functions::check_tensor(&what, w)
+}
+
+fn prune_as(w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {
+    match kind {
+        DropoutKind::Weight => prune_weights(w, gamma),
+        DropoutKind::Unit => prune_units(w, gamma),
+    }
+}
+
+/// Puts saved weights back, at once or when dropped (an error path).
+struct Restore<'a> {
+    vars: Vec<&'a Var>,
+    originals: Vec<Tensor>,
+}
+
+impl Restore<'_> {
+    fn now(mut self) -> Result<()> {
+        let r = restore(&self.vars, &self.originals);
+        self.vars.clear();
+        r
+    }
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        // Setting a variable to a saved copy of its own shape cannot fail short of a device
+        // error, which there is no one to report to here.
+        let _ = restore(&self.vars, &self.originals);
+    }
+}
+
+fn restore(vars: &[&Var], originals: &[Tensor]) -> Result<()> {
+    for (v, o) in vars.iter().zip(originals) {
+        v.set(o)?;
+    }
+    Ok(())
+}
+
+/// One training step of a [`VarMapDropout`]: the selected variables hold their dropped
+/// weights until [`DropoutStep::finish`] (or until the step is dropped, e.g. on an error
+/// path, which restores them without touching any gradient).
+#[must_use = "call finish(&mut grads) after the backward pass: it masks the gradients and restores the weights"]
+pub struct DropoutStep<'a> {
+    vd: &'a VarMapDropout,
+    saved: Vec<Tensor>,
+    seed: u64,
+    first_offset: u64,
+}
+
+impl DropoutStep<'_> {
+    /// Masks the gradient of every selected variable in `grads` (bit-identical to what
+    /// autograd gives through the functional op) and restores the original weights.
+    pub fn finish(mut self, grads: &mut GradStore) -> Result<()> {
+        let saved = std::mem::take(&mut self.saved);
+        let result = (|| {
+            for (i, (e, orig)) in self.vd.entries.iter().zip(&saved).enumerate() {
+                if let Some(g) = grads.remove(e.var.as_tensor()) {
+                    let offset = self.first_offset.wrapping_add(i as u64);
+                    let masked = masked_gradient(orig, &g, e.config, self.seed, offset)?;
+                    grads.insert(e.var.as_tensor(), masked);
+                }
+            }
+            Ok(())
+        })();
+        // The weights come back whatever happened to the gradients.
+        let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
+        restore(&vars, &saved)?;
+        result
+    }
+
+    /// Restores the original weights without touching any gradient.
+    pub fn restore(mut self) -> Result<()> {
+        let saved = std::mem::take(&mut self.saved);
+        let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
+        restore(&vars, &saved)
+    }
+}
+
+impl Drop for DropoutStep<'_> {
+    fn drop(&mut self) {
+        if !self.saved.is_empty() {
+            let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
+            // See `Restore::drop`.
+            let _ = restore(&vars, &self.saved);
+        }
+    }
+}
+
+/// The zeros of one variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarSparsity {
+    /// The variable's name in the `VarMap`.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// How many of its elements are exactly zero (either sign).
+    pub zeros: usize,
+    /// How many elements it has.
+    pub numel: usize,
+}
+
+impl VarSparsity {
+    /// `zeros / numel` (0 for an empty tensor).
+    pub fn fraction(&self) -> f64 {
+        if self.numel == 0 {
+            0.0
+        } else {
+            self.zeros as f64 / self.numel as f64
+        }
+    }
+}
+
+/// The sparsity of the selected variables, per variable and in total; prints as a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparsityReport {
+    /// One row per selected variable, in name order.
+    pub vars: Vec<VarSparsity>,
+}
+
+impl SparsityReport {
+    /// All the selected variables together (name `total`, an empty shape).
+    pub fn total(&self) -> VarSparsity {
+        VarSparsity {
+            name: "total".into(),
+            shape: vec![],
+            zeros: self.vars.iter().map(|v| v.zeros).sum(),
+            numel: self.vars.iter().map(|v| v.numel).sum(),
+        }
+    }
+}
+
+impl fmt::Display for SparsityReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.total();
+        let width = self
+            .vars
+            .iter()
+            .map(|v| v.name.len())
+            .chain([8])
+            .max()
+            .unwrap_or(8);
+        writeln!(
+            f,
+            "{:<width$}  {:>18}  {:>12}  {:>12}  {:>8}",
+            "variable", "shape", "elements", "zeros", "sparsity"
+        )?;
+        for v in self.vars.iter().chain([&total]) {
+            let shape = if v.shape.is_empty() {
+                String::new()
+            } else {
+                format!("{:?}", v.shape)
+            };
+            writeln!(
+                f,
+                "{:<width$}  {:>18}  {:>12}  {:>12}  {:>7.2}%",
+                v.name,
+                shape,
+                v.numel,
+                v.zeros,
+                100.0 * v.fraction()
+            )?;
+        }
+        Ok(())
+    }
+}
