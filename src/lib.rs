@@ -17,8 +17,8 @@
 //!   implementations, `custom_op` the candle glue with autograd;
 //! - `functions`: the public functions below, which validate their arguments and apply it;
 //! - `layers` ([`Targeted`], [`TargetedDropout`]), `varmap` ([`VarMapDropout`]: any model
-//!   through its `VarMap`, pruning and [`SparsityReport`]) and `schedule`
-//!   ([`RampSchedule`]): what training needs.
+//!   through its `VarMap`, pruning and [`SparsityReport`]), `schedule` ([`RampSchedule`]) and `thin`
+//!   ([`thin_units`]: removing pruned units): what training and deployment need.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -48,6 +48,7 @@ pub mod philox;
 pub mod reference;
 mod schedule;
 mod select;
+mod thin;
 mod varmap;
 
 pub use functions::{
@@ -63,4 +64,5 @@ pub use layers::{
 };
 pub use op::DropoutKind;
 pub use schedule::RampSchedule;
+pub use thin::{thin_units, Thinned};
 pub use varmap::{DropoutStep, SparsityReport, VarMapDropout, VarSparsity};
