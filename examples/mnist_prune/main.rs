@@ -4,17 +4,19 @@
 //! 5,000-image MNIST subset in `data/mnist-5k` (no dropout; targeted weight dropout;
 //! targeted unit dropout; ramped targeted weight dropout), then prunes each one per filter
 //! at increasing rates and prints the test accuracy: the networks trained with targeted
-//! dropout keep their accuracy where the plain one collapses. Everything is seeded: the same
-//! command prints the same tables. `--help` lists the flags.
+//! dropout keep their accuracy where the plain one collapses. The models are plain candle_nn
+//! layers: targeted dropout reaches them through their `VarMap` ([`VarMapDropout`]), with no
+//! change to the model's code. Then the unit-dropout model, 70% of its units pruned, is
+//! thinned (the dead units removed) and timed. Everything is seeded: the same command prints
+//! the same tables. `--help` lists the flags.
 mod idx;
 mod plot;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
-use candle_nn::{loss::cross_entropy, VarBuilder, VarMap};
+use candle_core::{backprop::GradStore, DType, Device, Module, Tensor, Var, D};
+use candle_nn::{conv2d, linear, loss::cross_entropy, Conv2d, Linear, VarBuilder, VarMap};
 use candle_targeted_dropout::{
-    conv2d, linear, prune_units, prune_weights, set_seed, Conv2d, DropoutKind, Linear,
-    RampSchedule, TargetedDropout,
+    set_seed, thin_units, DropoutKind, RampSchedule, TargetedDropout, VarMapDropout,
 };
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -86,7 +88,7 @@ enum Recipe {
     Ramp(RampSchedule),
 }
 
-/// The network: hidden layers that may carry targeted dropout, and the logits layer.
+/// The network, plain candle_nn layers: convolutions, hidden layers and the logits layer.
 struct Net {
     convs: Vec<Conv2d>,
     hidden: Vec<Linear>,
@@ -99,32 +101,27 @@ impl Net {
             Model::Mlp => Net {
                 convs: vec![],
                 hidden: vec![
-                    linear(784, 300, None, vb.pp("fc1"))?,
-                    linear(300, 100, None, vb.pp("fc2"))?,
+                    linear(784, 300, vb.pp("fc1"))?,
+                    linear(300, 100, vb.pp("fc2"))?,
                 ],
-                logits: linear(100, 10, None, vb.pp("fc3"))?,
+                logits: linear(100, 10, vb.pp("fc3"))?,
             },
             Model::Cnn => Net {
                 convs: vec![
-                    conv2d(1, 6, 5, Default::default(), None, vb.pp("c1"))?,
-                    conv2d(6, 16, 5, Default::default(), None, vb.pp("c2"))?,
+                    conv2d(1, 6, 5, Default::default(), vb.pp("c1"))?,
+                    conv2d(6, 16, 5, Default::default(), vb.pp("c2"))?,
                 ],
                 hidden: vec![
-                    linear(256, 120, None, vb.pp("fc1"))?,
-                    linear(120, 84, None, vb.pp("fc2"))?,
+                    linear(256, 120, vb.pp("fc1"))?,
+                    linear(120, 84, vb.pp("fc2"))?,
                 ],
-                logits: linear(84, 10, None, vb.pp("fc3"))?,
+                logits: linear(84, 10, vb.pp("fc3"))?,
             },
         })
     }
 
-    /// Targeted dropout on every layer's weight but the logits layer's, as in the paper.
-    fn set_dropout(&mut self, td: Option<TargetedDropout>) {
-        self.convs.iter_mut().for_each(|c| c.dropout = td);
-        self.hidden.iter_mut().for_each(|l| l.dropout = td);
-    }
-
-    /// The names of the weights that pruning removes from: all but the logits layer's.
+    /// The names of the weights that targeted dropout and pruning act on: every layer's
+    /// weight but the logits layer's, as in the paper.
     fn prunable(model: Model) -> &'static [&'static str] {
         match model {
             Model::Mlp => &["fc1.weight", "fc2.weight"],
@@ -132,19 +129,64 @@ impl Net {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    /// The targeted dropout of the prunable weights of `vm`.
+    fn dropout(model: Model, vm: &VarMap, td: TargetedDropout) -> Result<VarMapDropout> {
+        let names = Net::prunable(model);
+        Ok(VarMapDropout::new(vm, |name, _| {
+            names.contains(&name).then_some(td)
+        })?)
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         if !self.convs.is_empty() {
             h = h.reshape((x.dim(0)?, 1, 28, 28))?;
             for c in &self.convs {
-                h = c.forward_t(&h, train)?.relu()?.max_pool2d(2)?;
+                h = c.forward(&h)?.relu()?.max_pool2d(2)?;
             }
             h = h.flatten_from(1)?;
         }
         for l in &self.hidden {
-            h = l.forward_t(&h, train)?.relu()?;
+            h = l.forward(&h)?.relu()?;
         }
-        self.logits.forward_t(&h, train)
+        self.logits.forward(&h)
+    }
+
+    /// The same network without its dead units (filters whose weights are all zero): each
+    /// layer thinned with the next one, the dead units' constant outputs folded forward.
+    fn thinned(&self) -> Result<Net> {
+        let mut layers: Vec<(Tensor, Option<Tensor>)> = self
+            .convs
+            .iter()
+            .map(|c| (c.weight().clone(), c.bias().cloned()))
+            .chain(
+                self.hidden
+                    .iter()
+                    .chain([&self.logits])
+                    .map(|l| (l.weight().clone(), l.bias().cloned())),
+            )
+            .collect();
+        for i in 0..layers.len() - 1 {
+            let (w, b) = &layers[i];
+            let (nw, nb) = &layers[i + 1];
+            let t = thin_units(w, b.as_ref(), nw, nb.as_ref(), |x| x.relu())?;
+            layers[i] = (t.weight, t.bias);
+            layers[i + 1] = (t.next_weight, t.next_bias);
+        }
+        let mut it = layers.into_iter();
+        let convs = self
+            .convs
+            .iter()
+            .zip(it.by_ref())
+            .map(|(c, (w, b))| Conv2d::new(w, b, *c.config()))
+            .collect();
+        let mut rest: Vec<Linear> = it.map(|(w, b)| Linear::new(w, b)).collect();
+        let logits = rest.pop().context("a logits layer")?;
+        Ok(Net {
+            convs,
+            hidden: rest,
+            logits,
+        })
     }
 }
 
@@ -201,12 +243,12 @@ fn batch(split: &idx::Split, ids: &[usize], dev: &Device) -> Result<(Tensor, Ten
     ))
 }
 
-fn accuracy(net: &Net, split: &idx::Split, dev: &Device) -> Result<f64> {
+fn accuracy(net: &Net, split: &idx::Split, dev: &Device) -> candle_core::Result<f64> {
     let mut correct = 0u64;
     let ids: Vec<usize> = (0..split.count).collect();
     for chunk in ids.chunks(1000) {
-        let (x, y) = batch(split, chunk, dev)?;
-        let pred = net.forward(&x, false)?.argmax(D::Minus1)?;
+        let (x, y) = batch(split, chunk, dev).map_err(candle_core::Error::msg)?;
+        let pred = net.forward(&x)?.argmax(D::Minus1)?;
         correct += pred
             .eq(&y)?
             .to_dtype(DType::F64)?
@@ -227,8 +269,7 @@ struct Sgd {
 }
 
 impl Sgd {
-    fn step(&mut self, loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
         let mut gs = Vec::with_capacity(self.vars.len());
         for v in &self.vars {
             gs.push(match grads.get(v) {
@@ -270,7 +311,7 @@ fn train(
     let (train_set, test_set) = data;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
-    let mut net = Net::new(args.model, vb)?;
+    let net = Net::new(args.model, vb)?;
     let vars = init(&vm, args.seed, dev)?;
     set_seed(args.seed);
     let velocity = vars
@@ -296,9 +337,16 @@ fn train(
         .progress_chars("=> "),
     );
     pb.set_prefix(name.to_string());
-    if let Recipe::Fixed(td) = recipe {
-        net.set_dropout(Some(td));
-    }
+    // Targeted dropout on the model's variables; the model itself is plain candle_nn.
+    let mut dropout = match recipe {
+        Recipe::None => None,
+        Recipe::Fixed(td) => Some(Net::dropout(args.model, &vm, td)?),
+        Recipe::Ramp(_) => Some(Net::dropout(
+            args.model,
+            &vm,
+            TargetedDropout::weight(0.0, 0.0)?,
+        )?),
+    };
     let mut rng = Rng(args.seed ^ 0xda7a);
     let mut ids: Vec<usize> = (0..train_set.count).collect();
     let mut step = 0u64;
@@ -308,14 +356,19 @@ fn train(
         }
         let mut loss_sum = 0.0;
         for chunk in ids.chunks(args.batch_size) {
-            if let Recipe::Ramp(s) = recipe {
-                let td = TargetedDropout::weight(0.0, 0.0)?.at_step(&s, step)?;
-                net.set_dropout(Some(td));
+            if let (Recipe::Ramp(s), Some(vd)) = (recipe, dropout.as_mut()) {
+                vd.set_all(TargetedDropout::weight(0.0, 0.0)?.at_step(&s, step)?)?;
             }
             let (x, y) = batch(train_set, chunk, dev)?;
-            let loss = cross_entropy(&net.forward(&x, true)?, &y)?;
+            // The selected weights hold their dropped values from here to `finish`.
+            let td_step = dropout.as_ref().map(|vd| vd.apply()).transpose()?;
+            let loss = cross_entropy(&net.forward(&x)?, &y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            opt.step(&loss)?;
+            let mut grads = loss.backward()?;
+            if let Some(s) = td_step {
+                s.finish(&mut grads)?;
+            }
+            opt.step(&grads)?;
             step += 1;
         }
         let acc = accuracy(&net, test_set, dev)?;
@@ -327,51 +380,78 @@ fn train(
     }
     pb.finish();
     debug_assert_eq!(step, total);
-    net.set_dropout(None);
     Ok((net, vm))
 }
 
 /// Test accuracy after pruning every prunable layer at each rate; the weights are restored.
 fn pruned_accuracy(
     net: &Net,
-    vm: &VarMap,
-    names: &[&str],
+    vd: &VarMapDropout,
     kind: DropoutKind,
     rates: &[u32],
     test: &idx::Split,
     dev: &Device,
 ) -> Result<Vec<f64>> {
-    // Setting a Var writes its storage, which the layers share.
-    let vars: Vec<Var> = {
-        let data = vm.data().lock().expect("the var map lock");
-        names
-            .iter()
-            .map(|n| {
-                data.get(*n)
-                    .cloned()
-                    .with_context(|| format!("no variable {n}"))
-            })
-            .collect::<Result<_>>()?
-    };
-    let saved: Vec<Tensor> = vars
+    rates
         .iter()
-        .map(|v| v.as_tensor().copy())
-        .collect::<candle_core::Result<_>>()?;
-    let mut out = Vec::new();
-    for &r in rates {
-        let gamma = r as f64 / 100.0;
-        for (v, orig) in vars.iter().zip(&saved) {
-            v.set(&match kind {
-                DropoutKind::Weight => prune_weights(orig, gamma)?,
-                DropoutKind::Unit => prune_units(orig, gamma)?,
-            })?;
+        .map(|&r| Ok(vd.with_pruned(kind, r as f64 / 100.0, |_| accuracy(net, test, dev))?))
+        .collect()
+}
+
+/// Thinning of the model at `unit_rate`% of its units pruned: accuracy and inference time of
+/// the pruned and of the thinned network over the test set, timed side by side (medians).
+fn thinning(
+    net: &Net,
+    vd: &VarMapDropout,
+    unit_rate: u32,
+    test: &idx::Split,
+    dev: &Device,
+) -> Result<String> {
+    vd.with_pruned(DropoutKind::Unit, unit_rate as f64 / 100.0, |_| {
+        let thin = net.thinned().map_err(candle_core::Error::msg)?;
+        let params = |n: &Net| -> usize {
+            n.convs.iter().map(|c| c.weight().elem_count()).sum::<usize>()
+                + n.hidden.iter().chain([&n.logits]).map(|l| l.weight().elem_count()).sum::<usize>()
+        };
+        let (mut t_pruned, mut t_thin) = (Vec::new(), Vec::new());
+        let (mut a_pruned, mut a_thin) = (0.0, 0.0);
+        for _ in 0..7 {
+            let t = std::time::Instant::now();
+            a_pruned = accuracy(net, test, dev)?;
+            t_pruned.push(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            a_thin = accuracy(&thin, test, dev)?;
+            t_thin.push(t.elapsed().as_secs_f64());
         }
-        out.push(accuracy(net, test, dev)?);
-    }
-    for (v, orig) in vars.iter().zip(&saved) {
-        v.set(orig)?;
-    }
-    Ok(out)
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (tp, tt) = (median(&mut t_pruned), median(&mut t_thin));
+        let hidden = |n: &Net| {
+            n.convs
+                .iter()
+                .map(|c| c.weight().dim(0))
+                .chain(n.hidden.iter().map(|l| l.weight().dim(0)))
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
+        Ok(format!(
+            "Thinning td_unit at {unit_rate}% of units pruned ({dev:?}, {} test images, median of 7):\n\
+             {:>9} units {:?}, {:>7} weights: accuracy {a_pruned:.2}%, {:.2} ms\n\
+             {:>9} units {:?}, {:>7} weights: accuracy {a_thin:.2}%, {:.2} ms ({:.2}x faster)",
+            test.count,
+            "pruned",
+            hidden(net)?,
+            params(net),
+            tp * 1e3,
+            "thinned",
+            hidden(&thin)?,
+            params(&thin),
+            tt * 1e3,
+            tp / tt
+        ))
+    })
+    .map_err(Into::into)
 }
 
 fn table(title: &str, rates: &[u32], rows: &[(String, Vec<f64>)]) -> String {
@@ -457,27 +537,16 @@ fn main() -> Result<()> {
     let start = std::time::Instant::now();
     let mut weight_rows = Vec::new();
     let mut unit_rows = Vec::new();
+    let mut thin_report = String::new();
     for (name, recipe) in recipes {
         let (net, vm) = train(&args, recipe, name, &data, &dev)?;
-        let names = Net::prunable(args.model);
-        let w = pruned_accuracy(
-            &net,
-            &vm,
-            names,
-            DropoutKind::Weight,
-            &WEIGHT_RATES,
-            &data.1,
-            &dev,
-        )?;
-        let u = pruned_accuracy(
-            &net,
-            &vm,
-            names,
-            DropoutKind::Unit,
-            &UNIT_RATES,
-            &data.1,
-            &dev,
-        )?;
+        // Pruning reaches the plain model through its VarMap too (the config is not used).
+        let vd = Net::dropout(args.model, &vm, TargetedDropout::weight(0.0, 0.0)?)?;
+        let w = pruned_accuracy(&net, &vd, DropoutKind::Weight, &WEIGHT_RATES, &data.1, &dev)?;
+        let u = pruned_accuracy(&net, &vd, DropoutKind::Unit, &UNIT_RATES, &data.1, &dev)?;
+        if name == "td_unit" {
+            thin_report = thinning(&net, &vd, 70, &data.1, &dev)?;
+        }
         weight_rows.push((name.to_string(), w));
         unit_rows.push((name.to_string(), u));
     }
@@ -497,6 +566,7 @@ fn main() -> Result<()> {
             &unit_rows
         )
     );
+    println!("\n{thin_report}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     csv(
