@@ -714,7 +714,7 @@ __device__ __forceinline__ uint4 philox5(uint64_t g, uint64_t offset, const Roun
     return make_uint4(c0, c1, c2, c3);
 }
 
-template <int T> struct Smem {
+template <int T> struct __align__(16) Smem {
     uint32_t hist[NBINS];
     unsigned long long cand[CAP];
     unsigned long long small[32];
@@ -737,8 +737,7 @@ template <int T> __device__ __forceinline__ uint32_t block_excl_scan(uint32_t v,
     if (lane == 31) warp_tot[wid] = x;
     __syncthreads();
     uint32_t base = 0;
-#pragma unroll
-    for (int i = 0; i < T / 32; i++) base += i < wid ? warp_tot[i] : 0;
+    for (int i = 0; i < wid; i++) base += warp_tot[i];
     return base + x - v;
 }
 
@@ -781,7 +780,7 @@ template <int T, int NB> __device__ __forceinline__ void pick(const uint32_t* hi
 }
 
 template <typename U, int T>
-__global__ void __launch_bounds__(T, 1024 / T) tdw5(Seg one, const Seg* __restrict__ table, int nseg, RoundKeys rk) {
+__global__ void __launch_bounds__(T, T == 64 ? 12 : 1024 / T) tdw5(Seg one, const Seg* __restrict__ table, int nseg, RoundKeys rk) {
     constexpr int VE = Ty<U>::VE, KB = Ty<U>::KB;
     constexpr uint32_t KMASK = Ty<U>::KMASK;
     constexpr uint32_t FULL = (1u << VE) - 1;
