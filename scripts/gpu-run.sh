@@ -22,6 +22,7 @@ run() { # name timeout command...
   tail -4 "$OUT/$name.log"
   status+=("$(printf '%-34s rc=%-3s %4ss  %s' "$name" "$rc" "$e" "$(grep -E 'test result|ERROR SUMMARY|RACECHECK SUMMARY|bit-exact' "$OUT/$name.log" | tr '\n' ' ' | cut -c1-110)")")
 }
+[ "${TD_DEV_CUDA:-0}" = 1 ] && [ -f dev/cuda/run.sh ] && { OUT="$OUT" bash dev/cuda/run.sh > "$OUT/dev_cuda.log" 2>&1; status+=("dev/cuda harness rc=$? (TD_DEV_CUDA=1; log dev_cuda.log): $(tail -4 "$OUT/dev_cuda.log" | tr "\n" " " | cut -c1-200)"); }
 export TD_ONLY_CUDA=1
 run equivalence_1000_cases 150 env TD_LONG=1 .gpu/equivalence --nocapture --test-threads 2
 run ops_per_behaviour 60 .gpu/ops --test-threads 2

@@ -1,0 +1,1591 @@
+/*
+Targeted weight dropout / pruning kernels, standalone (llm.c dev/cuda style): a plain CPU
+reference written from DESIGN.md, the library's v4 kernels (copied, as the baseline) and the
+new versions, each checked bit for bit against the reference and timed side by side with a
+device-to-device copy measured in the same run.
+
+Build (sm_90, from the repository root):
+  nvcc -O3 -std=c++17 -lineinfo -arch=sm_90 -o dev/cuda/td dev/cuda/targeted_dropout.cu
+Run:
+  dev/cuda/td            validation (>= 1000 random cases + edge data + large shapes), then timing
+  dev/cuda/td --small    a few small cases, no timing (for compute-sanitizer memcheck/racecheck)
+  dev/cuda/td --check    validation only
+Or everything, sanitizers included: bash dev/cuda/run.sh
+
+Kernel versions:
+  v4  (library today) one block per row, the row staged in shared memory, 8-bit MSB radix
+      passes over shared memory, tie rank by a block scan in the output pass; tiny rows
+      (n <= 32) a thread per row.
+  v5  one block per row with the row in registers (16-byte loads, 4 vectors per thread,
+      block size 64..1024 picked by row length); the first 11-bit digit of the key (bits
+      30..20 of an f32 key, 14..4 of a bf16 key) counted in shared memory while loading; one
+      block scan picks the bin; only that bin's elements are compacted to shared memory as
+      (key << 16 | local index) composites and resolved alone (8-bit passes until <= 32 are
+      left, then one warp ranks them by shuffles): the result is the composite of the rank-k
+      element, i.e. the key K and the tie cut as an index, so the output pass is
+      "key < K || (key == K && index < cut)" with no scan. Philox only for groups of four
+      that hold a targeted element, round keys hoisted to kernel parameters. Optional
+      packed bit mask output (bit e of word e / 32, flat) for the backward.
+      The same kernel takes a segment table: many tensors in one launch, a block finds its
+      tensor by __syncthreads_count over the segments' first blocks.
+  v5 bwd  grad * (1 - mask bit): one read of the gradient, 1/32 (f32) or 1/16 (bf16) of it
+      more for the mask, one write.
+*/
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <algorithm>
+#include <vector>
+#include <thread>
+#include <functional>
+#include <string>
+
+#define CK(x)                                                                                 \
+    do {                                                                                      \
+        cudaError_t err_ = (x);                                                               \
+        if (err_ != cudaSuccess) {                                                            \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(err_), __FILE__, \
+                    __LINE__, #x);                                                            \
+            exit(2);                                                                          \
+        }                                                                                     \
+    } while (0)
+
+// =======================================================================================
+// CPU reference, straight from DESIGN.md (shares nothing with the kernels)
+
+static void ref_philox(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
+    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3], k0 = key[0], k1 = key[1];
+    for (int round = 0; round < 10; round++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n1 = (uint32_t)p1;
+        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1, n3 = (uint32_t)p0;
+        c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+static bool ref_philox_kat() {
+    struct { uint32_t c[4], k[2], o[4]; } v[3] = {
+        {{0, 0, 0, 0}, {0, 0}, {0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}},
+        {{0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}, {0xffffffff, 0xffffffff},
+         {0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}},
+        {{0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}, {0xa4093822, 0x299f31d0},
+         {0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}},
+    };
+    for (auto& t : v) {
+        uint32_t o[4];
+        ref_philox(t.c, t.k, o);
+        for (int i = 0; i < 4; i++)
+            if (o[i] != t.o[i]) {
+                fprintf(stderr, "Philox KAT failed: word %d %08x != %08x\n", i, o[i], t.o[i]);
+                return false;
+            }
+    }
+    return true;
+}
+
+// The draw for flat index e: word e % 4 of Philox4x32-10 at counter [e/4 lo, e/4 hi, offset
+// lo, offset hi] with key [seed lo, seed hi].
+static uint32_t ref_draw(uint64_t e, uint64_t seed, uint64_t offset) {
+    uint64_t c = e / 4;
+    uint32_t ctr[4] = {(uint32_t)c, (uint32_t)(c >> 32), (uint32_t)offset, (uint32_t)(offset >> 32)};
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    uint32_t o[4];
+    ref_philox(ctr, key, o);
+    return o[e % 4];
+}
+
+static uint32_t threshold_of(double alpha) { return (uint32_t)ceil(alpha * 16777216.0); }
+static uint32_t k_of(double gamma, uint32_t n) { return (uint32_t)floor(gamma * (double)n); }
+
+// Weight dropout of a [rows, n] tensor of raw bits (U = uint32_t for f32, uint16_t for bf16).
+// prune: every targeted element is dropped and no draw is made. dropped (optional): 0/1 per
+// element. first_flat: flat index of element 0 (0 for a whole tensor).
+template <typename U>
+static void ref_weight_dropout(const U* w, U* out, uint8_t* dropped, uint64_t rows, uint32_t n,
+                               double gamma, double alpha, bool prune, uint64_t seed,
+                               uint64_t offset) {
+    const U KEYMASK = sizeof(U) == 4 ? (U)0x7fffffffu : (U)0x7fff;
+    const uint32_t k = k_of(gamma, n), t = threshold_of(alpha);
+    auto work = [&](uint64_t r0, uint64_t r1) {
+        std::vector<uint64_t> pairs(n);
+        std::vector<uint8_t> targeted(n);
+        for (uint64_t row = r0; row < r1; row++) {
+            const U* x = w + row * n;
+            for (uint32_t i = 0; i < n; i++) pairs[i] = ((uint64_t)(x[i] & KEYMASK) << 32) | i;
+            std::sort(pairs.begin(), pairs.end());
+            std::fill(targeted.begin(), targeted.end(), 0);
+            for (uint32_t j = 0; j < k; j++) targeted[(uint32_t)pairs[j]] = 1;
+            for (uint32_t i = 0; i < n; i++) {
+                const uint64_t e = row * n + i;
+                bool d = false;
+                if (targeted[i]) d = prune ? true : (ref_draw(e, seed, offset) >> 8) < t;
+                out[e] = d ? (U)0 : x[i];
+                if (dropped) dropped[e] = d;
+            }
+        }
+    };
+    unsigned nt = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+    if (rows * (uint64_t)n < (1u << 16)) nt = 1;
+    std::vector<std::thread> th;
+    for (unsigned i = 0; i < nt; i++) {
+        uint64_t a = rows * i / nt, b = rows * (i + 1) / nt;
+        th.emplace_back(work, a, b);
+    }
+    for (auto& x : th) x.join();
+}
+
+// =======================================================================================
+// v4: the library kernels as of commit eff97f4 (kernels/targeted_dropout.cu), copied verbatim
+// (block-per-row and tiny-row kernels), with launch wrappers at the end.
+
+#include <cuda_fp16.h>
+namespace v4 {
+#define BLOCK 256
+#define ALWAYS (1u << 24)
+
+// ---------------------------------------------------------------------------------------
+// Philox4x32-10
+
+__device__ __forceinline__ uint4 philox_block(uint64_t g, uint64_t seed, uint64_t offset) {
+    uint4 c = make_uint4((uint32_t)g, (uint32_t)(g >> 32), (uint32_t)offset, (uint32_t)(offset >> 32));
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+#pragma unroll
+    for (int i = 0; i < 10; i++) {
+        if (i > 0) {
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        uint32_t hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
+        uint32_t hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        c = make_uint4(hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0);
+    }
+    return c;
+}
+
+__device__ __forceinline__ uint32_t word_of(uint4 b, int q) {
+    return q == 0 ? b.x : q == 1 ? b.y : q == 2 ? b.z : b.w;
+}
+
+// ---------------------------------------------------------------------------------------
+// Element types as raw bits
+
+template <typename U> struct Bits;
+template <> struct Bits<uint16_t> {
+    static constexpr uint16_t MASK = 0x7fff;
+    static constexpr int BITS = 16;
+};
+template <> struct Bits<uint32_t> {
+    static constexpr uint32_t MASK = 0x7fffffffu;
+    static constexpr int BITS = 32;
+};
+template <> struct Bits<uint64_t> {
+    static constexpr uint64_t MASK = 0x7fffffffffffffffull;
+    static constexpr int BITS = 64;
+};
+
+template <typename U> __device__ __forceinline__ bool aligned4(const void* p) {
+    // A group of four: 8 bytes for 16-bit types, 16 bytes otherwise (f64 uses two 16-byte
+    // accesses).
+    const uintptr_t a = sizeof(U) == 2 ? 8 : 16;
+    return ((uintptr_t)p & (a - 1)) == 0;
+}
+
+__device__ __forceinline__ void load4(const uint16_t* p, uint16_t (&x)[4]) {
+    uint2 t = *reinterpret_cast<const uint2*>(p);
+    x[0] = (uint16_t)(t.x & 0xffff); x[1] = (uint16_t)(t.x >> 16);
+    x[2] = (uint16_t)(t.y & 0xffff); x[3] = (uint16_t)(t.y >> 16);
+}
+__device__ __forceinline__ void load4(const uint32_t* p, uint32_t (&x)[4]) {
+    uint4 t = *reinterpret_cast<const uint4*>(p);
+    x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
+}
+__device__ __forceinline__ void load4(const uint64_t* p, uint64_t (&x)[4]) {
+    ulonglong2 a = reinterpret_cast<const ulonglong2*>(p)[0];
+    ulonglong2 b = reinterpret_cast<const ulonglong2*>(p)[1];
+    x[0] = a.x; x[1] = a.y; x[2] = b.x; x[3] = b.y;
+}
+__device__ __forceinline__ void store4(uint16_t* p, const uint16_t (&x)[4]) {
+    *reinterpret_cast<uint2*>(p) = make_uint2((uint32_t)x[0] | ((uint32_t)x[1] << 16), (uint32_t)x[2] | ((uint32_t)x[3] << 16));
+}
+__device__ __forceinline__ void store4(uint32_t* p, const uint32_t (&x)[4]) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(x[0], x[1], x[2], x[3]);
+}
+__device__ __forceinline__ void store4(uint64_t* p, const uint64_t (&x)[4]) {
+    reinterpret_cast<ulonglong2*>(p)[0] = make_ulonglong2(x[0], x[1]);
+    reinterpret_cast<ulonglong2*>(p)[1] = make_ulonglong2(x[2], x[3]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Block-wide building blocks (blockDim.x == BLOCK == 256)
+
+struct Scratch {
+    unsigned hist[256];
+    unsigned warp_tot[BLOCK / 32];
+    unsigned pick[3];
+    unsigned long long key;
+};
+
+// Exclusive scan of one value per thread; `total` gets the block's sum. All threads call.
+__device__ __forceinline__ unsigned block_exclusive_scan(unsigned v, Scratch& sc, unsigned* total) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    unsigned x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        unsigned y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) sc.warp_tot[wid] = x;
+    __syncthreads();
+    unsigned base = 0, tot = 0;
+#pragma unroll
+    for (int i = 0; i < BLOCK / 32; i++) {
+        unsigned t = sc.warp_tot[i];
+        base += i < wid ? t : 0;
+        tot += t;
+    }
+    __syncthreads();
+    *total = tot;
+    return base + x - v;
+}
+
+struct Pick {
+    unsigned bin, r, cnt;
+};
+
+// The bin of a 256-bin histogram that holds rank r (0-based), the rank within it and its
+// size. All threads call; the histogram must be complete (after a barrier).
+__device__ __forceinline__ Pick pick_bin(const unsigned* hist, unsigned r, Scratch& sc) {
+    unsigned h = hist[threadIdx.x];
+    unsigned tot;
+    unsigned ex = block_exclusive_scan(h, sc, &tot);
+    if (r >= ex && r - ex < h) {
+        sc.pick[0] = threadIdx.x;
+        sc.pick[1] = r - ex;
+        sc.pick[2] = h;
+    }
+    __syncthreads();
+    Pick p = {sc.pick[0], sc.pick[1], sc.pick[2]};
+    __syncthreads();
+    return p;
+}
+
+// Adds one to hist[digit] for each active lane. With `aggregate`, one atomic per distinct
+// digit in the warp (__match_any_sync); otherwise one shared-memory atomic per lane. All 32
+// lanes of the warp must call.
+__device__ __forceinline__ void hist_add(unsigned* hist, unsigned digit, bool active, bool aggregate) {
+    if (aggregate) {
+        unsigned am = __ballot_sync(0xffffffffu, active);
+        if (active) {
+            unsigned peers = __match_any_sync(am, digit);
+            if ((int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+        }
+    } else if (active) {
+        atomicAdd(&hist[digit], 1u);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The output pass over local indices [lo, hi) of a row whose element 0 has flat index e0.
+// `src` holds the row's raw bits (shared or global memory, indexed by local index),
+// `vals` the values to mask (null: the same as src), `out` / `mask` the outputs (either may
+// be null), all indexed by local index. Elements with key < K are targeted; of those with
+// key == K, the ones whose rank among the row's ties is below `take` are, `ties_before`
+// being the number of ties before `lo`. All threads of the block call.
+template <typename U>
+__device__ void apply_range(const U* src, const U* vals, U* out, uint8_t* mask, uint64_t e0,
+                            int64_t lo, int64_t hi, U K, unsigned take, unsigned ties,
+                            unsigned ties_before, uint64_t seed, uint64_t offset, uint32_t thr,
+                            Scratch& sc) {
+    const U MASK = Bits<U>::MASK;
+    const bool scan = take < ties;
+    const uint64_t g_first = (e0 + lo) / 4, g_last = (e0 + hi - 1) / 4;
+    unsigned tie_base = ties_before;
+    for (uint64_t gb = g_first; gb <= g_last; gb += BLOCK) {
+        const uint64_t g = gb + threadIdx.x;
+        const bool gv = g <= g_last;
+        const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
+        const bool full = gv && l0 >= lo && l0 + 4 <= hi;
+        U kb[4];
+        bool in[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) in[q] = gv && l0 + q >= lo && l0 + q < hi;
+        if (full && aligned4<U>(src + l0)) {
+            load4(src + l0, kb);
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; q++) kb[q] = in[q] ? src[l0 + q] : (U)0;
+        }
+        bool tg[4], eq[4];
+        unsigned eq_cnt = 0;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            U key = kb[q] & MASK;
+            tg[q] = in[q] && key < K;
+            eq[q] = in[q] && key == K;
+            eq_cnt += eq[q];
+        }
+        if (scan) {
+            unsigned tot;
+            unsigned rank = tie_base + block_exclusive_scan(eq_cnt, sc, &tot);
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                if (eq[q]) {
+                    tg[q] = rank < take;
+                    rank++;
+                }
+            }
+            tie_base += tot;
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; q++) tg[q] = tg[q] || eq[q];
+        }
+        bool dr[4];
+        if (thr == ALWAYS) {
+#pragma unroll
+            for (int q = 0; q < 4; q++) dr[q] = tg[q];
+        } else if (thr != 0 && (tg[0] || tg[1] || tg[2] || tg[3])) {
+            uint4 b = philox_block(g, seed, offset);
+#pragma unroll
+            for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < thr;
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; q++) dr[q] = false;
+        }
+        if (out) {
+            U vb[4];
+            if (vals == nullptr) {
+#pragma unroll
+                for (int q = 0; q < 4; q++) vb[q] = kb[q];
+            } else if (full && aligned4<U>(vals + l0)) {
+                load4(vals + l0, vb);
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; q++) vb[q] = in[q] ? vals[l0 + q] : (U)0;
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) vb[q] = dr[q] ? (U)0 : vb[q];
+            if (full && aligned4<U>(out + l0)) {
+                store4(out + l0, vb);
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    if (in[q]) out[l0 + q] = vb[q];
+            }
+        }
+        if (mask) {
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                if (in[q]) mask[l0 + q] = dr[q] ? 1 : 0;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Short and medium rows: one block per row, the row staged in shared memory.
+//
+// w, vals, out: [rows, n] (vals may be null: the same as w; out or mask may be null)
+// mask: [rows, n] u8. Dynamic shared memory: n rounded up to 4, times sizeof(U).
+template <typename U, int LOAD_BATCH>
+__device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_t* mask,
+                          uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset,
+                          uint32_t thr, uint32_t opts) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    U* s = reinterpret_cast<U*>(smem_raw);
+    __shared__ Scratch sc;
+    const U MASK = Bits<U>::MASK;
+    for (uint64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        const uint64_t e0 = row * n;
+        if (threadIdx.x == 0) sc.key = 0;
+        __syncthreads();
+        // 1. Stage the row: aligned groups of four, vector loads where the group is whole.
+        //    On the way, OR together each key XOR the first key: the bits above the highest
+        //    set bit are common to the whole row, and the radix passes start below them.
+        const U ref = w[e0] & MASK;
+        U diff = 0;
+        {
+            // LOAD_BATCH groups per thread at a time, all their loads issued before any is
+            // used, so that a row costs fewer serialized memory latencies (2 is the most
+            // that fits in 64 registers, 4 blocks per multiprocessor, without spills).
+            const uint64_t g_first = e0 / 4, g_last = (e0 + n - 1) / 4;
+            for (uint64_t gb = g_first + threadIdx.x; gb <= g_last; gb += LOAD_BATCH * BLOCK) {
+                U x[LOAD_BATCH][4];
+                bool vec[LOAD_BATCH];
+#pragma unroll
+                for (int u = 0; u < LOAD_BATCH; u++) {
+                    const uint64_t g = gb + (uint64_t)u * BLOCK;
+                    const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
+                    vec[u] = g <= g_last && l0 >= 0 && l0 + 4 <= n && aligned4<U>(w + e0 + l0) &&
+                             aligned4<U>(s + l0);
+                    if (vec[u]) load4(w + e0 + l0, x[u]);
+                }
+#pragma unroll
+                for (int u = 0; u < LOAD_BATCH; u++) {
+                    const uint64_t g = gb + (uint64_t)u * BLOCK;
+                    if (g > g_last) break;
+                    const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
+                    if (vec[u]) {
+                        store4(s + l0, x[u]);
+#pragma unroll
+                        for (int q = 0; q < 4; q++) diff |= (x[u][q] & MASK) ^ ref;
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < 4; q++)
+                            if (l0 + q >= 0 && l0 + q < n) {
+                                const U v = w[e0 + l0 + q];
+                                s[l0 + q] = v;
+                                diff |= (v & MASK) ^ ref;
+                            }
+                    }
+                }
+            }
+        }
+        {
+            // Block-wide OR of diff.
+            unsigned long long d = (unsigned long long)diff;
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1) d |= __shfl_xor_sync(0xffffffffu, d, o);
+            if ((threadIdx.x & 31) == 0) atomicOr(&sc.key, d);
+        }
+        __syncthreads();
+        diff = (U)sc.key;
+        __syncthreads();
+        // 2. Radix select of the k-th key.
+        U K;
+        unsigned take, ties;
+        if (k == n) {
+            K = (U)~(U)0;  // above every key: everything is targeted
+            take = 0;
+            ties = 0;
+        } else {
+            unsigned r = k - 1;
+            // Bits >= top are the same in every key (those of ref); the passes take 8-bit
+            // digits from top down.
+            int top = 0;
+            while (top < Bits<U>::BITS && (diff >> top) != 0) top++;
+            const U low = top == Bits<U>::BITS ? (U)~(U)0 : (U)(((U)1 << top) - 1);
+            U prefix = ref & (U)~low, hi_mask = MASK & (U)~low;
+            if (top == 0) {
+                // Every key is the same.
+                K = ref;
+                take = k;
+                ties = n;
+            }
+            while (top > 0) {
+                const int lo = top > 8 ? top - 8 : 0;
+                const unsigned dmask = (1u << (top - lo)) - 1;
+                sc.hist[threadIdx.x] = 0;
+                __syncthreads();
+                for (uint32_t base = 0; base < n; base += BLOCK) {
+                    const uint32_t i = base + threadIdx.x;
+                    bool act = false;
+                    unsigned d = 0;
+                    if (i < n) {
+                        U key = s[i] & MASK;
+                        act = (key & hi_mask) == prefix;
+                        d = (unsigned)(key >> lo) & dmask;
+                    }
+                    hist_add(sc.hist, d, act, opts & 1);
+                }
+                __syncthreads();
+                Pick p = pick_bin(sc.hist, r, sc);
+                r = p.r;
+                prefix |= (U)p.bin << lo;
+                hi_mask |= (U)dmask << lo;
+                top = lo;
+                if (top == 0) {
+                    K = prefix;
+                    take = r + 1;
+                    ties = p.cnt;
+                    break;
+                }
+                if (p.cnt == 1) {
+                    // A single candidate is left: it is the k-th key.
+                    for (uint32_t i = threadIdx.x; i < n; i += BLOCK) {
+                        U key = s[i] & MASK;
+                        if ((key & hi_mask) == prefix) sc.key = (unsigned long long)key;
+                    }
+                    __syncthreads();
+                    K = (U)sc.key;
+                    take = 1;
+                    ties = 1;
+                    __syncthreads();
+                    break;
+                }
+            }
+        }
+        // 3. Targeting, draws and output in one pass over shared memory.
+        apply_range<U>(s, vals ? vals + e0 : nullptr, out ? out + e0 : nullptr,
+                       mask ? mask + e0 : nullptr, e0, 0, n, K, take, ties, 0, seed, offset, thr,
+                       sc);
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tiny rows (n <= 32): a thread per row, 256 rows per tile.
+//
+// Dynamic shared memory: 256 * (n | 1) elements (an odd row stride avoids bank conflicts).
+template <typename U>
+__device__ void tdw_tiny(const U* __restrict__ w, const U* vals, U* out, uint8_t* mask,
+                         uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset,
+                         uint32_t thr) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    U* s = reinterpret_cast<U*>(smem_raw);
+    __shared__ uint32_t targeted[BLOCK];
+    const U MASK = Bits<U>::MASK;
+    const uint32_t stride = n | 1;
+    // i / n for i < 8192 and n <= 32: exact with a 20-bit reciprocal.
+    const uint32_t magic = ((1u << 20) + n - 1) / n;
+    for (uint64_t r0 = (uint64_t)blockIdx.x * BLOCK; r0 < rows; r0 += (uint64_t)gridDim.x * BLOCK) {
+        const uint32_t nrows = (uint32_t)min((uint64_t)BLOCK, rows - r0);
+        const uint32_t cnt = nrows * n;
+        const uint64_t eb = r0 * n;
+#pragma unroll 4
+        for (uint32_t i = threadIdx.x; i < cnt; i += BLOCK) {
+            const uint32_t r = (i * magic) >> 20, j = i - r * n;
+            s[r * stride + j] = w[eb + i];
+        }
+        __syncthreads();
+        if (threadIdx.x < nrows) {
+            const U* rs = s + threadIdx.x * stride;
+            uint32_t tm = 0;
+            for (uint32_t j = 0; j < n; j++) {
+                const U kj = rs[j] & MASK;
+                uint32_t rank = 0;
+                for (uint32_t i = 0; i < n; i++) {
+                    const U ki = rs[i] & MASK;
+                    rank += (ki < kj) || (ki == kj && i < j);
+                }
+                tm |= (uint32_t)(rank < k) << j;
+            }
+            targeted[threadIdx.x] = tm;
+        }
+        __syncthreads();
+        // Output by aligned groups of four flat indices: one Philox block per group.
+        const uint64_t g_first = eb / 4, g_last = (eb + cnt - 1) / 4;
+        for (uint64_t g = g_first + threadIdx.x; g <= g_last; g += BLOCK) {
+            bool tg[4], in[4];
+            uint32_t idx[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const uint64_t e = 4 * g + q;
+                in[q] = e >= eb && e < eb + cnt;
+                const uint32_t i = in[q] ? (uint32_t)(e - eb) : 0;
+                const uint32_t r = (i * magic) >> 20, j = i - r * n;
+                idx[q] = r * stride + j;
+                tg[q] = in[q] && ((targeted[r] >> j) & 1);
+            }
+            bool dr[4];
+            if (thr == ALWAYS) {
+#pragma unroll
+                for (int q = 0; q < 4; q++) dr[q] = tg[q];
+            } else if (thr != 0 && (tg[0] || tg[1] || tg[2] || tg[3])) {
+                const uint4 b = philox_block(g, seed, offset);
+#pragma unroll
+                for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < thr;
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; q++) dr[q] = false;
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                if (!in[q]) continue;
+                const uint64_t e = 4 * g + q;
+                if (out) out[e] = dr[q] ? (U)0 : (vals ? vals[e] : s[idx[q]]);
+                if (mask) mask[e] = dr[q] ? 1 : 0;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+__global__ void __launch_bounds__(BLOCK) tdw_block_u32(const uint32_t* w, uint32_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
+    tdw_block<uint32_t, 2>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr, 0);
+}
+__global__ void __launch_bounds__(BLOCK) tdw_block_u16(const uint16_t* w, uint16_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
+    tdw_block<uint16_t, 2>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr, 0);
+}
+__global__ void __launch_bounds__(BLOCK) tdw_tiny_u32(const uint32_t* w, uint32_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
+    tdw_tiny<uint32_t>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr);
+}
+__global__ void __launch_bounds__(BLOCK) tdw_tiny_u16(const uint16_t* w, uint16_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
+    tdw_tiny<uint16_t>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr);
+}
+}  // namespace v4
+
+// =======================================================================================
+// v5: row in registers, 11-bit first digit counted while loading, bin compacted and resolved
+// alone, tie cut as an index, fused Philox mask.
+
+namespace v5 {
+
+constexpr uint32_t ALWAYS5 = 1u << 24;  // threshold meaning "drop every targeted element"
+constexpr int NBINS = 2048;             // first digit: 11 bits
+constexpr int CAP = 1024;               // candidates compacted to shared memory at most
+constexpr int NV = 4;                   // 16-byte vectors per thread
+
+// Philox round keys, hoisted: k[2 i], k[2 i + 1] are the key words of round i.
+struct RoundKeys {
+    uint32_t k[20];
+};
+static RoundKeys round_keys(uint64_t seed) {
+    RoundKeys rk;
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int i = 0; i < 10; i++) {
+        rk.k[2 * i] = k0;
+        rk.k[2 * i + 1] = k1;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return rk;
+}
+
+// One tensor of a (grouped) call. w, out: 16-byte aligned. mask: null, or the flat bit mask of
+// the tensor (bit e % 32 of word e / 32 is set when element e is dropped), 4-byte aligned,
+// ceil(numel / 32) words.
+struct Seg {
+    const void* w;
+    void* out;
+    uint32_t* mask;
+    uint64_t offset;      // Philox counter words 2, 3
+    uint32_t n;           // row length (1 .. 4096 * VE - VE)
+    uint32_t k;           // targeted per row: floor(gamma * n)
+    uint32_t thr;         // 0: nothing dropped; ALWAYS5: every targeted element; else (r >> 8) < thr
+    uint32_t rows;
+    uint32_t first_block; // sum of the rows of the segments before
+    uint32_t pad;
+};
+
+template <typename U> struct Ty;
+template <> struct Ty<uint32_t> {
+    static constexpr int VE = 4;  // elements per 16-byte vector
+    static constexpr int KB = 31; // key bits
+    static constexpr uint32_t KMASK = 0x7fffffffu;
+};
+template <> struct Ty<uint16_t> {
+    static constexpr int VE = 8;
+    static constexpr int KB = 15;
+    static constexpr uint32_t KMASK = 0x7fffu;
+};
+
+__device__ __forceinline__ uint32_t word_at(const uint4& v, int j) {
+    return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+__device__ __forceinline__ void set_word(uint4& v, int j, uint32_t x) {
+    if (j == 0) v.x = x; else if (j == 1) v.y = x; else if (j == 2) v.z = x; else v.w = x;
+}
+// Raw bits of element q of a vector (q a compile-time constant after unrolling).
+template <typename U> __device__ __forceinline__ uint32_t elem(const uint4& v, int q) {
+    if (sizeof(U) == 4) return word_at(v, q);
+    return (q & 1) ? (word_at(v, q >> 1) >> 16) : (word_at(v, q >> 1) & 0xffffu);
+}
+template <typename U> __device__ __forceinline__ void set_elem(uint4& v, int q, uint32_t x) {
+    if (sizeof(U) == 4) {
+        set_word(v, q, x);
+    } else {
+        uint32_t w = word_at(v, q >> 1);
+        w = (q & 1) ? ((w & 0xffffu) | (x << 16)) : ((w & 0xffff0000u) | (x & 0xffffu));
+        set_word(v, q >> 1, w);
+    }
+}
+template <typename U> __device__ __forceinline__ uint32_t key_of(const uint4& v, int q) {
+    return elem<U>(v, q) & Ty<U>::KMASK;
+}
+
+// Philox4x32-10 of counter [g lo, g hi, offset lo, offset hi] with hoisted round keys.
+__device__ __forceinline__ uint4 philox5(uint64_t g, uint64_t offset, const RoundKeys& rk) {
+    uint32_t c0 = (uint32_t)g, c1 = (uint32_t)(g >> 32), c2 = (uint32_t)offset, c3 = (uint32_t)(offset >> 32);
+#pragma unroll
+    for (int i = 0; i < 10; i++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ rk.k[2 * i];
+        const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ rk.k[2 * i + 1];
+        c1 = (uint32_t)p1;
+        c3 = (uint32_t)p0;
+        c0 = n0;
+        c2 = n2;
+    }
+    return make_uint4(c0, c1, c2, c3);
+}
+
+template <int T> struct __align__(16) Smem {
+    uint32_t hist[NBINS];
+    unsigned long long cand[CAP];
+    unsigned long long small[32];
+    uint32_t warp_tot[T / 32];
+    uint32_t sel[3];
+    unsigned long long sel_key;
+    uint32_t ncand;
+};
+
+// Exclusive scan of one value per thread over the block. All threads call. Ends with every
+// read of warp_tot done before the caller's next barrier.
+template <int T> __device__ __forceinline__ uint32_t block_excl_scan(uint32_t v, uint32_t* warp_tot) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    uint32_t x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) warp_tot[wid] = x;
+    __syncthreads();
+    uint32_t base = 0;
+    for (int i = 0; i < wid; i++) base += warp_tot[i];
+    return base + x - v;
+}
+
+// The bin of hist[0 .. NB) that holds rank r (0-based; r < the histogram's total): sel[0] =
+// bin, sel[1] = rank within it, sel[2] = its count. All threads call, after a barrier that
+// completes the histogram; returns after a barrier, so sel may be read at once.
+template <int T, int NB> __device__ __forceinline__ void pick(const uint32_t* hist, uint32_t r, Smem<T>& sm) {
+    constexpr int PER = NB >= T ? NB / T : 1;
+    const int b0 = threadIdx.x * PER;
+    const bool owns = b0 < NB;
+    uint32_t s = 0;
+    if (owns) {
+        if (PER % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < PER; i += 4) {
+                const uint4 q = *reinterpret_cast<const uint4*>(hist + b0 + i);
+                s += q.x + q.y + q.z + q.w;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < PER; i++) s += hist[b0 + i];
+        }
+    }
+    const uint32_t ex = block_excl_scan<T>(s, sm.warp_tot);
+    if (owns && r >= ex && r - ex < s) {
+        // The one thread whose bins hold rank r walks them again.
+        uint32_t c = r - ex;
+        for (int i = 0; i < PER; i++) {
+            const uint32_t h = hist[b0 + i];
+            if (c < h) {
+                sm.sel[0] = b0 + i;
+                sm.sel[1] = c;
+                sm.sel[2] = h;
+                break;
+            }
+            c -= h;
+        }
+    }
+    __syncthreads();
+}
+
+template <typename U, int T>
+__global__ void __launch_bounds__(T, T == 64 ? 12 : 1024 / T) tdw5(Seg one, const Seg* __restrict__ table, int nseg, RoundKeys rk) {
+    constexpr int VE = Ty<U>::VE, KB = Ty<U>::KB;
+    constexpr uint32_t KMASK = Ty<U>::KMASK;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    constexpr int CW = KB + 16;  // composite (key << 16 | local index) width
+    constexpr int BITW = T * NV * VE / 32 + 2;
+    __shared__ Smem<T> sm;
+    __shared__ uint32_t bits[BITW];
+    const int tid = threadIdx.x;
+
+    // 1. Segment and row of this block.
+    Seg sg;
+    if (nseg <= 1) {
+        sg = one;
+    } else {
+        int cnt = 0;
+        for (int b = 0; b < nseg; b += T) {
+            const int s = b + tid;
+            cnt += __syncthreads_count(s < nseg && table[s].first_block <= blockIdx.x);
+        }
+        sg = table[cnt - 1];
+    }
+    const uint32_t row = blockIdx.x - sg.first_block;
+    const uint32_t n = sg.n, k = sg.k, thr = sg.thr;
+    const uint64_t e0 = (uint64_t)row * n;
+    const uint64_t gv0 = e0 / VE;                       // first vector of the row (flat)
+    const uint32_t off = (uint32_t)(e0 - gv0 * VE);     // slot of local index 0
+    const uint32_t nvr = (off + n + VE - 1) / VE;       // vectors that hold row elements
+    const uint4* wv = reinterpret_cast<const uint4*>(reinterpret_cast<const U*>(sg.w) + gv0 * VE);
+    const U* ws = reinterpret_cast<const U*>(sg.w) + gv0 * VE;  // indexed by slot
+    uint4* ov = reinterpret_cast<uint4*>(reinterpret_cast<U*>(sg.out) + gv0 * VE);
+    U* os = reinterpret_cast<U*>(sg.out) + gv0 * VE;
+    const bool select = k > 0 && k < n && thr != 0;
+    const uint32_t a32 = (uint32_t)((gv0 * VE) & 31);   // bit of slot 0 in its mask word
+    const uint32_t nwords = (a32 + off + n - 1) / 32 + 1;
+
+    // 2. Zero the histogram (and the staged mask words), load the row: full vectors with one
+    //    16-byte load, the row's first and last vector element by element.
+    if (select) {
+        for (int i = tid; i < NBINS / 4; i += T) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
+        if (tid == 0) sm.ncand = 0;
+    }
+    if (sg.mask)
+        for (int i = tid; i < (int)nwords; i += T) bits[i] = 0;
+    uint4 x[NV];
+    uint32_t vb[NV];  // valid elements of each vector, one bit per element
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        const uint32_t vi = v * T + tid, s0 = vi * VE;
+        x[v] = make_uint4(0, 0, 0, 0);
+        vb[v] = 0;
+        if (vi < nvr) {
+            if (s0 >= off && s0 + VE <= off + n) {
+                x[v] = __ldcs(wv + vi);
+                vb[v] = FULL;
+            } else {
+#pragma unroll
+                for (int q = 0; q < VE; q++)
+                    if (s0 + q >= off && s0 + q < off + n) {
+                        set_elem<U>(x[v], q, (uint32_t)ws[s0 + q]);
+                        vb[v] |= 1u << q;
+                    }
+            }
+        }
+    }
+    __syncthreads();
+
+    // Every valid element: f(key, slot).
+    auto each = [&](auto&& f) {
+#pragma unroll
+        for (int v = 0; v < NV; v++) {
+            const uint32_t s0 = (v * T + tid) * VE;
+            if (vb[v] == FULL) {
+#pragma unroll
+                for (int q = 0; q < VE; q++) f(key_of<U>(x[v], q), s0 + q);
+            } else if (vb[v]) {
+#pragma unroll
+                for (int q = 0; q < VE; q++)
+                    if ((vb[v] >> q) & 1) f(key_of<U>(x[v], q), s0 + q);
+            }
+        }
+    };
+
+    // 3. Selection: the composite (key << 16 | local index) of the rank-k element.
+    uint32_t Kk = 0, cs = 0;  // targeted iff key < Kk || (key == Kk && slot < cs)
+    if (select) {
+        each([&](uint32_t key, uint32_t) { atomicAdd(&sm.hist[key >> (KB - 11)], 1u); });
+        __syncthreads();
+        pick<T, NBINS>(sm.hist, k, sm);
+        uint64_t P = sm.sel[0];  // fixed top bits of the composite
+        int fixed = 11;
+        uint32_t r = sm.sel[1], cnt = sm.sel[2];
+        // Rare: more than CAP candidates (heavy ties): refine by 11-bit digits over the
+        // registers until the bin fits (composites are unique, so it ends).
+        while (cnt > CAP) {
+            const int D = min(11, CW - fixed);
+            __syncthreads();  // (pick ended with a barrier; kept for clarity of the hist reuse)
+            for (int i = tid; i < NBINS / 4; i += T) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
+            __syncthreads();
+            each([&](uint32_t key, uint32_t s) {
+                const uint64_t c = ((uint64_t)key << 16) | (s - off);
+                if ((c >> (CW - fixed)) == P) atomicAdd(&sm.hist[(uint32_t)(c >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
+            });
+            __syncthreads();
+            pick<T, NBINS>(sm.hist, r, sm);
+            P = (P << D) | sm.sel[0];
+            fixed += D;
+            r = sm.sel[1];
+            cnt = sm.sel[2];
+        }
+        // Compact the candidates (cnt of them) to shared memory.
+        if (fixed <= KB) {
+            const uint32_t klo = (uint32_t)(P << (KB - fixed)), kw = 1u << (KB - fixed);
+            each([&](uint32_t key, uint32_t s) {
+                if (key - klo < kw) sm.cand[atomicAdd(&sm.ncand, 1u)] = ((uint64_t)key << 16) | (s - off);
+            });
+        } else {
+            each([&](uint32_t key, uint32_t s) {
+                const uint64_t c = ((uint64_t)key << 16) | (s - off);
+                if ((c >> (CW - fixed)) == P) sm.cand[atomicAdd(&sm.ncand, 1u)] = c;
+            });
+        }
+        __syncthreads();
+        const uint32_t m = cnt;
+        // 8-bit passes over the candidates until at most 32 are left.
+        while (cnt > 32) {
+            const int D = min(8, CW - fixed);
+            if (tid < 256) sm.hist[tid] = 0;
+            if (T < 256)
+                for (int i = tid + T; i < 256; i += T) sm.hist[i] = 0;
+            __syncthreads();
+            for (uint32_t j = tid; j < m; j += T) {
+                const uint64_t c = sm.cand[j];
+                if ((c >> (CW - fixed)) == P) atomicAdd(&sm.hist[(uint32_t)(c >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
+            }
+            __syncthreads();
+            pick<T, 256>(sm.hist, r, sm);
+            P = (P << D) | sm.sel[0];
+            fixed += D;
+            r = sm.sel[1];
+            cnt = sm.sel[2];
+        }
+        // One warp: gather the <= 32 candidates that match P, rank them, keep rank r.
+        if (tid < 32) {
+            uint32_t base = 0;
+            for (uint32_t j0 = 0; j0 < m; j0 += 32) {
+                const uint32_t j = j0 + tid;
+                const uint64_t c = j < m ? sm.cand[j] : 0;
+                const bool hit = j < m && (c >> (CW - fixed)) == P;
+                const uint32_t b = __ballot_sync(0xffffffffu, hit);
+                if (hit) sm.small[base + __popc(b & ((1u << tid) - 1))] = c;
+                base += __popc(b);
+            }
+            __syncwarp();
+            const uint64_t mine = tid < (int)cnt ? sm.small[tid] : ~0ull;
+            uint32_t rank = 0;
+#pragma unroll
+            for (int l = 0; l < 32; l++) {
+                const uint64_t o = __shfl_sync(0xffffffffu, mine, l);
+                rank += o < mine;
+            }
+            if (tid < (int)cnt && rank == r) sm.sel_key = mine;
+        }
+        __syncthreads();
+        const uint64_t Kc = sm.sel_key;
+        Kk = (uint32_t)(Kc >> 16);
+        cs = (uint32_t)(Kc & 0xffffu) + off;
+    } else if (k == n && k > 0 && thr != 0) {
+        Kk = KMASK + 1;  // above every key: all targeted
+        cs = 0;
+    }
+
+    // 4. Targeting, draws, output (and mask bits) from the registers.
+    const bool draws = thr != 0 && thr != ALWAYS5;
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        if (!vb[v]) continue;
+        const uint32_t vi = v * T + tid, s0 = vi * VE;
+        uint32_t tg = 0;
+#pragma unroll
+        for (int q = 0; q < VE; q++) {
+            const uint32_t key = key_of<U>(x[v], q);
+            tg |= (uint32_t)(key < Kk || (key == Kk && s0 + q < cs)) << q;
+        }
+        tg &= vb[v];
+        uint32_t dr = tg;
+        if (draws && tg) {
+            uint32_t hit = 0;
+#pragma unroll
+            for (int h = 0; h < VE / 4; h++) {
+                if ((tg >> (4 * h)) & 15) {
+                    const uint4 b = philox5((gv0 + vi) * (VE / 4) + h, sg.offset, rk);
+                    hit |= (uint32_t)((b.x >> 8) < thr) << (4 * h);
+                    hit |= (uint32_t)((b.y >> 8) < thr) << (4 * h + 1);
+                    hit |= (uint32_t)((b.z >> 8) < thr) << (4 * h + 2);
+                    hit |= (uint32_t)((b.w >> 8) < thr) << (4 * h + 3);
+                }
+            }
+            dr = tg & hit;
+        }
+        uint4 y = x[v];
+        if (sizeof(U) == 4) {
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                if ((dr >> q) & 1) set_word(y, q, 0);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const uint32_t m2 = ((dr >> (2 * j)) & 1 ? 0xffffu : 0u) | ((dr >> (2 * j + 1)) & 1 ? 0xffff0000u : 0u);
+                set_word(y, j, word_at(y, j) & ~m2);
+            }
+        }
+        if (vb[v] == FULL) {
+            __stcs(ov + vi, y);
+        } else {
+#pragma unroll
+            for (int q = 0; q < VE; q++)
+                if ((vb[v] >> q) & 1) os[s0 + q] = (U)elem<U>(y, q);
+        }
+        if (sg.mask && dr) atomicOr(&bits[(s0 + a32) / 32], dr << ((s0 + a32) & 31));
+    }
+    // 5. The row's mask words: whole words stored, the two shared with the neighbour rows
+    //    merged with atomics on this row's bits only.
+    if (sg.mask) {
+        __syncthreads();
+        const uint64_t fw0 = (gv0 * VE) / 32;
+        for (uint32_t j = tid; j < nwords; j += T) {
+            const uint64_t lo = (fw0 + j) * 32;  // flat index of bit 0 of the word
+            const uint64_t a = max(lo, e0), b = min(lo + 32, e0 + n);
+            const uint32_t len = (uint32_t)(b - a), sh = (uint32_t)(a - lo);
+            const uint32_t own = len >= 32 ? 0xffffffffu : (((1u << len) - 1) << sh);
+            if (own == 0xffffffffu) {
+                sg.mask[fw0 + j] = bits[j];
+            } else {
+                atomicAnd(&sg.mask[fw0 + j], ~own);
+                atomicOr(&sg.mask[fw0 + j], bits[j] & own);
+            }
+        }
+    }
+}
+
+// Backward: out[e] = mask bit e ? +0 : g[e]. g, out 16-byte aligned.
+template <typename U>
+__global__ void __launch_bounds__(256) bwd5(const U* g, U* out, const uint32_t* mask, uint64_t numel) {
+    constexpr int VE = Ty<U>::VE;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    const uint64_t nvec = numel / VE;
+    const uint4* gv = reinterpret_cast<const uint4*>(g);
+    uint4* ov = reinterpret_cast<uint4*>(out);
+    for (uint64_t v = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nvec; v += (uint64_t)gridDim.x * blockDim.x) {
+        const uint4 x = __ldcs(gv + v);
+        const uint32_t d = (__ldg(mask + (v * VE) / 32) >> ((v * VE) & 31)) & FULL;
+        uint4 y = x;
+        if (d) {
+            if (sizeof(U) == 4) {
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    if ((d >> q) & 1) set_word(y, q, 0);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const uint32_t m2 = ((d >> (2 * j)) & 1 ? 0xffffu : 0u) | ((d >> (2 * j + 1)) & 1 ? 0xffff0000u : 0u);
+                    set_word(y, j, word_at(y, j) & ~m2);
+                }
+            }
+        }
+        __stcs(ov + v, y);
+    }
+    if (blockIdx.x == 0 && threadIdx.x < numel - nvec * VE) {
+        const uint64_t e = nvec * VE + threadIdx.x;
+        out[e] = ((mask[e / 32] >> (e & 31)) & 1) ? (U)0 : g[e];
+    }
+}
+
+}  // namespace v5
+
+// =======================================================================================
+// Launchers
+
+static int g_sms = 0;
+
+template <typename U>
+static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed,
+                      uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
+    const size_t size = sizeof(U);
+    if (n <= 32) {
+        auto f = sizeof(U) == 4 ? (void*)v4::tdw_tiny_u32 : (void*)v4::tdw_tiny_u16;
+        const size_t smem = 256 * (n | 1) * size;
+        if (smem > 48 * 1024) CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        const uint32_t grid = (uint32_t)std::min<uint64_t>((rows + 255) / 256, (uint64_t)g_sms * 8);
+        if (sizeof(U) == 4)
+            v4::tdw_tiny_u32<<<grid, 256, smem, st>>>((const uint32_t*)w, (uint32_t*)out, rows, n, k, seed, offset, thr);
+        else
+            v4::tdw_tiny_u16<<<grid, 256, smem, st>>>((const uint16_t*)w, (uint16_t*)out, rows, n, k, seed, offset, thr);
+    } else {
+        auto f = sizeof(U) == 4 ? (void*)v4::tdw_block_u32 : (void*)v4::tdw_block_u16;
+        const size_t smem = ((n + 3) / 4) * 4 * size;
+        static size_t raised[2] = {0, 0};
+        size_t& rz = raised[sizeof(U) == 4];
+        if (smem > 48 * 1024 && smem > rz) {
+            CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            rz = smem;
+        }
+        int per_sm = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, f, 256, smem));
+        const uint32_t grid = (uint32_t)std::min<uint64_t>(rows, (uint64_t)g_sms * std::max(per_sm, 1));
+        if (sizeof(U) == 4)
+            v4::tdw_block_u32<<<grid, 256, smem, st>>>((const uint32_t*)w, (uint32_t*)out, rows, n, k, seed, offset, thr);
+        else
+            v4::tdw_block_u16<<<grid, 256, smem, st>>>((const uint16_t*)w, (uint16_t*)out, rows, n, k, seed, offset, thr);
+    }
+    CK(cudaGetLastError());
+}
+
+// Vectors a row of n may span (it can start mid-vector when n % VE != 0).
+template <typename U> static uint32_t max_vectors(uint32_t n) {
+    constexpr uint32_t VE = v5::Ty<U>::VE;
+    return n % VE == 0 ? n / VE : (n + 2 * VE - 2) / VE;
+}
+// Smallest block (64 .. 1024 threads, 4 vectors each) that holds the longest row; 0 if none.
+template <typename U> static int v5_block_for(uint32_t max_n) {
+    const uint32_t nv = max_vectors<U>(max_n);
+    for (int t = 64; t <= 1024; t *= 2)
+        if ((uint32_t)t * v5::NV >= nv) return t;
+    return 0;
+}
+
+template <typename U>
+static void launch_v5_segs(const std::vector<v5::Seg>& segs_in, v5::Seg* table_dev, uint64_t seed,
+                           cudaStream_t st = 0, bool upload = true) {
+    std::vector<v5::Seg> segs;
+    uint32_t total = 0, max_n = 0;
+    for (auto s : segs_in) {
+        if (s.rows == 0 || s.n == 0) continue;
+        if (((uintptr_t)s.w & 15) || ((uintptr_t)s.out & 15)) { fprintf(stderr, "v5: unaligned tensor\n"); exit(2); }
+        s.first_block = total;
+        total += s.rows;
+        max_n = std::max(max_n, s.n);
+        segs.push_back(s);
+    }
+    if (segs.empty()) return;
+    const int T = v5_block_for<U>(max_n);
+    if (T == 0) { fprintf(stderr, "v5: row of %u too long\n", max_n); exit(2); }
+    const int nseg = (int)segs.size();
+    if (nseg > 1 && upload) CK(cudaMemcpyAsync(table_dev, segs.data(), nseg * sizeof(v5::Seg), cudaMemcpyHostToDevice, st));
+    const v5::RoundKeys rk = v5::round_keys(seed);
+    switch (T) {
+        case 64: v5::tdw5<U, 64><<<total, 64, 0, st>>>(segs[0], table_dev, nseg, rk); break;
+        case 128: v5::tdw5<U, 128><<<total, 128, 0, st>>>(segs[0], table_dev, nseg, rk); break;
+        case 256: v5::tdw5<U, 256><<<total, 256, 0, st>>>(segs[0], table_dev, nseg, rk); break;
+        case 512: v5::tdw5<U, 512><<<total, 512, 0, st>>>(segs[0], table_dev, nseg, rk); break;
+        default: v5::tdw5<U, 1024><<<total, 1024, 0, st>>>(segs[0], table_dev, nseg, rk); break;
+    }
+    CK(cudaGetLastError());
+}
+
+template <typename U>
+static void launch_v5(const U* w, U* out, uint32_t* mask, uint64_t rows, uint32_t n, uint32_t k,
+                      uint64_t seed, uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
+    v5::Seg s = {w, out, mask, offset, n, k, thr, (uint32_t)rows, 0, 0};
+    launch_v5_segs<U>({s}, nullptr, seed, st);
+}
+
+template <typename U>
+static void launch_bwd(const U* g, U* out, const uint32_t* mask, uint64_t numel, cudaStream_t st = 0) {
+    const uint64_t nvec = numel / v5::Ty<U>::VE;
+    const uint32_t grid = (uint32_t)std::max<uint64_t>(1, std::min<uint64_t>((nvec + 255) / 256, (uint64_t)g_sms * 8));
+    v5::bwd5<U><<<grid, 256, 0, st>>>(g, out, mask, numel);
+    CK(cudaGetLastError());
+}
+
+// =======================================================================================
+// main: validation, then timing
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd() {  // splitmix64
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rnd01() { return (rnd() >> 11) * (1.0 / 9007199254740992.0); }
+static float randn() {
+    double u1 = rnd01(), u2 = rnd01();
+    if (u1 < 1e-300) u1 = 1e-300;
+    return (float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2));
+}
+static uint32_t f32_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+
+// Data kinds: 0 randn, 1 few distinct values (ties), 2 edge values (+-0, subnormals, NaN,
+// +-Inf, max), 3 one value, 4 +-0 only, 5 randn with 30% zeros.
+template <typename U> static void fill(std::vector<U>& h, int kind) {
+    const bool f32 = sizeof(U) == 4;
+    auto from_f = [&](float f) -> U { uint32_t b = f32_bits(f); return f32 ? (U)b : (U)(b >> 16); };
+    const uint32_t e32[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x00400000u, 0x007fffffu, 0x7fc00000u, 0x7f800001u,
+                            0xffc00000u, 0x7f800000u, 0xff800000u, 0x7f7fffffu, 0x80000001u, 0x7fffffffu};
+    const uint16_t e16[] = {0x0000, 0x8000, 0x0001, 0x0040, 0x007f, 0x7fc0, 0x7f81,
+                            0xffc0, 0x7f80, 0xff80, 0x7f7f, 0x8001, 0x7fff};
+    U few[5];
+    for (auto& v : few) v = from_f(randn());
+    const U one = from_f(randn());
+    for (auto& x : h) {
+        switch (kind) {
+            case 0: x = from_f(randn()); break;
+            case 1: x = few[rnd() % 5] ^ (U)((rnd() & 1) << (8 * sizeof(U) - 1)); break;
+            case 2: {
+                const uint64_t r = rnd() % 20;
+                x = r < 13 ? (f32 ? (U)e32[r] : (U)e16[r]) : from_f(randn());
+                break;
+            }
+            case 3: x = one; break;
+            case 4: x = (U)((rnd() & 1) << (8 * sizeof(U) - 1)); break;
+            default: x = rnd() % 10 < 3 ? (U)0 : from_f(randn()); break;
+        }
+    }
+}
+
+struct DevBuf {
+    void* p = nullptr;
+    size_t n = 0;
+    void* get(size_t bytes) {
+        if (bytes > n) {
+            if (p) CK(cudaFree(p));
+            CK(cudaMalloc(&p, bytes));
+            n = bytes;
+        }
+        return p;
+    }
+};
+
+static int g_fail = 0;
+static bool g_small = false;
+
+template <typename U>
+static void report(const char* tag, const char* what, uint64_t i, uint64_t got, uint64_t want, uint64_t in_bits, uint32_t n) {
+    fprintf(stderr, "MISMATCH %s %s: element %llu (row %llu, col %llu): got %llx want %llx (input %llx)\n", tag, what,
+            (unsigned long long)i, (unsigned long long)(i / n), (unsigned long long)(i % n), (unsigned long long)got,
+            (unsigned long long)want, (unsigned long long)in_bits);
+}
+
+// Runs v4 and v5 (forward with mask, then backward with the mask) on one case; compares each
+// with the CPU reference bit for bit. Exact-size allocations (memcheck sees overruns).
+template <typename U>
+static bool run_case(const char* name, uint64_t rows, uint32_t n, double gamma, double alpha, bool prune,
+                     int kind, uint64_t seed, uint64_t offset, bool do_v4 = true) {
+    const uint64_t numel = rows * n;
+    const uint32_t k = k_of(gamma, n), thr = prune ? v5::ALWAYS5 : threshold_of(alpha);
+    std::vector<U> h(numel), ref(numel), got(numel), g(numel);
+    std::vector<uint8_t> dropped(numel);
+    fill(h, kind);
+    fill(g, 0);
+    ref_weight_dropout<U>(h.data(), ref.data(), dropped.data(), rows, n, gamma, alpha, prune, seed, offset);
+    const uint64_t words = (numel + 31) / 32;
+    U *dw, *dout, *dg, *dgo;
+    uint32_t* dm;
+    CK(cudaMalloc(&dw, numel * sizeof(U)));
+    CK(cudaMalloc(&dout, numel * sizeof(U)));
+    CK(cudaMalloc(&dg, numel * sizeof(U)));
+    CK(cudaMalloc(&dgo, numel * sizeof(U)));
+    CK(cudaMalloc(&dm, words * 4));
+    CK(cudaMemcpy(dw, h.data(), numel * sizeof(U), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dg, g.data(), numel * sizeof(U), cudaMemcpyHostToDevice));
+    bool ok = true;
+    auto compare = [&](const char* tag, const std::vector<U>& want) {
+        for (uint64_t i = 0; i < numel; i++)
+            if (got[i] != want[i]) {
+                report<U>(tag, name, i, got[i], want[i], h[i], n);
+                fprintf(stderr, "  case: %s rows=%llu n=%u gamma=%.17g alpha=%.17g prune=%d kind=%d seed=%llx offset=%llx k=%u\n",
+                        sizeof(U) == 4 ? "f32" : "bf16", (unsigned long long)rows, n, gamma, alpha, prune, kind,
+                        (unsigned long long)seed, (unsigned long long)offset, k);
+                return false;
+            }
+        return true;
+    };
+    if (do_v4) {
+        CK(cudaMemset(dout, 0xAB, numel * sizeof(U)));
+        launch_v4<U>(dw, dout, rows, n, k, seed, offset, thr);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(got.data(), dout, numel * sizeof(U), cudaMemcpyDeviceToHost));
+        ok &= compare("v4", ref);
+    }
+    CK(cudaMemset(dout, 0xAB, numel * sizeof(U)));
+    CK(cudaMemset(dm, 0xFF, words * 4));
+    launch_v5<U>(dw, dout, dm, rows, n, k, seed, offset, thr);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(got.data(), dout, numel * sizeof(U), cudaMemcpyDeviceToHost));
+    ok &= compare("v5", ref);
+    std::vector<uint32_t> m(words);
+    CK(cudaMemcpy(m.data(), dm, words * 4, cudaMemcpyDeviceToHost));
+    for (uint64_t i = 0; i < numel && ok; i++)
+        if (((m[i / 32] >> (i % 32)) & 1) != dropped[i]) {
+            report<U>("v5 mask", name, i, (m[i / 32] >> (i % 32)) & 1, dropped[i], h[i], n);
+            ok = false;
+        }
+    CK(cudaMemset(dgo, 0xAB, numel * sizeof(U)));
+    launch_bwd<U>(dg, dgo, dm, numel);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(got.data(), dgo, numel * sizeof(U), cudaMemcpyDeviceToHost));
+    std::vector<U> gref(numel);
+    for (uint64_t i = 0; i < numel; i++) gref[i] = dropped[i] ? (U)0 : g[i];
+    ok &= compare("v5 bwd", gref);
+    CK(cudaFree(dw)); CK(cudaFree(dout)); CK(cudaFree(dg)); CK(cudaFree(dgo)); CK(cudaFree(dm));
+    if (!ok) g_fail++;
+    return ok;
+}
+
+// A grouped call: item i draws at (seed, offset + i); compared with the per-tensor reference.
+template <typename U>
+static bool run_grouped(const char* name, const std::vector<std::pair<uint64_t, uint32_t>>& shapes, double gamma,
+                        double alpha, bool random_gamma, uint64_t seed, uint64_t offset) {
+    std::vector<v5::Seg> segs;
+    std::vector<std::vector<U>> hs, refs;
+    std::vector<U*> dws, douts;
+    std::vector<uint32_t*> dms;
+    std::vector<std::vector<uint8_t>> drops;
+    for (size_t i = 0; i < shapes.size(); i++) {
+        const uint64_t rows = shapes[i].first;
+        const uint32_t n = shapes[i].second;
+        const uint64_t numel = rows * n;
+        const double gm = random_gamma ? rnd01() : gamma, al = random_gamma ? rnd01() : alpha;
+        std::vector<U> h(numel), ref(numel);
+        std::vector<uint8_t> dr(numel);
+        fill(h, (int)(rnd() % 6));
+        ref_weight_dropout<U>(h.data(), ref.data(), dr.data(), rows, n, gm, al, false, seed, offset + i);
+        U *dw, *dout;
+        uint32_t* dm;
+        CK(cudaMalloc(&dw, numel * sizeof(U)));
+        CK(cudaMalloc(&dout, numel * sizeof(U)));
+        CK(cudaMalloc(&dm, (numel + 31) / 32 * 4));
+        CK(cudaMemcpy(dw, h.data(), numel * sizeof(U), cudaMemcpyHostToDevice));
+        CK(cudaMemset(dout, 0xAB, numel * sizeof(U)));
+        CK(cudaMemset(dm, 0xFF, (numel + 31) / 32 * 4));
+        segs.push_back({dw, dout, dm, offset + i, n, k_of(gm, n), threshold_of(al), (uint32_t)rows, 0, 0});
+        hs.push_back(h); refs.push_back(ref); drops.push_back(dr);
+        dws.push_back(dw); douts.push_back(dout); dms.push_back(dm);
+    }
+    v5::Seg* table;
+    CK(cudaMalloc(&table, segs.size() * sizeof(v5::Seg)));
+    launch_v5_segs<U>(segs, table, seed);
+    CK(cudaDeviceSynchronize());
+    bool ok = true;
+    for (size_t i = 0; i < segs.size() && ok; i++) {
+        const uint64_t numel = (uint64_t)segs[i].rows * segs[i].n;
+        std::vector<U> got(numel);
+        std::vector<uint32_t> m((numel + 31) / 32);
+        CK(cudaMemcpy(got.data(), douts[i], numel * sizeof(U), cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(m.data(), dms[i], m.size() * 4, cudaMemcpyDeviceToHost));
+        for (uint64_t e = 0; e < numel; e++) {
+            if (got[e] != refs[i][e] || ((m[e / 32] >> (e % 32)) & 1) != drops[i][e]) {
+                fprintf(stderr, "MISMATCH v5 grouped %s: tensor %zu [%u, %u] element %llu got %llx want %llx\n", name, i,
+                        segs[i].rows, segs[i].n, (unsigned long long)e, (unsigned long long)got[e],
+                        (unsigned long long)refs[i][e]);
+                ok = false;
+                break;
+            }
+        }
+    }
+    for (size_t i = 0; i < segs.size(); i++) { CK(cudaFree(dws[i])); CK(cudaFree(douts[i])); CK(cudaFree(dms[i])); }
+    CK(cudaFree(table));
+    if (!ok) g_fail++;
+    return ok;
+}
+
+static std::vector<std::pair<uint64_t, uint32_t>> resnet32_shapes() {
+    // CIFAR ResNet-32 (n = 5 blocks per stage, option-A shortcuts): conv1, 3 stages of 10
+    // 3x3 convs, the classifier. [out, in*3*3] filters.
+    std::vector<std::pair<uint64_t, uint32_t>> s;
+    s.push_back({16, 3 * 9});
+    for (int i = 0; i < 10; i++) s.push_back({16, 16 * 9});
+    s.push_back({32, 16 * 9});
+    for (int i = 0; i < 9; i++) s.push_back({32, 32 * 9});
+    s.push_back({64, 32 * 9});
+    for (int i = 0; i < 9; i++) s.push_back({64, 64 * 9});
+    s.push_back({10, 64});
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Timing
+
+struct Row {
+    std::string kernel, shape, dtype;
+    double ms, gbs, pct, speedup;
+};
+static std::vector<Row> g_rows;
+
+// Median of `iters` calls (CUDA events around each), after `warm` calls. call(i) launches call i.
+static double median_ms(const std::function<void(int)>& call, int iters = 30, int warm = 5) {
+    for (int i = 0; i < warm; i++) call(i);
+    CK(cudaDeviceSynchronize());
+    std::vector<cudaEvent_t> ev(2 * iters);
+    for (auto& e : ev) CK(cudaEventCreate(&e));
+    for (int i = 0; i < iters; i++) {
+        CK(cudaEventRecord(ev[2 * i]));
+        call(warm + i);
+        CK(cudaEventRecord(ev[2 * i + 1]));
+    }
+    CK(cudaEventSynchronize(ev.back()));
+    std::vector<float> t(iters);
+    for (int i = 0; i < iters; i++) CK(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
+    for (auto& e : ev) CK(cudaEventDestroy(e));
+    std::sort(t.begin(), t.end());
+    return t[iters / 2];
+}
+
+static void add_row(const std::string& kernel, const std::string& shape, const std::string& dtype, double ms,
+                    double bytes, double copy_ms, double base_ms) {
+    Row r{kernel, shape, dtype, ms, bytes / ms / 1e6, 100.0 * copy_ms / ms, base_ms > 0 ? base_ms / ms : 0};
+    g_rows.push_back(r);
+    printf("%-26s %-16s %-5s %9.4f ms %8.0f GB/s %6.1f%% of copy  %s\n", kernel.c_str(), shape.c_str(), dtype.c_str(),
+           ms, r.gbs, r.pct, base_ms > 0 ? (std::to_string(r.speedup).substr(0, 5) + "x v4").c_str() : "");
+    fflush(stdout);
+}
+
+// One shape: copy ceiling, v4 and v5 (dropout 0.5/0.5 and prune 0.5), v5 with the mask, the
+// backward. Inputs and outputs rotate over >= 256 MB. Also checks the large-shape outputs
+// against the CPU reference (first buffer) before timing.
+template <typename U>
+static void bench_shape(uint64_t rows, uint32_t n, bool check) {
+    const char* dt = sizeof(U) == 4 ? "f32" : "bf16";
+    const std::string shape = "[" + std::to_string(rows) + "," + std::to_string(n) + "]";
+    const uint64_t numel = rows * n, bytes = numel * sizeof(U);
+    const int nb = (int)std::max<uint64_t>(2, (256ull << 20) / bytes + 1);
+    std::vector<U*> in(nb), out(nb);
+    std::vector<uint32_t*> mk(nb);
+    std::vector<U> h(numel);
+    fill(h, 0);
+    for (int i = 0; i < nb; i++) {
+        CK(cudaMalloc(&in[i], bytes));
+        CK(cudaMalloc(&out[i], bytes));
+        CK(cudaMalloc(&mk[i], (numel + 31) / 32 * 4));
+        CK(cudaMemcpy(in[i], h.data(), bytes, cudaMemcpyHostToDevice));
+    }
+    const uint64_t seed = 0x0123456789abcdefull, offset = 7;
+    const uint32_t k = k_of(0.5, n), thr = threshold_of(0.5);
+    const bool v5ok = v5_block_for<U>(n) != 0;
+    if (check) {
+        std::vector<U> ref(numel), got(numel);
+        for (int prune = 0; prune < 2; prune++) {
+            ref_weight_dropout<U>(h.data(), ref.data(), nullptr, rows, n, 0.5, 0.5, prune, seed, offset);
+            for (int ver = 4; ver <= 5; ver++) {
+                if (ver == 5 && !v5ok) continue;
+                CK(cudaMemset(out[0], 0xAB, bytes));
+                if (ver == 4) launch_v4<U>(in[0], out[0], rows, n, k, seed, offset, prune ? v5::ALWAYS5 : thr);
+                else launch_v5<U>(in[0], out[0], nullptr, rows, n, k, seed, offset, prune ? v5::ALWAYS5 : thr);
+                CK(cudaMemcpy(got.data(), out[0], bytes, cudaMemcpyDeviceToHost));
+                uint64_t bad = 0;
+                for (uint64_t i = 0; i < numel; i++) bad += got[i] != ref[i];
+                printf("check %s %s %s v%d: %s (%llu mismatches)\n", shape.c_str(), dt, prune ? "prune" : "dropout", ver,
+                       bad ? "FAIL" : "bit-exact", (unsigned long long)bad);
+                if (bad) g_fail++;
+            }
+        }
+    }
+    const double copy = median_ms([&](int i) {
+        CK(cudaMemcpyAsync(out[i % nb], in[(i + 1) % nb], bytes, cudaMemcpyDeviceToDevice));
+    });
+    add_row("copy (ceiling)", shape, dt, copy, 2.0 * bytes, copy, 0);
+    for (int prune = 0; prune < 2; prune++) {
+        const uint32_t t = prune ? v5::ALWAYS5 : thr;
+        const std::string what = prune ? " prune" : " dropout";
+        const double a = median_ms([&](int i) { launch_v4<U>(in[i % nb], out[i % nb], rows, n, k, seed, offset, t); });
+        add_row("v4" + what, shape, dt, a, 2.0 * bytes, copy, a);
+        if (v5ok) {
+            const double b = median_ms([&](int i) { launch_v5<U>(in[i % nb], out[i % nb], nullptr, rows, n, k, seed, offset, t); });
+            add_row("v5" + what, shape, dt, b, 2.0 * bytes, copy, a);
+        }
+        if (v5ok && !prune) {
+            const double c = median_ms([&](int i) { launch_v5<U>(in[i % nb], out[i % nb], mk[i % nb], rows, n, k, seed, offset, t); });
+            add_row("v5 dropout+bitmask", shape, dt, c, 2.0 * bytes, copy, a);
+            const double d = median_ms([&](int i) { launch_bwd<U>(in[i % nb], out[i % nb], mk[(i + 1) % nb], numel); });
+            add_row("v5 backward (bitmask)", shape, dt, d, 2.0 * bytes, copy, 0);
+        }
+    }
+    for (int i = 0; i < nb; i++) { CK(cudaFree(in[i])); CK(cudaFree(out[i])); CK(cudaFree(mk[i])); }
+}
+
+// The ResNet-32 weight list: v4 one launch per tensor against v5 one grouped launch.
+static void bench_resnet() {
+    auto shapes = resnet32_shapes();
+    const int sets = 32;  // rotate 32 copies of the model (~60 MB each way)
+    uint64_t total = 0;
+    for (auto& s : shapes) total += s.first * s.second;
+    std::vector<uint32_t*> in(sets), out(sets);
+    std::vector<uint32_t> h(total);
+    fill(h, 0);
+    for (int i = 0; i < sets; i++) {
+        CK(cudaMalloc(&in[i], total * 4 + 16 * shapes.size()));
+        CK(cudaMalloc(&out[i], total * 4 + 16 * shapes.size()));
+        CK(cudaMemcpy(in[i], h.data(), total * 4, cudaMemcpyHostToDevice));
+    }
+    // Tensors packed in one buffer per set, each 16-byte aligned.
+    std::vector<std::vector<v5::Seg>> segs(sets);
+    std::vector<v5::Seg*> tables(sets);
+    for (int s = 0; s < sets; s++) {
+        uint64_t pos = 0;
+        for (size_t i = 0; i < shapes.size(); i++) {
+            const uint32_t n = shapes[i].second;
+            segs[s].push_back({in[s] + pos, out[s] + pos, nullptr, 7 + i, n, k_of(0.5, n), threshold_of(0.5),
+                               (uint32_t)shapes[i].first, 0, 0});
+            pos += (shapes[i].first * n + 3) / 4 * 4;
+        }
+        CK(cudaMalloc(&tables[s], shapes.size() * sizeof(v5::Seg)));
+        launch_v5_segs<uint32_t>(segs[s], tables[s], 1234);  // uploads the table once
+    }
+    CK(cudaDeviceSynchronize());
+    const std::string shape = "resnet32 x" + std::to_string(shapes.size());
+    const double bytes = 2.0 * total * 4;
+    const double copy = median_ms([&](int i) {
+        CK(cudaMemcpyAsync(out[i % sets], in[(i + 1) % sets], total * 4, cudaMemcpyDeviceToDevice));
+    });
+    add_row("copy (ceiling, 1 call)", shape, "f32", copy, bytes, copy, 0);
+    const double a = median_ms([&](int i) {
+        for (auto& sg : segs[i % sets])
+            launch_v4<uint32_t>((const uint32_t*)sg.w, (uint32_t*)sg.out, sg.rows, sg.n, sg.k, 1234, sg.offset, sg.thr);
+    });
+    add_row("v4 one launch per tensor", shape, "f32", a, bytes, copy, a);
+    const double b = median_ms([&](int i) { launch_v5_segs<uint32_t>(segs[i % sets], tables[i % sets], 1234, 0, false); });
+    add_row("v5 grouped, 1 launch", shape, "f32", b, bytes, copy, a);
+    for (int i = 0; i < sets; i++) { CK(cudaFree(in[i])); CK(cudaFree(out[i])); CK(cudaFree(tables[i])); }
+}
+
+int main(int argc, char** argv) {
+    bool check_only = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--small")) g_small = true;
+        else if (!strcmp(argv[i], "--check")) check_only = true;
+    }
+    if (!ref_philox_kat()) return 1;
+    printf("Philox4x32-10 known-answer vectors: ok\n");
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    g_sms = prop.multiProcessorCount;
+    printf("device: %s, %d SMs, L2 %d MB\n", prop.name, g_sms, prop.l2CacheSize >> 20);
+
+    // Fixed edge cases: every data kind, gamma and alpha edges, odd n.
+    const uint32_t ns_small[] = {1, 2, 3, 5, 9, 17, 31, 33, 100, 257, 1025};
+    const uint32_t ns_full[] = {1, 2, 3, 4, 5, 7, 9, 17, 31, 32, 33, 100, 255, 257, 1023, 1024, 1025, 4095, 4096, 4097};
+    const double gammas[] = {0, 1, 0.5, -1};  // -1: random
+    const double alphas[] = {0, 1, 0.5, -1};
+    int cases = 0;
+    const int nn = g_small ? 11 : 20;
+    for (int ni = 0; ni < nn; ni++)
+        for (int kind = 0; kind < 6; kind++) {
+            if (g_small && kind % 2) continue;
+            const uint32_t n = g_small ? ns_small[ni] : ns_full[ni];
+            const double gm = gammas[rnd() % 4], al = alphas[rnd() % 4];
+            const double g = gm < 0 ? rnd01() : gm, a = al < 0 ? rnd01() : al;
+            const uint64_t rows = 1 + rnd() % (g_small ? 4 : 9);
+            const bool prune = rnd() % 8 == 0;
+            const uint64_t seed = rnd(), offset = rnd();
+            if (ni % 2) run_case<uint32_t>("edge", rows, n, g, a, prune, kind, seed, offset);
+            else run_case<uint16_t>("edge", rows, n, g, a, prune, kind, seed, offset);
+            cases++;
+        }
+    // Random cases.
+    const int nrand = g_small ? 24 : 1000;
+    for (int c = 0; c < nrand; c++) {
+        const bool f32 = rnd() & 1;
+        uint32_t n;
+        const uint64_t pick = rnd() % 10;
+        const uint32_t nmax = g_small ? 3000 : (f32 ? 16380 : 32760);
+        if (pick < 3) n = 1 + rnd() % 64;
+        else if (pick < 8) n = 1 + rnd() % std::min<uint32_t>(nmax, 5000);
+        else n = nmax - rnd() % (nmax / 4);  // long rows
+        uint64_t rows = 1 + rnd() % (g_small ? 4 : 24);
+        rows = std::max<uint64_t>(1, std::min<uint64_t>(rows, (g_small ? 20000 : 400000) / n));
+        const double gm = gammas[rnd() % 4], al = alphas[rnd() % 4];
+        const double g = gm < 0 ? rnd01() : gm, a = al < 0 ? rnd01() : al;
+        const int kind = (int)(rnd() % 6);
+        const bool prune = rnd() % 8 == 0;
+        const uint64_t seed = rnd(), offset = rnd();
+        if (f32) run_case<uint32_t>("random", rows, n, g, a, prune, kind, seed, offset);
+        else run_case<uint16_t>("random", rows, n, g, a, prune, kind, seed, offset);
+        cases++;
+    }
+    // Grouped calls: the ResNet-32 list (f32 and bf16), and a random list of odd shapes with
+    // more segments than threads in a block.
+    run_grouped<uint32_t>("resnet32 f32", resnet32_shapes(), 0.5, 0.5, false, rnd(), rnd());
+    run_grouped<uint16_t>("resnet32 bf16", resnet32_shapes(), 0.0, 0.0, true, rnd(), rnd());
+    {
+        std::vector<std::pair<uint64_t, uint32_t>> s;
+        const int nseg = g_small ? 70 : 150;
+        for (int i = 0; i < nseg; i++) s.push_back({1 + rnd() % 5, (uint32_t)(1 + rnd() % 700)});
+        run_grouped<uint32_t>("random segments f32", s, 0, 0, true, rnd(), rnd());
+        run_grouped<uint16_t>("random segments bf16", s, 0, 0, true, rnd(), rnd());
+    }
+    cases += 4;
+    printf("validation: %d cases (v4, v5 forward + bit mask, v5 backward, v5 grouped), %d failed\n", cases, g_fail);
+    if (g_small) return g_fail ? 1 : 0;
+
+    // Large shapes: checked against the CPU reference, then timed.
+    printf("\n%-26s %-16s %-5s %12s %13s %17s\n", "kernel", "shape", "dtype", "time", "bandwidth", "");
+    bench_shape<uint32_t>(4096, 4096, true);
+    bench_shape<uint16_t>(4096, 4096, true);
+    bench_shape<uint32_t>(11008, 4096, true);
+    bench_shape<uint16_t>(11008, 4096, true);
+    if (!check_only) {
+        bench_shape<uint16_t>(1 << 20, 9, false);  // tiny rows: v4 tdw_tiny against v5 (not built for them)
+        bench_resnet();
+    }
+    printf("\n== summary (one read + one write; %% of the copy measured in this run) ==\n");
+    printf("| kernel | shape | dtype | ms | GB/s | %% of copy | vs v4 |\n|---|---|---|---|---|---|---|\n");
+    for (auto& r : g_rows)
+        printf("| %s | %s | %s | %.4f | %.0f | %.1f | %s |\n", r.kernel.c_str(), r.shape.c_str(), r.dtype.c_str(), r.ms,
+               r.gbs, r.pct, r.speedup > 0 ? (std::to_string(r.speedup).substr(0, 4) + "x").c_str() : "");
+    printf("validation failures: %d\n", g_fail);
+    return g_fail ? 1 : 0;
+}
