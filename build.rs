@@ -33,12 +33,13 @@ fn targets() -> (Vec<String>, u32, String) {
     match std::env::var("CUDA_COMPUTE_CAP") {
         Ok(cc) => {
             let cc = cc.trim();
-            let num: u32 = cc
-                .trim_end_matches(['a', 'f'])
-                .parse()
-                .unwrap_or_else(|_| panic!("CUDA_COMPUTE_CAP={cc}: expected a number such as 75, 86 or 90"));
+            let num: u32 = cc.trim_end_matches(['a', 'f']).parse().unwrap_or_else(|_| {
+                panic!("CUDA_COMPUTE_CAP={cc}: expected a number such as 75, 86 or 90")
+            });
             (
-                vec![format!("-gencode=arch=compute_{cc},code=[sm_{cc},compute_{cc}]")],
+                vec![format!(
+                    "-gencode=arch=compute_{cc},code=[sm_{cc},compute_{cc}]"
+                )],
                 num,
                 format!("sm_{cc} + compute_{cc} PTX, CUDA_COMPUTE_CAP={cc}"),
             )
@@ -49,7 +50,11 @@ fn targets() -> (Vec<String>, u32, String) {
                 .map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}"))
                 .collect();
             args.push("-gencode=arch=compute_90,code=compute_90".into());
-            (args, 80, "sm_80, sm_86, sm_89, sm_90 + compute_90 PTX".into())
+            (
+                args,
+                80,
+                "sm_80, sm_86, sm_89, sm_90 + compute_90 PTX".into(),
+            )
         }
     }
 }

@@ -500,7 +500,9 @@ fn run<T: Width>(
     // Limits, before anything is allocated or launched.
     match op.kind {
         DropoutKind::Weight => check_row(op.name(), "a filter", n)?,
-        DropoutKind::Unit => check_row(op.name(), "the unit scores (one per filter) are a row", d0)?,
+        DropoutKind::Unit => {
+            check_row(op.name(), "the unit scores (one per filter) are a row", d0)?
+        }
     }
     let kern = Kernels::of(dev)?;
     let stream = dev.cuda_stream();
@@ -544,9 +546,7 @@ fn run<T: Width>(
             let umask = unit_mask(&kern, &stream, &w, score, d0, n, op.gamma, draws)?;
             let func = &kern.weight[T::WIDTH].unit_apply;
             let groups = numel.div_ceil(4);
-            let grid = groups
-                .div_ceil(TD_BLOCK as u64)
-                .min(kern.sms as u64 * 16) as u32;
+            let grid = groups.div_ceil(TD_BLOCK as u64).min(kern.sms as u64 * 16) as u32;
             let p = UnitApplyParams { numel, n };
             let mut b = stream.launch_builder(func);
             match vals {

@@ -71,13 +71,19 @@ fn constants_are_the_headers() {
     names.sort();
     let mut expected: Vec<&str> = ours.iter().map(|(n, _)| *n).collect();
     expected.sort();
-    assert_eq!(names, expected, "the header's constants and the bindings' differ");
+    assert_eq!(
+        names, expected,
+        "the header's constants and the bindings' differ"
+    );
     for (name, value) in &header {
         let v: u64 = value.parse().unwrap_or_else(|_| {
             panic!("{name} = {value}: keep the header's constants plain decimal numbers")
         });
         let ours = ours.iter().find(|(n, _)| n == name).unwrap().1;
-        assert_eq!(v, ours, "{name}: header {v}, bindings {ours}: run scripts/bindgen.sh");
+        assert_eq!(
+            v, ours,
+            "{name}: header {v}, bindings {ours}: run scripts/bindgen.sh"
+        );
     }
     // The host's own copies of shared constants.
     assert_eq!(crate::philox::THRESHOLD_ALWAYS, TD_ALWAYS);

@@ -34,8 +34,16 @@ fn check_all_ops(w: &Tensor, dev: &Device, seed: u64, what: &str) -> Result<()> 
             targeted_unit_dropout_seeded(w, gamma, alpha, seed, 4)?,
             targeted_unit_dropout_seeded(&g, gamma, alpha, seed, 4)?,
         ),
-        ("prune weights", prune_weights(w, gamma)?, prune_weights(&g, gamma)?),
-        ("prune units", prune_units(w, gamma)?, prune_units(&g, gamma)?),
+        (
+            "prune weights",
+            prune_weights(w, gamma)?,
+            prune_weights(&g, gamma)?,
+        ),
+        (
+            "prune units",
+            prune_units(w, gamma)?,
+            prune_units(&g, gamma)?,
+        ),
         (
             "weight mask",
             targeted_dropout_mask(w, DropoutKind::Weight, gamma, alpha, seed, 5)?,
@@ -155,6 +163,9 @@ fn bf16_row_over_2_31_pruned_exactly() -> Result<()> {
             bad
         })
         .sum::<u64>();
-    assert_eq!(bad, 0, "{bad} of {n} elements differ (k = {k}, boundary level {b}, take {take})");
+    assert_eq!(
+        bad, 0,
+        "{bad} of {n} elements differ (k = {k}, boundary level {b}, take {take})"
+    );
     Ok(())
 }
