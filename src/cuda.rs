@@ -373,7 +373,7 @@ fn select_rows<T: Width>(
             };
             let mut b = stream.launch_builder(&fns.long_apply);
             io_args!(b);
-            b.arg(&hist_g).arg(&chunk_hist).arg(&ap);
+            b.arg(&mut hist_g).arg(&chunk_hist).arg(&ap);
             // SAFETY: as above.
             unsafe { b.launch(cfg((chunks as u32, g as u32), 0)) }.w()?;
             row0 += g;

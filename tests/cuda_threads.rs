@@ -107,7 +107,7 @@ fn level(i: u64) -> u64 {
 fn level_bits(j: u64) -> u16 {
     let v = (j * 7 % L) as u16;
     // Increasing positive magnitudes, every third one negative (the key ignores the sign).
-    (0x3c00 + v) | if j % 3 == 0 { 0x8000 } else { 0 }
+    (0x3c00 + v) | if j.is_multiple_of(3) { 0x8000 } else { 0 }
 }
 
 #[test]
