@@ -124,14 +124,10 @@ fn profile(dev: &Device) -> Result<()> {
     ];
     for (shape, dt) in cases {
         let w = Tensor::randn(0f32, 1.0, shape.as_slice(), dev)?.to_dtype(dt)?;
-        for opts in ["0", "2"] {
-            std::env::set_var("TD_KERNEL_OPTS", opts);
-            for _ in 0..2 {
-                targeted_weight_dropout(&w, 0.5, 0.5)?;
-                prune_weights(&w, 0.5)?;
-            }
+        for _ in 0..2 {
+            targeted_weight_dropout(&w, 0.5, 0.5)?;
+            prune_weights(&w, 0.5)?;
         }
-        std::env::remove_var("TD_KERNEL_OPTS");
         for _ in 0..2 {
             targeted_unit_dropout(&w, 0.5, 0.5)?;
         }

@@ -11,14 +11,14 @@ bins=$(cargo test --release --features cuda --no-run --message-format=json 2>/de
   | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("equivalence", "ops"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("equivalence", "ops", "cuda_threads"):
         print(m["target"]["name"], m["executable"])')
 rm -rf .gpu && mkdir -p .gpu
 while read -r name path; do
   strip -o ".gpu/$name" "$path"
 done <<< "$bins"
 strip -o .gpu/gpu_bench target/release/examples/gpu_bench
-gzip -f .gpu/equivalence .gpu/ops .gpu/gpu_bench
+gzip -f .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/gpu_bench
 libs=scripts/cuda/find-runtime-libs.sh
 cp "$libs" .gpu/
 cp scripts/gpu-run.sh .gpu/run.sh

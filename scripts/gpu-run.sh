@@ -7,10 +7,10 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/td-out}; mkdir -p "$OUT"
 for f in .gpu/*.gz; do gunzip -f "$f"; done
-chmod +x .gpu/equivalence .gpu/ops .gpu/gpu_bench .gpu/find-runtime-libs.sh
+chmod +x .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/gpu_bench .gpu/find-runtime-libs.sh
 export LD_LIBRARY_PATH=$(.gpu/find-runtime-libs.sh)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 status=()
-for b in equivalence ops gpu_bench; do
+for b in equivalence ops cuda_threads gpu_bench; do
   if ldd .gpu/$b | grep 'not found'; then status+=("ldd $b: MISSING LIBRARIES"); else status+=("ldd $b: ok"); fi
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -26,6 +26,9 @@ run() { # name timeout command...
 export TD_ONLY_CUDA=1
 run equivalence_1000_cases 150 env TD_LONG=1 .gpu/equivalence --nocapture --test-threads 2
 run ops_per_behaviour 60 .gpu/ops --test-threads 2
+# 8 host threads on one device (row lengths and dtypes of every kernel), and a bf16 row of
+# 2^31 + 4099 elements pruned exactly (issue 9).
+run cuda_threads_and_long_row 120 .gpu/cuda_threads --test-threads 1
 run memcheck_40_cases 80 env TD_CASES=40 compute-sanitizer --tool memcheck --leak-check no .gpu/equivalence random_cases --test-threads 1
 run racecheck_12_cases 80 env TD_CASES=12 compute-sanitizer --tool racecheck .gpu/equivalence random_cases --test-threads 1
 run gpu_bench 100 .gpu/gpu_bench "$OUT/gpu_bench.csv"

@@ -131,4 +131,14 @@ impl CustomOp1 for UnitScoresOp {
         };
         Ok((out, Shape::from(d0)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (d0, _) = filters(l.shape());
+        Ok((crate::cuda::unit_scores(s, l)?, Shape::from(d0)))
+    }
 }

@@ -40,6 +40,14 @@ impl TargetedOp {
             (DropoutKind::Unit, Output::Mask) => "targeted-unit-mask",
         }
     }
+
+    /// The draw index of element 0 of the tensor: element i of row r draws at
+    /// `elem_base + r * n + i` (DESIGN.md, "Random draws", with `e` offset by it). 0 for a
+    /// whole tensor; a shard of rows r0.. of a larger one passes `r0 * n`.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn elem_base(&self) -> u64 {
+        0
+    }
 }
 
 /// `(d0, n)`: the number of filters and their length (DESIGN.md, "Filters").

@@ -1,0 +1,83 @@
+/* Launch parameters of every kernel of this crate, and the constants that the host and the
+ * kernels share. Plain C: the kernels include it, and `src/cuda_params.rs` is generated from
+ * it by bindgen (scripts/bindgen.sh; CI regenerates it and fails on any difference).
+ *
+ * Each kernel takes its device buffers as separate pointer arguments (so that the host side
+ * tracks reads and writes per buffer) followed by one of these structs, by value. Every field
+ * is 8 or 4 bytes and every struct is padded by hand to a multiple of 8 bytes: no implicit
+ * padding, so the host can pass the bytes as they are.
+ *
+ * Positions and counts are 64-bit. A selection row (the weight kernels) holds at most
+ * TD_MAX_ROW elements: ranks and histogram counts within a row are 32-bit in the kernels, and
+ * the host returns an error for longer rows before any launch. */
+#ifndef TD_PARAMS_H
+#define TD_PARAMS_H
+
+#include <stdint.h>
+
+/* Threads per block of every kernel. */
+#define TD_BLOCK 256
+/* Rows of at most this many elements go to the thread-per-row kernel (tdw_tiny). */
+#define TD_TINY_ROW 32
+/* Rows whose bytes fit here are staged in shared memory, one block per row (tdw_block). */
+#define TD_BLOCK_ROW_BYTES 65536
+/* Elements of a row per block in the long-row kernels. */
+#define TD_LONG_CHUNK 4096
+/* The threshold that drops every targeted element with no draw (alpha = 1): 2^24. */
+#define TD_ALWAYS 16777216
+/* The longest selection row, 2^32 - 1 elements. */
+#define TD_MAX_ROW 4294967295
+
+/* The Bernoulli draws of one call (DESIGN.md, "Random draws"): element with draw index e is
+ * dropped when (word e % 4 of Philox4x32-10 at counter [e / 4, offset], key seed) >> 8 is
+ * below threshold. */
+typedef struct TdDraws {
+    uint64_t seed;
+    uint64_t offset;
+    uint32_t threshold;
+    uint32_t pad0;
+} TdDraws;
+
+/* tdw_tiny_* and tdw_block_*: `rows` rows of n elements, the k smallest (key, index) of each
+ * targeted. The draw index of element i of row r is elem_base + r * n + i. */
+typedef struct TdwRowsParams {
+    uint64_t rows;
+    uint64_t n;
+    uint64_t k;
+    uint64_t elem_base;
+    TdDraws draws;
+} TdwRowsParams;
+
+/* tdw_long_hist_*: histogram pass `pass` over rows row0 .. row0 + gridDim.y, chunk
+ * blockIdx.x of each (TD_LONG_CHUNK elements per block). */
+typedef struct TdwLongHistParams {
+    uint64_t row0;
+    uint64_t n;
+    uint64_t k;
+    uint32_t pass;
+    uint32_t pad0;
+} TdwLongHistParams;
+
+/* tdw_long_apply_*: the output pass over the same rows and chunks. */
+typedef struct TdwLongApplyParams {
+    uint64_t row0;
+    uint64_t n;
+    uint64_t k;
+    uint64_t elem_base;
+    TdDraws draws;
+} TdwLongApplyParams;
+
+/* unit_scores_block_* and unit_scores_tiny_*: the squared L2 norm of each of `units` rows
+ * of n elements. */
+typedef struct UnitScoresParams {
+    uint64_t units;
+    uint64_t n;
+} UnitScoresParams;
+
+/* unit_apply_*: numel elements in units of n, each unit dropped as a whole by its flag. */
+typedef struct UnitApplyParams {
+    uint64_t numel;
+    uint64_t n;
+} UnitApplyParams;
+
+#endif /* TD_PARAMS_H */

@@ -1,0 +1,122 @@
+//! Checks, with no GPU and no libclang, that the committed bindings (`cuda_params.rs`) are
+//! those of `kernels/params.h` as it stands (every constant's value, every struct's fields in
+//! order; bindgen's own layout assertions in the generated file check sizes and offsets), that
+//! the constants the host uses are the header's, and that the kernel sources define no
+//! constant of their own outside the header.
+
+use crate::cuda_params::*;
+
+const HEADER: &str = include_str!("../kernels/params.h");
+const BINDINGS: &str = include_str!("cuda_params.rs");
+
+/// `#define NAME VALUE` lines with a numeric value.
+fn defines(src: &str) -> Vec<(String, String)> {
+    src.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some("#define")).then_some(())?;
+            let name = it.next()?.to_string();
+            let value = it.next()?.to_string();
+            value
+                .starts_with(|c: char| c.is_ascii_digit())
+                .then_some((name, value))
+        })
+        .collect()
+}
+
+/// The field names of each `typedef struct NAME { ... }` of the header, in order.
+fn header_structs() -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = HEADER;
+    while let Some(i) = rest.find("typedef struct ") {
+        rest = &rest[i + "typedef struct ".len()..];
+        let name = rest.split_whitespace().next().unwrap().to_string();
+        let body = &rest[rest.find('{').unwrap() + 1..rest.find('}').unwrap()];
+        let fields = body
+            .split(';')
+            .filter_map(|f| f.split_whitespace().last().map(str::to_string))
+            .collect();
+        out.push((name, fields));
+    }
+    out
+}
+
+/// The field names of `pub struct NAME { ... }` in the bindings.
+fn binding_fields(name: &str) -> Vec<String> {
+    let start = BINDINGS
+        .find(&format!("pub struct {name} {{"))
+        .unwrap_or_else(|| panic!("{name} is not in src/cuda_params.rs: run scripts/bindgen.sh"));
+    let body = &BINDINGS[start..];
+    let body = &body[body.find('{').unwrap() + 1..body.find('}').unwrap()];
+    body.split(',')
+        .filter_map(|f| {
+            let f = f.trim().strip_prefix("pub ")?;
+            Some(f.split(':').next()?.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn constants_are_the_headers() {
+    let ours: &[(&str, u64)] = &[
+        ("TD_BLOCK", TD_BLOCK as u64),
+        ("TD_TINY_ROW", TD_TINY_ROW as u64),
+        ("TD_BLOCK_ROW_BYTES", TD_BLOCK_ROW_BYTES as u64),
+        ("TD_LONG_CHUNK", TD_LONG_CHUNK as u64),
+        ("TD_ALWAYS", TD_ALWAYS as u64),
+        ("TD_MAX_ROW", TD_MAX_ROW as u64),
+    ];
+    let header = defines(HEADER);
+    let mut names: Vec<&str> = header.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    let mut expected: Vec<&str> = ours.iter().map(|(n, _)| *n).collect();
+    expected.sort();
+    assert_eq!(
+        names, expected,
+        "the header's constants and the bindings' differ"
+    );
+    for (name, value) in &header {
+        let v: u64 = value.parse().unwrap_or_else(|_| {
+            panic!("{name} = {value}: keep the header's constants plain decimal numbers")
+        });
+        let ours = ours.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(
+            v, ours,
+            "{name}: header {v}, bindings {ours}: run scripts/bindgen.sh"
+        );
+    }
+    // The host's own copies of shared constants.
+    assert_eq!(crate::philox::THRESHOLD_ALWAYS, TD_ALWAYS);
+    assert_eq!(TD_MAX_ROW as u64, (1u64 << 32) - 1);
+}
+
+#[test]
+fn structs_are_the_headers() {
+    let structs = header_structs();
+    assert!(structs.len() >= 6, "{structs:?}");
+    for (name, fields) in structs {
+        assert_eq!(
+            binding_fields(&name),
+            fields,
+            "{name}: the header's fields and the bindings' differ: run scripts/bindgen.sh"
+        );
+    }
+}
+
+#[test]
+fn kernels_define_no_constants_of_their_own() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.file_name().unwrap() == "params.h" {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).unwrap();
+        let own = defines(&src);
+        assert!(
+            own.is_empty(),
+            "{}: numeric constants outside params.h: {own:?}",
+            path.display()
+        );
+    }
+}
