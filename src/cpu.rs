@@ -8,9 +8,20 @@
 use crate::element::{Element, Score, Scored};
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
-use crate::select::{targeted_count, RowSelection, LONG_ROW, PAR_CHUNK};
+use crate::select::{
+    row_cut, row_cut_par, targeted_count, Cut, RowSelection, Scratch, LONG_ROW, PAR_CHUNK,
+};
 use candle_core::{bail, CpuStorage, Layout, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Writes `f(i)` into every element `i` of `out`.
+#[inline]
+fn fill<O: Copy>(out: &mut [MaybeUninit<O>], f: impl Fn(usize) -> O) {
+    for (i, o) in out.iter_mut().enumerate() {
+        o.write(f(i));
+    }
+}
 
 /// Lanes of the unit-norm reduction: see [`unit_score`].
 pub(crate) const SCORE_LANES: usize = 1024;
@@ -52,87 +63,118 @@ pub(crate) fn unit_scores<T: Scored>(w: &[T], n: usize) -> Vec<T::Acc> {
         .collect()
 }
 
-/// A vector of `len` default values, filled by the rayon pool (so that the first touch of
-/// fresh pages is spread over the threads too).
-fn par_default<O: Copy + Send + Sync + Default>(len: usize) -> Vec<O> {
-    (0..len).into_par_iter().map(|_| O::default()).collect()
-}
-
-/// Writes one row of output: `dropped` where the element is targeted and its draw falls
-/// under alpha, the kept value (`kept[i]`, or the default when there is none) elsewhere.
-/// `first_e` is the flat index of the row's first element.
-#[inline]
-fn write_row<O: Copy + Default>(
-    out: &mut [O],
-    kept: Option<&[O]>,
-    targeted: impl Fn(usize) -> bool,
+/// Writes one segment of a row: element `i` is targeted iff `key < lim`; a targeted element
+/// whose draw falls under alpha becomes `dropped`, every other `keep(i)`. `first_e` is the
+/// flat index of the segment's first element. Each output element is written once.
+#[inline(always)]
+fn write_segment<T: Element, O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    keep: impl Fn(usize) -> O,
+    lim: T::Key,
     dropped: O,
     first_e: u64,
     draws: &Bernoulli,
 ) {
-    let keep = |i: usize| kept.map_or(O::default(), |k| k[i]);
+    let len = out.len();
     match draws.threshold {
-        0 => out.iter_mut().enumerate().for_each(|(i, o)| *o = keep(i)),
-        THRESHOLD_ALWAYS => {
+        0 => {
             for (i, o) in out.iter_mut().enumerate() {
-                *o = if targeted(i) { dropped } else { keep(i) };
+                o.write(keep(i));
+            }
+        }
+        THRESHOLD_ALWAYS => {
+            // One branch-free select per element, which the compiler vectorises.
+            for (i, (o, x)) in out.iter_mut().zip(row).enumerate() {
+                o.write(if x.key() < lim { dropped } else { keep(i) });
             }
         }
         t => {
-            // Elements before the first aligned group and after the last, one at a time.
-            let len = out.len();
-            let head = (((4 - first_e % 4) % 4) as usize).min(len);
-            let one = |o: &mut O, i: usize| {
-                let d = targeted(i) && (draws.draw(first_e + i as u64) >> 8) < t;
-                *o = if d { dropped } else { keep(i) };
+            // Elements before the first aligned group of four and after the last, one at a
+            // time; whole groups eight blocks (32 elements) at a time, the Philox blocks
+            // drawn only when one of the 32 is targeted (eight lanes of one vector with
+            // AVX2); then the groups left one block at a time, again only when needed.
+            let one = |o: &mut MaybeUninit<O>, i: usize| {
+                let d = row[i].key() < lim && (draws.draw(first_e + i as u64) >> 8) < t;
+                o.write(if d { dropped } else { keep(i) });
             };
-            let (head_out, body) = out.split_at_mut(head);
-            head_out.iter_mut().enumerate().for_each(|(i, o)| one(o, i));
-            // Whole groups in batches: the Philox blocks of a batch are independent, so the
-            // processor overlaps them; the selects after them have no branches.
-            const BATCH: usize = 16;
-            let groups = body.len() / 4;
+            let head = (((4 - first_e % 4) % 4) as usize).min(len);
+            for i in 0..head {
+                one(&mut out[i], i);
+            }
             let g0 = (first_e + head as u64) / 4;
-            let mut words = [[0u32; 4]; BATCH];
-            for b0 in (0..groups).step_by(BATCH) {
-                let nb = BATCH.min(groups - b0);
-                for (g, w) in words.iter_mut().enumerate().take(nb) {
-                    *w = draws.block(g0 + (b0 + g) as u64);
-                }
-                for (g, w) in words.iter().enumerate().take(nb) {
-                    for (q, &r) in w.iter().enumerate() {
-                        let i = head + 4 * (b0 + g) + q;
-                        let d = targeted(i) & ((r >> 8) < t);
-                        body[i - head] = if d { dropped } else { keep(i) };
+            let groups = (len - head) / 4;
+            let mut i = head;
+            let mut g = 0;
+            while g + 8 <= groups {
+                let (o, r) = (&mut out[i..i + 32], &row[i..i + 32]);
+                let any = r.iter().fold(false, |a, x| a | (x.key() < lim));
+                if any {
+                    let words = draws.blocks8(g0 + g as u64);
+                    for (j, ((o, x), &w)) in o.iter_mut().zip(r).zip(&words).enumerate() {
+                        let d = (x.key() < lim) & ((w >> 8) < t);
+                        o.write(if d { dropped } else { keep(i + j) });
+                    }
+                } else {
+                    for (j, o) in o.iter_mut().enumerate() {
+                        o.write(keep(i + j));
                     }
                 }
+                i += 32;
+                g += 8;
             }
-            let done = head + 4 * groups;
-            out[done..]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, o)| one(o, done + j));
+            while g < groups {
+                let (o, r) = (&mut out[i..i + 4], &row[i..i + 4]);
+                if r.iter().any(|x| x.key() < lim) {
+                    let words = draws.block(g0 + g as u64);
+                    for (j, ((o, x), &w)) in o.iter_mut().zip(r).zip(&words).enumerate() {
+                        let d = (x.key() < lim) & ((w >> 8) < t);
+                        o.write(if d { dropped } else { keep(i + j) });
+                    }
+                } else {
+                    for (j, o) in o.iter_mut().enumerate() {
+                        o.write(keep(i + j));
+                    }
+                }
+                i += 4;
+                g += 1;
+            }
+            for i in i..len {
+                one(&mut out[i], i);
+            }
         }
     }
 }
 
-/// The raw draws of the `n` elements from flat index `first_e` on, into `words[..n]`.
-fn fill_draws(words: &mut Vec<u32>, first_e: u64, n: usize, draws: &Bernoulli) {
-    words.resize(n, 0);
-    let head = (((4 - first_e % 4) % 4) as usize).min(n);
-    for (i, w) in words[..head].iter_mut().enumerate() {
-        *w = draws.draw(first_e + i as u64);
-    }
-    let groups = (n - head) / 4;
-    let g0 = (first_e + head as u64) / 4;
-    for (g, c) in words[head..head + 4 * groups]
-        .chunks_exact_mut(4)
-        .enumerate()
-    {
-        c.copy_from_slice(&draws.block(g0 + g as u64));
-    }
-    for (j, w) in words[head + 4 * groups..n].iter_mut().enumerate() {
-        *w = draws.draw(first_e + (head + 4 * groups + j) as u64);
+/// Writes the part of a row that starts at index `start` of the row (`out`, `row` and
+/// `kept` are that part): the cut splits it into a segment with limit `kth + 1` and one with
+/// `kth`. `first_e` is the flat index of the part's first element.
+#[allow(clippy::too_many_arguments)]
+fn write_part<T: Element, O: Copy + Default>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    kept: Option<&[O]>,
+    start: usize,
+    cut: Cut<T::Key>,
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+) {
+    let (before, after) = cut.limits();
+    let split = cut.cut.clamp(start, start + row.len()) - start;
+    let (o1, o2) = out.split_at_mut(split);
+    let (r1, r2) = row.split_at(split);
+    let e2 = first_e + split as u64;
+    match kept {
+        Some(k) => {
+            let (k1, k2) = k.split_at(split);
+            write_segment(o1, r1, |i| k1[i], before, dropped, first_e, draws);
+            write_segment(o2, r2, |i| k2[i], after, dropped, e2, draws);
+        }
+        None => {
+            write_segment(o1, r1, |_| O::default(), before, dropped, first_e, draws);
+            write_segment(o2, r2, |_| O::default(), after, dropped, e2, draws);
+        }
     }
 }
 
@@ -143,7 +185,7 @@ fn fill_draws(words: &mut Vec<u32>, first_e: u64, n: usize, draws: &Bernoulli) {
 fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
     w: &[T],
     kept: Option<&[O]>,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
     dropped: O,
     n: usize,
     gamma: f64,
@@ -153,20 +195,22 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
         return;
     }
     let k = targeted_count(gamma, n);
+    // Nothing is dropped at alpha = 0, so nothing needs selecting.
+    let k = if draws.threshold == 0 { 0 } else { k };
     let rows = w.len() / n;
     if n >= LONG_ROW && rows < 2 * rayon::current_num_threads() {
         // Few long rows: split each row over the pool instead.
-        let mut flags = vec![false; n];
         for (r, (wr, or)) in w.chunks(n).zip(out.chunks_mut(n)).enumerate() {
-            RowSelection::of_row(wr, k, &mut Vec::new()).flags_par(wr, &mut flags);
+            let cut = row_cut_par(wr, k);
             let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
             or.par_chunks_mut(PAR_CHUNK)
-                .zip(flags.par_chunks(PAR_CHUNK))
+                .zip(wr.par_chunks(PAR_CHUNK))
                 .enumerate()
-                .for_each(|(c, (o, f))| {
-                    let kc = kr.map(|v| &v[c * PAR_CHUNK..c * PAR_CHUNK + o.len()]);
-                    let e0 = (r * n + c * PAR_CHUNK) as u64;
-                    write_row(o, kc, |i| f[i], dropped, e0, draws)
+                .for_each(|(c, (o, x))| {
+                    let start = c * PAR_CHUNK;
+                    let kc = kr.map(|v| &v[start..start + o.len()]);
+                    let e0 = (r * n + start) as u64;
+                    write_part(o, x, kc, start, cut, dropped, e0, draws)
                 });
         }
         return;
@@ -175,49 +219,11 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
         .zip(w.par_chunks(n))
         .enumerate()
         .with_min_len((4096 / n).max(1))
-        .for_each_init(
-            || (Vec::new(), vec![false; n], Vec::new()),
-            |(keys, flags, words), (r, (o, wr))| {
-                let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
-                let e0 = (r * n) as u64;
-                // Nothing is dropped at alpha = 0, so nothing needs selecting.
-                let sel = if draws.threshold == 0 {
-                    RowSelection::Nothing
-                } else {
-                    RowSelection::of_row(wr, k, keys)
-                };
-                match (sel, kr) {
-                    (RowSelection::Below(th), Some(kr)) if th.takes_all_ties() => {
-                        // No tie to rank: one branch-free select per element, which the
-                        // compiler vectorises; dropout draws the row's words first
-                        // (independent Philox blocks).
-                        let kth = th.kth;
-                        if draws.threshold == THRESHOLD_ALWAYS {
-                            for ((o, x), &v) in o.iter_mut().zip(wr).zip(kr) {
-                                *o = if x.key() <= kth { dropped } else { v };
-                            }
-                        } else {
-                            let t = draws.threshold;
-                            fill_draws(words, e0, n, draws);
-                            for (((o, x), &v), &r) in o.iter_mut().zip(wr).zip(kr).zip(&*words) {
-                                let d = (x.key() <= kth) & ((r >> 8) < t);
-                                *o = if d { dropped } else { v };
-                            }
-                        }
-                    }
-                    (RowSelection::Below(th), _) if th.takes_all_ties() => {
-                        let kth = th.kth;
-                        write_row(o, kr, |i| wr[i].key() <= kth, dropped, e0, draws)
-                    }
-                    (RowSelection::Nothing, _) => write_row(o, kr, |_| false, dropped, e0, draws),
-                    (RowSelection::Everything, _) => write_row(o, kr, |_| true, dropped, e0, draws),
-                    (sel, _) => {
-                        sel.flags(wr, flags);
-                        write_row(o, kr, |i| flags[i], dropped, e0, draws)
-                    }
-                }
-            },
-        );
+        .for_each_init(Scratch::default, |scratch, (r, (o, wr))| {
+            let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
+            let cut = row_cut(wr, k, scratch);
+            write_part(o, wr, kr, 0, cut, dropped, (r * n) as u64, draws)
+        });
 }
 
 /// The dropped flags of the `d0 = w.len() / n` units under targeted unit dropout.
@@ -243,7 +249,7 @@ fn unit_dropped<T: Scored>(w: &[T], n: usize, gamma: f64, draws: &Bernoulli) -> 
 /// (or the default) elsewhere.
 fn unit_dropout_into<O: Copy + Send + Sync + Default>(
     kept: Option<&[O]>,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
     dropped: O,
     n: usize,
     units: &[bool],
@@ -253,9 +259,9 @@ fn unit_dropout_into<O: Copy + Send + Sync + Default>(
         .enumerate()
         .with_min_len((4096 / n).max(1))
         .for_each(|(r, (o, &d))| match (d, kept) {
-            (true, _) => o.fill(dropped),
-            (false, Some(k)) => o.copy_from_slice(&k[r * n..(r + 1) * n]),
-            (false, None) => o.fill(O::default()),
+            (true, _) => fill(o, |_| dropped),
+            (false, Some(k)) => fill(o, |i| k[r * n + i]),
+            (false, None) => fill(o, |_| O::default()),
         });
 }
 
@@ -278,19 +284,25 @@ impl TargetedOp {
         dropped: O,
         n: usize,
     ) -> Vec<O> {
-        let mut out = par_default(w.len());
+        let len = w.len();
+        let mut out: Vec<O> = Vec::with_capacity(len);
         if n == 0 {
+            // No filter of any length: no element.
             return out;
         }
+        let spare = &mut out.spare_capacity_mut()[..len];
         match self.kind {
             DropoutKind::Weight => {
-                weight_dropout_into(w, kept, &mut out, dropped, n, self.gamma, &self.draws)
+                weight_dropout_into(w, kept, spare, dropped, n, self.gamma, &self.draws)
             }
             DropoutKind::Unit => {
                 let units = unit_dropped(w, n, self.gamma, &self.draws);
-                unit_dropout_into(kept, &mut out, dropped, n, &units)
+                unit_dropout_into(kept, spare, dropped, n, &units)
             }
         }
+        // SAFETY: the capacity is at least `len`, and both paths write every one of the `len`
+        // elements of `spare` (every row of `n` elements, `len` a multiple of `n`) before this.
+        unsafe { out.set_len(len) };
         out
     }
 

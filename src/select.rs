@@ -371,6 +371,203 @@ fn threshold_par<T: Element>(row: &[T], k: usize) -> Threshold<T::Key> {
     }
 }
 
+/// A row's targeted set as a cut: element `i` is targeted iff `key < kth`, or `key == kth` and
+/// `i < cut` (the tie cut as an index, so that writing the output needs no scan of the ties).
+/// Equivalently: `key < kth + 1` before index `cut`, `key < kth` from `cut` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cut<K> {
+    pub kth: K,
+    pub cut: usize,
+}
+
+impl<K: RadixKey> Cut<K> {
+    /// `k = 0`: nothing targeted.
+    pub fn nothing() -> Self {
+        Cut {
+            kth: K::default(),
+            cut: 0,
+        }
+    }
+
+    /// `k = n`: everything targeted (every key is at most the largest key, the sign bit
+    /// clear).
+    pub fn everything(n: usize) -> Self {
+        Cut {
+            kth: K::from_u64((1u64 << (K::BITS - 1)) - 1),
+            cut: n,
+        }
+    }
+
+    /// Whether element `i` with key `key` is targeted.
+    #[cfg(test)]
+    pub fn targeted(&self, key: K, i: usize) -> bool {
+        key < self.kth || (key == self.kth && i < self.cut)
+    }
+
+    /// The two strict limits: `key < before` targets before index `cut`, `key < after` from
+    /// `cut` on. Keys keep the sign bit clear, so `kth + 1` does not overflow.
+    #[inline]
+    pub fn limits(&self) -> (K, K) {
+        (K::from_u64(self.kth.to_u64() + 1), self.kth)
+    }
+
+    /// The cut of a threshold on `row`: after the `take`-th tie, or past the row when every
+    /// tie is taken.
+    fn of_threshold<T: Element<Key = K>>(row: &[T], th: Threshold<K>) -> Self {
+        if th.takes_all_ties() {
+            return Cut {
+                kth: th.kth,
+                cut: row.len(),
+            };
+        }
+        let mut seen = 0;
+        for (i, x) in row.iter().enumerate() {
+            seen += (x.key() == th.kth) as usize;
+            if seen == th.take {
+                return Cut {
+                    kth: th.kth,
+                    cut: i + 1,
+                };
+            }
+        }
+        unreachable!("fewer than {} ties of {:?}", th.take, th.kth)
+    }
+
+    /// [`Cut::of_threshold`] for a long row, the ties counted over the rayon pool.
+    fn of_threshold_par<T: Element<Key = K>>(row: &[T], th: Threshold<K>) -> Self {
+        if th.takes_all_ties() {
+            return Cut {
+                kth: th.kth,
+                cut: row.len(),
+            };
+        }
+        let counts: Vec<usize> = row
+            .par_chunks(PAR_CHUNK)
+            .map(|c| c.iter().filter(|x| x.key() == th.kth).count())
+            .collect();
+        let mut before = 0;
+        for (c, &n) in counts.iter().enumerate() {
+            if before + n >= th.take {
+                let start = c * PAR_CHUNK;
+                let end = (start + PAR_CHUNK).min(row.len());
+                let part = Self::of_threshold(
+                    &row[start..end],
+                    Threshold {
+                        take: th.take - before,
+                        ..th
+                    },
+                );
+                return Cut {
+                    kth: th.kth,
+                    cut: start + part.cut,
+                };
+            }
+            before += n;
+        }
+        unreachable!("fewer than {} ties of {:?}", th.take, th.kth)
+    }
+}
+
+/// Rows up to this length take the small-row path: keys copied, `select_nth_unstable`.
+pub(crate) const SMALL_ROW: usize = 256;
+
+/// Width of the first digit of the row path: bits `BITS - 2 .. BITS - 12` of the key (30..20
+/// for f32, 14..4 for f16 and bf16), counted while the row is read.
+const FIRST_DIGIT: u32 = 11;
+
+/// Scratch of the row selection, reused across the rows of a task.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch<K> {
+    hist: Vec<u32>,
+    cand: Vec<K>,
+}
+
+/// The cut of the `k` targeted elements of `row` (one thread).
+/// - `k = 0` and `k = n` decide alone;
+/// - rows up to [`SMALL_ROW`]: the keys copied and the k-th found by `select_nth_unstable`,
+///   then one counting pass (cheaper than a histogram of a few dozen keys);
+/// - longer rows: the histogram of the first 11-bit digit, counted while the row is read;
+///   the bin of rank `k - 1`; the elements of that bin compacted and resolved alone
+///   ([`select_in_place`]), so no later pass touches the whole row.
+pub(crate) fn row_cut<T: Element>(row: &[T], k: usize, s: &mut Scratch<T::Key>) -> Cut<T::Key> {
+    let n = row.len();
+    if k == 0 {
+        return Cut::nothing();
+    }
+    if k >= n {
+        return Cut::everything(n);
+    }
+    if n <= SMALL_ROW {
+        s.cand.clear();
+        s.cand.extend(row.iter().map(|x| x.key()));
+        let kth = *s.cand.select_nth_unstable(k - 1).1;
+        let (mut less, mut ties) = (0usize, 0usize);
+        for x in row {
+            let key = x.key();
+            less += (key < kth) as usize;
+            ties += (key == kth) as usize;
+        }
+        let th = Threshold {
+            kth,
+            take: k - less,
+            ties,
+        };
+        return Cut::of_threshold(row, th);
+    }
+    let shift = <T::Key as RadixKey>::BITS - 1 - FIRST_DIGIT;
+    let bins = 1usize << FIRST_DIGIT;
+    s.hist.clear();
+    s.hist.resize(bins, 0);
+    let hist = &mut s.hist[..bins];
+    for x in row {
+        // The sign bit is clear: the digit is below 2^11.
+        hist[(x.key().to_u64() >> shift) as usize] += 1;
+    }
+    let (bin, below) = find_bin(hist, k - 1);
+    if s.cand.len() < n {
+        s.cand.resize(n, Default::default());
+    }
+    let cand = &mut s.cand[..n];
+    let mut c = 0;
+    for x in row {
+        let key = x.key();
+        cand[c] = key;
+        c += ((key.to_u64() >> shift) as usize == bin) as usize;
+    }
+    let th = select_in_place(&mut cand[..c], k - 1 - below);
+    Cut::of_threshold(row, th)
+}
+
+/// The cut of a long row, its selection split over the rayon pool.
+pub(crate) fn row_cut_par<T: Element>(row: &[T], k: usize) -> Cut<T::Key> {
+    if k == 0 {
+        return Cut::nothing();
+    }
+    if k >= row.len() {
+        return Cut::everything(row.len());
+    }
+    Cut::of_threshold_par(row, threshold_par(row, k))
+}
+
+/// The bin of a histogram that holds rank `r`, and the count below it. Sums blocks of 16
+/// bins first (vectorised), then the bins of one block.
+fn find_bin(hist: &[u32], r: usize) -> (usize, usize) {
+    let mut below = 0usize;
+    for (b, block) in hist.chunks(16).enumerate() {
+        let sum: u32 = block.iter().sum();
+        if r < below + sum as usize {
+            for (j, &h) in block.iter().enumerate() {
+                if r < below + h as usize {
+                    return (16 * b + j, below);
+                }
+                below += h as usize;
+            }
+        }
+        below += sum as usize;
+    }
+    unreachable!("rank {r} is outside a histogram of {below} keys")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
