@@ -99,8 +99,8 @@ fn write_segment<T: Element, O: Copy>(
                 o.write(if d { dropped } else { keep(i) });
             };
             let head = (((4 - first_e % 4) % 4) as usize).min(len);
-            for i in 0..head {
-                one(&mut out[i], i);
+            for (i, o) in out[..head].iter_mut().enumerate() {
+                one(o, i);
             }
             let g0 = (first_e + head as u64) / 4;
             let groups = (len - head) / 4;
@@ -139,8 +139,8 @@ fn write_segment<T: Element, O: Copy>(
                 i += 4;
                 g += 1;
             }
-            for i in i..len {
-                one(&mut out[i], i);
+            for (j, o) in out[i..].iter_mut().enumerate() {
+                one(o, i + j);
             }
         }
     }

@@ -638,6 +638,108 @@ mod tests {
         }
     }
 
+    /// The targeted flags by sorting `(key, index)`, the contract itself.
+    fn by_sort<T: Element>(row: &[T], k: usize) -> Vec<bool> {
+        let mut order: Vec<(T::Key, usize)> = row.iter().map(|x| x.key()).zip(0..).collect();
+        order.sort();
+        let mut f = vec![false; row.len()];
+        for &(_, i) in &order[..k] {
+            f[i] = true;
+        }
+        f
+    }
+
+    fn check_cuts<T: Element>(row: &[T], what: &str) {
+        let n = row.len();
+        let mut ks: Vec<usize> = vec![0, 1, n / 3, n / 2, n.saturating_sub(1), n];
+        ks.extend((0..n).step_by((n / 13).max(1)));
+        let mut s = Scratch::default();
+        for k in ks {
+            let want = by_sort(row, k);
+            for (how, cut) in [
+                ("serial", row_cut(row, k, &mut s)),
+                ("pool", row_cut_par(row, k)),
+            ] {
+                let got: Vec<bool> = (0..n).map(|i| cut.targeted(row[i].key(), i)).collect();
+                assert_eq!(got, want, "{what}, n = {n}, k = {k}, {how}: {cut:?}");
+                let (before, after) = cut.limits();
+                let via_limits: Vec<bool> = (0..n)
+                    .map(|i| row[i].key() < if i < cut.cut { before } else { after })
+                    .collect();
+                assert_eq!(via_limits, want, "{what}, n = {n}, k = {k}, {how}, limits");
+            }
+        }
+    }
+
+    #[test]
+    fn cuts_match_the_sort_on_edge_data() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for n in [
+            2,
+            3,
+            17,
+            63,
+            64,
+            65,
+            SMALL_ROW,
+            SMALL_ROW + 1,
+            300,
+            2304,
+            5000,
+        ] {
+            // Plain data, signs mixed.
+            let plain: Vec<f32> = (0..n)
+                .map(|_| (next() % 2_000_001) as f32 / 1e6 - 1.0)
+                .collect();
+            check_cuts(&plain, "plain");
+            // Heavy ties (the tie cut falls inside a run), with -0.0 and +0.0.
+            let ties: Vec<f32> = (0..n)
+                .map(|_| [0.0, -0.0, 1.0, -1.0, 2.5][(next() % 5) as usize])
+                .collect();
+            check_cuts(&ties, "ties");
+            // All equal: one bin, every candidate tied.
+            check_cuts(&vec![-3.0f32; n], "equal");
+            // Candidate overflow: every key in one first-digit bin, differing in low bits
+            // only; and keys straddling first-digit boundaries (bit 20 of an f32 key).
+            let one_bin: Vec<f32> = (0..n)
+                .map(|_| f32::from_bits(0x3f80_0000 | (next() as u32 & 0xfff)))
+                .collect();
+            check_cuts(&one_bin, "one bin");
+            let straddle: Vec<f32> = (0..n)
+                .map(|_| f32::from_bits(0x3f8f_fff0 + (next() as u32 % 32)))
+                .collect();
+            check_cuts(&straddle, "digit boundary");
+            // NaN, infinities, subnormals.
+            let edgy: Vec<f32> = (0..n)
+                .map(|_| match next() % 6 {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    2 => f32::from_bits(next() as u32 % 1000),
+                    3 => f32::MAX,
+                    _ => (next() % 1000) as f32,
+                })
+                .collect();
+            check_cuts(&edgy, "edgy");
+            // Other widths: the first digit is bits 14..4 of a 16-bit key, 62..52 of f64.
+            let h: Vec<half::f16> = (0..n)
+                .map(|_| half::f16::from_bits(next() as u16))
+                .collect();
+            check_cuts(&h, "f16");
+            let b: Vec<half::bf16> = (0..n)
+                .map(|_| half::bf16::from_bits(0x3f80 | (next() as u16 & 0x1f)))
+                .collect();
+            check_cuts(&b, "bf16 one bin");
+            let d: Vec<f64> = (0..n).map(|_| f64::from_bits(next())).collect();
+            check_cuts(&d, "f64");
+        }
+    }
+
     #[test]
     fn count_is_floor() {
         assert_eq!(targeted_count(0.5, 9), 4);
