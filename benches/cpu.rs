@@ -6,7 +6,8 @@
 //! round runs every op of a shape once, in turn, on the same (warm) input; two warm-up rounds,
 //! then the median of `TD_BENCH_ROUNDS` (default 9) rounds per op. All ratios printed come
 //! from the same run. Bytes counted: one read and one write of the tensor.
-//! `TD_BENCH_SHAPES=64` (a substring filter on "ROWSxN") picks shapes.
+//! `TD_BENCH_SHAPES=64` (a substring filter on "ROWSxN") picks shapes; `TD_BENCH_QUICK=1`
+//! times only the crate's ops and the copy, and prints the fastest round too.
 use candle_core::{Device, Tensor};
 use candle_targeted_dropout::reference::{self, Draws};
 use candle_targeted_dropout::{prune_weights, targeted_weight_dropout_seeded};
@@ -44,6 +45,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(9);
     let filter = std::env::var("TD_BENCH_SHAPES").unwrap_or_default();
+    let quick = std::env::var("TD_BENCH_QUICK").is_ok();
     let shapes: [(usize, usize); 4] = [(512, 2304), (64, 65536), (16384, 64), (4096, 4096)];
     println!(
         "{} threads in the rayon pool; medians of {rounds} alternating rounds after 2 warm-up rounds",
@@ -119,6 +121,10 @@ fn main() {
                 Box::new(|| drop(black_box(wt.copy().expect("a copy")))),
             ),
         ];
+        let ops: Vec<(&str, Op)> = ops
+            .into_iter()
+            .filter(|(name, _)| !quick || !name.contains("sort"))
+            .collect();
         let mut times = vec![Vec::new(); ops.len()];
         for round in 0..rounds + 2 {
             for (t, (_, op)) in times.iter_mut().zip(&ops) {
@@ -129,6 +135,17 @@ fn main() {
                     t.push(s);
                 }
             }
+        }
+        if quick {
+            for ((name, _), t) in ops.iter().zip(&times) {
+                let min = t.iter().cloned().fold(f64::INFINITY, f64::min);
+                println!(
+                    "{id} {name}: median {:.3} ms, min {:.3} ms",
+                    median(t.clone()) * 1e3,
+                    min * 1e3
+                );
+            }
+            continue;
         }
         let med: Vec<f64> = times.into_iter().map(median).collect();
         let t = |name: &str| med[ops.iter().position(|(o, _)| *o == name).expect("an op")];

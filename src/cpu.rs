@@ -64,91 +64,129 @@ pub(crate) fn unit_scores<T: Scored>(w: &[T], n: usize) -> Vec<T::Acc> {
 }
 
 /// Writes one segment of a row: element `i` is targeted iff `key < lim`; a targeted element
-/// whose draw falls under alpha becomes `dropped`, every other `keep(i)`. `first_e` is the
+/// whose draw falls under alpha becomes `dropped`, every other `kept[i]`. `first_e` is the
 /// flat index of the segment's first element. Each output element is written once.
-#[inline(always)]
+///
+/// With AVX2 the same code is compiled for AVX2 (the selects in 256-bit vectors, the Philox
+/// blocks eight lanes at a time, inlined); elsewhere for the baseline with scalar Philox.
+#[inline]
+#[allow(clippy::too_many_arguments)]
 fn write_segment<T: Element, O: Copy>(
     out: &mut [MaybeUninit<O>],
     row: &[T],
-    keep: impl Fn(usize) -> O,
+    kept: &[O],
     lim: T::Key,
     dropped: O,
     first_e: u64,
     draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2, the only feature the function enables.
+        return unsafe { write_segment_avx2(out, row, kept, lim, dropped, first_e, draws, words) };
+    }
+    write_segment_body(out, row, kept, lim, dropped, first_e, draws, words, |c| {
+        draws.blocks8_scalar(c)
+    })
+}
+
+/// [`write_segment`] compiled for AVX2.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_segment_avx2<T: Element, O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    kept: &[O],
+    lim: T::Key,
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    write_segment_body(out, row, kept, lim, dropped, first_e, draws, words, |c| {
+        // SAFETY: this function only runs on processors with AVX2.
+        unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
+    })
+}
+
+/// The body of [`write_segment`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
+/// Every loop loads `kept` unconditionally, so that the compiler vectorises the selects.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn write_segment_body<T: Element, O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    kept: &[O],
+    lim: T::Key,
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+    blocks8: impl Fn(u64) -> [u32; 32],
 ) {
     let len = out.len();
-    match draws.threshold {
-        0 => {
-            for (i, o) in out.iter_mut().enumerate() {
-                o.write(keep(i));
-            }
+    let (row, kept) = (&row[..len], &kept[..len]);
+    let t = draws.threshold;
+    if t == 0 {
+        for (o, &v) in out.iter_mut().zip(kept) {
+            o.write(v);
         }
-        THRESHOLD_ALWAYS => {
-            // One branch-free select per element, which the compiler vectorises.
-            for (i, (o, x)) in out.iter_mut().zip(row).enumerate() {
-                o.write(if x.key() < lim { dropped } else { keep(i) });
-            }
+        return;
+    }
+    if t == THRESHOLD_ALWAYS {
+        for ((o, x), &v) in out.iter_mut().zip(row).zip(kept) {
+            o.write(if x.key() < lim { dropped } else { v });
         }
-        t => {
-            // Elements before the first aligned group of four and after the last, one at a
-            // time; whole groups eight blocks (32 elements) at a time, the Philox blocks
-            // drawn only when one of the 32 is targeted (eight lanes of one vector with
-            // AVX2); then the groups left one block at a time, again only when needed.
-            let one = |o: &mut MaybeUninit<O>, i: usize| {
-                let d = row[i].key() < lim && (draws.draw(first_e + i as u64) >> 8) < t;
-                o.write(if d { dropped } else { keep(i) });
-            };
-            let head = (((4 - first_e % 4) % 4) as usize).min(len);
-            for (i, o) in out[..head].iter_mut().enumerate() {
-                one(o, i);
-            }
-            let g0 = (first_e + head as u64) / 4;
-            let groups = (len - head) / 4;
-            let mut i = head;
-            let mut g = 0;
-            while g + 8 <= groups {
-                let (o, r) = (&mut out[i..i + 32], &row[i..i + 32]);
-                let any = r.iter().fold(false, |a, x| a | (x.key() < lim));
-                if any {
-                    let words = draws.blocks8(g0 + g as u64);
-                    for (j, ((o, x), &w)) in o.iter_mut().zip(r).zip(&words).enumerate() {
-                        let d = (x.key() < lim) & ((w >> 8) < t);
-                        o.write(if d { dropped } else { keep(i + j) });
-                    }
-                } else {
-                    for (j, o) in o.iter_mut().enumerate() {
-                        o.write(keep(i + j));
-                    }
-                }
-                i += 32;
-                g += 8;
-            }
-            while g < groups {
-                let (o, r) = (&mut out[i..i + 4], &row[i..i + 4]);
-                if r.iter().any(|x| x.key() < lim) {
-                    let words = draws.block(g0 + g as u64);
-                    for (j, ((o, x), &w)) in o.iter_mut().zip(r).zip(&words).enumerate() {
-                        let d = (x.key() < lim) & ((w >> 8) < t);
-                        o.write(if d { dropped } else { keep(i + j) });
-                    }
-                } else {
-                    for (j, o) in o.iter_mut().enumerate() {
-                        o.write(keep(i + j));
-                    }
-                }
-                i += 4;
-                g += 1;
-            }
-            for (j, o) in out[i..].iter_mut().enumerate() {
-                one(o, i + j);
-            }
+        return;
+    }
+    // The draws first, into `words` (element `i` of the segment at `words[i]`): the elements
+    // before the first aligned group of four and after the last one at a time, whole groups
+    // eight blocks (32 elements) at a time, the groups left one block at a time; each batch
+    // of blocks only when one of its elements is targeted (the words of the others are never
+    // looked at: `key < lim` is false for all of them). Then one select per element, which
+    // the compiler vectorises.
+    if words.len() < len {
+        words.resize(len, 0);
+    }
+    let words = &mut words[..len];
+    let head = (((4 - first_e % 4) % 4) as usize).min(len);
+    let g0 = (first_e + head as u64) / 4;
+    let groups = (len - head) / 4;
+    let body = head + 4 * groups;
+    for i in (0..head).chain(body..len) {
+        words[i] = draws.draw(first_e + i as u64);
+    }
+    let batches = groups / 8;
+    for (b, (w, r)) in words[head..head + 32 * batches]
+        .chunks_exact_mut(32)
+        .zip(row[head..head + 32 * batches].chunks_exact(32))
+        .enumerate()
+    {
+        if r.iter().fold(false, |a, x| a | (x.key() < lim)) {
+            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
         }
+    }
+    for g in 8 * batches..groups {
+        let i = head + 4 * g;
+        if row[i..i + 4].iter().any(|x| x.key() < lim) {
+            words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
+        }
+    }
+    for (((o, x), &v), &w) in out.iter_mut().zip(row).zip(kept).zip(&*words) {
+        let d = (x.key() < lim) & ((w >> 8) < t);
+        o.write(if d { dropped } else { v });
     }
 }
 
 /// Writes the part of a row that starts at index `start` of the row (`out`, `row` and
 /// `kept` are that part): the cut splits it into a segment with limit `kth + 1` and one with
-/// `kth`. `first_e` is the flat index of the part's first element.
+/// `kth`. `first_e` is the flat index of the part's first element. Without `kept` (a mask)
+/// the kept value is the default.
 #[allow(clippy::too_many_arguments)]
 fn write_part<T: Element, O: Copy + Default>(
     out: &mut [MaybeUninit<O>],
@@ -159,23 +197,24 @@ fn write_part<T: Element, O: Copy + Default>(
     dropped: O,
     first_e: u64,
     draws: &Bernoulli,
+    words: &mut Vec<u32>,
 ) {
+    let defaults;
+    let kept = match kept {
+        Some(k) => k,
+        None => {
+            defaults = vec![O::default(); row.len()];
+            &defaults
+        }
+    };
     let (before, after) = cut.limits();
     let split = cut.cut.clamp(start, start + row.len()) - start;
     let (o1, o2) = out.split_at_mut(split);
     let (r1, r2) = row.split_at(split);
+    let (k1, k2) = kept.split_at(split);
+    write_segment(o1, r1, k1, before, dropped, first_e, draws, words);
     let e2 = first_e + split as u64;
-    match kept {
-        Some(k) => {
-            let (k1, k2) = k.split_at(split);
-            write_segment(o1, r1, |i| k1[i], before, dropped, first_e, draws);
-            write_segment(o2, r2, |i| k2[i], after, dropped, e2, draws);
-        }
-        None => {
-            write_segment(o1, r1, |_| O::default(), before, dropped, first_e, draws);
-            write_segment(o2, r2, |_| O::default(), after, dropped, e2, draws);
-        }
-    }
+    write_segment(o2, r2, k2, after, dropped, e2, draws, words);
 }
 
 /// Targeted weight dropout on `w` (row-major, rows of `n`), written into every element of
@@ -210,7 +249,8 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
                     let start = c * PAR_CHUNK;
                     let kc = kr.map(|v| &v[start..start + o.len()]);
                     let e0 = (r * n + start) as u64;
-                    write_part(o, x, kc, start, cut, dropped, e0, draws)
+                    let mut words = Vec::new();
+                    write_part(o, x, kc, start, cut, dropped, e0, draws, &mut words)
                 });
         }
         return;
@@ -219,11 +259,14 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
         .zip(w.par_chunks(n))
         .enumerate()
         .with_min_len((4096 / n).max(1))
-        .for_each_init(Scratch::default, |scratch, (r, (o, wr))| {
-            let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
-            let cut = row_cut(wr, k, scratch);
-            write_part(o, wr, kr, 0, cut, dropped, (r * n) as u64, draws)
-        });
+        .for_each_init(
+            || (Scratch::default(), Vec::new()),
+            |(scratch, words), (r, (o, wr))| {
+                let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
+                let cut = row_cut(wr, k, scratch);
+                write_part(o, wr, kr, 0, cut, dropped, (r * n) as u64, draws, words)
+            },
+        );
 }
 
 /// The dropped flags of the `d0 = w.len() / n` units under targeted unit dropout.

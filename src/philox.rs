@@ -133,7 +133,7 @@ impl Bernoulli {
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-mod x86 {
+pub(crate) mod x86 {
     //! Philox4x32-10 on eight blocks at once with AVX2: lane `j` of each of the four state
     //! vectors holds word `q` of block `j`. `_mm256_mul_epu32` multiplies the even lanes
     //! (32 x 32 -> 64 bits), so each round does the even and the odd lanes separately and
@@ -160,8 +160,9 @@ mod x86 {
     ///
     /// # Safety
     /// The processor must support AVX2.
+    #[inline]
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn blocks8_avx2(b: &Bernoulli, c: u64) -> [u32; 32] {
+    pub(crate) unsafe fn blocks8_avx2(b: &Bernoulli, c: u64) -> [u32; 32] {
         let mut lo = [0u32; 8];
         let mut hi = [0u32; 8];
         for j in 0..8 {
