@@ -482,14 +482,107 @@ pub(crate) struct Scratch<K> {
     cand: Vec<K>,
 }
 
+/// Rows up to this length find their k-th key by counting ranks (all pairs, in AVX2 lanes).
+pub(crate) const RANK_ROW: usize = 64;
+
 /// The cut of the `k` targeted elements of `row` (one thread).
 /// - `k = 0` and `k = n` decide alone;
-/// - rows up to [`SMALL_ROW`]: the keys copied and the k-th found by `select_nth_unstable`,
-///   then one counting pass (cheaper than a histogram of a few dozen keys);
+/// - rows up to [`RANK_ROW`] with AVX2 (keys up to 32 bits): the k-th key by counting, for
+///   every key, the keys below it (all pairs, in vector lanes; no histogram to clear or scan);
+/// - rows up to [`SMALL_ROW`]: the keys copied and the k-th found by `select_nth_unstable`;
 /// - longer rows: the histogram of the first 11-bit digit, counted while the row is read;
 ///   the bin of rank `k - 1`; the elements of that bin compacted and resolved alone
 ///   ([`select_in_place`]), so no later pass touches the whole row.
+///
+/// Then one counting pass gives the tie cut. With AVX2 the same code is compiled for AVX2.
 pub(crate) fn row_cut<T: Element>(row: &[T], k: usize, s: &mut Scratch<T::Key>) -> Cut<T::Key> {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2, the only feature the function enables.
+        return unsafe { row_cut_avx2(row, k, s) };
+    }
+    row_cut_body(row, k, s)
+}
+
+/// [`row_cut`] compiled for AVX2.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn row_cut_avx2<T: Element>(row: &[T], k: usize, s: &mut Scratch<T::Key>) -> Cut<T::Key> {
+    let n = row.len();
+    if 0 < k && k < n && n <= RANK_ROW && <T::Key as RadixKey>::BITS <= 32 {
+        let mut keys = [i32::MAX; RANK_ROW];
+        for (d, x) in keys.iter_mut().zip(row) {
+            // The sign bit is clear: the key is below 2^31.
+            *d = x.key().to_u64() as i32;
+        }
+        // SAFETY: AVX2 is present (this function's contract).
+        let kth = unsafe { kth_by_ranks_avx2(&keys, n, k - 1) };
+        return cut_of_kth(row, k, T::Key::from_u64(kth as u64));
+    }
+    row_cut_body(row, k, s)
+}
+
+/// The key of rank `r` among the first `n` (at most [`RANK_ROW`]) of `keys` (keys below
+/// 2^31 as i32, padded with `i32::MAX`): the largest key with at most `r` keys below it.
+/// For each key, a broadcast compared with all 64 in eight vectors; the counts stay in
+/// registers. (A padding key only counts when the k-th key is `i32::MAX` itself.)
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn kth_by_ranks_avx2(keys: &[i32; RANK_ROW], n: usize, r: usize) -> i32 {
+    #[cfg(target_arch = "x86")]
+    use std::arch::x86::*;
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (j, x) in v.iter_mut().enumerate() {
+        // SAFETY: `keys` holds 64 i32, eight vectors of eight; unaligned loads.
+        *x = unsafe { _mm256_loadu_si256(keys.as_ptr().add(8 * j).cast()) };
+    }
+    let mut less = [_mm256_setzero_si256(); 8];
+    for &ki in &keys[..n] {
+        let b = _mm256_set1_epi32(ki);
+        for (l, &x) in less.iter_mut().zip(&v) {
+            // key_j > key_i: -1, so subtracting counts one more key below key_j.
+            *l = _mm256_sub_epi32(*l, _mm256_cmpgt_epi32(x, b));
+        }
+    }
+    let rr = _mm256_set1_epi32(r as i32);
+    let mut best = _mm256_setzero_si256();
+    for (&l, &x) in less.iter().zip(&v) {
+        // Keys with more than r below them are out; keys are >= 0, so 0 is neutral.
+        best = _mm256_max_epi32(best, _mm256_andnot_si256(_mm256_cmpgt_epi32(l, rr), x));
+    }
+    let mut lanes = [0i32; 8];
+    // SAFETY: `lanes` holds eight i32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), best) };
+    lanes.into_iter().max().unwrap_or(0)
+}
+
+/// The cut of `k` targeted elements once the k-th key is known: one counting pass.
+#[inline(always)]
+fn cut_of_kth<T: Element>(row: &[T], k: usize, kth: T::Key) -> Cut<T::Key> {
+    let (mut less, mut ties) = (0usize, 0usize);
+    for x in row {
+        let key = x.key();
+        less += (key < kth) as usize;
+        ties += (key == kth) as usize;
+    }
+    let th = Threshold {
+        kth,
+        take: k - less,
+        ties,
+    };
+    Cut::of_threshold(row, th)
+}
+
+#[inline(always)]
+fn row_cut_body<T: Element>(row: &[T], k: usize, s: &mut Scratch<T::Key>) -> Cut<T::Key> {
     let n = row.len();
     if k == 0 {
         return Cut::nothing();
@@ -501,18 +594,7 @@ pub(crate) fn row_cut<T: Element>(row: &[T], k: usize, s: &mut Scratch<T::Key>) 
         s.cand.clear();
         s.cand.extend(row.iter().map(|x| x.key()));
         let kth = *s.cand.select_nth_unstable(k - 1).1;
-        let (mut less, mut ties) = (0usize, 0usize);
-        for x in row {
-            let key = x.key();
-            less += (key < kth) as usize;
-            ties += (key == kth) as usize;
-        }
-        let th = Threshold {
-            kth,
-            take: k - less,
-            ties,
-        };
-        return Cut::of_threshold(row, th);
+        return cut_of_kth(row, k, kth);
     }
     let shift = <T::Key as RadixKey>::BITS - 1 - FIRST_DIGIT;
     let bins = 1usize << FIRST_DIGIT;
