@@ -1,9 +1,11 @@
 //! The host implementation of [`TargetedOp`], generic over the element type: the CPU custom
 //! ops call [`TargetedOp::cpu`]; the CUDA kernels compute the same bits.
 //!
-//! Rows go over the rayon pool; each row is selected once ([`RowSelection::of_row`]) and
-//! written in one pass that fuses the comparison with the threshold, the Philox draw and the
-//! store. A few long rows are split over the pool instead.
+//! Rows go over the rayon pool; each row is selected once ([`row_cut`]: the k-th key and the
+//! tie cut as an index) and written once, into uninitialised memory: the draws of the row's
+//! 32-element batches that hold a targeted element first (eight Philox blocks in AVX2 lanes
+//! where the processor has AVX2), then one vectorised select per element. A few long rows
+//! are split over the pool instead.
 
 use crate::element::{Element, Score, Scored};
 use crate::op::{filters, DropoutKind, Output, TargetedOp};

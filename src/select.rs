@@ -8,8 +8,15 @@
 //! length. Rows of at most [`TINY_ROW`] elements are decided by counting ranks directly
 //! (the GPU does the same per thread), which is cheaper than one histogram there.
 //!
-//! [`RowSelection::of_row`] is the one dispatch (k = 0, k = n, tiny rows, long rows over the
-//! rayon pool, the rest) and [`pass`] the one radix pass that every path runs.
+//! Weight dropout on the CPU selects each row with [`row_cut`] (and [`row_cut_par`] for a
+//! few long rows): the first digit fixed at 11 bits (bits 30..20 of an f32 key, 14..4 of a
+//! 16-bit key) and counted while the row is read, the elements of its bin compacted and
+//! resolved alone, and the result a [`Cut`]: the tie cut as an index, so the output pass
+//! compares and needs no scan. Rows of up to 64 count ranks in AVX2 lanes instead, rows up
+//! to 256 use `select_nth_unstable` on a copy of their keys.
+//!
+//! [`RowSelection::of_row`] is the dispatch of unit dropout (k = 0, k = n, tiny rows, long
+//! rows over the rayon pool, the rest) and [`pass`] the one radix pass that every path runs.
 
 use crate::element::{Element, RadixKey};
 use rayon::prelude::*;
