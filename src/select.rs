@@ -526,7 +526,7 @@ unsafe fn row_cut_avx2<T: Element>(row: &[T], k: usize, s: &mut Scratch<T::Key>)
             *d = x.key().to_u64() as i32;
         }
         // SAFETY: AVX2 is present (this function's contract).
-        let kth = unsafe { kth_by_ranks_avx2(&keys, n, k - 1) };
+        let kth = unsafe { kth_by_prefix_avx2(&keys, n, k - 1, <T::Key as RadixKey>::BITS - 16) };
         return cut_of_kth(row, k, T::Key::from_u64(kth as u64));
     }
     row_cut_body(row, k, s)
@@ -569,6 +569,86 @@ unsafe fn kth_by_ranks_avx2(keys: &[i32; RANK_ROW], n: usize, r: usize) -> i32 {
     // SAFETY: `lanes` holds eight i32.
     unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), best) };
     lanes.into_iter().max().unwrap_or(0)
+}
+
+/// [`kth_by_ranks_avx2`] with half the lanes' work for the usual row: the ranks of the
+/// 16-bit prefixes `key >> shift` in sixteen i16 lanes give the prefix `d` of the k-th key;
+/// the keys with that prefix are usually one or two, and then the k-th key is their
+/// smallest or their largest (vector min and max over the row). Otherwise (three or more
+/// with the k-th in the middle, or the largest prefix) the full ranks decide.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn kth_by_prefix_avx2(keys: &[i32; RANK_ROW], n: usize, r: usize, shift: u32) -> i32 {
+    #[cfg(target_arch = "x86")]
+    use std::arch::x86::*;
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+    // Real keys are below 2^31 and `shift` leaves at most 15 bits; the padding gets the
+    // largest prefix, which counts below no real prefix.
+    let mut pre = [i16::MAX; RANK_ROW];
+    for (p, &k) in pre[..n].iter_mut().zip(keys) {
+        *p = (k >> shift) as i16;
+    }
+    let mut v = [_mm256_setzero_si256(); 4];
+    for (j, x) in v.iter_mut().enumerate() {
+        // SAFETY: `pre` holds 64 i16, four vectors of sixteen; unaligned loads.
+        *x = unsafe { _mm256_loadu_si256(pre.as_ptr().add(16 * j).cast()) };
+    }
+    let mut less = [_mm256_setzero_si256(); 4];
+    for &pi in &pre[..n] {
+        let b = _mm256_set1_epi16(pi);
+        for (l, &x) in less.iter_mut().zip(&v) {
+            *l = _mm256_sub_epi16(*l, _mm256_cmpgt_epi16(x, b));
+        }
+    }
+    let rr = _mm256_set1_epi16(r as i16);
+    let mut best = _mm256_setzero_si256();
+    for (&l, &x) in less.iter().zip(&v) {
+        best = _mm256_max_epi16(best, _mm256_andnot_si256(_mm256_cmpgt_epi16(l, rr), x));
+    }
+    let mut lanes = [0i16; 16];
+    // SAFETY: `lanes` holds sixteen i16.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), best) };
+    let d = lanes.into_iter().max().unwrap_or(0);
+    if d != i16::MAX {
+        let below = pre[..n].iter().fold(0usize, |a, &p| a + (p < d) as usize);
+        let dv = _mm256_set1_epi32(d as i32);
+        let sh = _mm_cvtsi32_si128(shift as i32);
+        let (mut lo, mut hi, mut count) = (
+            _mm256_set1_epi32(i32::MAX),
+            _mm256_set1_epi32(-1),
+            _mm256_setzero_si256(),
+        );
+        for j in 0..RANK_ROW / 8 {
+            // SAFETY: `keys` holds 64 i32, eight vectors of eight; unaligned loads.
+            let x = unsafe { _mm256_loadu_si256(keys.as_ptr().add(8 * j).cast()) };
+            // The padding (i32::MAX) has prefix 2^15 - 1 or more, never `d`.
+            let eq = _mm256_cmpeq_epi32(_mm256_srl_epi32(x, sh), dv);
+            lo = _mm256_min_epi32(lo, _mm256_blendv_epi8(_mm256_set1_epi32(i32::MAX), x, eq));
+            hi = _mm256_max_epi32(hi, _mm256_blendv_epi8(_mm256_set1_epi32(-1), x, eq));
+            count = _mm256_sub_epi32(count, eq);
+        }
+        let (mut l8, mut h8, mut c8) = ([0i32; 8], [0i32; 8], [0i32; 8]);
+        // SAFETY: each array holds eight i32.
+        unsafe {
+            _mm256_storeu_si256(l8.as_mut_ptr().cast(), lo);
+            _mm256_storeu_si256(h8.as_mut_ptr().cast(), hi);
+            _mm256_storeu_si256(c8.as_mut_ptr().cast(), count);
+        }
+        let c: i32 = c8.iter().sum();
+        let rank = r - below;
+        if rank == 0 {
+            return l8.into_iter().min().unwrap_or(0);
+        }
+        if rank as i32 == c - 1 {
+            return h8.into_iter().max().unwrap_or(0);
+        }
+    }
+    // SAFETY: AVX2 is present (this function's contract); n <= 64.
+    unsafe { kth_by_ranks_avx2(keys, n, r) }
 }
 
 /// The cut of `k` targeted elements once the k-th key is known: one counting pass.
@@ -840,6 +920,52 @@ mod tests {
             check_cuts(&b, "bf16 one bin");
             let d: Vec<f64> = (0..n).map(|_| f64::from_bits(next())).collect();
             check_cuts(&d, "f64");
+        }
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[test]
+    fn ranks_in_lanes_match_the_sort() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut x = 0x5851_f42d_4c95_7f2du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..3000 {
+            let n = 1 + (next() % 64) as usize;
+            let shift = if case % 2 == 0 { 16 } else { 0 };
+            let top = if shift == 16 { 0x7fff_ffffu64 } else { 0x7fff };
+            // Distinct prefixes, shared prefixes (the middle of three or more: the full
+            // ranks), ties, and the largest prefix (NaN keys).
+            let class = case % 4;
+            let mut keys = [i32::MAX; RANK_ROW];
+            for k in keys[..n].iter_mut() {
+                let v = match class {
+                    0 => next() % (top + 1),
+                    1 => (0x3f80_0000u64 >> (16 - shift)) + next() % 5,
+                    2 => [0, 1, top / 2, top][(next() % 4) as usize],
+                    _ => top - next() % 3,
+                };
+                *k = v as i32;
+            }
+            let mut sorted = keys[..n].to_vec();
+            sorted.sort();
+            for (r, &want) in sorted.iter().enumerate() {
+                // SAFETY: AVX2 is present.
+                let (a, b) = unsafe {
+                    (
+                        kth_by_prefix_avx2(&keys, n, r, shift),
+                        kth_by_ranks_avx2(&keys, n, r),
+                    )
+                };
+                assert_eq!(a, want, "prefix, case {case} n {n} r {r}");
+                assert_eq!(b, want, "ranks, case {case} n {n} r {r}");
+            }
         }
     }
 
