@@ -214,9 +214,13 @@ fn write_part<T: Element, O: Copy + Default>(
     let (o1, o2) = out.split_at_mut(split);
     let (r1, r2) = row.split_at(split);
     let (k1, k2) = kept.split_at(split);
-    write_segment(o1, r1, k1, before, dropped, first_e, draws, words);
-    let e2 = first_e + split as u64;
-    write_segment(o2, r2, k2, after, dropped, e2, draws, words);
+    if !o1.is_empty() {
+        write_segment(o1, r1, k1, before, dropped, first_e, draws, words);
+    }
+    if !o2.is_empty() {
+        let e2 = first_e + split as u64;
+        write_segment(o2, r2, k2, after, dropped, e2, draws, words);
+    }
 }
 
 /// Targeted weight dropout on `w` (row-major, rows of `n`), written into every element of

@@ -592,18 +592,30 @@ unsafe fn kth_by_prefix_avx2(keys: &[i32; RANK_ROW], n: usize, r: usize, shift: 
     for (p, &k) in pre[..n].iter_mut().zip(keys) {
         *p = (k >> shift) as i16;
     }
-    let mut v = [_mm256_setzero_si256(); 4];
-    for (j, x) in v.iter_mut().enumerate() {
-        // SAFETY: `pre` holds 64 i16, four vectors of sixteen; unaligned loads.
-        *x = unsafe { _mm256_loadu_si256(pre.as_ptr().add(16 * j).cast()) };
-    }
-    let mut less = [_mm256_setzero_si256(); 4];
+    // SAFETY: `pre` holds 64 i16, four vectors of sixteen; unaligned loads.
+    let v = unsafe {
+        let p = pre.as_ptr();
+        [
+            _mm256_loadu_si256(p.cast()),
+            _mm256_loadu_si256(p.add(16).cast()),
+            _mm256_loadu_si256(p.add(32).cast()),
+            _mm256_loadu_si256(p.add(48).cast()),
+        ]
+    };
+    let (mut l0, mut l1, mut l2, mut l3) = (
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+    );
     for &pi in &pre[..n] {
         let b = _mm256_set1_epi16(pi);
-        for (l, &x) in less.iter_mut().zip(&v) {
-            *l = _mm256_sub_epi16(*l, _mm256_cmpgt_epi16(x, b));
-        }
+        l0 = _mm256_sub_epi16(l0, _mm256_cmpgt_epi16(v[0], b));
+        l1 = _mm256_sub_epi16(l1, _mm256_cmpgt_epi16(v[1], b));
+        l2 = _mm256_sub_epi16(l2, _mm256_cmpgt_epi16(v[2], b));
+        l3 = _mm256_sub_epi16(l3, _mm256_cmpgt_epi16(v[3], b));
     }
+    let less = [l0, l1, l2, l3];
     let rr = _mm256_set1_epi16(r as i16);
     let mut best = _mm256_setzero_si256();
     for (&l, &x) in less.iter().zip(&v) {
@@ -654,16 +666,18 @@ unsafe fn kth_by_prefix_avx2(keys: &[i32; RANK_ROW], n: usize, r: usize, shift: 
 /// The cut of `k` targeted elements once the k-th key is known: one counting pass.
 #[inline(always)]
 fn cut_of_kth<T: Element>(row: &[T], k: usize, kth: T::Key) -> Cut<T::Key> {
-    let (mut less, mut ties) = (0usize, 0usize);
+    debug_assert!(row.len() <= SMALL_ROW);
+    // u32 counts (the rows are short): eight lanes a vector.
+    let (mut less, mut ties) = (0u32, 0u32);
     for x in row {
         let key = x.key();
-        less += (key < kth) as usize;
-        ties += (key == kth) as usize;
+        less += (key < kth) as u32;
+        ties += (key == kth) as u32;
     }
     let th = Threshold {
         kth,
-        take: k - less,
-        ties,
+        take: k - less as usize,
+        ties: ties as usize,
     };
     Cut::of_threshold(row, th)
 }
