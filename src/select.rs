@@ -490,6 +490,10 @@ pub(crate) struct Scratch<K> {
 }
 
 /// Rows up to this length find their k-th key by counting ranks (all pairs, in AVX2 lanes).
+#[cfg_attr(
+    not(any(target_arch = "x86", target_arch = "x86_64")),
+    allow(dead_code)
+)]
 pub(crate) const RANK_ROW: usize = 64;
 
 /// The cut of the `k` targeted elements of `row` (one thread).
