@@ -339,6 +339,7 @@ impl TargetedOp {
             // No filter of any length: no element.
             return out;
         }
+        debug_assert_eq!(len % n, 0, "rows of {n}");
         let spare = &mut out.spare_capacity_mut()[..len];
         match self.kind {
             DropoutKind::Weight => {
