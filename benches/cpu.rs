@@ -1,12 +1,18 @@
 //! CPU throughput of pruning and targeted weight dropout, side by side with the plain
 //! full-sort reference (the test oracle, one thread), the same full sort with the rows
-//! spread over the rayon pool, and a plain copy of the tensor.
-//! Bytes counted: one read and one write of the tensor. `cargo bench --bench cpu`.
+//! spread over the rayon pool, and a plain copy of the tensor. `cargo bench --bench cpu`.
+//!
+//! What users see is ops alternating, not one op repeated on buffers it has just warmed: each
+//! round runs every op of a shape once, in turn, on the same (warm) input; two warm-up rounds,
+//! then the median of `TD_BENCH_ROUNDS` (default 9) rounds per op. All ratios printed come
+//! from the same run. Bytes counted: one read and one write of the tensor.
+//! `TD_BENCH_SHAPES=64` (a substring filter on "ROWSxN") picks shapes; `TD_BENCH_QUICK=1`
+//! times only the crate's ops and the copy, and prints the fastest round too.
 use candle_core::{Device, Tensor};
 use candle_targeted_dropout::reference::{self, Draws};
 use candle_targeted_dropout::{prune_weights, targeted_weight_dropout_seeded};
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::time::Duration;
+use std::hint::black_box;
+use std::time::Instant;
 
 fn data(numel: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -22,50 +28,150 @@ fn data(numel: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
-    let shapes: [(usize, usize); 4] = [(512, 2304), (64, 65536), (16384, 64), (4096, 4096)];
-    for (name, draws) in [
-        ("prune", Draws::PRUNE),
-        (
-            "dropout",
-            Draws {
-                seed: 1,
-                offset: 2,
-                alpha: 0.5,
-            },
-        ),
-    ] {
-        let mut g = c.benchmark_group(format!("cpu_{name}_f32"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
-        for (rows, n) in shapes {
-            let w = data(rows * n, (rows * n) as u64);
-            let wt = Tensor::from_slice(&w, (rows, n), &Device::Cpu).expect("a tensor");
-            g.throughput(Throughput::Bytes((2 * rows * n * 4) as u64));
-            let id = format!("{rows}x{n}");
-            g.bench_function(BenchmarkId::new("radix_select", &id), |b| {
-                b.iter(|| {
-                    black_box(if name == "prune" {
-                        prune_weights(&wt, 0.5).expect("pruning")
-                    } else {
-                        targeted_weight_dropout_seeded(&wt, 0.5, 0.5, 1, 2).expect("dropout")
-                    })
-                })
-            });
-            g.bench_function(BenchmarkId::new("full_sort_reference", &id), |b| {
-                b.iter(|| black_box(reference::weight_dropout(&w, &w, n, 0.5, draws)))
-            });
-            g.bench_function(BenchmarkId::new("full_sort_reference_rayon", &id), |b| {
-                b.iter(|| black_box(reference::weight_dropout_par(&w, &w, n, 0.5, draws)))
-            });
-            g.bench_function(BenchmarkId::new("copy", &id), |b| {
-                b.iter(|| black_box(wt.copy().expect("a copy")))
-            });
-        }
-        g.finish();
-    }
+const DROPOUT: Draws = Draws {
+    seed: 1,
+    offset: 2,
+    alpha: 0.5,
+};
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).expect("a time"));
+    xs[xs.len() / 2]
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    let rounds: usize = std::env::var("TD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(9);
+    let filter = std::env::var("TD_BENCH_SHAPES").unwrap_or_default();
+    let quick = std::env::var("TD_BENCH_QUICK").is_ok();
+    let shapes: [(usize, usize); 4] = [(512, 2304), (64, 65536), (16384, 64), (4096, 4096)];
+    println!(
+        "{} threads in the rayon pool; medians of {rounds} alternating rounds after 2 warm-up rounds",
+        rayon::current_num_threads()
+    );
+    println!(
+        "| op | shape | radix select | full sort, 1 thread | ratio | full sort, rayon | ratio | copy | / copy |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (rows, n) in shapes {
+        let id = format!("{rows} x {n}");
+        if !format!("{rows}x{n}").contains(&filter) {
+            continue;
+        }
+        let w = data(rows * n, (rows * n) as u64);
+        let wt = Tensor::from_slice(&w, (rows, n), &Device::Cpu).expect("a tensor");
+        type Op<'a> = Box<dyn Fn() + 'a>;
+        let ops: Vec<(&str, Op)> = vec![
+            (
+                "prune",
+                Box::new(|| drop(black_box(prune_weights(&wt, 0.5).expect("pruning")))),
+            ),
+            (
+                "dropout",
+                Box::new(|| {
+                    drop(black_box(
+                        targeted_weight_dropout_seeded(&wt, 0.5, 0.5, 1, 2).expect("dropout"),
+                    ))
+                }),
+            ),
+            (
+                "prune_sort",
+                Box::new(|| {
+                    drop(black_box(reference::weight_dropout(
+                        &w,
+                        &w,
+                        n,
+                        0.5,
+                        Draws::PRUNE,
+                    )))
+                }),
+            ),
+            (
+                "dropout_sort",
+                Box::new(|| {
+                    drop(black_box(reference::weight_dropout(
+                        &w, &w, n, 0.5, DROPOUT,
+                    )))
+                }),
+            ),
+            (
+                "prune_sort_rayon",
+                Box::new(|| {
+                    drop(black_box(reference::weight_dropout_par(
+                        &w,
+                        &w,
+                        n,
+                        0.5,
+                        Draws::PRUNE,
+                    )))
+                }),
+            ),
+            (
+                "dropout_sort_rayon",
+                Box::new(|| {
+                    drop(black_box(reference::weight_dropout_par(
+                        &w, &w, n, 0.5, DROPOUT,
+                    )))
+                }),
+            ),
+            (
+                "copy",
+                Box::new(|| drop(black_box(wt.copy().expect("a copy")))),
+            ),
+        ];
+        let ops: Vec<(&str, Op)> = ops
+            .into_iter()
+            .filter(|(name, _)| !quick || !name.contains("sort"))
+            .collect();
+        let mut times = vec![Vec::new(); ops.len()];
+        for round in 0..rounds + 2 {
+            for (t, (_, op)) in times.iter_mut().zip(&ops) {
+                let start = Instant::now();
+                op();
+                let s = start.elapsed().as_secs_f64();
+                if round >= 2 {
+                    t.push(s);
+                }
+            }
+        }
+        if quick {
+            for ((name, _), t) in ops.iter().zip(&times) {
+                let min = t.iter().cloned().fold(f64::INFINITY, f64::min);
+                println!(
+                    "{id} {name}: median {:.3} ms, min {:.3} ms",
+                    median(t.clone()) * 1e3,
+                    min * 1e3
+                );
+            }
+            continue;
+        }
+        let med: Vec<f64> = times.into_iter().map(median).collect();
+        let t = |name: &str| med[ops.iter().position(|(o, _)| *o == name).expect("an op")];
+        let gbs = |s: f64| (2 * rows * n * 4) as f64 / s / 1e9;
+        let copy = t("copy");
+        for op in ["prune", "dropout"] {
+            let (radix, sort, par) = (
+                t(op),
+                t(&format!("{op}_sort")),
+                t(&format!("{op}_sort_rayon")),
+            );
+            println!(
+                "| {op} | {id} | {:.2} ms ({:.2} GB/s) | {:.1} ms | {:.1}x | {:.1} ms | {:.1}x | {:.2} ms | {:.1}x |",
+                radix * 1e3,
+                gbs(radix),
+                sort * 1e3,
+                sort / radix,
+                par * 1e3,
+                par / radix,
+                copy * 1e3,
+                radix / copy,
+            );
+        }
+        println!(
+            "|  | {id} | dropout / prune = {:.2}x |  |  |  |  |  |  |",
+            t("dropout") / t("prune")
+        );
+    }
+}

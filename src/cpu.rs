@@ -1,16 +1,29 @@
 //! The host implementation of [`TargetedOp`], generic over the element type: the CPU custom
 //! ops call [`TargetedOp::cpu`]; the CUDA kernels compute the same bits.
 //!
-//! Rows go over the rayon pool; each row is selected once ([`RowSelection::of_row`]) and
-//! written in one pass that fuses the comparison with the threshold, the Philox draw and the
-//! store. A few long rows are split over the pool instead.
+//! Rows go over the rayon pool; each row is selected once ([`row_cut`]: the k-th key and the
+//! tie cut as an index) and written once, into uninitialised memory: the draws of the row's
+//! 32-element batches that hold a targeted element first (eight Philox blocks in AVX2 lanes
+//! where the processor has AVX2), then one vectorised select per element. A few long rows
+//! are split over the pool instead.
 
 use crate::element::{Element, Score, Scored};
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
-use crate::select::{targeted_count, RowSelection, LONG_ROW, PAR_CHUNK};
+use crate::select::{
+    row_cut, row_cut_par, targeted_count, Cut, RowSelection, Scratch, LONG_ROW, PAR_CHUNK,
+};
 use candle_core::{bail, CpuStorage, Layout, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Writes `f(i)` into every element `i` of `out`.
+#[inline]
+fn fill<O: Copy>(out: &mut [MaybeUninit<O>], f: impl Fn(usize) -> O) {
+    for (i, o) in out.iter_mut().enumerate() {
+        o.write(f(i));
+    }
+}
 
 /// Lanes of the unit-norm reduction: see [`unit_score`].
 pub(crate) const SCORE_LANES: usize = 1024;
@@ -52,87 +65,161 @@ pub(crate) fn unit_scores<T: Scored>(w: &[T], n: usize) -> Vec<T::Acc> {
         .collect()
 }
 
-/// A vector of `len` default values, filled by the rayon pool (so that the first touch of
-/// fresh pages is spread over the threads too).
-fn par_default<O: Copy + Send + Sync + Default>(len: usize) -> Vec<O> {
-    (0..len).into_par_iter().map(|_| O::default()).collect()
-}
-
-/// Writes one row of output: `dropped` where the element is targeted and its draw falls
-/// under alpha, the kept value (`kept[i]`, or the default when there is none) elsewhere.
-/// `first_e` is the flat index of the row's first element.
+/// Writes one segment of a row: element `i` is targeted iff `key < lim`; a targeted element
+/// whose draw falls under alpha becomes `dropped`, every other `kept[i]`. `first_e` is the
+/// flat index of the segment's first element. Each output element is written once.
+///
+/// With AVX2 the same code is compiled for AVX2 (the selects in 256-bit vectors, the Philox
+/// blocks eight lanes at a time, inlined); elsewhere for the baseline with scalar Philox.
 #[inline]
-fn write_row<O: Copy + Default>(
-    out: &mut [O],
-    kept: Option<&[O]>,
-    targeted: impl Fn(usize) -> bool,
+#[allow(clippy::too_many_arguments)]
+fn write_segment<T: Element, O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    kept: &[O],
+    lim: T::Key,
     dropped: O,
     first_e: u64,
     draws: &Bernoulli,
+    words: &mut Vec<u32>,
 ) {
-    let keep = |i: usize| kept.map_or(O::default(), |k| k[i]);
-    match draws.threshold {
-        0 => out.iter_mut().enumerate().for_each(|(i, o)| *o = keep(i)),
-        THRESHOLD_ALWAYS => {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = if targeted(i) { dropped } else { keep(i) };
-            }
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2, the only feature the function enables.
+        return unsafe { write_segment_avx2(out, row, kept, lim, dropped, first_e, draws, words) };
+    }
+    write_segment_body(out, row, kept, lim, dropped, first_e, draws, words, |c| {
+        draws.blocks8_scalar(c)
+    })
+}
+
+/// [`write_segment`] compiled for AVX2.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_segment_avx2<T: Element, O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    kept: &[O],
+    lim: T::Key,
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    write_segment_body(out, row, kept, lim, dropped, first_e, draws, words, |c| {
+        // SAFETY: this function only runs on processors with AVX2.
+        unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
+    })
+}
+
+/// The body of [`write_segment`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
+/// Every loop loads `kept` unconditionally, so that the compiler vectorises the selects.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn write_segment_body<T: Element, O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    kept: &[O],
+    lim: T::Key,
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+    blocks8: impl Fn(u64) -> [u32; 32],
+) {
+    let len = out.len();
+    let (row, kept) = (&row[..len], &kept[..len]);
+    let t = draws.threshold;
+    if t == 0 {
+        for (o, &v) in out.iter_mut().zip(kept) {
+            o.write(v);
         }
-        t => {
-            // Elements before the first aligned group and after the last, one at a time.
-            let len = out.len();
-            let head = (((4 - first_e % 4) % 4) as usize).min(len);
-            let one = |o: &mut O, i: usize| {
-                let d = targeted(i) && (draws.draw(first_e + i as u64) >> 8) < t;
-                *o = if d { dropped } else { keep(i) };
-            };
-            let (head_out, body) = out.split_at_mut(head);
-            head_out.iter_mut().enumerate().for_each(|(i, o)| one(o, i));
-            // Whole groups in batches: the Philox blocks of a batch are independent, so the
-            // processor overlaps them; the selects after them have no branches.
-            const BATCH: usize = 16;
-            let groups = body.len() / 4;
-            let g0 = (first_e + head as u64) / 4;
-            let mut words = [[0u32; 4]; BATCH];
-            for b0 in (0..groups).step_by(BATCH) {
-                let nb = BATCH.min(groups - b0);
-                for (g, w) in words.iter_mut().enumerate().take(nb) {
-                    *w = draws.block(g0 + (b0 + g) as u64);
-                }
-                for (g, w) in words.iter().enumerate().take(nb) {
-                    for (q, &r) in w.iter().enumerate() {
-                        let i = head + 4 * (b0 + g) + q;
-                        let d = targeted(i) & ((r >> 8) < t);
-                        body[i - head] = if d { dropped } else { keep(i) };
-                    }
-                }
-            }
-            let done = head + 4 * groups;
-            out[done..]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, o)| one(o, done + j));
+        return;
+    }
+    if t == THRESHOLD_ALWAYS {
+        for ((o, x), &v) in out.iter_mut().zip(row).zip(kept) {
+            o.write(if x.key() < lim { dropped } else { v });
         }
+        return;
+    }
+    // The draws first, into `words` (element `i` of the segment at `words[i]`): the elements
+    // before the first aligned group of four and after the last one at a time, whole groups
+    // eight blocks (32 elements) at a time, the groups left one block at a time; each batch
+    // of blocks only when one of its elements is targeted (the words of the others are never
+    // looked at: `key < lim` is false for all of them). Then one select per element, which
+    // the compiler vectorises.
+    if words.len() < len {
+        words.resize(len, 0);
+    }
+    let words = &mut words[..len];
+    let head = (((4 - first_e % 4) % 4) as usize).min(len);
+    let g0 = (first_e + head as u64) / 4;
+    let groups = (len - head) / 4;
+    let body = head + 4 * groups;
+    for i in (0..head).chain(body..len) {
+        words[i] = draws.draw(first_e + i as u64);
+    }
+    let batches = groups / 8;
+    for (b, (w, r)) in words[head..head + 32 * batches]
+        .chunks_exact_mut(32)
+        .zip(row[head..head + 32 * batches].chunks_exact(32))
+        .enumerate()
+    {
+        if r.iter().fold(false, |a, x| a | (x.key() < lim)) {
+            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
+        }
+    }
+    for g in 8 * batches..groups {
+        let i = head + 4 * g;
+        if row[i..i + 4].iter().any(|x| x.key() < lim) {
+            words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
+        }
+    }
+    for (((o, x), &v), &w) in out.iter_mut().zip(row).zip(kept).zip(&*words) {
+        let d = (x.key() < lim) & ((w >> 8) < t);
+        o.write(if d { dropped } else { v });
     }
 }
 
-/// The raw draws of the `n` elements from flat index `first_e` on, into `words[..n]`.
-fn fill_draws(words: &mut Vec<u32>, first_e: u64, n: usize, draws: &Bernoulli) {
-    words.resize(n, 0);
-    let head = (((4 - first_e % 4) % 4) as usize).min(n);
-    for (i, w) in words[..head].iter_mut().enumerate() {
-        *w = draws.draw(first_e + i as u64);
+/// Writes the part of a row that starts at index `start` of the row (`out`, `row` and
+/// `kept` are that part): the cut splits it into a segment with limit `kth + 1` and one with
+/// `kth`. `first_e` is the flat index of the part's first element. Without `kept` (a mask)
+/// the kept value is the default.
+#[allow(clippy::too_many_arguments)]
+fn write_part<T: Element, O: Copy + Default>(
+    out: &mut [MaybeUninit<O>],
+    row: &[T],
+    kept: Option<&[O]>,
+    start: usize,
+    cut: Cut<T::Key>,
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    let defaults;
+    let kept = match kept {
+        Some(k) => k,
+        None => {
+            defaults = vec![O::default(); row.len()];
+            &defaults
+        }
+    };
+    let (before, after) = cut.limits();
+    let split = cut.cut.clamp(start, start + row.len()) - start;
+    let (o1, o2) = out.split_at_mut(split);
+    let (r1, r2) = row.split_at(split);
+    let (k1, k2) = kept.split_at(split);
+    if !o1.is_empty() {
+        write_segment(o1, r1, k1, before, dropped, first_e, draws, words);
     }
-    let groups = (n - head) / 4;
-    let g0 = (first_e + head as u64) / 4;
-    for (g, c) in words[head..head + 4 * groups]
-        .chunks_exact_mut(4)
-        .enumerate()
-    {
-        c.copy_from_slice(&draws.block(g0 + g as u64));
-    }
-    for (j, w) in words[head + 4 * groups..n].iter_mut().enumerate() {
-        *w = draws.draw(first_e + (head + 4 * groups + j) as u64);
+    if !o2.is_empty() {
+        let e2 = first_e + split as u64;
+        write_segment(o2, r2, k2, after, dropped, e2, draws, words);
     }
 }
 
@@ -143,7 +230,7 @@ fn fill_draws(words: &mut Vec<u32>, first_e: u64, n: usize, draws: &Bernoulli) {
 fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
     w: &[T],
     kept: Option<&[O]>,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
     dropped: O,
     n: usize,
     gamma: f64,
@@ -153,20 +240,23 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
         return;
     }
     let k = targeted_count(gamma, n);
+    // Nothing is dropped at alpha = 0, so nothing needs selecting.
+    let k = if draws.threshold == 0 { 0 } else { k };
     let rows = w.len() / n;
     if n >= LONG_ROW && rows < 2 * rayon::current_num_threads() {
         // Few long rows: split each row over the pool instead.
-        let mut flags = vec![false; n];
         for (r, (wr, or)) in w.chunks(n).zip(out.chunks_mut(n)).enumerate() {
-            RowSelection::of_row(wr, k, &mut Vec::new()).flags_par(wr, &mut flags);
+            let cut = row_cut_par(wr, k);
             let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
             or.par_chunks_mut(PAR_CHUNK)
-                .zip(flags.par_chunks(PAR_CHUNK))
+                .zip(wr.par_chunks(PAR_CHUNK))
                 .enumerate()
-                .for_each(|(c, (o, f))| {
-                    let kc = kr.map(|v| &v[c * PAR_CHUNK..c * PAR_CHUNK + o.len()]);
-                    let e0 = (r * n + c * PAR_CHUNK) as u64;
-                    write_row(o, kc, |i| f[i], dropped, e0, draws)
+                .for_each(|(c, (o, x))| {
+                    let start = c * PAR_CHUNK;
+                    let kc = kr.map(|v| &v[start..start + o.len()]);
+                    let e0 = (r * n + start) as u64;
+                    let mut words = Vec::new();
+                    write_part(o, x, kc, start, cut, dropped, e0, draws, &mut words)
                 });
         }
         return;
@@ -176,46 +266,11 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
         .enumerate()
         .with_min_len((4096 / n).max(1))
         .for_each_init(
-            || (Vec::new(), vec![false; n], Vec::new()),
-            |(keys, flags, words), (r, (o, wr))| {
+            || (Scratch::default(), Vec::new()),
+            |(scratch, words), (r, (o, wr))| {
                 let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
-                let e0 = (r * n) as u64;
-                // Nothing is dropped at alpha = 0, so nothing needs selecting.
-                let sel = if draws.threshold == 0 {
-                    RowSelection::Nothing
-                } else {
-                    RowSelection::of_row(wr, k, keys)
-                };
-                match (sel, kr) {
-                    (RowSelection::Below(th), Some(kr)) if th.takes_all_ties() => {
-                        // No tie to rank: one branch-free select per element, which the
-                        // compiler vectorises; dropout draws the row's words first
-                        // (independent Philox blocks).
-                        let kth = th.kth;
-                        if draws.threshold == THRESHOLD_ALWAYS {
-                            for ((o, x), &v) in o.iter_mut().zip(wr).zip(kr) {
-                                *o = if x.key() <= kth { dropped } else { v };
-                            }
-                        } else {
-                            let t = draws.threshold;
-                            fill_draws(words, e0, n, draws);
-                            for (((o, x), &v), &r) in o.iter_mut().zip(wr).zip(kr).zip(&*words) {
-                                let d = (x.key() <= kth) & ((r >> 8) < t);
-                                *o = if d { dropped } else { v };
-                            }
-                        }
-                    }
-                    (RowSelection::Below(th), _) if th.takes_all_ties() => {
-                        let kth = th.kth;
-                        write_row(o, kr, |i| wr[i].key() <= kth, dropped, e0, draws)
-                    }
-                    (RowSelection::Nothing, _) => write_row(o, kr, |_| false, dropped, e0, draws),
-                    (RowSelection::Everything, _) => write_row(o, kr, |_| true, dropped, e0, draws),
-                    (sel, _) => {
-                        sel.flags(wr, flags);
-                        write_row(o, kr, |i| flags[i], dropped, e0, draws)
-                    }
-                }
+                let cut = row_cut(wr, k, scratch);
+                write_part(o, wr, kr, 0, cut, dropped, (r * n) as u64, draws, words)
             },
         );
 }
@@ -243,7 +298,7 @@ fn unit_dropped<T: Scored>(w: &[T], n: usize, gamma: f64, draws: &Bernoulli) -> 
 /// (or the default) elsewhere.
 fn unit_dropout_into<O: Copy + Send + Sync + Default>(
     kept: Option<&[O]>,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
     dropped: O,
     n: usize,
     units: &[bool],
@@ -253,9 +308,9 @@ fn unit_dropout_into<O: Copy + Send + Sync + Default>(
         .enumerate()
         .with_min_len((4096 / n).max(1))
         .for_each(|(r, (o, &d))| match (d, kept) {
-            (true, _) => o.fill(dropped),
-            (false, Some(k)) => o.copy_from_slice(&k[r * n..(r + 1) * n]),
-            (false, None) => o.fill(O::default()),
+            (true, _) => fill(o, |_| dropped),
+            (false, Some(k)) => fill(o, |i| k[r * n + i]),
+            (false, None) => fill(o, |_| O::default()),
         });
 }
 
@@ -278,19 +333,26 @@ impl TargetedOp {
         dropped: O,
         n: usize,
     ) -> Vec<O> {
-        let mut out = par_default(w.len());
+        let len = w.len();
+        let mut out: Vec<O> = Vec::with_capacity(len);
         if n == 0 {
+            // No filter of any length: no element.
             return out;
         }
+        debug_assert_eq!(len % n, 0, "rows of {n}");
+        let spare = &mut out.spare_capacity_mut()[..len];
         match self.kind {
             DropoutKind::Weight => {
-                weight_dropout_into(w, kept, &mut out, dropped, n, self.gamma, &self.draws)
+                weight_dropout_into(w, kept, spare, dropped, n, self.gamma, &self.draws)
             }
             DropoutKind::Unit => {
                 let units = unit_dropped(w, n, self.gamma, &self.draws);
-                unit_dropout_into(kept, &mut out, dropped, n, &units)
+                unit_dropout_into(kept, spare, dropped, n, &units)
             }
         }
+        // SAFETY: the capacity is at least `len`, and both paths write every one of the `len`
+        // elements of `spare` (every row of `n` elements, `len` a multiple of `n`) before this.
+        unsafe { out.set_len(len) };
         out
     }
 
@@ -313,5 +375,69 @@ impl TargetedOp {
                 wrap(self.run(w, Some(v), T::ZERO, n))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable output code (scalar Philox) and the dispatching one (AVX2 here) against
+    /// a direct evaluation of the contract, over segment starts of every alignment, lengths
+    /// around the 32-element batches and thresholds 0, 2^24 and in between.
+    #[test]
+    fn segments_match_the_contract() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in [0usize, 1, 3, 4, 5, 31, 32, 33, 35, 36, 64, 67, 100, 257] {
+            for first_e in [0u64, 1, 2, 3, 4, 29, (1 << 34) - 3, u64::MAX / 2 - 70] {
+                let row: Vec<f32> = (0..len).map(|_| (next() % 200) as f32 - 100.0).collect();
+                let kept: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
+                let lim = (next() % 120) as u32;
+                for alpha in [0.0, 1.0, 0.5, 0.1] {
+                    let draws = Bernoulli::new(next(), next(), alpha);
+                    let want: Vec<f32> = (0..len)
+                        .map(|i| {
+                            let e = first_e + i as u64;
+                            if row[i].key() < lim && draws.drops(e) {
+                                0.0
+                            } else {
+                                kept[i]
+                            }
+                        })
+                        .collect();
+                    let mut words = Vec::new();
+                    let mut a = vec![MaybeUninit::new(-1.0f32); len];
+                    write_segment(&mut a, &row, &kept, lim, 0.0, first_e, &draws, &mut words);
+                    let mut b = vec![MaybeUninit::new(-1.0f32); len];
+                    write_segment_body(
+                        &mut b,
+                        &row,
+                        &kept,
+                        lim,
+                        0.0,
+                        first_e,
+                        &draws,
+                        &mut words,
+                        |c| draws.blocks8_scalar(c),
+                    );
+                    // SAFETY: every element was initialised (to -1.0, then written).
+                    let (a, b): (Vec<f32>, Vec<f32>) = unsafe {
+                        (
+                            a.iter().map(|v| v.assume_init()).collect(),
+                            b.iter().map(|v| v.assume_init()).collect(),
+                        )
+                    };
+                    let what = format!("len {len} first_e {first_e} lim {lim} alpha {alpha}");
+                    assert_eq!(a, want, "{what}");
+                    assert_eq!(b, want, "portable, {what}");
+                }
+            }
+        }
     }
 }

@@ -6,16 +6,25 @@ use half::{bf16, f16};
 
 /// An unsigned key that a radix select can take apart a digit at a time.
 pub trait RadixKey: Copy + Ord + Eq + Send + Sync + Default + std::fmt::Debug + 'static {
+    /// Width in bits.
+    const BITS: u32;
     /// The key widened to 64 bits (order preserved).
     fn to_u64(self) -> u64;
+    /// The low bits of `x` as a key.
+    fn from_u64(x: u64) -> Self;
 }
 
 macro_rules! radix_key {
     ($($t:ty),*) => {$(
         impl RadixKey for $t {
+            const BITS: u32 = <$t>::BITS;
             #[inline(always)]
             fn to_u64(self) -> u64 {
                 self as u64
+            }
+            #[inline(always)]
+            fn from_u64(x: u64) -> Self {
+                x as $t
             }
         }
     )*};
