@@ -233,13 +233,13 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
     out: &mut [MaybeUninit<O>],
     dropped: O,
     n: usize,
-    gamma: f64,
-    draws: &Bernoulli,
+    op: &TargetedOp,
 ) {
     if w.is_empty() || n == 0 {
         return;
     }
-    let k = targeted_count(gamma, n);
+    let (draws, elem_base) = (&op.draws, op.elem_base);
+    let k = targeted_count(op.gamma, n);
     // Nothing is dropped at alpha = 0, so nothing needs selecting.
     let k = if draws.threshold == 0 { 0 } else { k };
     let rows = w.len() / n;
@@ -254,7 +254,7 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
                 .for_each(|(c, (o, x))| {
                     let start = c * PAR_CHUNK;
                     let kc = kr.map(|v| &v[start..start + o.len()]);
-                    let e0 = (r * n + start) as u64;
+                    let e0 = elem_base + (r * n + start) as u64;
                     let mut words = Vec::new();
                     write_part(o, x, kc, start, cut, dropped, e0, draws, &mut words)
                 });
@@ -270,7 +270,8 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
             |(scratch, words), (r, (o, wr))| {
                 let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
                 let cut = row_cut(wr, k, scratch);
-                write_part(o, wr, kr, 0, cut, dropped, (r * n) as u64, draws, words)
+                let e0 = elem_base + (r * n) as u64;
+                write_part(o, wr, kr, 0, cut, dropped, e0, draws, words)
             },
         );
 }
@@ -342,9 +343,7 @@ impl TargetedOp {
         debug_assert_eq!(len % n, 0, "rows of {n}");
         let spare = &mut out.spare_capacity_mut()[..len];
         match self.kind {
-            DropoutKind::Weight => {
-                weight_dropout_into(w, kept, spare, dropped, n, self.gamma, &self.draws)
-            }
+            DropoutKind::Weight => weight_dropout_into(w, kept, spare, dropped, n, self),
             DropoutKind::Unit => {
                 let units = unit_dropped(w, n, self.gamma, &self.draws);
                 unit_dropout_into(kept, spare, dropped, n, &units)

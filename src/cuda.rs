@@ -538,7 +538,7 @@ fn run<T: Width>(
                 d0,
                 n,
                 k,
-                op.elem_base(),
+                op.elem_base,
                 draws,
             )?;
         }

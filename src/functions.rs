@@ -59,6 +59,7 @@ fn validated(
         gamma,
         draws: Bernoulli::new(seed, offset, alpha),
         output,
+        elem_base: 0,
     })
 }
 
@@ -125,6 +126,44 @@ pub fn targeted_weight_dropout_seeded(
     let op = "targeted_weight_dropout_seeded";
     let s = Some((seed, offset));
     let o = validated(op, w, DropoutKind::Weight, gamma, alpha, s, Output::Values)?;
+    apply(w, o)
+}
+
+/// [`targeted_weight_dropout_seeded`] of a row shard: `w` holds rows `first_row ..` of a
+/// larger weight (e.g. one device's rows under tensor parallelism), and draws exactly what the
+/// whole weight's call draws for those rows: element `i` of local row `r` takes the draw of
+/// flat index `(first_row + r) * n + i` (DESIGN.md, "Row shards"). `first_row = 0` is
+/// [`targeted_weight_dropout_seeded`]. Differentiable.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use candle_targeted_dropout::*;
+/// # fn main() -> candle_core::Result<()> {
+/// let w = Tensor::randn(0f32, 1.0, (6, 10), &Device::Cpu)?;
+/// let whole = targeted_weight_dropout_seeded(&w, 0.5, 0.5, 7, 0)?;
+/// let shard = targeted_weight_dropout_rows(&w.narrow(0, 4, 2)?, 0.5, 0.5, 7, 0, 4)?;
+/// assert_eq!(shard.to_vec2::<f32>()?, whole.narrow(0, 4, 2)?.to_vec2::<f32>()?);
+/// # Ok(()) }
+/// ```
+pub fn targeted_weight_dropout_rows(
+    w: &Tensor,
+    gamma: f64,
+    alpha: f64,
+    seed: u64,
+    offset: u64,
+    first_row: u64,
+) -> Result<Tensor> {
+    let op = "targeted_weight_dropout_rows";
+    let s = Some((seed, offset));
+    let mut o = validated(op, w, DropoutKind::Weight, gamma, alpha, s, Output::Values)?;
+    let (d0, n) = crate::op::filters(w.shape());
+    let last = first_row.checked_add(d0 as u64);
+    match last.and_then(|l| l.checked_mul(n as u64)) {
+        Some(_) => o.elem_base = first_row * n as u64,
+        None => bail!(
+            "{op}: rows {first_row}.. of {n} elements are past the 2^64 draw indices of Philox"
+        ),
+    }
     apply(w, o)
 }
 

@@ -61,8 +61,8 @@ mod varmap;
 pub use functions::{
     prune_units, prune_weights, sparsity, targeted_dropout_many, targeted_dropout_many_seeded,
     targeted_dropout_mask, targeted_unit_dropout, targeted_unit_dropout_from_scores,
-    targeted_unit_dropout_seeded, targeted_weight_dropout, targeted_weight_dropout_seeded,
-    unit_scores,
+    targeted_unit_dropout_seeded, targeted_weight_dropout, targeted_weight_dropout_rows,
+    targeted_weight_dropout_seeded, unit_scores,
 };
 pub use generator::{generator_state, set_generator_state, set_seed};
 pub use layers::{

@@ -28,6 +28,10 @@ pub(crate) struct TargetedOp {
     pub gamma: f64,
     pub draws: Bernoulli,
     pub output: Output,
+    /// The draw index of element 0 (weight dropout): element i of row r draws at
+    /// `elem_base + r * n + i`. 0 for a whole tensor; a shard of rows r0.. of a larger one
+    /// has `r0 * n` (DESIGN.md, "Row shards").
+    pub elem_base: u64,
 }
 
 impl TargetedOp {
@@ -39,14 +43,6 @@ impl TargetedOp {
             (DropoutKind::Weight, Output::Mask) => "targeted-weight-mask",
             (DropoutKind::Unit, Output::Mask) => "targeted-unit-mask",
         }
-    }
-
-    /// The draw index of element 0 of the tensor: element i of row r draws at
-    /// `elem_base + r * n + i` (DESIGN.md, "Random draws", with `e` offset by it). 0 for a
-    /// whole tensor; a shard of rows r0.. of a larger one passes `r0 * n`.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn elem_base(&self) -> u64 {
-        0
     }
 }
 

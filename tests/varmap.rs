@@ -464,3 +464,34 @@ fn grouped_call_takes_consecutive_offsets_and_keeps_autograd() -> Result<()> {
     assert_eq!(generator_state(), (3, 0));
     Ok(())
 }
+
+fn weight_shards(dev: &Device) -> Result<()> {
+    let mut rng = Rng(14);
+    for dt in DTYPES {
+        for shape in [&[37usize, 3, 5][..], &[9, 7], &[40, 1030], &[5, 70_000]] {
+            let w = tensor(&mut rng, shape, dt, Data::Edgy)?.to_device(dev)?;
+            let whole = targeted_weight_dropout_seeded(&w, 0.6, 0.5, 3, 9)?;
+            let d0 = shape[0];
+            for (r0, r1) in [(0, d0), (1, d0 / 2), (d0 / 2, d0), (d0 - 1, d0)] {
+                let part = w.narrow(0, r0, r1 - r0)?;
+                let got = targeted_weight_dropout_rows(&part, 0.6, 0.5, 3, 9, r0 as u64)?;
+                let want = whole.narrow(0, r0, r1 - r0)?;
+                assert_same_bits(&got, &want, &format!("{dt:?} {shape:?} rows {r0}..{r1}"))?;
+            }
+        }
+    }
+    let w = Tensor::ones((4, 8), DType::F32, dev)?;
+    let e = targeted_weight_dropout_rows(&w, 0.5, 0.5, 0, 0, u64::MAX / 8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2^64"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn weight_dropout_of_row_shards_equals_the_whole() -> Result<()> {
+    for dev in devices() {
+        weight_shards(&dev)?;
+    }
+    Ok(())
+}
