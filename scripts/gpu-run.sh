@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (copied to .gpu/run.sh by scripts/gpu-check.sh): checks that the
-# libraries resolve, runs the GPU-vs-CPU equivalence suite, compute-sanitizer memcheck and
-# racecheck over a subset, the GPU benchmark and the PyTorch baseline, and ends with a
-# summary table. Logs go to $OUT (or /tmp/td-out).
+# Runs on the GPU machine (copied to .gpu/run.sh by scripts/gpu-check.sh), one profile per
+# call so that each fits in a device call of at most 8 minutes:
+#   check  the libraries resolve; the GPU-vs-CPU equivalence suite, the ops and VarMapDropout
+#          tests, 8 host threads and a 2^31-element row (issue 9), compute-sanitizer memcheck
+#          and racecheck over a subset
+#   dev    the dev/cuda harness: the v5 kernels against the CPU reference and v4, timed side by
+#          side, the grouped call and the bit-mask backward, memcheck and racecheck (issue 11)
+#   bench  the GPU benchmark, the PyTorch baseline, ncu, and the MNIST main job's CNN on the GPU
+# Each ends with a summary. Logs go to $OUT (or /tmp/td-out).
 set -u
+profile=${1:-check}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/td-out}; mkdir -p "$OUT"
 for f in .gpu/*.gz; do gunzip -f "$f"; done
-chmod +x .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/gpu_bench .gpu/find-runtime-libs.sh
+chmod +x .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/varmap .gpu/gpu_bench .gpu/mnist_prune .gpu/find-runtime-libs.sh
 export LD_LIBRARY_PATH=$(.gpu/find-runtime-libs.sh)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 status=()
-for b in equivalence ops cuda_threads gpu_bench; do
+for b in equivalence ops cuda_threads varmap gpu_bench mnist_prune; do
   if ldd .gpu/$b | grep 'not found'; then status+=("ldd $b: MISSING LIBRARIES"); else status+=("ldd $b: ok"); fi
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -22,8 +28,12 @@ run() { # name timeout command...
   tail -4 "$OUT/$name.log"
   status+=("$(printf '%-34s rc=%-3s %4ss  %s' "$name" "$rc" "$e" "$(grep -E 'test result|ERROR SUMMARY|RACECHECK SUMMARY|bit-exact' "$OUT/$name.log" | tr '\n' ' ' | cut -c1-110)")")
 }
-[ "${TD_DEV_CUDA:-0}" = 1 ] && [ -f dev/cuda/run.sh ] && { OUT="$OUT" bash dev/cuda/run.sh > "$OUT/dev_cuda.log" 2>&1; status+=("dev/cuda harness rc=$? (TD_DEV_CUDA=1; log dev_cuda.log): $(tail -4 "$OUT/dev_cuda.log" | tr "\n" " " | cut -c1-200)"); }
+if [ "$profile" = dev ]; then
+  OUT="$OUT" bash dev/cuda/run.sh
+  exit $?
+fi
 export TD_ONLY_CUDA=1
+if [ "$profile" = check ]; then
 run equivalence_1000_cases 150 env TD_LONG=1 .gpu/equivalence --nocapture --test-threads 2
 run ops_per_behaviour 60 .gpu/ops --test-threads 2
 # 8 host threads on one device (row lengths and dtypes of every kernel), and a bf16 row of
@@ -31,14 +41,19 @@ run ops_per_behaviour 60 .gpu/ops --test-threads 2
 run cuda_threads_and_long_row 120 .gpu/cuda_threads --test-threads 1
 run memcheck_40_cases 80 env TD_CASES=40 compute-sanitizer --tool memcheck --leak-check no .gpu/equivalence random_cases --test-threads 1
 run racecheck_12_cases 80 env TD_CASES=12 compute-sanitizer --tool racecheck .gpu/equivalence random_cases --test-threads 1
+run varmap_on_cuda 60 .gpu/varmap --test-threads 1
+echo; echo "== checks =="
+printf '%s\n' "${status[@]}"
+exit 0
+fi
+unset TD_ONLY_CUDA
+# The MNIST main job's CNN on the GPU, as many epochs as fit (the README's GPU row).
+run mnist_cnn_cuda 150 .gpu/mnist_prune --model cnn --device cuda --epochs 5 --data-dir data/mnist-5k --out "$OUT/mnist_cnn"
 run gpu_bench 100 .gpu/gpu_bench "$OUT/gpu_bench.csv"
 # Kernel durations and DRAM throughput per kernel (ncu reads the counters on Firecracker).
-timeout 120 ncu --clock-control none --section SpeedOfLight --kernel-name regex:'tdw|unit_' .gpu/gpu_bench --profile > "$OUT/ncu.log" 2>&1
+timeout 90 ncu --clock-control none --section SpeedOfLight --kernel-name regex:'tdw|unit_' .gpu/gpu_bench --profile > "$OUT/ncu.log" 2>&1
 awk '/tdw_|unit_/ && /\(/ {name=$1; grid=$2} /Duration/ {d=$NF; u=$(NF-1)} /DRAM Throughput/ {t=$NF} /Duration/ {print name, grid, "duration", d, u, "dram%", t}' "$OUT/ncu.log" > "$OUT/ncu_summary.txt"
 status+=("ncu: $(wc -l < "$OUT/ncu_summary.txt") kernels profiled")
-# Where the short-row kernel's warps wait (the first two launches: weight dropout, prune).
-timeout 90 ncu --clock-control none --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
-  --kernel-name regex:'tdw_block_u32' --launch-count 2 .gpu/gpu_bench --profile > "$OUT/ncu_block.log" 2>&1
 run torch_baseline 100 env PYTHONUNBUFFERED=1 python3 benches/torch_baseline.py "$OUT/torch_baseline.csv"
 cat "$OUT/gpu_bench.log" | grep -E "copy ceiling|fails" | head -12
 grep -E "copy ceiling" "$OUT/torch_baseline.log"
