@@ -14,7 +14,8 @@
 //!   `(seed, offset, e)`, so that every device draws the same mask; `generator`: the
 //!   process-wide `(seed, offset)` of the plain functions;
 //! - `op`: the op that both paths implement, `cpu` and `cuda` (feature `cuda`) its two
-//!   implementations, `custom_op` the candle glue with autograd;
+//!   implementations (`cuda_params`: the kernels' launch parameters, generated from
+//!   `kernels/params.h`), `custom_op` the candle glue with autograd;
 //! - `functions`: the public functions below, which validate their arguments and apply it;
 //! - `layers` ([`Targeted`], [`TargetedDropout`]), `varmap` ([`VarMapDropout`]: any model
 //!   through its `VarMap`, pruning and [`SparsityReport`]), `schedule` ([`RampSchedule`]) and `thin`

@@ -324,3 +324,31 @@ fn sparsity_counts_zeros() -> Result<()> {
     assert_eq!(sparsity(&w)?, 0.5);
     Ok(())
 }
+
+#[test]
+fn every_layer_kind_prunes_its_weight_in_evaluation() -> Result<()> {
+    // Evaluation draws nothing: these layers never touch the process-wide generator.
+    use candle_core::{Module, ModuleT};
+    use candle_nn::{VarBuilder, VarMap};
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let td = Some(TargetedDropout::weight(0.5, 0.5)?);
+    let c1 = conv1d(3, 4, 3, Default::default(), td, vb.pp("c1"))?;
+    let x = Tensor::ones((2, 3, 9), DType::F32, &Device::Cpu)?;
+    let pruned = prune_weights(c1.weight(), 0.5)?;
+    let want = c1.inner().with_weight(pruned).forward(&x)?;
+    assert_same_bits(&c1.forward_t(&x, false)?, &want, "conv1d")?;
+    let emb = embedding(10, 6, Some(TargetedDropout::unit(0.3, 1.0)?), vb.pp("emb"))?;
+    let ids = Tensor::new(&[0u32, 3, 9, 3], &Device::Cpu)?;
+    let table = prune_units(emb.weight(), 0.3)?;
+    let want = candle_nn::Embedding::new(table, 6).forward(&ids)?;
+    assert_same_bits(&emb.forward_t(&ids, false)?, &want, "embedding")?;
+    // Without a config the layer is its inner module.
+    let plain = Targeted::new(c1.inner().clone(), None);
+    assert_same_bits(
+        &plain.forward_t(&x, true)?,
+        &c1.inner().forward(&x)?,
+        "no config",
+    )?;
+    Ok(())
+}
