@@ -317,9 +317,24 @@ pub fn targeted_unit_dropout_from_scores(
     if w.elem_count() == 0 {
         return Ok(w.clone());
     }
+    // Scores are squared norms: a negative one is not a score. NaNs become the canonical NaN
+    // (one key, so NaN scores tie and rank by index, as DESIGN.md's `(score, i)` says).
+    let negative = scores
+        .lt(0.0)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    if negative > 0.0 {
+        bail!("{op}: scores are squared norms, but {negative} of the {total} scores are negative")
+    }
+    let nan = scores.ne(scores)?;
+    let scores = nan.where_cond(
+        &Tensor::full(f32::NAN, total, scores.device())?.to_dtype(scores.dtype())?,
+        scores,
+    )?;
     // The scores as one filter: the weight selection over it, with draw index = unit index,
     // is the unit selection (non-negative floats order like their bits).
-    let mask = targeted_dropout_mask(scores, DropoutKind::Weight, gamma, alpha, seed, offset)?
+    let mask = targeted_dropout_mask(&scores, DropoutKind::Weight, gamma, alpha, seed, offset)?
         .narrow(0, first_unit, d0)?;
     let mut dims = vec![1usize; w.rank()];
     dims[0] = d0;

@@ -10,6 +10,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{bail, DType, Result, Tensor, Var};
 use candle_nn::VarMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// One selected variable.
 #[derive(Debug, Clone)]
@@ -44,9 +46,14 @@ struct Entry {
 /// assert_eq!(report.total().zeros, 16 * 4);
 /// # Ok(()) }
 /// ```
+///
+/// One step at a time: while a [`DropoutStep`] is live (the variables hold dropped weights),
+/// another `apply`, `prune` or `with_pruned` is an error.
 #[derive(Debug, Clone)]
 pub struct VarMapDropout {
     entries: Vec<Entry>,
+    /// Whether a step is live; shared by clones (they hold the same variables).
+    stepping: Arc<AtomicBool>,
 }
 
 impl VarMapDropout {
@@ -79,7 +86,10 @@ impl VarMapDropout {
                 "VarMapDropout: the selection matched none of the {total} variables of the VarMap"
             )
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            stepping: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// The selected variables' names, in the order [`VarMapDropout::apply`] visits them
@@ -131,14 +141,28 @@ impl VarMapDropout {
     /// each in that order). Run the model's forward and backward passes, then call
     /// [`DropoutStep::finish`]. Until then a copy of each selected weight is held.
     pub fn apply(&self) -> Result<DropoutStep<'_>> {
+        self.check_no_step("apply")?;
         let (seed, offset) = take_offsets(self.entries.len() as u64);
         self.apply_seeded(seed, offset)
+    }
+
+    fn check_no_step(&self, what: &str) -> Result<()> {
+        if self.stepping.load(Ordering::SeqCst) {
+            bail!("VarMapDropout::{what}: a step is live (its variables hold dropped weights); finish or drop it first")
+        }
+        Ok(())
     }
 
     /// [`VarMapDropout::apply`] with explicit draws: variable `i` (in name order) draws at
     /// `(seed, first_offset + i)`, and the process-wide generator is untouched. Data-parallel
     /// replicas that track the same `(seed, offset)` draw the same masks.
     pub fn apply_seeded(&self, seed: u64, first_offset: u64) -> Result<DropoutStep<'_>> {
+        if self.stepping.swap(true, Ordering::SeqCst) {
+            bail!("VarMapDropout::apply: a step is live (its variables hold dropped weights); finish or drop it first")
+        }
+        // From here the flag is ours: the step clears it when it ends, and so does an error
+        // before the step exists.
+        let clear = ClearOnDrop(&self.stepping);
         let originals: Vec<Tensor> = self
             .entries
             .iter()
@@ -150,7 +174,8 @@ impl VarMapDropout {
             .map(|(t, e)| (t, e.config))
             .collect();
         let dropped = targeted_dropout_many_seeded(&items, seed, first_offset)?;
-        // Keep each original (a copy: the variable's storage is about to be overwritten).
+        std::mem::forget(clear); // the step below owns the flag now
+                                 // Keep each original (a copy: the variable's storage is about to be overwritten).
         let mut step = DropoutStep {
             vd: self,
             saved: Vec::with_capacity(self.entries.len()),
@@ -171,7 +196,11 @@ impl VarMapDropout {
     /// targeted set, as the paper evaluates) and reports the sparsity. The generator is
     /// untouched. Save the pruned model with `VarMap::save`.
     pub fn prune(&self) -> Result<SparsityReport> {
+        self.check_no_step("prune")?;
         for e in &self.entries {
+            if e.var.elem_count() == 0 {
+                continue;
+            }
             let pruned = prune_as(e.var.as_tensor(), e.config.kind, e.config.gamma)?;
             e.var.set(&pruned)?;
         }
@@ -187,6 +216,7 @@ impl VarMapDropout {
         gamma: f64,
         f: impl FnOnce(&SparsityReport) -> Result<R>,
     ) -> Result<R> {
+        self.check_no_step("with_pruned")?;
         let originals: Vec<Tensor> = self
             .entries
             .iter()
@@ -197,7 +227,9 @@ impl VarMapDropout {
             originals,
         };
         for (e, orig) in self.entries.iter().zip(&restore.originals) {
-            e.var.set(&prune_as(orig, kind, gamma)?)?;
+            if orig.elem_count() > 0 {
+                e.var.set(&prune_as(orig, kind, gamma)?)?;
+            }
         }
         let report = self.report()?;
         let out = f(&report);
@@ -262,11 +294,29 @@ impl Drop for Restore<'_> {
     }
 }
 
+/// Sets every variable back, trying all of them; the first error, if any.
 fn restore(vars: &[&Var], originals: &[Tensor]) -> Result<()> {
+    let mut first = Ok(());
     for (v, o) in vars.iter().zip(originals) {
-        v.set(o)?;
+        if o.elem_count() == 0 {
+            continue;
+        }
+        if let Err(e) = v.set(o) {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
     }
-    Ok(())
+    first
+}
+
+/// Clears a step flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// One training step of a [`VarMapDropout`]: the selected variables hold their dropped
@@ -285,11 +335,14 @@ impl DropoutStep<'_> {
     /// autograd gives through the functional op) and restores the original weights.
     pub fn finish(mut self, grads: &mut GradStore) -> Result<()> {
         let saved = std::mem::take(&mut self.saved);
+        let _clear = ClearOnDrop(&self.vd.stepping);
         let result = (|| {
             for (i, (e, orig)) in self.vd.entries.iter().zip(&saved).enumerate() {
-                if let Some(g) = grads.remove(e.var.as_tensor()) {
+                // A gradient is replaced only once its masked form exists: on an error the
+                // store keeps what it had.
+                if let Some(g) = grads.get(e.var.as_tensor()) {
                     let offset = self.first_offset.wrapping_add(i as u64);
-                    let masked = masked_gradient(orig, &g, e.config, self.seed, offset)?;
+                    let masked = masked_gradient(orig, g, e.config, self.seed, offset)?;
                     grads.insert(e.var.as_tensor(), masked);
                 }
             }
@@ -304,6 +357,7 @@ impl DropoutStep<'_> {
     /// Restores the original weights without touching any gradient.
     pub fn restore(mut self) -> Result<()> {
         let saved = std::mem::take(&mut self.saved);
+        let _clear = ClearOnDrop(&self.vd.stepping);
         let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
         restore(&vars, &saved)
     }
@@ -311,6 +365,7 @@ impl DropoutStep<'_> {
 
 impl Drop for DropoutStep<'_> {
     fn drop(&mut self) {
+        let _clear = ClearOnDrop(&self.vd.stepping);
         if !self.saved.is_empty() {
             let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
             // See `Restore::drop`.

@@ -495,3 +495,67 @@ fn weight_dropout_of_row_shards_equals_the_whole() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn one_step_at_a_time_and_empty_variables() -> Result<()> {
+    let _g = lock();
+    let m = mlp(15, &Device::Cpu)?;
+    let vd = VarMapDropout::new(&m.varmap, select)?;
+    let w1 = var(&m.varmap, "fc1.weight");
+    let orig = w1.as_tensor().copy()?;
+    let step = vd.apply()?;
+    for e in [
+        vd.apply().err().map(|e| e.to_string()),
+        vd.apply_seeded(1, 2).err().map(|e| e.to_string()),
+        vd.prune().err().map(|e| e.to_string()),
+        vd.with_pruned(DropoutKind::Weight, 0.5, |_| Ok(()))
+            .err()
+            .map(|e| e.to_string()),
+    ] {
+        let e = e.expect("an error while a step is live");
+        assert!(e.contains("a step is live"), "{e}");
+    }
+    step.restore()?;
+    assert_same_bits(w1.as_tensor(), &orig, "restored")?;
+    // After the step, everything works again.
+    vd.apply()?.restore()?;
+    assert_same_bits(w1.as_tensor(), &orig, "restored again")?;
+
+    // An empty selected variable: steps and pruning leave it alone.
+    let vm = VarMap::new();
+    vm.data().lock().unwrap().insert(
+        "empty.weight".into(),
+        Var::from_tensor(&Tensor::zeros((0, 4), DType::F32, &Device::Cpu)?)?,
+    );
+    let vd = VarMapDropout::new(&vm, select_all)?;
+    vd.apply()?.restore()?;
+    let r = vd.prune()?;
+    assert_eq!((r.total().zeros, r.total().numel), (0, 0));
+    Ok(())
+}
+
+fn select_all(_: &str, _: &Tensor) -> Option<TargetedDropout> {
+    TargetedDropout::weight(0.5, 0.5).ok()
+}
+
+#[test]
+fn scores_are_checked_and_nans_canonical() -> Result<()> {
+    let w = Tensor::ones((3, 2), DType::F32, &Device::Cpu)?;
+    let bad = Tensor::new(&[1f32, -1.0, 2.0], &Device::Cpu)?;
+    let e = targeted_unit_dropout_from_scores(&w, &bad, 0, 0.5, 1.0, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("negative"), "{e}");
+    // Two NaN scores with different payloads tie: the lower unit index is targeted first.
+    let nans = Tensor::new(
+        &[
+            f32::from_bits(0x7fc0_0001),
+            f32::from_bits(0x7fc0_0000),
+            5.0,
+        ],
+        &Device::Cpu,
+    )?;
+    let got = targeted_unit_dropout_from_scores(&w, &nans, 0, 0.67, 1.0, 0, 0)?;
+    assert_eq!(got.to_vec2::<f32>()?, [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]);
+    Ok(())
+}
