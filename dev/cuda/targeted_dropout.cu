@@ -1,7 +1,7 @@
 /*
 Targeted weight dropout / pruning kernels, standalone (llm.c dev/cuda style): a plain CPU
-reference written from DESIGN.md, the library's v4 kernels (copied, as the baseline) and the
-new versions, each checked bit for bit against the reference and timed side by side with a
+reference written from DESIGN.md, the library's v4 kernels (included from kernels/weight.cu,
+as the baseline) and the new versions, each checked bit for bit against the reference and timed side by side with a
 device-to-device copy measured in the same run.
 
 Build (sm_90, from the repository root):
@@ -141,483 +141,10 @@ static void ref_weight_dropout(const U* w, U* out, uint8_t* dropped, uint64_t ro
 }
 
 // =======================================================================================
-// v4: the library kernels as of commit eff97f4 (kernels/targeted_dropout.cu), copied verbatim
-// (block-per-row and tiny-row kernels), with launch wrappers at the end.
+// v4: the library's kernels as the crate ships them (kernels/weight.cu with its params.h and
+// common.cuh), included, not copied: the harness times and validates what the library runs.
 
-#include <cuda_fp16.h>
-namespace v4 {
-#define BLOCK 256
-#define ALWAYS (1u << 24)
-
-// ---------------------------------------------------------------------------------------
-// Philox4x32-10
-
-__device__ __forceinline__ uint4 philox_block(uint64_t g, uint64_t seed, uint64_t offset) {
-    uint4 c = make_uint4((uint32_t)g, (uint32_t)(g >> 32), (uint32_t)offset, (uint32_t)(offset >> 32));
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-#pragma unroll
-    for (int i = 0; i < 10; i++) {
-        if (i > 0) {
-            k0 += 0x9E3779B9u;
-            k1 += 0xBB67AE85u;
-        }
-        uint32_t hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
-        uint32_t hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
-        c = make_uint4(hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0);
-    }
-    return c;
-}
-
-__device__ __forceinline__ uint32_t word_of(uint4 b, int q) {
-    return q == 0 ? b.x : q == 1 ? b.y : q == 2 ? b.z : b.w;
-}
-
-// ---------------------------------------------------------------------------------------
-// Element types as raw bits
-
-template <typename U> struct Bits;
-template <> struct Bits<uint16_t> {
-    static constexpr uint16_t MASK = 0x7fff;
-    static constexpr int BITS = 16;
-};
-template <> struct Bits<uint32_t> {
-    static constexpr uint32_t MASK = 0x7fffffffu;
-    static constexpr int BITS = 32;
-};
-template <> struct Bits<uint64_t> {
-    static constexpr uint64_t MASK = 0x7fffffffffffffffull;
-    static constexpr int BITS = 64;
-};
-
-template <typename U> __device__ __forceinline__ bool aligned4(const void* p) {
-    // A group of four: 8 bytes for 16-bit types, 16 bytes otherwise (f64 uses two 16-byte
-    // accesses).
-    const uintptr_t a = sizeof(U) == 2 ? 8 : 16;
-    return ((uintptr_t)p & (a - 1)) == 0;
-}
-
-__device__ __forceinline__ void load4(const uint16_t* p, uint16_t (&x)[4]) {
-    uint2 t = *reinterpret_cast<const uint2*>(p);
-    x[0] = (uint16_t)(t.x & 0xffff); x[1] = (uint16_t)(t.x >> 16);
-    x[2] = (uint16_t)(t.y & 0xffff); x[3] = (uint16_t)(t.y >> 16);
-}
-__device__ __forceinline__ void load4(const uint32_t* p, uint32_t (&x)[4]) {
-    uint4 t = *reinterpret_cast<const uint4*>(p);
-    x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
-}
-__device__ __forceinline__ void load4(const uint64_t* p, uint64_t (&x)[4]) {
-    ulonglong2 a = reinterpret_cast<const ulonglong2*>(p)[0];
-    ulonglong2 b = reinterpret_cast<const ulonglong2*>(p)[1];
-    x[0] = a.x; x[1] = a.y; x[2] = b.x; x[3] = b.y;
-}
-__device__ __forceinline__ void store4(uint16_t* p, const uint16_t (&x)[4]) {
-    *reinterpret_cast<uint2*>(p) = make_uint2((uint32_t)x[0] | ((uint32_t)x[1] << 16), (uint32_t)x[2] | ((uint32_t)x[3] << 16));
-}
-__device__ __forceinline__ void store4(uint32_t* p, const uint32_t (&x)[4]) {
-    *reinterpret_cast<uint4*>(p) = make_uint4(x[0], x[1], x[2], x[3]);
-}
-__device__ __forceinline__ void store4(uint64_t* p, const uint64_t (&x)[4]) {
-    reinterpret_cast<ulonglong2*>(p)[0] = make_ulonglong2(x[0], x[1]);
-    reinterpret_cast<ulonglong2*>(p)[1] = make_ulonglong2(x[2], x[3]);
-}
-
-// ---------------------------------------------------------------------------------------
-// Block-wide building blocks (blockDim.x == BLOCK == 256)
-
-struct Scratch {
-    unsigned hist[256];
-    unsigned warp_tot[BLOCK / 32];
-    unsigned pick[3];
-    unsigned long long key;
-};
-
-// Exclusive scan of one value per thread; `total` gets the block's sum. All threads call.
-__device__ __forceinline__ unsigned block_exclusive_scan(unsigned v, Scratch& sc, unsigned* total) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    unsigned x = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        unsigned y = __shfl_up_sync(0xffffffffu, x, o);
-        if (lane >= o) x += y;
-    }
-    if (lane == 31) sc.warp_tot[wid] = x;
-    __syncthreads();
-    unsigned base = 0, tot = 0;
-#pragma unroll
-    for (int i = 0; i < BLOCK / 32; i++) {
-        unsigned t = sc.warp_tot[i];
-        base += i < wid ? t : 0;
-        tot += t;
-    }
-    __syncthreads();
-    *total = tot;
-    return base + x - v;
-}
-
-struct Pick {
-    unsigned bin, r, cnt;
-};
-
-// The bin of a 256-bin histogram that holds rank r (0-based), the rank within it and its
-// size. All threads call; the histogram must be complete (after a barrier).
-__device__ __forceinline__ Pick pick_bin(const unsigned* hist, unsigned r, Scratch& sc) {
-    unsigned h = hist[threadIdx.x];
-    unsigned tot;
-    unsigned ex = block_exclusive_scan(h, sc, &tot);
-    if (r >= ex && r - ex < h) {
-        sc.pick[0] = threadIdx.x;
-        sc.pick[1] = r - ex;
-        sc.pick[2] = h;
-    }
-    __syncthreads();
-    Pick p = {sc.pick[0], sc.pick[1], sc.pick[2]};
-    __syncthreads();
-    return p;
-}
-
-// Adds one to hist[digit] for each active lane. With `aggregate`, one atomic per distinct
-// digit in the warp (__match_any_sync); otherwise one shared-memory atomic per lane. All 32
-// lanes of the warp must call.
-__device__ __forceinline__ void hist_add(unsigned* hist, unsigned digit, bool active, bool aggregate) {
-    if (aggregate) {
-        unsigned am = __ballot_sync(0xffffffffu, active);
-        if (active) {
-            unsigned peers = __match_any_sync(am, digit);
-            if ((int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
-        }
-    } else if (active) {
-        atomicAdd(&hist[digit], 1u);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The output pass over local indices [lo, hi) of a row whose element 0 has flat index e0.
-// `src` holds the row's raw bits (shared or global memory, indexed by local index),
-// `vals` the values to mask (null: the same as src), `out` / `mask` the outputs (either may
-// be null), all indexed by local index. Elements with key < K are targeted; of those with
-// key == K, the ones whose rank among the row's ties is below `take` are, `ties_before`
-// being the number of ties before `lo`. All threads of the block call.
-template <typename U>
-__device__ void apply_range(const U* src, const U* vals, U* out, uint8_t* mask, uint64_t e0,
-                            int64_t lo, int64_t hi, U K, unsigned take, unsigned ties,
-                            unsigned ties_before, uint64_t seed, uint64_t offset, uint32_t thr,
-                            Scratch& sc) {
-    const U MASK = Bits<U>::MASK;
-    const bool scan = take < ties;
-    const uint64_t g_first = (e0 + lo) / 4, g_last = (e0 + hi - 1) / 4;
-    unsigned tie_base = ties_before;
-    for (uint64_t gb = g_first; gb <= g_last; gb += BLOCK) {
-        const uint64_t g = gb + threadIdx.x;
-        const bool gv = g <= g_last;
-        const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
-        const bool full = gv && l0 >= lo && l0 + 4 <= hi;
-        U kb[4];
-        bool in[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) in[q] = gv && l0 + q >= lo && l0 + q < hi;
-        if (full && aligned4<U>(src + l0)) {
-            load4(src + l0, kb);
-        } else {
-#pragma unroll
-            for (int q = 0; q < 4; q++) kb[q] = in[q] ? src[l0 + q] : (U)0;
-        }
-        bool tg[4], eq[4];
-        unsigned eq_cnt = 0;
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            U key = kb[q] & MASK;
-            tg[q] = in[q] && key < K;
-            eq[q] = in[q] && key == K;
-            eq_cnt += eq[q];
-        }
-        if (scan) {
-            unsigned tot;
-            unsigned rank = tie_base + block_exclusive_scan(eq_cnt, sc, &tot);
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                if (eq[q]) {
-                    tg[q] = rank < take;
-                    rank++;
-                }
-            }
-            tie_base += tot;
-        } else {
-#pragma unroll
-            for (int q = 0; q < 4; q++) tg[q] = tg[q] || eq[q];
-        }
-        bool dr[4];
-        if (thr == ALWAYS) {
-#pragma unroll
-            for (int q = 0; q < 4; q++) dr[q] = tg[q];
-        } else if (thr != 0 && (tg[0] || tg[1] || tg[2] || tg[3])) {
-            uint4 b = philox_block(g, seed, offset);
-#pragma unroll
-            for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < thr;
-        } else {
-#pragma unroll
-            for (int q = 0; q < 4; q++) dr[q] = false;
-        }
-        if (out) {
-            U vb[4];
-            if (vals == nullptr) {
-#pragma unroll
-                for (int q = 0; q < 4; q++) vb[q] = kb[q];
-            } else if (full && aligned4<U>(vals + l0)) {
-                load4(vals + l0, vb);
-            } else {
-#pragma unroll
-                for (int q = 0; q < 4; q++) vb[q] = in[q] ? vals[l0 + q] : (U)0;
-            }
-#pragma unroll
-            for (int q = 0; q < 4; q++) vb[q] = dr[q] ? (U)0 : vb[q];
-            if (full && aligned4<U>(out + l0)) {
-                store4(out + l0, vb);
-            } else {
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                    if (in[q]) out[l0 + q] = vb[q];
-            }
-        }
-        if (mask) {
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                if (in[q]) mask[l0 + q] = dr[q] ? 1 : 0;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Short and medium rows: one block per row, the row staged in shared memory.
-//
-// w, vals, out: [rows, n] (vals may be null: the same as w; out or mask may be null)
-// mask: [rows, n] u8. Dynamic shared memory: n rounded up to 4, times sizeof(U).
-template <typename U, int LOAD_BATCH>
-__device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_t* mask,
-                          uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset,
-                          uint32_t thr, uint32_t opts) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    U* s = reinterpret_cast<U*>(smem_raw);
-    __shared__ Scratch sc;
-    const U MASK = Bits<U>::MASK;
-    for (uint64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-        const uint64_t e0 = row * n;
-        if (threadIdx.x == 0) sc.key = 0;
-        __syncthreads();
-        // 1. Stage the row: aligned groups of four, vector loads where the group is whole.
-        //    On the way, OR together each key XOR the first key: the bits above the highest
-        //    set bit are common to the whole row, and the radix passes start below them.
-        const U ref = w[e0] & MASK;
-        U diff = 0;
-        {
-            // LOAD_BATCH groups per thread at a time, all their loads issued before any is
-            // used, so that a row costs fewer serialized memory latencies (2 is the most
-            // that fits in 64 registers, 4 blocks per multiprocessor, without spills).
-            const uint64_t g_first = e0 / 4, g_last = (e0 + n - 1) / 4;
-            for (uint64_t gb = g_first + threadIdx.x; gb <= g_last; gb += LOAD_BATCH * BLOCK) {
-                U x[LOAD_BATCH][4];
-                bool vec[LOAD_BATCH];
-#pragma unroll
-                for (int u = 0; u < LOAD_BATCH; u++) {
-                    const uint64_t g = gb + (uint64_t)u * BLOCK;
-                    const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
-                    vec[u] = g <= g_last && l0 >= 0 && l0 + 4 <= n && aligned4<U>(w + e0 + l0) &&
-                             aligned4<U>(s + l0);
-                    if (vec[u]) load4(w + e0 + l0, x[u]);
-                }
-#pragma unroll
-                for (int u = 0; u < LOAD_BATCH; u++) {
-                    const uint64_t g = gb + (uint64_t)u * BLOCK;
-                    if (g > g_last) break;
-                    const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
-                    if (vec[u]) {
-                        store4(s + l0, x[u]);
-#pragma unroll
-                        for (int q = 0; q < 4; q++) diff |= (x[u][q] & MASK) ^ ref;
-                    } else {
-#pragma unroll
-                        for (int q = 0; q < 4; q++)
-                            if (l0 + q >= 0 && l0 + q < n) {
-                                const U v = w[e0 + l0 + q];
-                                s[l0 + q] = v;
-                                diff |= (v & MASK) ^ ref;
-                            }
-                    }
-                }
-            }
-        }
-        {
-            // Block-wide OR of diff.
-            unsigned long long d = (unsigned long long)diff;
-#pragma unroll
-            for (int o = 16; o >= 1; o >>= 1) d |= __shfl_xor_sync(0xffffffffu, d, o);
-            if ((threadIdx.x & 31) == 0) atomicOr(&sc.key, d);
-        }
-        __syncthreads();
-        diff = (U)sc.key;
-        __syncthreads();
-        // 2. Radix select of the k-th key.
-        U K;
-        unsigned take, ties;
-        if (k == n) {
-            K = (U)~(U)0;  // above every key: everything is targeted
-            take = 0;
-            ties = 0;
-        } else {
-            unsigned r = k - 1;
-            // Bits >= top are the same in every key (those of ref); the passes take 8-bit
-            // digits from top down.
-            int top = 0;
-            while (top < Bits<U>::BITS && (diff >> top) != 0) top++;
-            const U low = top == Bits<U>::BITS ? (U)~(U)0 : (U)(((U)1 << top) - 1);
-            U prefix = ref & (U)~low, hi_mask = MASK & (U)~low;
-            if (top == 0) {
-                // Every key is the same.
-                K = ref;
-                take = k;
-                ties = n;
-            }
-            while (top > 0) {
-                const int lo = top > 8 ? top - 8 : 0;
-                const unsigned dmask = (1u << (top - lo)) - 1;
-                sc.hist[threadIdx.x] = 0;
-                __syncthreads();
-                for (uint32_t base = 0; base < n; base += BLOCK) {
-                    const uint32_t i = base + threadIdx.x;
-                    bool act = false;
-                    unsigned d = 0;
-                    if (i < n) {
-                        U key = s[i] & MASK;
-                        act = (key & hi_mask) == prefix;
-                        d = (unsigned)(key >> lo) & dmask;
-                    }
-                    hist_add(sc.hist, d, act, opts & 1);
-                }
-                __syncthreads();
-                Pick p = pick_bin(sc.hist, r, sc);
-                r = p.r;
-                prefix |= (U)p.bin << lo;
-                hi_mask |= (U)dmask << lo;
-                top = lo;
-                if (top == 0) {
-                    K = prefix;
-                    take = r + 1;
-                    ties = p.cnt;
-                    break;
-                }
-                if (p.cnt == 1) {
-                    // A single candidate is left: it is the k-th key.
-                    for (uint32_t i = threadIdx.x; i < n; i += BLOCK) {
-                        U key = s[i] & MASK;
-                        if ((key & hi_mask) == prefix) sc.key = (unsigned long long)key;
-                    }
-                    __syncthreads();
-                    K = (U)sc.key;
-                    take = 1;
-                    ties = 1;
-                    __syncthreads();
-                    break;
-                }
-            }
-        }
-        // 3. Targeting, draws and output in one pass over shared memory.
-        apply_range<U>(s, vals ? vals + e0 : nullptr, out ? out + e0 : nullptr,
-                       mask ? mask + e0 : nullptr, e0, 0, n, K, take, ties, 0, seed, offset, thr,
-                       sc);
-        __syncthreads();
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Tiny rows (n <= 32): a thread per row, 256 rows per tile.
-//
-// Dynamic shared memory: 256 * (n | 1) elements (an odd row stride avoids bank conflicts).
-template <typename U>
-__device__ void tdw_tiny(const U* __restrict__ w, const U* vals, U* out, uint8_t* mask,
-                         uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset,
-                         uint32_t thr) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    U* s = reinterpret_cast<U*>(smem_raw);
-    __shared__ uint32_t targeted[BLOCK];
-    const U MASK = Bits<U>::MASK;
-    const uint32_t stride = n | 1;
-    // i / n for i < 8192 and n <= 32: exact with a 20-bit reciprocal.
-    const uint32_t magic = ((1u << 20) + n - 1) / n;
-    for (uint64_t r0 = (uint64_t)blockIdx.x * BLOCK; r0 < rows; r0 += (uint64_t)gridDim.x * BLOCK) {
-        const uint32_t nrows = (uint32_t)min((uint64_t)BLOCK, rows - r0);
-        const uint32_t cnt = nrows * n;
-        const uint64_t eb = r0 * n;
-#pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < cnt; i += BLOCK) {
-            const uint32_t r = (i * magic) >> 20, j = i - r * n;
-            s[r * stride + j] = w[eb + i];
-        }
-        __syncthreads();
-        if (threadIdx.x < nrows) {
-            const U* rs = s + threadIdx.x * stride;
-            uint32_t tm = 0;
-            for (uint32_t j = 0; j < n; j++) {
-                const U kj = rs[j] & MASK;
-                uint32_t rank = 0;
-                for (uint32_t i = 0; i < n; i++) {
-                    const U ki = rs[i] & MASK;
-                    rank += (ki < kj) || (ki == kj && i < j);
-                }
-                tm |= (uint32_t)(rank < k) << j;
-            }
-            targeted[threadIdx.x] = tm;
-        }
-        __syncthreads();
-        // Output by aligned groups of four flat indices: one Philox block per group.
-        const uint64_t g_first = eb / 4, g_last = (eb + cnt - 1) / 4;
-        for (uint64_t g = g_first + threadIdx.x; g <= g_last; g += BLOCK) {
-            bool tg[4], in[4];
-            uint32_t idx[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                const uint64_t e = 4 * g + q;
-                in[q] = e >= eb && e < eb + cnt;
-                const uint32_t i = in[q] ? (uint32_t)(e - eb) : 0;
-                const uint32_t r = (i * magic) >> 20, j = i - r * n;
-                idx[q] = r * stride + j;
-                tg[q] = in[q] && ((targeted[r] >> j) & 1);
-            }
-            bool dr[4];
-            if (thr == ALWAYS) {
-#pragma unroll
-                for (int q = 0; q < 4; q++) dr[q] = tg[q];
-            } else if (thr != 0 && (tg[0] || tg[1] || tg[2] || tg[3])) {
-                const uint4 b = philox_block(g, seed, offset);
-#pragma unroll
-                for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < thr;
-            } else {
-#pragma unroll
-                for (int q = 0; q < 4; q++) dr[q] = false;
-            }
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                if (!in[q]) continue;
-                const uint64_t e = 4 * g + q;
-                if (out) out[e] = dr[q] ? (U)0 : (vals ? vals[e] : s[idx[q]]);
-                if (mask) mask[e] = dr[q] ? 1 : 0;
-            }
-        }
-        __syncthreads();
-    }
-}
-
-__global__ void __launch_bounds__(BLOCK) tdw_block_u32(const uint32_t* w, uint32_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
-    tdw_block<uint32_t, 2>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr, 0);
-}
-__global__ void __launch_bounds__(BLOCK) tdw_block_u16(const uint16_t* w, uint16_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
-    tdw_block<uint16_t, 2>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr, 0);
-}
-__global__ void __launch_bounds__(BLOCK) tdw_tiny_u32(const uint32_t* w, uint32_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
-    tdw_tiny<uint32_t>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr);
-}
-__global__ void __launch_bounds__(BLOCK) tdw_tiny_u16(const uint16_t* w, uint16_t* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed, uint64_t offset, uint32_t thr) {
-    tdw_tiny<uint16_t>(w, nullptr, out, nullptr, rows, n, k, seed, offset, thr);
-}
-}  // namespace v4
+#include "../../kernels/weight.cu"
 
 // =======================================================================================
 // v5: row in registers, 11-bit first digit counted while loading, bin compacted and resolved
@@ -1061,35 +588,39 @@ __global__ void __launch_bounds__(256) bwd5(const U* g, U* out, const uint32_t* 
 
 static int g_sms = 0;
 
+// The library's launch of the block-per-row and tiny-row paths (src/cuda.rs: grid and shared
+// memory sized the same way), through the kernels' parameter struct.
 template <typename U>
 static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed,
                       uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
     const size_t size = sizeof(U);
-    if (n <= 32) {
-        auto f = sizeof(U) == 4 ? (void*)v4::tdw_tiny_u32 : (void*)v4::tdw_tiny_u16;
-        const size_t smem = 256 * (n | 1) * size;
+    const TdwRowsParams p = {rows, n, k, /*elem_base=*/0, {seed, offset, thr, 0}};
+    const bool wide = sizeof(U) == 4;
+    if (n <= TD_TINY_ROW) {
+        auto f = wide ? (void*)tdw_tiny_u32 : (void*)tdw_tiny_u16;
+        const size_t smem = TD_BLOCK * (n | 1) * size;
         if (smem > 48 * 1024) CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        const uint32_t grid = (uint32_t)std::min<uint64_t>((rows + 255) / 256, (uint64_t)g_sms * 8);
-        if (sizeof(U) == 4)
-            v4::tdw_tiny_u32<<<grid, 256, smem, st>>>((const uint32_t*)w, (uint32_t*)out, rows, n, k, seed, offset, thr);
+        const uint32_t grid = (uint32_t)std::min<uint64_t>((rows + TD_BLOCK - 1) / TD_BLOCK, (uint64_t)g_sms * 8);
+        if (wide)
+            tdw_tiny_u32<<<grid, TD_BLOCK, smem, st>>>((const uint32_t*)w, nullptr, (uint32_t*)out, nullptr, p);
         else
-            v4::tdw_tiny_u16<<<grid, 256, smem, st>>>((const uint16_t*)w, (uint16_t*)out, rows, n, k, seed, offset, thr);
+            tdw_tiny_u16<<<grid, TD_BLOCK, smem, st>>>((const uint16_t*)w, nullptr, (uint16_t*)out, nullptr, p);
     } else {
-        auto f = sizeof(U) == 4 ? (void*)v4::tdw_block_u32 : (void*)v4::tdw_block_u16;
+        auto f = wide ? (void*)tdw_block_u32 : (void*)tdw_block_u16;
         const size_t smem = ((n + 3) / 4) * 4 * size;
         static size_t raised[2] = {0, 0};
-        size_t& rz = raised[sizeof(U) == 4];
+        size_t& rz = raised[wide];
         if (smem > 48 * 1024 && smem > rz) {
             CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
             rz = smem;
         }
         int per_sm = 0;
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, f, 256, smem));
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, f, TD_BLOCK, smem));
         const uint32_t grid = (uint32_t)std::min<uint64_t>(rows, (uint64_t)g_sms * std::max(per_sm, 1));
-        if (sizeof(U) == 4)
-            v4::tdw_block_u32<<<grid, 256, smem, st>>>((const uint32_t*)w, (uint32_t*)out, rows, n, k, seed, offset, thr);
+        if (wide)
+            tdw_block_u32<<<grid, TD_BLOCK, smem, st>>>((const uint32_t*)w, nullptr, (uint32_t*)out, nullptr, p);
         else
-            v4::tdw_block_u16<<<grid, 256, smem, st>>>((const uint16_t*)w, (uint16_t*)out, rows, n, k, seed, offset, thr);
+            tdw_block_u16<<<grid, TD_BLOCK, smem, st>>>((const uint16_t*)w, nullptr, (uint16_t*)out, nullptr, p);
     }
     CK(cudaGetLastError());
 }
