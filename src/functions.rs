@@ -365,10 +365,7 @@ pub fn targeted_unit_dropout_from_scores(
 /// # Ok(()) }
 /// ```
 pub fn targeted_dropout_many(items: &[(&Tensor, TargetedDropout)]) -> Result<Vec<Tensor>> {
-    let op = "targeted_dropout_many";
-    check_many(op, items)?;
-    let (seed, offset) = take_offsets(items.len() as u64);
-    run_many(op, items, seed, offset)
+    many("targeted_dropout_many", items, None)
 }
 
 /// [`targeted_dropout_many`] with an explicit seed: tensor `i` draws at
@@ -380,46 +377,49 @@ pub fn targeted_dropout_many_seeded(
     seed: u64,
     first_offset: u64,
 ) -> Result<Vec<Tensor>> {
-    let op = "targeted_dropout_many_seeded";
-    check_many(op, items)?;
-    run_many(op, items, seed, first_offset)
+    many(
+        "targeted_dropout_many_seeded",
+        items,
+        Some((seed, first_offset)),
+    )
 }
 
-fn check_many(op: &str, items: &[(&Tensor, TargetedDropout)]) -> Result<()> {
-    for (i, (w, td)) in items.iter().enumerate() {
-        let what = format!("{op}: tensor {i}");
-        check_fraction(&what, "gamma", td.gamma)?;
-        check_fraction(&what, "alpha", td.alpha)?;
-        check_tensor(&what, w)?;
-    }
-    Ok(())
+/// The op of a config at `(seed, offset)`.
+fn configured(op: &str, w: &Tensor, td: TargetedDropout, state: (u64, u64)) -> Result<TargetedOp> {
+    validated(
+        op,
+        w,
+        td.kind,
+        td.gamma,
+        td.alpha,
+        Some(state),
+        Output::Values,
+    )
 }
 
-fn run_many(
+/// Every item validated first (an error names the tensor and takes no offset), then the
+/// offsets (`state`, or the generator's next ones), then the ops: in parallel on the CPU.
+fn many(
     op: &str,
     items: &[(&Tensor, TargetedDropout)],
-    seed: u64,
-    first_offset: u64,
+    state: Option<(u64, u64)>,
 ) -> Result<Vec<Tensor>> {
     use rayon::prelude::*;
-    let one = |i: usize| {
-        let (w, td) = items[i];
-        let offset = first_offset.wrapping_add(i as u64);
-        let o = validated(
-            op,
-            w,
-            td.kind,
-            td.gamma,
-            td.alpha,
-            Some((seed, offset)),
-            Output::Values,
-        )?;
-        apply(w, o)
-    };
+    let mut ops = items
+        .iter()
+        .enumerate()
+        .map(|(i, &(w, td))| configured(&format!("{op}: tensor {i}"), w, td, (0, 0)))
+        .collect::<Result<Vec<_>>>()?;
+    let (seed, first) = state.unwrap_or_else(|| take_offsets(items.len() as u64));
+    for (i, o) in ops.iter_mut().enumerate() {
+        o.draws.seed = seed;
+        o.draws.offset = first.wrapping_add(i as u64);
+    }
+    let one = |(&(w, _), o): (&(&Tensor, TargetedDropout), TargetedOp)| apply(w, o);
     if items.iter().all(|(w, _)| w.device().is_cpu()) {
-        (0..items.len()).into_par_iter().map(one).collect()
+        items.par_iter().zip(ops).map(one).collect()
     } else {
-        (0..items.len()).map(one).collect()
+        items.iter().zip(ops).map(one).collect()
     }
 }
 
@@ -433,16 +433,7 @@ pub(crate) fn masked_gradient(
     seed: u64,
     offset: u64,
 ) -> Result<Tensor> {
-    let op = "targeted dropout backward";
-    let o = validated(
-        op,
-        w,
-        td.kind,
-        td.gamma,
-        td.alpha,
-        Some((seed, offset)),
-        Output::Values,
-    )?;
+    let o = configured("targeted dropout backward", w, td, (seed, offset))?;
     if w.elem_count() == 0 {
         return Ok(grad.clone());
     }
