@@ -22,24 +22,50 @@ fn same_shape(l1: &Layout, l2: &Layout) -> Result<()> {
     Ok(())
 }
 
+impl TargetedOp {
+    /// The op on CPU storages: selection on `w`, values from `vals` (the backward pass: the
+    /// gradient, of `w`'s dtype) or `w` itself.
+    fn cpu_storage(
+        &self,
+        w: &CpuStorage,
+        wl: &Layout,
+        vals: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<CpuStorage> {
+        macro_rules! go {
+            ($variant:ident, $w:expr) => {{
+                let vals = match vals {
+                    None => None,
+                    Some((CpuStorage::$variant(g), gl)) => Some((&g[..], gl)),
+                    Some((g, _)) => bail!(
+                        "{BACKWARD}: w is {:?} and the gradient {:?}; both must be the same float dtype",
+                        w.dtype(),
+                        g.dtype()
+                    ),
+                };
+                self.cpu($w, wl, vals, CpuStorage::$variant)
+            }};
+        }
+        match w {
+            CpuStorage::F32(w) => go!(F32, w),
+            CpuStorage::F64(w) => go!(F64, w),
+            CpuStorage::F16(w) => go!(F16, w),
+            CpuStorage::BF16(w) => go!(BF16, w),
+            other => bail!(
+                "{}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
+                self.name(),
+                other.dtype()
+            ),
+        }
+    }
+}
+
 impl CustomOp1 for TargetedOp {
     fn name(&self) -> &'static str {
         TargetedOp::name(self)
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(w) => self.cpu(w, l, None, CpuStorage::F32)?,
-            CpuStorage::F64(w) => self.cpu(w, l, None, CpuStorage::F64)?,
-            CpuStorage::F16(w) => self.cpu(w, l, None, CpuStorage::F16)?,
-            CpuStorage::BF16(w) => self.cpu(w, l, None, CpuStorage::BF16)?,
-            other => bail!(
-                "{}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
-                self.name(),
-                other.dtype()
-            ),
-        };
-        Ok((out, l.shape().clone()))
+        Ok((self.cpu_storage(s, l, None)?, l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -72,26 +98,7 @@ impl CustomOp2 for TargetedOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         same_shape(l1, l2)?;
-        let v = Some(l2);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::F32)?
-            }
-            (CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::F64)?
-            }
-            (CpuStorage::F16(w), CpuStorage::F16(g)) => {
-                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::F16)?
-            }
-            (CpuStorage::BF16(w), CpuStorage::BF16(g)) => {
-                self.cpu(w, l1, v.map(|l| (&g[..], l)), CpuStorage::BF16)?
-            }
-            (a, b) => bail!(
-                "{BACKWARD}: w is {:?} and the gradient {:?}; both must be the same float dtype",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = self.cpu_storage(s1, l1, Some((s2, l2)))?;
         Ok((out, l1.shape().clone()))
     }
 
