@@ -144,36 +144,30 @@ pub fn targeted_by_sort<T: Float>(row: &[T], k: usize) -> Vec<usize> {
 /// score converts exactly).
 pub fn unit_score<T: Float>(unit: &[T]) -> f64 {
     if T::F64_SCORES {
-        let mut lanes = vec![0.0f64; 1024];
-        for (i, x) in unit.iter().enumerate() {
-            let v = x.to_f64();
-            let sq = v * v;
-            lanes[i % 1024] += sq;
-        }
-        let mut s = 512;
-        while s >= 1 {
-            for j in 0..s {
-                lanes[j] += lanes[j + s];
-            }
-            s /= 2;
-        }
-        lanes[0]
+        lanes_then_folds(unit.iter().map(|x| x.to_f64()))
     } else {
-        let mut lanes = vec![0.0f32; 1024];
-        for (i, x) in unit.iter().enumerate() {
-            let v = x.to_f64() as f32;
-            let sq = v * v;
-            lanes[i % 1024] += sq;
-        }
-        let mut s = 512;
-        while s >= 1 {
-            for j in 0..s {
-                lanes[j] += lanes[j + s];
-            }
-            s /= 2;
-        }
-        lanes[0] as f64
+        lanes_then_folds(unit.iter().map(|x| x.to_f64() as f32)) as f64
     }
+}
+
+/// The documented reduction of the values' squares, in the accumulator type `A`.
+fn lanes_then_folds<A>(values: impl Iterator<Item = A>) -> A
+where
+    A: Copy + Default + std::ops::Add<Output = A> + std::ops::Mul<Output = A>,
+{
+    let mut lanes = vec![A::default(); 1024]; // +0.0
+    for (i, v) in values.enumerate() {
+        let sq = v * v;
+        lanes[i % 1024] = lanes[i % 1024] + sq;
+    }
+    let mut s = 512;
+    while s >= 1 {
+        for j in 0..s {
+            lanes[j] = lanes[j] + lanes[j + s];
+        }
+        s /= 2;
+    }
+    lanes[0]
 }
 
 /// Targeted weight dropout on a row-major buffer with rows of `n`: selection on `w`,
