@@ -155,7 +155,7 @@ fn lanes_then_folds<A>(values: impl Iterator<Item = A>) -> A
 where
     A: Copy + Default + std::ops::Add<Output = A> + std::ops::Mul<Output = A>,
 {
-    let mut lanes = vec![A::default(); 1024]; // +0.0
+    let mut lanes = [A::default(); 1024]; // +0.0
     for (i, v) in values.enumerate() {
         let sq = v * v;
         lanes[i % 1024] = lanes[i % 1024] + sq;
