@@ -10,9 +10,7 @@
 use crate::element::{Element, Score, Scored};
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
-use crate::select::{
-    row_cut, row_cut_par, targeted_count, Cut, RowSelection, Scratch, LONG_ROW, PAR_CHUNK,
-};
+use crate::select::{row_cut, row_cut_par, targeted_count, Cut, Scratch, LONG_ROW, PAR_CHUNK};
 use candle_core::{bail, CpuStorage, Layout, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -284,14 +282,25 @@ fn unit_dropped<T: Scored>(w: &[T], n: usize, gamma: f64, draws: &Bernoulli) -> 
     if k == 0 || draws.threshold == 0 {
         return dropped;
     }
+    // The unit scores as one row (non-negative, NaN canonical: their keys order like the
+    // scores), selected like a row of weights.
     let scores = unit_scores(w, n);
-    RowSelection::of_row(&scores, k, &mut Vec::new()).flags_par(&scores, &mut dropped);
+    let cut = if d0 >= LONG_ROW {
+        row_cut_par(&scores, k)
+    } else {
+        row_cut(&scores, k, &mut Scratch::default())
+    };
+    let (before, after) = cut.limits();
     // The draw of a unit is the draw of element index = unit index.
     dropped
         .par_iter_mut()
+        .zip(&scores)
         .enumerate()
         .with_min_len(4096)
-        .for_each(|(i, d)| *d = *d && draws.drops(i as u64));
+        .for_each(|(i, (d, s))| {
+            let lim = if i < cut.cut { before } else { after };
+            *d = s.key() < lim && draws.drops(i as u64);
+        });
     dropped
 }
 

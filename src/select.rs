@@ -5,24 +5,18 @@
 //! a histogram of the highest digit in which the candidates differ, the bin that holds rank
 //! `k - 1`, then the next digit among the elements of that bin only, and so on. Each pass
 //! only looks at the candidates left by the previous one, so the work is linear in the row
-//! length. Rows of at most [`TINY_ROW`] elements are decided by counting ranks directly
-//! (the GPU does the same per thread), which is cheaper than one histogram there.
+//! length.
 //!
-//! Weight dropout on the CPU selects each row with [`row_cut`] (and [`row_cut_par`] for a
-//! few long rows): the first digit fixed at 11 bits (bits 30..20 of an f32 key, 14..4 of a
+//! Every row is selected with [`row_cut`] (and [`row_cut_par`] for a few long rows; unit
+//! dropout runs them over the row of unit scores): the first digit fixed at 11 bits (bits 30..20 of an f32 key, 14..4 of a
 //! 16-bit key) and counted while the row is read, the elements of its bin compacted and
 //! resolved alone, and the result a [`Cut`]: the tie cut as an index, so the output pass
 //! compares and needs no scan. Rows of up to 64 count ranks in AVX2 lanes instead, rows up
 //! to 256 use `select_nth_unstable` on a copy of their keys.
-//!
-//! [`RowSelection::of_row`] is the dispatch of unit dropout (k = 0, k = n, tiny rows, long
-//! rows over the rayon pool, the rest) and [`pass`] the one radix pass that every path runs.
+//! After the first digit, [`pass`] is the one radix pass that every path runs.
 
 use crate::element::{Element, RadixKey};
 use rayon::prelude::*;
-
-/// Rows up to this length are selected by rank counting instead of histograms.
-pub(crate) const TINY_ROW: usize = 16;
 
 /// Rows at least this long are selected with all the pool's threads.
 pub(crate) const LONG_ROW: usize = 1 << 16;
@@ -53,105 +47,6 @@ impl<K: RadixKey> Threshold<K> {
         self.take == self.ties
     }
 
-    /// Sets `flags[i]` to whether element `i` of `part` is targeted, where `part` is a piece
-    /// of the row preceded by `ties_before` elements with `key == kth`.
-    fn flags<T: Element<Key = K>>(&self, part: &[T], ties_before: usize, flags: &mut [bool]) {
-        let kth = self.kth;
-        if self.takes_all_ties() {
-            // One branch-free comparison per element.
-            for (f, x) in flags.iter_mut().zip(part) {
-                *f = x.key() <= kth;
-            }
-        } else {
-            let mut ties_left = self.take.saturating_sub(ties_before);
-            for (f, x) in flags.iter_mut().zip(part) {
-                let key = x.key();
-                let tie = key == kth && ties_left > 0;
-                ties_left -= tie as usize;
-                *f = key < kth || tie;
-            }
-        }
-    }
-}
-
-/// How one row's targeted set is decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RowSelection<K> {
-    /// `k = 0`: nothing is targeted.
-    Nothing,
-    /// `k = n`: everything is.
-    Everything,
-    /// A row of at most [`TINY_ROW`] elements, `k` of them targeted, decided by ranks.
-    Ranked(usize),
-    /// Everything below a threshold found by radix select.
-    Below(Threshold<K>),
-}
-
-impl<K: RadixKey> RowSelection<K> {
-    /// The selection of `k` elements of `row`; `keys` is scratch reused across rows. Rows of
-    /// at least [`LONG_ROW`] elements are selected with the whole rayon pool.
-    pub fn of_row<T: Element<Key = K>>(row: &[T], k: usize, keys: &mut Vec<K>) -> Self {
-        if k == 0 {
-            RowSelection::Nothing
-        } else if k >= row.len() {
-            RowSelection::Everything
-        } else if row.len() <= TINY_ROW {
-            RowSelection::Ranked(k)
-        } else if row.len() >= LONG_ROW {
-            RowSelection::Below(threshold_par(row, k))
-        } else {
-            RowSelection::Below(threshold(row, k, keys))
-        }
-    }
-
-    /// Sets `flags[i]` (`flags.len() == row.len()`) to whether element `i` is targeted.
-    pub fn flags<T: Element<Key = K>>(&self, row: &[T], flags: &mut [bool]) {
-        match *self {
-            RowSelection::Nothing => flags.fill(false),
-            RowSelection::Everything => flags.fill(true),
-            RowSelection::Ranked(k) => {
-                // rank(i) = #{j : (key_j, j) < (key_i, i)}; targeted iff rank < k.
-                for (i, (f, x)) in flags.iter_mut().zip(row).enumerate() {
-                    let ki = x.key();
-                    let rank = row
-                        .iter()
-                        .enumerate()
-                        .filter(|&(j, y)| y.key() < ki || (y.key() == ki && j < i))
-                        .count();
-                    *f = rank < k;
-                }
-            }
-            RowSelection::Below(th) => th.flags(row, 0, flags),
-        }
-    }
-
-    /// [`RowSelection::flags`] for a long row, split over the rayon pool: the ties are
-    /// counted per chunk first so that each chunk knows how many come before it.
-    pub fn flags_par<T: Element<Key = K>>(&self, row: &[T], flags: &mut [bool]) {
-        let RowSelection::Below(th) = *self else {
-            return self.flags(row, flags);
-        };
-        let tie_counts: Vec<usize> = if th.takes_all_ties() {
-            vec![0; row.len().div_ceil(PAR_CHUNK)]
-        } else {
-            row.par_chunks(PAR_CHUNK)
-                .map(|c| c.iter().filter(|x| x.key() == th.kth).count())
-                .collect()
-        };
-        let before: Vec<usize> = tie_counts
-            .iter()
-            .scan(0, |acc, &c| {
-                let b = *acc;
-                *acc += c;
-                Some(b)
-            })
-            .collect();
-        flags
-            .par_chunks_mut(PAR_CHUNK)
-            .zip(row.par_chunks(PAR_CHUNK))
-            .zip(before.par_iter())
-            .for_each(|((f, c), &b)| th.flags(c, b, f));
-    }
 }
 
 /// The outcome of one radix pass.
@@ -305,36 +200,8 @@ pub(crate) fn select_in_place<K: RadixKey>(cand: &mut [K], mut r: usize) -> Thre
     }
 }
 
-/// The threshold of `k` (`1 <= k < row.len()`) targeted elements of `row`. The first pass
-/// reads the row itself; only the candidates it leaves are copied into `keys`.
-fn threshold<T: Element>(row: &[T], k: usize, keys: &mut Vec<T::Key>) -> Threshold<T::Key> {
-    let first = row[0].key();
-    let diff = spread(row, |x| x.key(), first);
-    let histo = |s, b, h: &mut [u32; 256]| histogram(row, |x| x.key(), s, b, h);
-    match pass(row.len(), diff, first, k - 1, histo) {
-        Pass::Done(t) => t,
-        Pass::Narrow {
-            shift,
-            bits,
-            bin,
-            r,
-        } => {
-            if keys.len() < row.len() {
-                keys.resize(row.len(), Default::default());
-            }
-            let buf = &mut keys[..row.len()];
-            let mut c = 0;
-            for x in row {
-                let key = x.key();
-                buf[c] = key;
-                c += in_bin(key, shift, bits, bin) as usize;
-            }
-            select_in_place(&mut buf[..c], r)
-        }
-    }
-}
-
-/// [`threshold`] of a long row, its first (full) pass split over the rayon pool.
+/// The threshold of `k` (`1 <= k < row.len()`) targeted elements of a long row, its first
+/// (full) pass split over the rayon pool.
 fn threshold_par<T: Element>(row: &[T], k: usize) -> Threshold<T::Key> {
     let first = row[0].key();
     let diff = row
@@ -820,20 +687,17 @@ mod tests {
 
     #[test]
     fn serial_and_parallel_first_pass_agree() {
-        // A long row with heavy ties: the serial and the pool's threshold are the same.
+        // A long row with heavy ties: the serial cut (11-bit first digit) and the pool's (radix
+        // passes over chunks) are the same, and each targets exactly k.
         let row: Vec<f32> = (0..LONG_ROW + 77)
             .map(|i| ((i * 2654435761usize) % 1000) as f32 * 0.25)
             .collect();
         for k in [1, 17, row.len() / 2, row.len() - 1] {
-            let a = threshold(&row, k, &mut Vec::new());
-            let b = threshold_par(&row, k);
+            let a = row_cut_body(&row, k, &mut Scratch::default());
+            let b = row_cut_par(&row, k);
             assert_eq!(a, b, "k = {k}");
-            let sel = RowSelection::Below(a);
-            let (mut f1, mut f2) = (vec![false; row.len()], vec![false; row.len()]);
-            sel.flags(&row, &mut f1);
-            sel.flags_par(&row, &mut f2);
-            assert_eq!(f1, f2, "k = {k}");
-            assert_eq!(f1.iter().filter(|&&f| f).count(), k);
+            let targeted = row.iter().enumerate().filter(|&(i, x)| a.targeted(x.key(), i));
+            assert_eq!(targeted.count(), k);
         }
     }
 
