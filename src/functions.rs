@@ -236,8 +236,13 @@ pub fn sparsity(w: &Tensor) -> Result<f64> {
     if w.elem_count() == 0 {
         return Ok(0.0);
     }
+    Ok(zero_count(w)? as f64 / w.elem_count() as f64)
+}
+
+/// How many elements of `w` are exactly zero (either sign).
+pub(crate) fn zero_count(w: &Tensor) -> Result<usize> {
     let zeros = w.eq(0.0)?.to_dtype(DType::F64)?.sum_all()?;
-    Ok(zeros.to_scalar::<f64>()? / w.elem_count() as f64)
+    Ok(zeros.to_scalar::<f64>()? as usize)
 }
 
 /// The unit scores of `w`: the squared L2 norm of each of its `d0` filters (rank 1: one

@@ -3,11 +3,11 @@
 //! their gradients afterwards, prunes them for evaluation, and reports the sparsity
 //! ([`SparsityReport`]). The model's code does not change.
 
-use crate::functions::{masked_gradient, targeted_dropout_many_seeded};
+use crate::functions::{masked_gradient, targeted_dropout_many_seeded, zero_count};
 use crate::generator::take_offsets;
 use crate::{prune_units, prune_weights, DropoutKind, TargetedDropout};
 use candle_core::backprop::GradStore;
-use candle_core::{bail, DType, Result, Tensor, Var};
+use candle_core::{bail, Result, Tensor, Var};
 use candle_nn::VarMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,15 +242,10 @@ impl VarMapDropout {
         let mut vars = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
             let t = e.var.as_tensor();
-            let zeros = t
-                .eq(0.0)?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()? as usize;
             vars.push(VarSparsity {
                 name: e.name.clone(),
                 shape: t.dims().to_vec(),
-                zeros,
+                zeros: zero_count(t)?,
                 numel: t.elem_count(),
             });
         }
