@@ -46,7 +46,6 @@ impl<K: RadixKey> Threshold<K> {
     pub fn takes_all_ties(&self) -> bool {
         self.take == self.ties
     }
-
 }
 
 /// The outcome of one radix pass.
@@ -696,7 +695,10 @@ mod tests {
             let a = row_cut_body(&row, k, &mut Scratch::default());
             let b = row_cut_par(&row, k);
             assert_eq!(a, b, "k = {k}");
-            let targeted = row.iter().enumerate().filter(|&(i, x)| a.targeted(x.key(), i));
+            let targeted = row
+                .iter()
+                .enumerate()
+                .filter(|&(i, x)| a.targeted(x.key(), i));
             assert_eq!(targeted.count(), k);
         }
     }

@@ -160,9 +160,18 @@ impl VarMapDropout {
         if self.stepping.swap(true, Ordering::SeqCst) {
             bail!("VarMapDropout::apply: a step is live (its variables hold dropped weights); finish or drop it first")
         }
-        // From here the flag is ours: the step clears it when it ends, and so does an error
-        // before the step exists.
-        let clear = ClearOnDrop(&self.stepping);
+        // From here the flag is ours: the step clears it when it ends (an error below drops
+        // the step, which restores what was set and clears the flag).
+        let mut step = DropoutStep {
+            vd: self,
+            saved: Restore {
+                vars: Vec::with_capacity(self.entries.len()),
+                originals: Vec::with_capacity(self.entries.len()),
+            },
+            _stepping: ClearOnDrop(&self.stepping),
+            seed,
+            first_offset,
+        };
         let originals: Vec<Tensor> = self
             .entries
             .iter()
@@ -174,20 +183,14 @@ impl VarMapDropout {
             .map(|(t, e)| (t, e.config))
             .collect();
         let dropped = targeted_dropout_many_seeded(&items, seed, first_offset)?;
-        std::mem::forget(clear); // the step below owns the flag now
-                                 // Keep each original (a copy: the variable's storage is about to be overwritten).
-        let mut step = DropoutStep {
-            vd: self,
-            saved: Vec::with_capacity(self.entries.len()),
-            seed,
-            first_offset,
-        };
+        // Keep each original (a copy: the variable's storage is about to be overwritten).
         for ((e, orig), d) in self.entries.iter().zip(&originals).zip(dropped) {
             let copy = orig.copy()?;
             if d.elem_count() > 0 {
                 e.var.set(&d)?;
             }
-            step.saved.push(copy);
+            step.saved.vars.push(&e.var);
+            step.saved.originals.push(copy);
         }
         Ok(step)
     }
@@ -320,7 +323,11 @@ impl Drop for ClearOnDrop<'_> {
 #[must_use = "call finish(&mut grads) after the backward pass: it masks the gradients and restores the weights"]
 pub struct DropoutStep<'a> {
     vd: &'a VarMapDropout,
-    saved: Vec<Tensor>,
+    /// The variables set so far and their originals, put back when the step ends, whichever
+    /// way it ends. Declared before `_stepping`: fields drop in order, so the weights are
+    /// back before the next step may start.
+    saved: Restore<'a>,
+    _stepping: ClearOnDrop<'a>,
     seed: u64,
     first_offset: u64,
 }
@@ -328,44 +335,38 @@ pub struct DropoutStep<'a> {
 impl DropoutStep<'_> {
     /// Masks the gradient of every selected variable in `grads` (bit-identical to what
     /// autograd gives through the functional op) and restores the original weights.
-    pub fn finish(mut self, grads: &mut GradStore) -> Result<()> {
-        let saved = std::mem::take(&mut self.saved);
-        let _clear = ClearOnDrop(&self.vd.stepping);
-        let result = (|| {
-            for (i, (e, orig)) in self.vd.entries.iter().zip(&saved).enumerate() {
-                // A gradient is replaced only once its masked form exists: on an error the
-                // store keeps what it had.
-                if let Some(g) = grads.get(e.var.as_tensor()) {
-                    let offset = self.first_offset.wrapping_add(i as u64);
-                    let masked = masked_gradient(orig, g, e.config, self.seed, offset)?;
-                    grads.insert(e.var.as_tensor(), masked);
+    pub fn finish(self, grads: &mut GradStore) -> Result<()> {
+        let mut result = Ok(());
+        for (i, (e, orig)) in self
+            .vd
+            .entries
+            .iter()
+            .zip(&self.saved.originals)
+            .enumerate()
+        {
+            // A gradient is replaced only once its masked form exists: on an error the store
+            // keeps what it had.
+            if let Some(g) = grads.get(e.var.as_tensor()) {
+                let offset = self.first_offset.wrapping_add(i as u64);
+                match masked_gradient(orig, g, e.config, self.seed, offset) {
+                    Ok(masked) => {
+                        grads.insert(e.var.as_tensor(), masked);
+                    }
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
                 }
             }
-            Ok(())
-        })();
+        }
         // The weights come back whatever happened to the gradients.
-        let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
-        restore(&vars, &saved)?;
+        self.saved.now()?;
         result
     }
 
     /// Restores the original weights without touching any gradient.
-    pub fn restore(mut self) -> Result<()> {
-        let saved = std::mem::take(&mut self.saved);
-        let _clear = ClearOnDrop(&self.vd.stepping);
-        let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
-        restore(&vars, &saved)
-    }
-}
-
-impl Drop for DropoutStep<'_> {
-    fn drop(&mut self) {
-        let _clear = ClearOnDrop(&self.vd.stepping);
-        if !self.saved.is_empty() {
-            let vars: Vec<&Var> = self.vd.entries.iter().map(|e| &e.var).collect();
-            // See `Restore::drop`.
-            let _ = restore(&vars, &self.saved);
-        }
+    pub fn restore(self) -> Result<()> {
+        self.saved.now()
     }
 }
 
