@@ -186,9 +186,6 @@ __device__ __forceinline__ Pick pick_bin(const unsigned* hist, unsigned r, Scrat
     return p;
 }
 
-// Adds one to hist[digit] for each active lane. With `aggregate`, one atomic per distinct
-// digit in the warp (__match_any_sync); otherwise one shared-memory atomic per lane. All 32
-
 // Adds one to hist[digit] when `active`: one shared-memory atomic per active lane (a warp-wide
 // __match_any_sync aggregation was measured slower, benches/NOTES.md v2).
 __device__ __forceinline__ void hist_add(unsigned* hist, unsigned digit, bool active) {

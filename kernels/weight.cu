@@ -60,7 +60,9 @@ __device__ void apply_range(const U* src, const U* vals, U* out, uint8_t* mask, 
     for (uint64_t gb = g_first; gb <= g_last; gb += BLOCK) {  // hot-loop: apply, 4
         const uint64_t g = gb + threadIdx.x;
         const bool gv = g <= g_last;
-        const int64_t l0 = (int64_t)(4 * g) - (int64_t)d0;
+        // In u64 first (well defined for draw indices past 2^63), then signed: l0 < 0 for
+        // the group that starts before the range.
+        const int64_t l0 = (int64_t)(4 * g - d0);
         const bool full = gv && l0 >= lo && l0 + 4 <= hi;
         U kb[4];
         bool in[4];
