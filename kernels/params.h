@@ -80,4 +80,15 @@ typedef struct UnitApplyParams {
     uint64_t n;
 } UnitApplyParams;
 
+/* tdnm_*: N:M targeted dropout over `groups` groups of m elements, s apart (DESIGN.md,
+ * "N:M targeted dropout"); the m - n = `targeted` smallest (key, index) of each group are
+ * targeted. The draw index of an element is its flat index. */
+typedef struct TdNmParams {
+    uint64_t groups;
+    uint64_t s;
+    uint32_t m;
+    uint32_t targeted;
+    TdDraws draws;
+} TdNmParams;
+
 #endif /* TD_PARAMS_H */

@@ -121,3 +121,23 @@ const _: () = {
         [::core::mem::offset_of!(UnitApplyParams, numel) - 0usize];
     ["Offset of field: UnitApplyParams::n"][::core::mem::offset_of!(UnitApplyParams, n) - 8usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct TdNmParams {
+    pub groups: u64,
+    pub s: u64,
+    pub m: u32,
+    pub targeted: u32,
+    pub draws: TdDraws,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TdNmParams"][::core::mem::size_of::<TdNmParams>() - 48usize];
+    ["Alignment of TdNmParams"][::core::mem::align_of::<TdNmParams>() - 8usize];
+    ["Offset of field: TdNmParams::groups"][::core::mem::offset_of!(TdNmParams, groups) - 0usize];
+    ["Offset of field: TdNmParams::s"][::core::mem::offset_of!(TdNmParams, s) - 8usize];
+    ["Offset of field: TdNmParams::m"][::core::mem::offset_of!(TdNmParams, m) - 16usize];
+    ["Offset of field: TdNmParams::targeted"]
+        [::core::mem::offset_of!(TdNmParams, targeted) - 20usize];
+    ["Offset of field: TdNmParams::draws"][::core::mem::offset_of!(TdNmParams, draws) - 24usize];
+};

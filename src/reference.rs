@@ -232,3 +232,45 @@ pub fn weight_dropout_par<T: Float>(w: &[T], vals: &[T], n: usize, gamma: f64, d
         .for_each(|(r, (o, row))| drop_row(o, row, k, (r * n) as u64, d));
     out
 }
+
+/// The groups of N:M dropout, as lists of flat indices in group order: the group axis is
+/// axis 0 of a rank-1 tensor and axis 1 otherwise; a group is `m` consecutive positions of
+/// that axis with every other index fixed.
+pub fn nm_groups(dims: &[usize], m: usize) -> Vec<Vec<usize>> {
+    let axis = if dims.len() == 1 { 0 } else { 1 };
+    let stride: usize = dims[axis + 1..].iter().product();
+    let len: usize = dims.iter().product();
+    let mut groups = Vec::new();
+    for e in 0..len {
+        // e opens a group when its group-axis index is a multiple of m.
+        let pos = (e / stride) % dims[axis];
+        if pos % m == 0 {
+            groups.push((0..m).map(|j| e + j * stride).collect());
+        }
+    }
+    groups
+}
+
+/// N:M targeted dropout of `w` (shape `dims`, row-major): in each group the `m - n`
+/// smallest `(key, flat index)` are targeted, and each is dropped (+0.0 in `vals`) when its
+/// draw (draw index = flat index) falls under alpha.
+pub fn nm_dropout<T: Float>(w: &[T], vals: &[T], dims: &[usize], n: usize, m: usize, d: Draws) -> Vec<T> {
+    let mut out = vals.to_vec();
+    for g in nm_groups(dims, m) {
+        let mut order: Vec<(u64, usize)> = g.iter().map(|&e| (key(w[e]), e)).collect();
+        order.sort();
+        for &(_, e) in &order[..m - n] {
+            if d.drops(e as u64) {
+                out[e] = T::from_bits(0);
+            }
+        }
+    }
+    out
+}
+
+/// Whether every N:M group of `w` holds at most `n` elements that are not ±0.0.
+pub fn is_nm<T: Float>(w: &[T], dims: &[usize], n: usize, m: usize) -> bool {
+    nm_groups(dims, m)
+        .iter()
+        .all(|g| g.iter().filter(|&&e| key(w[e]) != 0).count() <= n)
+}

@@ -1,0 +1,366 @@
+//! N:M targeted dropout on the host (DESIGN.md, "N:M targeted dropout"): the group geometry,
+//! the argument checks and the CPU op.
+//!
+//! A weight is seen as `[outer, c, s]`, `c` the group axis: a group is `m` elements
+//! `(o, c0 + j, x)`, `j = 0 .. m`, `s` apart in memory. The `m * s` elements of one
+//! `(o, c0)` are contiguous (a *slab*), and the tensor is its slabs in order, so the work
+//! splits over the rayon pool by slabs. Each task:
+//! 1. flags the targeted elements of its slabs into a per-task buffer: tiles of
+//!    [`LANES`] groups side by side (consecutive groups when `s = 1`, consecutive `x` of one
+//!    slab otherwise), their keys transposed into a stack array, each element's rank within
+//!    its group counted by `m - 1` comparisons over all the lanes at once (no sort, no
+//!    allocation per group);
+//! 2. writes its output once, in memory order: Philox blocks only for the 32-element batches
+//!    that hold a targeted element (eight blocks in AVX2 lanes where the processor has
+//!    AVX2), then one vectorised select per element.
+
+use crate::element::Element;
+use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
+use candle_core::{bail, Result};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// The largest group: ranks fit a `u8` and a tile's keys the stack.
+pub(crate) const MAX_M: usize = 32;
+
+/// Groups ranked side by side in one tile.
+const LANES: usize = 16;
+
+/// Elements per rayon task (whole slabs, at least one).
+const TASK_ELEMS: usize = 1 << 14;
+
+/// An N:M pattern: at most `n` non-zeros in every group of `m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct NmPattern {
+    /// Non-zeros kept per group.
+    pub(crate) n: usize,
+    /// The group size, 1 to 32.
+    pub(crate) m: usize,
+}
+
+impl NmPattern {
+    /// The pattern `n:m`: an error naming the values unless `1 <= m <= 32` and `n <= m`.
+    pub(crate) fn new(op: &str, n: usize, m: usize) -> Result<Self> {
+        if m == 0 || m > MAX_M {
+            bail!("{op}: m = {m} is not a group size in 1..=32 (N:M with n = {n}, m = {m})")
+        }
+        if n > m {
+            bail!("{op}: n = {n} is larger than m = {m}: a group of {m} has at most {m} non-zeros")
+        }
+        Ok(Self { n, m })
+    }
+
+    /// Targeted elements per group.
+    pub(crate) fn targeted(&self) -> usize {
+        self.m - self.n
+    }
+
+    /// The targeted fraction, `(m - n) / m`.
+    pub(crate) fn fraction(&self) -> f64 {
+        self.targeted() as f64 / self.m as f64
+    }
+}
+
+impl std::fmt::Display for NmPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.n, self.m)
+    }
+}
+
+/// `(outer, c, s)` of a shape: rank 1 `[c]` is `(1, c, 1)`, rank 2 `[out, in]` is
+/// `(out, in, 1)`, rank >= 3 `[out, in, k..]` is `(out, in, product of k..)`. `None` for
+/// rank 0.
+pub(crate) fn geometry(dims: &[usize]) -> Option<(usize, usize, usize)> {
+    match dims {
+        [] => None,
+        [c] => Some((1, *c, 1)),
+        [o, c] => Some((*o, *c, 1)),
+        [o, c, rest @ ..] => Some((*o, *c, rest.iter().product())),
+    }
+}
+
+/// The shape checks of the N:M ops: rank >= 1 and a group axis divisible by `m`.
+pub(crate) fn check_shape(op: &str, dims: &[usize], p: NmPattern) -> Result<()> {
+    let Some((_, c, _)) = geometry(dims) else {
+        bail!("{op}: N:M needs a tensor of rank >= 1 (a group axis), got a scalar")
+    };
+    if c % p.m != 0 {
+        let axis = if dims.len() == 1 { 0 } else { 1 };
+        bail!(
+            "{op}: the group axis (axis {axis}) of shape {dims:?} has {c} elements, not a multiple \
+             of m = {} (N:M = {p})",
+            p.m
+        )
+    }
+    Ok(())
+}
+
+/// One tile: `lanes` groups whose element `j` of lane `l` is at `base + l * ls + j * js` of
+/// `x`; sets `flags` at the same places to 1 where the element is among the `targeted`
+/// smallest `(key, j)` of its group, 0 elsewhere.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn flag_tile<T: Element>(
+    x: &[T],
+    flags: &mut [u8],
+    base: usize,
+    ls: usize,
+    js: usize,
+    lanes: usize,
+    m: usize,
+    targeted: usize,
+) {
+    let mut keys = [[T::Key::default(); LANES]; MAX_M];
+    for (j, kj) in keys[..m].iter_mut().enumerate() {
+        for (l, k) in kj[..lanes].iter_mut().enumerate() {
+            *k = x[base + l * ls + j * js].key();
+        }
+    }
+    let targeted = targeted as u8;
+    for j in 0..m {
+        // rank = how many of the group order before element j: smaller keys, and equal keys
+        // at lower indices (flat indices grow with j within a group).
+        let mut rank = [0u8; LANES];
+        let kj = keys[j];
+        for ki in &keys[..j] {
+            for l in 0..LANES {
+                rank[l] += (ki[l] <= kj[l]) as u8;
+            }
+        }
+        for ki in &keys[j + 1..m] {
+            for l in 0..LANES {
+                rank[l] += (ki[l] < kj[l]) as u8;
+            }
+        }
+        for (l, r) in rank[..lanes].iter().enumerate() {
+            flags[base + l * ls + j * js] = (*r < targeted) as u8;
+        }
+    }
+}
+
+/// The targeted flags of whole slabs `x` (`m * s` elements each) into `flags`.
+fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
+    let (m, t) = (p.m, p.targeted());
+    if s == 1 {
+        // Groups are contiguous: lanes are consecutive groups.
+        let groups = x.len() / m;
+        for g0 in (0..groups).step_by(LANES) {
+            let lanes = LANES.min(groups - g0);
+            flag_tile(x, flags, g0 * m, m, 1, lanes, m, t);
+        }
+    } else {
+        // Lanes are consecutive positions x of one slab.
+        for slab in (0..x.len()).step_by(m * s) {
+            for x0 in (0..s).step_by(LANES) {
+                let lanes = LANES.min(s - x0);
+                flag_tile(x, flags, slab + x0, 1, s, lanes, m, t);
+            }
+        }
+    }
+}
+
+/// Writes a part of the output: element `i` becomes `dropped` when `flags[i]` is set and its
+/// draw (flat index `first_e + i`) falls under alpha, `kept[i]` otherwise. Each output
+/// element is written once.
+#[inline]
+fn write_flagged<O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    flags: &[u8],
+    kept: &[O],
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2, the only feature the function enables.
+        return unsafe { write_flagged_avx2(out, flags, kept, dropped, first_e, draws, words) };
+    }
+    write_flagged_body(out, flags, kept, dropped, first_e, draws, words, |c| {
+        draws.blocks8_scalar(c)
+    })
+}
+
+/// [`write_flagged`] compiled for AVX2.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn write_flagged_avx2<O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    flags: &[u8],
+    kept: &[O],
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    write_flagged_body(out, flags, kept, dropped, first_e, draws, words, |c| {
+        // SAFETY: this function only runs on processors with AVX2.
+        unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
+    })
+}
+
+/// The body of [`write_flagged`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn write_flagged_body<O: Copy>(
+    out: &mut [MaybeUninit<O>],
+    flags: &[u8],
+    kept: &[O],
+    dropped: O,
+    first_e: u64,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+    blocks8: impl Fn(u64) -> [u32; 32],
+) {
+    let len = out.len();
+    let (flags, kept) = (&flags[..len], &kept[..len]);
+    let t = draws.threshold;
+    if t == 0 {
+        for (o, &v) in out.iter_mut().zip(kept) {
+            o.write(v);
+        }
+        return;
+    }
+    if t == THRESHOLD_ALWAYS {
+        for ((o, &f), &v) in out.iter_mut().zip(flags).zip(kept) {
+            o.write(if f != 0 { dropped } else { v });
+        }
+        return;
+    }
+    // The draws first (element i's at words[i]): the elements before the first aligned
+    // group of four and after the last one at a time, eight blocks at a time in between,
+    // the groups left one block at a time; a batch only when it holds a targeted element
+    // (the other words are never looked at).
+    if words.len() < len {
+        words.resize(len, 0);
+    }
+    let words = &mut words[..len];
+    let head = (((4 - first_e % 4) % 4) as usize).min(len);
+    let g0 = (first_e + head as u64) / 4;
+    let groups = (len - head) / 4;
+    let body = head + 4 * groups;
+    for i in (0..head).chain(body..len) {
+        if flags[i] != 0 {
+            words[i] = draws.draw(first_e + i as u64);
+        }
+    }
+    let batches = groups / 8;
+    for (b, (w, f)) in words[head..head + 32 * batches]
+        .chunks_exact_mut(32)
+        .zip(flags[head..head + 32 * batches].chunks_exact(32))
+        .enumerate()
+    {
+        if f.iter().fold(0u8, |a, &x| a | x) != 0 {
+            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
+        }
+    }
+    for g in 8 * batches..groups {
+        let i = head + 4 * g;
+        if flags[i..i + 4].iter().any(|&x| x != 0) {
+            words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
+        }
+    }
+    for (((o, &f), &v), &w) in out.iter_mut().zip(flags).zip(kept).zip(&*words) {
+        let d = (f != 0) & ((w >> 8) < t);
+        o.write(if d { dropped } else { v });
+    }
+}
+
+/// N:M targeted dropout of `w` (`[outer, c, s]` row-major, `c` a multiple of `m`) into every
+/// element of `out`: `dropped` where an element is dropped, `kept[e]` elsewhere (or the
+/// default: a mask).
+pub(crate) fn nm_into<T: Element, O: Copy + Send + Sync + Default>(
+    w: &[T],
+    kept: Option<&[O]>,
+    out: &mut [MaybeUninit<O>],
+    dropped: O,
+    p: NmPattern,
+    s: usize,
+    draws: &Bernoulli,
+) {
+    if w.is_empty() {
+        return;
+    }
+    let slab = p.m * s;
+    debug_assert_eq!(w.len() % slab, 0, "whole slabs of {slab}");
+    let task = (TASK_ELEMS / slab).max(1) * slab;
+    // Nothing targeted (n = m) or nothing dropped (alpha = 0): every output is its kept value.
+    let copy_only = p.targeted() == 0 || draws.threshold == 0;
+    out.par_chunks_mut(task)
+        .zip(w.par_chunks(task))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(flags, words, defaults): &mut (Vec<u8>, Vec<u32>, Vec<O>), (c, (o, x))| {
+                let start = c * task;
+                let len = o.len();
+                let kept = match kept {
+                    Some(k) => &k[start..start + len],
+                    None => {
+                        if defaults.len() < len {
+                            defaults.resize(len, O::default());
+                        }
+                        &defaults[..len]
+                    }
+                };
+                if flags.len() < len {
+                    flags.resize(len, 0);
+                }
+                let flags = &mut flags[..len];
+                if copy_only {
+                    flags.fill(0);
+                } else {
+                    flag_slabs(x, flags, p, s);
+                }
+                write_flagged(o, flags, kept, dropped, start as u64, draws, words);
+            },
+        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags of one group against a sort by `(key, index)`, over every pattern and
+    /// every group of keys drawn from a few values (ties everywhere).
+    #[test]
+    fn tile_ranks_match_a_sort() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let values = [0.0f32, -0.0, 1.0, -1.0, 2.0, f32::NAN, f32::INFINITY, 0.5];
+        for m in 1..=MAX_M {
+            for n in 0..=m {
+                let p = NmPattern { n, m };
+                for s in [1usize, 3, 17] {
+                    let slabs = 1 + (next() % 3) as usize;
+                    let len = slabs * m * s;
+                    let w: Vec<f32> = (0..len)
+                        .map(|_| values[(next() % values.len() as u64) as usize])
+                        .collect();
+                    let mut flags = vec![9u8; len];
+                    flag_slabs(&w, &mut flags, p, s);
+                    for sl in 0..slabs {
+                        for i in 0..s {
+                            let idx: Vec<usize> = (0..m).map(|j| sl * m * s + j * s + i).collect();
+                            let mut order: Vec<(u32, usize)> =
+                                idx.iter().map(|&e| (w[e].key(), e)).collect();
+                            order.sort();
+                            for (r, &(_, e)) in order.iter().enumerate() {
+                                assert_eq!(flags[e], (r < m - n) as u8, "m {m} n {n} s {s} e {e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
