@@ -8,6 +8,7 @@
 //! are split over the pool instead.
 
 use crate::element::{Element, Score, Scored};
+use crate::nm::{self, nm_into, NmPattern};
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
 use crate::select::{row_cut, row_cut_par, targeted_count, Cut, Scratch, LONG_ROW, PAR_CHUNK};
@@ -342,6 +343,7 @@ impl TargetedOp {
         kept: Option<&[O]>,
         dropped: O,
         n: usize,
+        s: usize,
     ) -> Vec<O> {
         let len = w.len();
         let mut out: Vec<O> = Vec::with_capacity(len);
@@ -356,6 +358,9 @@ impl TargetedOp {
             DropoutKind::Unit => {
                 let units = unit_dropped(w, n, self.gamma, &self.draws);
                 unit_dropout_into(kept, spare, dropped, n, &units)
+            }
+            DropoutKind::Nm { n, m } => {
+                nm_into(w, kept, spare, dropped, NmPattern { n, m }, s, &self.draws)
             }
         }
         // SAFETY: the capacity is at least `len`, and both paths write every one of the `len`
@@ -375,12 +380,15 @@ impl TargetedOp {
     ) -> Result<CpuStorage> {
         let w = contiguous(self, w, wl)?;
         let (_, n) = filters(wl.shape());
+        // The N:M groups' stride (DESIGN.md, "N:M targeted dropout"); the functions have
+        // checked the rank.
+        let (_, _, s) = nm::geometry(wl.dims()).unwrap_or((0, 0, 1));
         Ok(match (self.output, vals) {
-            (Output::Mask, _) => CpuStorage::U8(self.run::<T, u8>(w, None, 1, n)),
-            (Output::Values, None) => wrap(self.run(w, Some(w), T::ZERO, n)),
+            (Output::Mask, _) => CpuStorage::U8(self.run::<T, u8>(w, None, 1, n, s)),
+            (Output::Values, None) => wrap(self.run(w, Some(w), T::ZERO, n, s)),
             (Output::Values, Some((v, vl))) => {
                 let v = contiguous(self, v, vl)?;
-                wrap(self.run(w, Some(v), T::ZERO, n))
+                wrap(self.run(w, Some(v), T::ZERO, n, s))
             }
         })
     }

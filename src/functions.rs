@@ -3,6 +3,7 @@
 //! applies the op.
 
 use crate::generator::{next_draw_state, take_offsets};
+use crate::nm::{self, NmPattern};
 use crate::layers::TargetedDropout;
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;
@@ -53,6 +54,9 @@ fn validated(
     check_fraction(op, "gamma", gamma)?;
     check_fraction(op, "alpha", alpha)?;
     check_tensor(op, w)?;
+    if let Some(p) = nm::check_kind(op, kind, gamma)? {
+        nm::check_shape(op, w.dims(), p)?;
+    }
     let (seed, offset) = state.unwrap_or_else(next_draw_state);
     Ok(TargetedOp {
         kind,
@@ -443,4 +447,89 @@ pub(crate) fn masked_gradient(
         return Ok(grad.clone());
     }
     w.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &o)
+}
+
+/// N:M targeted dropout (DESIGN.md, "N:M targeted dropout"): in every group of `m`
+/// consecutive weights along a filter's input axis (the last axis of `[out, in]`, the input
+/// channels of a convolution weight `[out, in, kh, kw]`, the only axis of a rank-1 tensor),
+/// the `m - n` with the smallest magnitude are targeted and each is zeroed with probability
+/// `alpha`. Draws from the process-wide generator, one offset per call, the same draw per
+/// element as [`targeted_weight_dropout`]. Differentiable: the gradient is masked the same way.
+///
+/// Errors name the values: `m` of 0 or above 32, `n > m`, a group axis that `m` does not
+/// divide, alpha outside [0, 1], a rank-0 or non-float tensor.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use candle_targeted_dropout::{is_nm_sparse, targeted_nm_dropout};
+/// # fn main() -> candle_core::Result<()> {
+/// let w = Tensor::new(&[[0.1f32, -2.0, 0.3, 4.0, 5.0, 0.0, -0.7, 0.2]], &Device::Cpu)?;
+/// let d = targeted_nm_dropout(&w, 2, 4, 1.0)?; // alpha = 1: exactly 2:4
+/// assert_eq!(d.to_vec2::<f32>()?, [[0.0, -2.0, 0.0, 4.0, 5.0, 0.0, -0.7, 0.0]]);
+/// assert!(is_nm_sparse(&d, 2, 4)?);
+/// # Ok(()) }
+/// ```
+pub fn targeted_nm_dropout(w: &Tensor, n: usize, m: usize, alpha: f64) -> Result<Tensor> {
+    let op = "targeted_nm_dropout";
+    let p = NmPattern::new(op, n, m)?;
+    let o = validated(op, w, p.kind(), p.fraction(), alpha, None, Output::Values)?;
+    apply(w, o)
+}
+
+/// [`targeted_nm_dropout`] with explicit Philox `seed` and `offset`; the process-wide
+/// generator is neither read nor advanced. The same arguments give the same bits on every
+/// device.
+pub fn targeted_nm_dropout_seeded(
+    w: &Tensor,
+    n: usize,
+    m: usize,
+    alpha: f64,
+    seed: u64,
+    offset: u64,
+) -> Result<Tensor> {
+    let op = "targeted_nm_dropout_seeded";
+    let p = NmPattern::new(op, n, m)?;
+    let s = Some((seed, offset));
+    let o = validated(op, w, p.kind(), p.fraction(), alpha, s, Output::Values)?;
+    apply(w, o)
+}
+
+/// N:M magnitude pruning: zeroes the `m - n` smallest-magnitude weights of every group of
+/// [`targeted_nm_dropout`] (ties by index), leaving at most `n` non-zeros per group, the
+/// pattern that sparse tensor cores (2:4), cuSPARSELt and TensorRT take. No random draws.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use candle_targeted_dropout::prune_nm;
+/// # fn main() -> candle_core::Result<()> {
+/// // A conv weight [out 1, in 4, kh 1, kw 2]: the groups run over the 4 input channels.
+/// let w = Tensor::new(&[4f32, -1.0, 3.0, 2.0, -2.0, 8.0, 1.0, 0.5], &Device::Cpu)?
+///     .reshape((1, 4, 1, 2))?;
+/// let p = prune_nm(&w, 2, 4)?.flatten_all()?;
+/// assert_eq!(p.to_vec1::<f32>()?, [4.0, 0.0, 3.0, 2.0, 0.0, 8.0, 0.0, 0.0]);
+/// # Ok(()) }
+/// ```
+pub fn prune_nm(w: &Tensor, n: usize, m: usize) -> Result<Tensor> {
+    let op = "prune_nm";
+    let p = NmPattern::new(op, n, m)?;
+    prune(op, w, p.kind(), p.fraction())
+}
+
+/// Whether `w` is N:M sparse: at most `n` elements that are not zero (either sign; NaN is not
+/// zero) in every group of `m` of [`targeted_nm_dropout`]. The arguments are checked as there.
+pub fn is_nm_sparse(w: &Tensor, n: usize, m: usize) -> Result<bool> {
+    let op = "is_nm_sparse";
+    let p = NmPattern::new(op, n, m)?;
+    check_tensor(op, w)?;
+    nm::check_shape(op, w.dims(), p)?;
+    if w.elem_count() == 0 {
+        return Ok(true);
+    }
+    let (outer, c, s) = nm::geometry(w.dims()).expect("rank >= 1, checked");
+    let per_group = w
+        .ne(0.0)?
+        .to_dtype(DType::U32)?
+        .reshape((outer, c / m, m, s))?
+        .sum(2)?;
+    Ok(per_group.max_all()?.to_scalar::<u32>()? as usize <= n)
 }

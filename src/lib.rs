@@ -49,6 +49,7 @@ mod custom_op;
 mod element;
 mod functions;
 mod generator;
+mod nm;
 mod layers;
 mod op;
 pub mod philox;
@@ -65,6 +66,7 @@ pub use functions::{
     targeted_unit_dropout_seeded, targeted_weight_dropout, targeted_weight_dropout_rows,
     targeted_weight_dropout_seeded, unit_scores,
 };
+pub use functions::{is_nm_sparse, prune_nm, targeted_nm_dropout, targeted_nm_dropout_seeded};
 pub use generator::{generator_state, set_generator_state, set_seed};
 pub use layers::{
     conv1d, conv2d, embedding, linear, Conv1d, Conv2d, Embedding, Linear, Targeted,

@@ -15,6 +15,7 @@
 //!    AVX2), then one vectorised select per element.
 
 use crate::element::Element;
+use crate::op::DropoutKind;
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
 use candle_core::{bail, Result};
 use rayon::prelude::*;
@@ -55,6 +56,14 @@ impl NmPattern {
         self.m - self.n
     }
 
+    /// The kind of this pattern.
+    pub(crate) fn kind(&self) -> DropoutKind {
+        DropoutKind::Nm {
+            n: self.n,
+            m: self.m,
+        }
+    }
+
     /// The targeted fraction, `(m - n) / m`.
     pub(crate) fn fraction(&self) -> f64 {
         self.targeted() as f64 / self.m as f64
@@ -65,6 +74,22 @@ impl std::fmt::Display for NmPattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.n, self.m)
     }
+}
+
+/// The pattern of an N:M `kind` (`None` for the other kinds), checked, with `gamma` checked
+/// to be its fraction `(m - n) / m`: the one gamma an N:M config has.
+pub(crate) fn check_kind(op: &str, kind: DropoutKind, gamma: f64) -> Result<Option<NmPattern>> {
+    let DropoutKind::Nm { n, m } = kind else {
+        return Ok(None);
+    };
+    let p = NmPattern::new(op, n, m)?;
+    if gamma != p.fraction() {
+        bail!(
+            "{op}: the gamma of N:M = {p} is (m - n) / m = {}, got {gamma}",
+            p.fraction()
+        )
+    }
+    Ok(Some(p))
 }
 
 /// `(outer, c, s)` of a shape: rank 1 `[c]` is `(1, c, 1)`, rank 2 `[out, in]` is

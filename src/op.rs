@@ -12,6 +12,16 @@ pub enum DropoutKind {
     Weight,
     /// The `floor(gamma * d0)` filters with the smallest L2 norm.
     Unit,
+    /// N:M: in every group of `m` consecutive weights along a filter's input axis (the last
+    /// axis of `[out, in]`, the input channels of a convolution weight), the `m - n` with the
+    /// smallest magnitude; pruning leaves at most `n` non-zeros per group (2:4 is the pattern
+    /// of sparse tensor cores). `1 <= m <= 32`, `n <= m`.
+    Nm {
+        /// Non-zeros kept per group.
+        n: usize,
+        /// The group size.
+        m: usize,
+    },
 }
 
 /// What an op writes: the masked values, or a `u8` mask (1 = dropped).
@@ -42,6 +52,8 @@ impl TargetedOp {
             (DropoutKind::Unit, Output::Values) => "targeted-unit-dropout",
             (DropoutKind::Weight, Output::Mask) => "targeted-weight-mask",
             (DropoutKind::Unit, Output::Mask) => "targeted-unit-mask",
+            (DropoutKind::Nm { .. }, Output::Values) => "targeted-nm-dropout",
+            (DropoutKind::Nm { .. }, Output::Mask) => "targeted-nm-mask",
         }
     }
 }

@@ -195,6 +195,7 @@ fn oracle_t<T: Float + WithDType>(
     let out = match kind {
         DropoutKind::Weight => reference::weight_dropout(&wv, &vv, n, gamma, draws),
         DropoutKind::Unit => reference::unit_dropout(&wv, &vv, n, gamma, draws),
+        DropoutKind::Nm { n, m } => reference::nm_dropout(&wv, &vv, &shape, n, m, draws),
     };
     Tensor::from_vec(out, shape, &Device::Cpu)
 }
