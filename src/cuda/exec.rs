@@ -24,6 +24,8 @@ unsafe impl DeviceRepr for crate::cuda_params::TdwLongApplyParams {}
 unsafe impl DeviceRepr for crate::cuda_params::UnitScoresParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::UnitApplyParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for crate::cuda_params::TdNmParams {}
 
 /// The op's inputs: [`Buf::W`] and, in the backward pass, [`Buf::Vals`].
 pub(super) struct Inputs<'a, 'b, T> {
@@ -112,6 +114,7 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
                         Params::LongApply(p) => b.arg(p),
                         Params::Scores(p) => b.arg(p),
                         Params::UnitApply(p) => b.arg(p),
+                        Params::Nm(p) => b.arg(p),
                     };
                     let cfg = LaunchConfig {
                         grid_dim: l.grid,

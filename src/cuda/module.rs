@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 const WEIGHT_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weight.fatbin"));
 const UNIT_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unit.fatbin"));
+const NM_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nm.fatbin"));
 /// The lowest compute capability the fatbins load on (major * 10 + minor), and their
 /// targets, as `build.rs` chose them.
 const MIN_CC: u32 = parse_u32(env!("TD_CUDA_MIN_CC"));
@@ -46,11 +47,13 @@ struct ScoreFns {
 
 /// The loaded modules of one device and everything a launch needs to know about it.
 pub(super) struct Kernels {
-    _modules: [Arc<CudaModule>; 2],
+    _modules: [Arc<CudaModule>; 3],
     /// By width: u16 (f16, bf16), u32, u64.
     weight: [WeightFns; 3],
     /// By score dtype: f32, f16, bf16, f64.
     scores: [ScoreFns; 4],
+    /// The N:M kernels by width (u16, u32, u64) and register size (4, 8, 16, 32).
+    nm: [[CudaFunction; 4]; 3],
     pub limits: Limits,
 }
 
@@ -103,6 +106,7 @@ impl Kernels {
             Kernel::UnitApply(w) => &self.weight[w.index()].unit_apply,
             Kernel::ScoresTiny(d) => &score(d).tiny,
             Kernel::ScoresBlock(d) => &score(d).block,
+            Kernel::Nm(w, maxm) => &self.nm[w.index()][maxm.trailing_zeros() as usize - 2],
         }
     }
 
@@ -135,6 +139,7 @@ impl Kernels {
         };
         let wm = load(WEIGHT_FATBIN, "weight")?;
         let um = load(UNIT_FATBIN, "unit")?;
+        let nmm = load(NM_FATBIN, "N:M")?;
         let func = |m: &Arc<CudaModule>, k: Kernel| m.load_function(&k.name()).w();
         // The most dynamic shared memory `f` may use (what its static shared memory leaves of
         // the device's per-block limit, at most `want`), set as its attribute once.
@@ -186,6 +191,14 @@ impl Kernels {
                 block: func(&um, Kernel::ScoresBlock(d))?,
             })
         };
+        let nm_fns = |w: Width| -> Result<[CudaFunction; 4]> {
+            Ok([
+                func(&nmm, Kernel::Nm(w, 4))?,
+                func(&nmm, Kernel::Nm(w, 8))?,
+                func(&nmm, Kernel::Nm(w, 16))?,
+                func(&nmm, Kernel::Nm(w, 32))?,
+            ])
+        };
         let (w16, l16) = weight_fns(Width::U16)?;
         let (w32, l32) = weight_fns(Width::U32)?;
         let (w64, l64) = weight_fns(Width::U64)?;
@@ -197,7 +210,12 @@ impl Kernels {
                 score_fns(Dtype::Bf16)?,
                 score_fns(Dtype::F64)?,
             ],
-            _modules: [wm, um],
+            nm: [
+                nm_fns(Width::U16)?,
+                nm_fns(Width::U32)?,
+                nm_fns(Width::U64)?,
+            ],
+            _modules: [wm, um, nmm],
             limits: Limits {
                 sms,
                 l2_bytes,

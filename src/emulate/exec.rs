@@ -215,6 +215,7 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         Params::LongApply(p) => (p as *mut _ as *mut c_void),
         Params::Scores(p) => (p as *mut _ as *mut c_void),
         Params::UnitApply(p) => (p as *mut _ as *mut c_void),
+        Params::Nm(p) => (p as *mut _ as *mut c_void),
     });
     let sched = schedule(ctx.schedule);
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");

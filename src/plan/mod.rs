@@ -15,6 +15,7 @@
 
 #[cfg(any(test, feature = "emulate"))]
 mod gpu;
+mod nm;
 mod unit;
 mod weight;
 
@@ -22,7 +23,7 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    TdDraws, TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, UnitApplyParams,
+    TdDraws, TdNmParams, TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, UnitApplyParams,
     UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
@@ -125,6 +126,9 @@ pub(crate) enum Kernel {
     UnitApply(Width),
     ScoresTiny(Dtype),
     ScoresBlock(Dtype),
+    /// `kernels/nm.cu`: N:M dropout with register arrays for groups of up to `maxm` (4, 8,
+    /// 16 or 32).
+    Nm(Width, u32),
 }
 
 impl Kernel {
@@ -138,6 +142,7 @@ impl Kernel {
             Kernel::UnitApply(w) => format!("unit_apply_{}", w.suffix()),
             Kernel::ScoresTiny(d) => format!("unit_scores_tiny_{}", d.suffix()),
             Kernel::ScoresBlock(d) => format!("unit_scores_block_{}", d.suffix()),
+            Kernel::Nm(w, maxm) => format!("tdnm_{}_m{maxm}", w.suffix()),
         }
     }
 
@@ -155,6 +160,9 @@ impl Kernel {
         }
         for d in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::F64] {
             v.extend([Kernel::ScoresTiny(d), Kernel::ScoresBlock(d)]);
+        }
+        for w in Width::ALL {
+            v.extend(nm::MAXM.map(|maxm| Kernel::Nm(w, maxm)));
         }
         v
     }
@@ -255,6 +263,7 @@ pub(crate) enum Params {
     LongApply(TdwLongApplyParams),
     Scores(UnitScoresParams),
     UnitApply(UnitApplyParams),
+    Nm(TdNmParams),
 }
 
 /// One kernel launch.
@@ -343,6 +352,9 @@ pub(crate) struct OpSpec {
     /// Filters and their length (DESIGN.md, "Filters").
     pub d0: u64,
     pub n: u64,
+    /// N:M: the distance between the elements of a group (the product of the dimensions
+    /// after the group axis; DESIGN.md, "N:M targeted dropout").
+    pub nm_stride: u64,
     pub gamma: f64,
     pub elem_base: u64,
     pub draws: TdDraws,
@@ -361,6 +373,7 @@ impl OpSpec {
             dtype,
             d0: d0 as u64,
             n: n as u64,
+            nm_stride: crate::nm::geometry(shape.dims()).map_or(1, |(_, _, s)| s as u64),
             gamma: op.gamma,
             elem_base: op.elem_base,
             draws: TdDraws {
@@ -387,6 +400,8 @@ impl OpSpec {
                 "the unit scores (one per filter) are a row",
                 self.d0,
             ),
+            // A group is at most 32 elements, ranked in registers: no row limit.
+            DropoutKind::Nm { .. } => Ok(()),
         }
     }
 }
@@ -423,6 +438,7 @@ pub(crate) fn forward(spec: &OpSpec, lim: &Limits) -> Result<Plan> {
     match spec.kind {
         DropoutKind::Weight => weight::plan(spec, lim, &mut plan),
         DropoutKind::Unit => unit::plan(spec, lim, &mut plan),
+        DropoutKind::Nm { n, m } => nm::plan(spec, n as u64, m as u64, lim, &mut plan),
     }
     Ok(plan)
 }
