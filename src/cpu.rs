@@ -8,7 +8,8 @@
 //! are split over the pool instead.
 
 use crate::element::{Element, Score, Scored};
-use crate::nm::{self, nm_into, NmPattern};
+use crate::config::NmPattern;
+use crate::nm::nm_into;
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
 use crate::select::{row_cut, row_cut_par, targeted_count, Cut, Scratch, LONG_ROW, PAR_CHUNK};
@@ -382,7 +383,7 @@ impl TargetedOp {
         let (_, n) = filters(wl.shape());
         // The N:M groups' stride (DESIGN.md, "N:M targeted dropout"); the functions have
         // checked the rank.
-        let (_, _, s) = nm::geometry(wl.dims()).unwrap_or((0, 0, 1));
+        let (_, _, s) = crate::op::nm_geometry(wl.dims()).unwrap_or((0, 0, 1));
         Ok(match (self.output, vals) {
             (Output::Mask, _) => CpuStorage::U8(self.run::<T, u8>(w, None, 1, n, s)),
             (Output::Values, None) => wrap(self.run(w, Some(w), T::ZERO, n, s)),

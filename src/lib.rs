@@ -10,16 +10,21 @@
 //! - `element`: the float types and their magnitude keys; `select`: the per-filter radix
 //!   select that finds the k smallest magnitudes in linear time, the algorithm the CUDA
 //!   kernels share;
+//! - `nm`: N:M targeted dropout on the CPU ([`targeted_nm_dropout`], [`prune_nm`],
+//!   [`is_nm_sparse`]): every group of `m` consecutive weights along the input axis keeps at
+//!   most `n`, the 2:4 pattern of sparse tensor cores;
 //! - [`philox`]: the counter-based generator whose draw for element `e` depends only on
 //!   `(seed, offset, e)`, so that every device draws the same mask; `generator`: the
 //!   process-wide `(seed, offset)` of the plain functions;
+//! - `config`: [`TargetedDropout`] (kind, gamma, alpha) and the one place that checks gamma,
+//!   alpha and the weight's dtype and rank;
 //! - `op`: the op that both paths implement, `cpu` and `cuda` (feature `cuda`) its two
 //!   implementations; `plan`: which kernels the CUDA path launches, with which grids, shared
 //!   memory and parameters (`cuda_params`: the kernels' launch parameters, generated from
 //!   `kernels/params.h`), executed by `cuda` on a GPU and by `emulate` (feature
 //!   `emulate`) on the CPU; `custom_op` the candle glue with autograd;
 //! - `functions`: the public functions below, which validate their arguments and apply it;
-//! - `layers` ([`Targeted`], [`TargetedDropout`]), `varmap` ([`VarMapDropout`]: any model
+//! - `layers` ([`Targeted`] and the config's `apply`), `varmap` ([`VarMapDropout`]: any model
 //!   through its `VarMap`, pruning and [`SparsityReport`]), `schedule` ([`RampSchedule`]) and `thin`
 //!   ([`thin_units`]: removing pruned units): what training and deployment need.
 //!
@@ -37,6 +42,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod config;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -68,19 +74,19 @@ mod select;
 mod thin;
 mod varmap;
 
+pub use config::TargetedDropout;
 pub use functions::{
-    prune_units, prune_weights, sparsity, targeted_dropout_many, targeted_dropout_many_seeded,
-    targeted_dropout_mask, targeted_unit_dropout, targeted_unit_dropout_from_scores,
+    is_nm_sparse, prune_nm, prune_units, prune_weights, sparsity, targeted_dropout_many,
+    targeted_dropout_many_seeded, targeted_dropout_mask, targeted_nm_dropout,
+    targeted_nm_dropout_seeded, targeted_unit_dropout, targeted_unit_dropout_from_scores,
     targeted_unit_dropout_seeded, targeted_weight_dropout, targeted_weight_dropout_rows,
     targeted_weight_dropout_seeded, unit_scores,
 };
-pub use functions::{is_nm_sparse, prune_nm, targeted_nm_dropout, targeted_nm_dropout_seeded};
 pub use generator::{generator_state, set_generator_state, set_seed};
 pub use layers::{
-    conv1d, conv2d, embedding, linear, Conv1d, Conv2d, Embedding, Linear, Targeted,
-    TargetedDropout, WithWeight,
+    conv1d, conv2d, embedding, linear, Conv1d, Conv2d, Embedding, Linear, Targeted, WithWeight,
 };
 pub use op::DropoutKind;
 pub use schedule::RampSchedule;
 pub use thin::{thin_units, Thinned};
-pub use varmap::{DropoutStep, SparsityReport, VarMapDropout, VarSparsity};
+pub use varmap::{DropoutStep, NmCheck, SparsityReport, VarMapDropout, VarSparsity};

@@ -14,111 +14,20 @@
 //!    that hold a targeted element (eight blocks in AVX2 lanes where the processor has
 //!    AVX2), then one vectorised select per element.
 
+use crate::config::NmPattern;
 use crate::element::Element;
-use crate::op::DropoutKind;
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
-use candle_core::{bail, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// The largest group: ranks fit a `u8` and a tile's keys the stack.
-pub(crate) const MAX_M: usize = 32;
+const MAX_M: usize = crate::config::MAX_M;
 
 /// Groups ranked side by side in one tile.
 const LANES: usize = 16;
 
 /// Elements per rayon task (whole slabs, at least one).
 const TASK_ELEMS: usize = 1 << 14;
-
-/// An N:M pattern: at most `n` non-zeros in every group of `m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct NmPattern {
-    /// Non-zeros kept per group.
-    pub(crate) n: usize,
-    /// The group size, 1 to 32.
-    pub(crate) m: usize,
-}
-
-impl NmPattern {
-    /// The pattern `n:m`: an error naming the values unless `1 <= m <= 32` and `n <= m`.
-    pub(crate) fn new(op: &str, n: usize, m: usize) -> Result<Self> {
-        if m == 0 || m > MAX_M {
-            bail!("{op}: m = {m} is not a group size in 1..=32 (N:M with n = {n}, m = {m})")
-        }
-        if n > m {
-            bail!("{op}: n = {n} is larger than m = {m}: a group of {m} has at most {m} non-zeros")
-        }
-        Ok(Self { n, m })
-    }
-
-    /// Targeted elements per group.
-    pub(crate) fn targeted(&self) -> usize {
-        self.m - self.n
-    }
-
-    /// The kind of this pattern.
-    pub(crate) fn kind(&self) -> DropoutKind {
-        DropoutKind::Nm {
-            n: self.n,
-            m: self.m,
-        }
-    }
-
-    /// The targeted fraction, `(m - n) / m`.
-    pub(crate) fn fraction(&self) -> f64 {
-        self.targeted() as f64 / self.m as f64
-    }
-}
-
-impl std::fmt::Display for NmPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.n, self.m)
-    }
-}
-
-/// The pattern of an N:M `kind` (`None` for the other kinds), checked, with `gamma` checked
-/// to be its fraction `(m - n) / m`: the one gamma an N:M config has.
-pub(crate) fn check_kind(op: &str, kind: DropoutKind, gamma: f64) -> Result<Option<NmPattern>> {
-    let DropoutKind::Nm { n, m } = kind else {
-        return Ok(None);
-    };
-    let p = NmPattern::new(op, n, m)?;
-    if gamma != p.fraction() {
-        bail!(
-            "{op}: the gamma of N:M = {p} is (m - n) / m = {}, got {gamma}",
-            p.fraction()
-        )
-    }
-    Ok(Some(p))
-}
-
-/// `(outer, c, s)` of a shape: rank 1 `[c]` is `(1, c, 1)`, rank 2 `[out, in]` is
-/// `(out, in, 1)`, rank >= 3 `[out, in, k..]` is `(out, in, product of k..)`. `None` for
-/// rank 0.
-pub(crate) fn geometry(dims: &[usize]) -> Option<(usize, usize, usize)> {
-    match dims {
-        [] => None,
-        [c] => Some((1, *c, 1)),
-        [o, c] => Some((*o, *c, 1)),
-        [o, c, rest @ ..] => Some((*o, *c, rest.iter().product())),
-    }
-}
-
-/// The shape checks of the N:M ops: rank >= 1 and a group axis divisible by `m`.
-pub(crate) fn check_shape(op: &str, dims: &[usize], p: NmPattern) -> Result<()> {
-    let Some((_, c, _)) = geometry(dims) else {
-        bail!("{op}: N:M needs a tensor of rank >= 1 (a group axis), got a scalar")
-    };
-    if c % p.m != 0 {
-        let axis = if dims.len() == 1 { 0 } else { 1 };
-        bail!(
-            "{op}: the group axis (axis {axis}) of shape {dims:?} has {c} elements, not a multiple \
-             of m = {} (N:M = {p})",
-            p.m
-        )
-    }
-    Ok(())
-}
 
 /// One tile: `lanes` groups whose element `j` of lane `l` is at `base + l * ls + j * js` of
 /// `x`; sets `flags` at the same places to 1 where the element is among the `targeted`

@@ -69,6 +69,18 @@ pub(crate) fn filters(shape: &Shape) -> (usize, usize) {
     }
 }
 
+/// `(outer, c, s)` of a shape: rank 1 `[c]` is `(1, c, 1)`, rank 2 `[out, in]` is
+/// `(out, in, 1)`, rank >= 3 `[out, in, k..]` is `(out, in, product of k..)`. `None` for
+/// rank 0.
+pub(crate) fn nm_geometry(dims: &[usize]) -> Option<(usize, usize, usize)> {
+    match dims {
+        [] => None,
+        [c] => Some((1, *c, 1)),
+        [o, c] => Some((*o, *c, 1)),
+        [o, c, rest @ ..] => Some((*o, *c, rest.iter().product())),
+    }
+}
+
 /// The unit scores of a tensor: the squared L2 norm of each of its `d0` filters, in the
 /// documented reduction order (DESIGN.md, "Targeted unit dropout", step 1).
 #[derive(Debug, Clone, Copy)]

@@ -3,9 +3,13 @@
 //! their gradients afterwards, prunes them for evaluation, and reports the sparsity
 //! ([`SparsityReport`]). The model's code does not change.
 
-use crate::functions::{masked_gradient, targeted_dropout_many_seeded, zero_count};
+use crate::config::{check_kind, check_kind_args, TargetedDropout};
+use crate::functions::{
+    is_nm_sparse, masked_gradient, prune_nm, prune_units, prune_weights,
+    targeted_dropout_many_seeded, zero_count,
+};
 use crate::generator::take_offsets;
-use crate::{prune_units, prune_weights, DropoutKind, TargetedDropout};
+use crate::op::DropoutKind;
 use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor, Var};
 use candle_nn::VarMap;
@@ -204,7 +208,7 @@ impl VarMapDropout {
             if e.var.elem_count() == 0 {
                 continue;
             }
-            let pruned = prune_as(e.var.as_tensor(), e.config.kind, e.config.gamma)?;
+            let pruned = prune_as(&e.name, e.var.as_tensor(), e.config.kind, e.config.gamma)?;
             e.var.set(&pruned)?;
         }
         self.report()
@@ -212,7 +216,8 @@ impl VarMapDropout {
 
     /// Prunes every selected variable temporarily at `kind` and `gamma` (e.g. to measure
     /// accuracy at several rates), calls `f` with the report, and restores the original
-    /// weights, also when `f` fails.
+    /// weights, also when `f` fails. For an N:M kind gamma is its `(m - n) / m`, and the
+    /// report says whether each variable is exactly that N:M.
     pub fn with_pruned<R>(
         &self,
         kind: DropoutKind,
@@ -220,6 +225,7 @@ impl VarMapDropout {
         f: impl FnOnce(&SparsityReport) -> Result<R>,
     ) -> Result<R> {
         self.check_no_step("with_pruned")?;
+        check_kind("VarMapDropout::with_pruned", kind, gamma)?;
         let originals: Vec<Tensor> = self
             .entries
             .iter()
@@ -231,25 +237,40 @@ impl VarMapDropout {
         };
         for (e, orig) in self.entries.iter().zip(&restore.originals) {
             if orig.elem_count() > 0 {
-                e.var.set(&prune_as(orig, kind, gamma)?)?;
+                e.var.set(&prune_as(&e.name, orig, kind, gamma)?)?;
             }
         }
-        let report = self.report()?;
+        let report = self.report_as(Some(kind))?;
         let out = f(&report);
         restore.now()?;
         out
     }
 
-    /// The sparsity of the selected variables as they are now.
+    /// The sparsity of the selected variables as they are now; for a variable with an N:M
+    /// config, whether it is exactly N:M ([`VarSparsity::nm`]).
     pub fn report(&self) -> Result<SparsityReport> {
+        self.report_as(None)
+    }
+
+    /// The report, with the N:M column of `kind` (pruning at `kind`) or of each config.
+    fn report_as(&self, kind: Option<DropoutKind>) -> Result<SparsityReport> {
         let mut vars = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
             let t = e.var.as_tensor();
+            let nm = match kind.unwrap_or(e.config.kind) {
+                DropoutKind::Nm { n, m } => Some(NmCheck {
+                    n,
+                    m,
+                    holds: is_nm_sparse(t, n, m)?,
+                }),
+                _ => None,
+            };
             vars.push(VarSparsity {
                 name: e.name.clone(),
                 shape: t.dims().to_vec(),
                 zeros: zero_count(t)?,
                 numel: t.elem_count(),
+                nm,
             });
         }
         Ok(SparsityReport { vars })
@@ -258,15 +279,17 @@ impl VarMapDropout {
 
 fn check_entry(name: &str, w: &Tensor, config: &TargetedDropout) -> Result<()> {
     let what = format!("VarMapDropout: variable {name}");
-    crate::functions::check_fraction(&what, "gamma", config.gamma)?;
-    crate::functions::check_fraction(&what, "alpha", config.alpha)?;
-    crate::functions::check_tensor(&what, w)
+    check_kind_args(&what, w, config.kind, config.gamma, config.alpha)
 }
 
-fn prune_as(w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {
+fn prune_as(name: &str, w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {
     match kind {
         DropoutKind::Weight => prune_weights(w, gamma),
         DropoutKind::Unit => prune_units(w, gamma),
+        // A shape that the pattern does not fit is the variable's error: name it.
+        DropoutKind::Nm { n, m } => prune_nm(w, n, m).map_err(|e| {
+            candle_core::Error::Msg(format!("VarMapDropout: variable {name}: {e}"))
+        }),
     }
 }
 
@@ -381,6 +404,20 @@ pub struct VarSparsity {
     pub zeros: usize,
     /// How many elements it has.
     pub numel: usize,
+    /// For an N:M config (or pruning at an N:M kind): whether the variable is exactly N:M.
+    pub nm: Option<NmCheck>,
+}
+
+/// Whether a variable is N:M sparse ([`crate::is_nm_sparse`]): at most `n` non-zeros in
+/// every group of `m`, the pattern that 2:4 sparse tensor cores take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NmCheck {
+    /// Non-zeros allowed per group.
+    pub n: usize,
+    /// The group size.
+    pub m: usize,
+    /// Whether every group holds at most `n` non-zeros.
+    pub holds: bool,
 }
 
 impl VarSparsity {
@@ -409,7 +446,21 @@ impl SparsityReport {
             shape: vec![],
             zeros: self.vars.iter().map(|v| v.zeros).sum(),
             numel: self.vars.iter().map(|v| v.numel).sum(),
+            nm: self.total_nm(),
         }
+    }
+
+    /// The N:M check of all the variables together: when every one has a check of the same
+    /// pattern, whether all hold.
+    fn total_nm(&self) -> Option<NmCheck> {
+        let first = self.vars.first()?.nm?;
+        self.vars.iter().try_fold(first, |acc, v| match v.nm {
+            Some(c) if (c.n, c.m) == (acc.n, acc.m) => Some(NmCheck {
+                holds: acc.holds && c.holds,
+                ..acc
+            }),
+            _ => None,
+        })
     }
 }
 
@@ -423,11 +474,25 @@ impl fmt::Display for SparsityReport {
             .chain([8])
             .max()
             .unwrap_or(8);
-        writeln!(
+        // The N:M column only when a variable has an N:M check.
+        let nm_column = self.vars.iter().any(|v| v.nm.is_some());
+        let nm = |v: &VarSparsity| match (nm_column, v.nm) {
+            (false, _) => String::new(),
+            (true, None) => format!("  {:>8}", ""),
+            (true, Some(c)) => {
+                let exact = format!("{}:{} {}", c.n, c.m, if c.holds { "yes" } else { "no" });
+                format!("  {exact:>8}")
+            }
+        };
+        write!(
             f,
             "{:<width$}  {:>18}  {:>12}  {:>12}  {:>8}",
             "variable", "shape", "elements", "zeros", "sparsity"
         )?;
+        if nm_column {
+            write!(f, "  {:>8}", "N:M")?;
+        }
+        writeln!(f)?;
         for v in self.vars.iter().chain([&total]) {
             let shape = if v.shape.is_empty() {
                 String::new()
@@ -436,12 +501,13 @@ impl fmt::Display for SparsityReport {
             };
             writeln!(
                 f,
-                "{:<width$}  {:>18}  {:>12}  {:>12}  {:>7.2}%",
+                "{:<width$}  {:>18}  {:>12}  {:>12}  {:>7.2}%{}",
                 v.name,
                 shape,
                 v.numel,
                 v.zeros,
-                100.0 * v.fraction()
+                100.0 * v.fraction(),
+                nm(v)
             )?;
         }
         Ok(())

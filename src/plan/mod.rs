@@ -373,7 +373,7 @@ impl OpSpec {
             dtype,
             d0: d0 as u64,
             n: n as u64,
-            nm_stride: crate::nm::geometry(shape.dims()).map_or(1, |(_, _, s)| s as u64),
+            nm_stride: crate::op::nm_geometry(shape.dims()).map_or(1, |(_, _, s)| s as u64),
             gamma: op.gamma,
             elem_base: op.elem_base,
             draws: TdDraws {
