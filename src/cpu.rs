@@ -7,8 +7,8 @@
 //! where the processor has AVX2), then one vectorised select per element. A few long rows
 //! are split over the pool instead.
 
-use crate::element::{Element, Score, Scored};
 use crate::config::NmPattern;
+use crate::element::{Element, Score, Scored};
 use crate::nm::nm_into;
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};

@@ -2,7 +2,9 @@
 //! the value and the accepted range), takes its draws from the caller or the process-wide
 //! generator, and applies the op.
 
-use crate::config::{check_args, check_kind_args, check_shape, check_tensor, NmPattern, TargetedDropout};
+use crate::config::{
+    check_args, check_kind_args, check_shape, check_tensor, NmPattern, TargetedDropout,
+};
 use crate::generator::{next_draw_state, take_offsets};
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;

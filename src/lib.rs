@@ -59,8 +59,8 @@ mod element;
 pub mod emulate;
 mod functions;
 mod generator;
-mod nm;
 mod layers;
+mod nm;
 mod op;
 pub mod philox;
 // The launch plan is executed by the `cuda` and `emulate` backends; without either, only its

@@ -254,7 +254,14 @@ pub fn nm_groups(dims: &[usize], m: usize) -> Vec<Vec<usize>> {
 /// N:M targeted dropout of `w` (shape `dims`, row-major): in each group the `m - n`
 /// smallest `(key, flat index)` are targeted, and each is dropped (+0.0 in `vals`) when its
 /// draw (draw index = flat index) falls under alpha.
-pub fn nm_dropout<T: Float>(w: &[T], vals: &[T], dims: &[usize], n: usize, m: usize, d: Draws) -> Vec<T> {
+pub fn nm_dropout<T: Float>(
+    w: &[T],
+    vals: &[T],
+    dims: &[usize],
+    n: usize,
+    m: usize,
+    d: Draws,
+) -> Vec<T> {
     let mut out = vals.to_vec();
     for g in nm_groups(dims, m) {
         let mut order: Vec<(u64, usize)> = g.iter().map(|&e| (key(w[e]), e)).collect();

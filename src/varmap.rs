@@ -287,9 +287,8 @@ fn prune_as(name: &str, w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Ten
         DropoutKind::Weight => prune_weights(w, gamma),
         DropoutKind::Unit => prune_units(w, gamma),
         // A shape that the pattern does not fit is the variable's error: name it.
-        DropoutKind::Nm { n, m } => prune_nm(w, n, m).map_err(|e| {
-            candle_core::Error::Msg(format!("VarMapDropout: variable {name}: {e}"))
-        }),
+        DropoutKind::Nm { n, m } => prune_nm(w, n, m)
+            .map_err(|e| candle_core::Error::Msg(format!("VarMapDropout: variable {name}: {e}"))),
     }
 }
 

@@ -77,16 +77,48 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
     let got = prune_units(&wd, gamma)?;
     let want = oracle(&w, &w, DropoutKind::Unit, gamma, Draws::PRUNE)?;
     assert_same_bits(&got, &want, &what("prune_units"))?;
+    // N:M with a pattern whose m divides the group axis (axis 0 of rank 1, else axis 1).
+    let c = shape[if shape.len() == 1 { 0 } else { 1 }];
+    let (n, m) = pick(
+        rng,
+        &[
+            (2usize, 4usize),
+            (1, 4),
+            (4, 8),
+            (5, 16),
+            (7, 32),
+            (1, 2),
+            (2, 3),
+        ],
+    );
+    if c % m == 0 {
+        let kind = DropoutKind::Nm { n, m };
+        let got = targeted_nm_dropout_seeded(&wd, n, m, alpha, seed, offset)?;
+        let want = oracle(&w, &w, kind, gamma, draws)?;
+        assert_same_bits(&got, &want, &what(&format!("{n}:{m}")))?;
+        let got = prune_nm(&wd, n, m)?;
+        let want = oracle(&w, &w, kind, gamma, Draws::PRUNE)?;
+        assert_same_bits(&got, &want, &what(&format!("prune {n}:{m}")))?;
+    }
     if i.is_multiple_of(8) {
         // Gradients: the incoming gradient g, masked where the forward pass dropped.
         let g = tensor(rng, &shape, dt, Data::Plain)?;
-        for kind in [DropoutKind::Weight, DropoutKind::Unit] {
+        let mut kinds = vec![DropoutKind::Weight, DropoutKind::Unit];
+        // N:M where the group axis takes groups of four.
+        let axis = if shape.len() == 1 { 0 } else { 1 };
+        if shape[axis] % 4 == 0 {
+            kinds.push(DropoutKind::Nm { n: 2, m: 4 });
+        }
+        for kind in kinds {
             let v = Var::from_tensor(&wd)?;
             let y = match kind {
                 DropoutKind::Weight => {
                     targeted_weight_dropout_seeded(&v, gamma, alpha, seed, offset)?
                 }
                 DropoutKind::Unit => targeted_unit_dropout_seeded(&v, gamma, alpha, seed, offset)?,
+                DropoutKind::Nm { n, m } => {
+                    targeted_nm_dropout_seeded(&v, n, m, alpha, seed, offset)?
+                }
             };
             // sum(y * g) in f64 keeps the incoming gradient exactly g.
             let loss =

@@ -56,7 +56,10 @@ fn two_four_by_hand_ties_nan_signed_zeros() -> Result<()> {
             0.0,
         ]);
         assert_eq!(bits(&prune_nm(&w, 2, 4)?)?, want, "{dev:?}");
-        assert_eq!(bits(&targeted_nm_dropout_seeded(&w, 2, 4, 1.0, 5, 6)?)?, want);
+        assert_eq!(
+            bits(&targeted_nm_dropout_seeded(&w, 2, 4, 1.0, 5, 6)?)?,
+            want
+        );
         // The oracle agrees.
         let wv = w.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
         let o = reference::nm_dropout(&wv, &wv, &[2, 8], 2, 4, Draws::PRUNE);
@@ -83,7 +86,11 @@ fn two_four_by_hand_ties_nan_signed_zeros() -> Result<()> {
         assert_eq!(bits(&prune_nm(&w, 1, 4)?)?, want1);
         let w3 = prune_nm(&w, 3, 4)?.flatten_all()?.to_device(&Device::Cpu)?;
         let w3 = w3.to_vec1::<f32>()?;
-        assert_eq!(w3[1].to_bits(), 0, "-0.0 (index 1) ties +0.0 and goes first");
+        assert_eq!(
+            w3[1].to_bits(),
+            0,
+            "-0.0 (index 1) ties +0.0 and goes first"
+        );
         assert_eq!(w3[2].to_bits(), 0f32.to_bits());
         assert_eq!(w3[7], 0.0);
         assert_eq!(w3[8], 0.0);
@@ -122,8 +129,8 @@ fn conv_weights_group_input_channels() -> Result<()> {
         );
         assert!(!is_nm_sparse(&flat.reshape((1, 4, 1, 2))?, 2, 4)?);
         // Conv1d [out 2, in 4, k 1]: s = 1, the groups are the rows.
-        let w1 = Tensor::new(&[1f32, 2.0, 3.0, 4.0, -4.0, 3.0, -2.0, 1.0], &dev)?
-            .reshape((2, 4, 1))?;
+        let w1 =
+            Tensor::new(&[1f32, 2.0, 3.0, 4.0, -4.0, 3.0, -2.0, 1.0], &dev)?.reshape((2, 4, 1))?;
         assert_eq!(
             prune_nm(&w1, 2, 4)?.flatten_all()?.to_vec1::<f32>()?,
             [0.0, 0.0, 3.0, 4.0, -4.0, 3.0, 0.0, 0.0]
@@ -137,11 +144,21 @@ fn is_nm_sparse_counts_non_zeros() -> Result<()> {
     let dev = Device::Cpu;
     let t = |v: &[f32]| Tensor::new(v, &dev);
     assert!(is_nm_sparse(&t(&[1.0, 0.0, -0.0, 2.0])?, 2, 4)?);
-    assert!(!is_nm_sparse(&t(&[1.0, f32::NAN, 0.0, 2.0])?, 2, 4)?, "NaN is not zero");
-    assert!(!is_nm_sparse(&t(&[1e-45, 1.0, 0.0, 2.0])?, 2, 4)?, "a subnormal is not zero");
+    assert!(
+        !is_nm_sparse(&t(&[1.0, f32::NAN, 0.0, 2.0])?, 2, 4)?,
+        "NaN is not zero"
+    );
+    assert!(
+        !is_nm_sparse(&t(&[1e-45, 1.0, 0.0, 2.0])?, 2, 4)?,
+        "a subnormal is not zero"
+    );
     assert!(is_nm_sparse(&t(&[1.0, 1.0, 1.0, 1.0])?, 4, 4)?);
     assert!(is_nm_sparse(&t(&[0.0; 8])?, 0, 4)?);
-    assert!(is_nm_sparse(&Tensor::zeros((0, 8), DType::F32, &dev)?, 2, 4)?);
+    assert!(is_nm_sparse(
+        &Tensor::zeros((0, 8), DType::F32, &dev)?,
+        2,
+        4
+    )?);
     let h = Tensor::new(&[1f32, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 5.0], &dev)?.to_dtype(DType::BF16)?;
     assert!(is_nm_sparse(&h, 2, 4)?);
     assert!(!is_nm_sparse(&h, 1, 4)?);
@@ -232,7 +249,11 @@ fn nm_oracle(w: &Tensor, vals: &Tensor, n: usize, m: usize, d: Draws) -> Result<
         ($t:ty) => {{
             let wv = w.flatten_all()?.to_vec1::<$t>()?;
             let vv = vals.flatten_all()?.to_vec1::<$t>()?;
-            Tensor::from_vec(reference::nm_dropout(&wv, &vv, &dims, n, m, d), dims.clone(), &Device::Cpu)
+            Tensor::from_vec(
+                reference::nm_dropout(&wv, &vv, &dims, n, m, d),
+                dims.clone(),
+                &Device::Cpu,
+            )
         }};
     }
     match w.dtype() {
@@ -301,7 +322,10 @@ fn backward_masks_the_gradient() -> Result<()> {
         let want = mask.where_cond(&c.zeros_like()?, &c)?;
         assert_same_bits(g, &want, &format!("{dev:?} gradient"))?;
         let dropped = mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-        assert!(dropped > 0.0 && dropped < 48.0, "about half the targeted: {dropped}");
+        assert!(
+            dropped > 0.0 && dropped < 48.0,
+            "about half the targeted: {dropped}"
+        );
     }
     Ok(())
 }
@@ -316,7 +340,11 @@ fn plain_call_takes_one_offset_and_the_grouped_call_matches() -> Result<()> {
     let (seed, offset) = generator_state();
     let plain = targeted_nm_dropout(&a, 2, 4, 0.5)?;
     assert_eq!(generator_state(), (seed, offset + 1));
-    assert_same_bits(&plain, &targeted_nm_dropout_seeded(&a, 2, 4, 0.5, seed, offset)?, "plain")?;
+    assert_same_bits(
+        &plain,
+        &targeted_nm_dropout_seeded(&a, 2, 4, 0.5, seed, offset)?,
+        "plain",
+    )?;
     let nm = TargetedDropout::nm(2, 4, 0.5)?;
     let wd = TargetedDropout::weight(0.5, 0.5)?;
     set_seed(9);
@@ -333,8 +361,13 @@ fn plain_call_takes_one_offset_and_the_grouped_call_matches() -> Result<()> {
     // A bad item: an error naming it, and no offset taken.
     set_seed(9);
     let bad = Tensor::zeros((2, 6), DType::F32, &Device::Cpu)?;
-    let e = targeted_dropout_many(&[(&a, nm), (&bad, nm)]).unwrap_err().to_string();
-    assert!(e.contains("tensor 1") && e.contains("6") && e.contains("m = 4"), "{e}");
+    let e = targeted_dropout_many(&[(&a, nm), (&bad, nm)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tensor 1") && e.contains("6") && e.contains("m = 4"),
+        "{e}"
+    );
     assert_eq!(generator_state(), (9, 0));
     Ok(())
 }
@@ -353,13 +386,31 @@ fn bad_arguments_are_errors_naming_the_values() -> Result<()> {
     check(prune_nm(&w, 2, 33), &["m = 33", "32"]);
     check(prune_nm(&w, 5, 4), &["n = 5", "m = 4"]);
     check(prune_nm(&w, 2, 3), &["[3, 8]", "8", "m = 3"]);
-    check(targeted_nm_dropout_seeded(&w, 2, 4, 1.5, 0, 0), &["alpha", "1.5"]);
-    check(targeted_nm_dropout_seeded(&w, 2, 4, f64::NAN, 0, 0), &["alpha", "NaN"]);
+    check(
+        targeted_nm_dropout_seeded(&w, 2, 4, 1.5, 0, 0),
+        &["alpha", "1.5"],
+    );
+    check(
+        targeted_nm_dropout_seeded(&w, 2, 4, f64::NAN, 0, 0),
+        &["alpha", "NaN"],
+    );
     check(prune_nm(&Tensor::new(1f32, &dev)?, 2, 4), &["rank"]);
-    check(prune_nm(&Tensor::zeros(8, DType::U32, &dev)?, 2, 4), &["U32"]);
-    check(prune_nm(&Tensor::zeros((2, 6, 3, 3), DType::F32, &dev)?, 2, 4), &["axis 1", "6"]);
-    check(prune_nm(&Tensor::zeros(6, DType::F32, &dev)?, 2, 4), &["axis 0", "6"]);
-    check(prune_nm(&Tensor::zeros((0, 6), DType::F32, &dev)?, 2, 4), &["6", "m = 4"]);
+    check(
+        prune_nm(&Tensor::zeros(8, DType::U32, &dev)?, 2, 4),
+        &["U32"],
+    );
+    check(
+        prune_nm(&Tensor::zeros((2, 6, 3, 3), DType::F32, &dev)?, 2, 4),
+        &["axis 1", "6"],
+    );
+    check(
+        prune_nm(&Tensor::zeros(6, DType::F32, &dev)?, 2, 4),
+        &["axis 0", "6"],
+    );
+    check(
+        prune_nm(&Tensor::zeros((0, 6), DType::F32, &dev)?, 2, 4),
+        &["6", "m = 4"],
+    );
     let e = is_nm_sparse(&w, 3, 2).unwrap_err().to_string();
     assert!(e.contains("n = 3") && e.contains("m = 2"), "{e}");
     let e = TargetedDropout::nm(2, 40, 0.5).unwrap_err().to_string();
@@ -391,7 +442,11 @@ fn layers_ramp_and_config() -> Result<()> {
     let layer = linear(16, 6, Some(td), vb.pp("fc"))?;
     let x = Tensor::randn(0f32, 1.0, (3, 16), &dev)?;
     let pruned = candle_nn::Linear::new(prune_nm(layer.weight(), 2, 4)?, layer.bias().cloned());
-    assert_same_bits(&layer.forward_t(&x, false)?, &pruned.forward(&x)?, "evaluation")?;
+    assert_same_bits(
+        &layer.forward_t(&x, false)?,
+        &pruned.forward(&x)?,
+        "evaluation",
+    )?;
     set_seed(3);
     let y = layer.forward_t(&x, true)?;
     set_seed(3);
@@ -411,7 +466,8 @@ fn varmap_trains_reports_and_exports_two_four() -> Result<()> {
     let conv = candle_nn::conv2d(8, 4, 3, Default::default(), vb.pp("conv"))?;
     let fc2 = candle_nn::linear(12, 3, vb.pp("fc2"))?;
     let vd = VarMapDropout::new(&vm, |name, _| {
-        (name == "fc1.weight" || name == "conv.weight").then(|| TargetedDropout::nm(2, 4, 0.5).unwrap())
+        (name == "fc1.weight" || name == "conv.weight")
+            .then(|| TargetedDropout::nm(2, 4, 0.5).unwrap())
     })?;
     // One step: the weights hold their dropped values, the gradients are masked.
     set_seed(4);
@@ -419,32 +475,67 @@ fn varmap_trains_reports_and_exports_two_four() -> Result<()> {
     let step = vd.apply()?;
     let w_step = vm.data().lock().unwrap()["fc1.weight"].as_tensor().copy()?;
     let (seed, offset) = (4, 1); // conv.weight is first in name order
-    assert_same_bits(&w_step, &targeted_nm_dropout_seeded(&before, 2, 4, 0.5, seed, offset)?, "step")?;
+    assert_same_bits(
+        &w_step,
+        &targeted_nm_dropout_seeded(&before, 2, 4, 0.5, seed, offset)?,
+        "step",
+    )?;
     let x = Tensor::randn(0f32, 1.0, (5, 16), &dev)?;
     let img = Tensor::randn(0f32, 1.0, (1, 8, 5, 5), &dev)?;
     let loss = (fc2.forward(&fc1.forward(&x)?.relu()?)?.sqr()?.mean_all()?
         + conv.forward(&img)?.sqr()?.mean_all()?)?;
     let mut grads = loss.backward()?;
     step.finish(&mut grads)?;
-    let g = grads.get(vm.data().lock().unwrap()["fc1.weight"].as_tensor()).unwrap().clone();
-    let mask = targeted_dropout_mask(&before, DropoutKind::Nm { n: 2, m: 4 }, 0.5, 0.5, seed, offset)?;
+    let g = grads
+        .get(vm.data().lock().unwrap()["fc1.weight"].as_tensor())
+        .unwrap()
+        .clone();
+    let mask = targeted_dropout_mask(
+        &before,
+        DropoutKind::Nm { n: 2, m: 4 },
+        0.5,
+        0.5,
+        seed,
+        offset,
+    )?;
     let gz = g.eq(0.0)?.to_dtype(DType::U8)?;
     assert_eq!(
-        mask.mul(&gz)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?,
+        mask.mul(&gz)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?,
         mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?,
         "every dropped weight has a zero gradient"
     );
     // Before pruning, the report says the weights are not 2:4; after, they are exactly.
     let report = vd.report()?;
-    assert!(report.vars.iter().all(|v| v.nm == Some(NmCheck { n: 2, m: 4, holds: false })));
+    assert!(report.vars.iter().all(|v| v.nm
+        == Some(NmCheck {
+            n: 2,
+            m: 4,
+            holds: false
+        })));
     let report = vd.prune()?;
-    assert!(report.vars.iter().all(|v| v.nm == Some(NmCheck { n: 2, m: 4, holds: true })), "{report}");
+    assert!(
+        report.vars.iter().all(|v| v.nm
+            == Some(NmCheck {
+                n: 2,
+                m: 4,
+                holds: true
+            })),
+        "{report}"
+    );
     assert_eq!(report.total().zeros, (12 * 16 + 4 * 8 * 9) / 2);
     let shown = report.to_string();
     assert!(shown.contains("2:4") && shown.contains("yes"), "{shown}");
     // with_pruned at another pattern reports that pattern and restores.
     vd.with_pruned(DropoutKind::Nm { n: 1, m: 4 }, 0.75, |r| {
-        assert!(r.vars.iter().all(|v| v.nm == Some(NmCheck { n: 1, m: 4, holds: true })));
+        assert!(r.vars.iter().all(|v| v.nm
+            == Some(NmCheck {
+                n: 1,
+                m: 4,
+                holds: true
+            })));
         Ok(())
     })?;
     // The pruned model as ordinary safetensors: loaded back, every weight exactly 2:4, the
@@ -457,7 +548,10 @@ fn varmap_trains_reports_and_exports_two_four() -> Result<()> {
     for name in ["fc1.weight", "conv.weight"] {
         let t = &loaded[name];
         assert!(is_nm_sparse(t, 2, 4)?, "{name}");
-        assert!(!is_nm_sparse(t, 1, 4)?, "{name}: random weights keep two per group");
+        assert!(
+            !is_nm_sparse(t, 1, 4)?,
+            "{name}: random weights keep two per group"
+        );
         assert_same_bits(t, vm.data().lock().unwrap()[name].as_tensor(), name)?;
     }
     // The unselected variable is untouched and not 2:4.

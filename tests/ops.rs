@@ -25,6 +25,7 @@ fn check(dev: &Device, kind: DropoutKind, w: &Tensor, gamma: f64, alpha: f64) ->
     let got = match kind {
         DropoutKind::Weight => targeted_weight_dropout_seeded(&wd, gamma, alpha, seed, off)?,
         DropoutKind::Unit => targeted_unit_dropout_seeded(&wd, gamma, alpha, seed, off)?,
+        DropoutKind::Nm { n, m } => targeted_nm_dropout_seeded(&wd, n, m, alpha, seed, off)?,
     };
     let want = oracle(
         w,
@@ -62,6 +63,18 @@ fn odd_shapes(dev: &Device) -> Result<()> {
             for (g, a) in [(0.5, 0.5), (0.0, 0.7), (1.0, 0.3), (0.9, 1.0)] {
                 check(dev, DropoutKind::Weight, &w, g, a)?;
                 check(dev, DropoutKind::Unit, &w, g, a)?;
+                // N:M with the first pattern whose m divides the group axis.
+                let c = shape[if shape.len() == 1 { 0 } else { 1 }];
+                let pats = [(2usize, 4usize), (1, 3), (2, 5), (1, 2), (0, 1)];
+                if let Some(&(n, m)) = pats.iter().find(|(_, m)| c % m == 0) {
+                    check(
+                        dev,
+                        DropoutKind::Nm { n, m },
+                        &w,
+                        (m - n) as f64 / m as f64,
+                        a,
+                    )?;
+                }
             }
         }
     }
@@ -140,13 +153,16 @@ test_device!(non_contiguous, views_equal_their_contiguous_copy);
 fn gradients(dev: &Device) -> Result<()> {
     let mut rng = Rng(4);
     for dt in DTYPES {
-        for kind in [DropoutKind::Weight, DropoutKind::Unit] {
+        // 1:3 groups the three channels of each (o, x): elements 5 apart.
+        let nm = DropoutKind::Nm { n: 1, m: 3 };
+        for kind in [DropoutKind::Weight, DropoutKind::Unit, nm] {
             let w0 = tensor(&mut rng, &[13, 3, 5], dt, Data::Edgy)?;
             let w = Var::from_tensor(&w0.to_device(dev)?)?;
             let g = tensor(&mut rng, &[13, 3, 5], dt, Data::Plain)?;
             let y = match kind {
                 DropoutKind::Weight => targeted_weight_dropout_seeded(&w, 0.5, 0.5, 11, 5)?,
                 DropoutKind::Unit => targeted_unit_dropout_seeded(&w, 0.5, 0.5, 11, 5)?,
+                DropoutKind::Nm { n, m } => targeted_nm_dropout_seeded(&w, n, m, 0.5, 11, 5)?,
             };
             let loss = (y * g.to_device(dev)?)?.sum_all()?;
             let grads = loss.backward()?;
@@ -164,7 +180,12 @@ fn gradients(dev: &Device) -> Result<()> {
                 },
             )?;
             assert_same_bits(gw, &want, "gradient")?;
-            let mask = targeted_dropout_mask(&w0, kind, 0.5, 0.5, 11, 5)?;
+            // An N:M kind's gamma is its fraction (m - n) / m.
+            let gamma = match kind {
+                DropoutKind::Nm { n, m } => (m - n) as f64 / m as f64,
+                _ => 0.5,
+            };
+            let mask = targeted_dropout_mask(&w0, kind, gamma, 0.5, 11, 5)?;
             let gwv = bits(gw)?;
             let gv = bits(&g)?;
             for (i, m) in bits(&mask)?.into_iter().enumerate() {

@@ -379,6 +379,7 @@ fn grouped(dev: &Device) -> Result<()> {
         &[32, 16, 3, 3],
         &[10, 64],
         &[5],
+        &[8, 16, 3, 3],
     ]
     .iter()
     .map(|s| tensor(&mut rng, s, DType::F32, Data::Edgy)?.to_device(dev))
@@ -389,6 +390,7 @@ fn grouped(dev: &Device) -> Result<()> {
         TargetedDropout::weight(0.9, 1.0)?,
         TargetedDropout::weight(0.0, 0.5)?,
         TargetedDropout::unit(1.0, 0.2)?,
+        TargetedDropout::nm(2, 4, 0.6)?,
     ];
     let items: Vec<(&Tensor, TargetedDropout)> = ws.iter().zip(cfgs).collect();
     let many = targeted_dropout_many_seeded(&items, 77, 100)?;
@@ -397,6 +399,7 @@ fn grouped(dev: &Device) -> Result<()> {
         let want = match c.kind {
             DropoutKind::Weight => targeted_weight_dropout_seeded(w, c.gamma, c.alpha, 77, off)?,
             DropoutKind::Unit => targeted_unit_dropout_seeded(w, c.gamma, c.alpha, 77, off)?,
+            DropoutKind::Nm { n, m } => targeted_nm_dropout_seeded(w, n, m, c.alpha, 77, off)?,
         };
         assert_same_bits(got, &want, &format!("tensor {i}"))?;
     }

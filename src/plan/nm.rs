@@ -33,7 +33,12 @@ pub(super) fn plan(spec: &OpSpec, n: u64, m: u64, lim: &Limits, plan: &mut Plan)
     let groups = numel / m;
     // A grid-stride loop: enough blocks to fill the device several times over.
     let grid = groups.div_ceil(TD_BLOCK as u64).min(lim.sms as u64 * 32);
-    let args = vec![Arg::at(Buf::W), Arg::opt(vals), Arg::opt(out), Arg::opt(mask)];
+    let args = vec![
+        Arg::at(Buf::W),
+        Arg::opt(vals),
+        Arg::opt(out),
+        Arg::opt(mask),
+    ];
     let p = TdNmParams {
         groups,
         s: spec.nm_stride,
