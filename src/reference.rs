@@ -244,7 +244,7 @@ pub fn nm_groups(dims: &[usize], m: usize) -> Vec<Vec<usize>> {
     for e in 0..len {
         // e opens a group when its group-axis index is a multiple of m.
         let pos = (e / stride) % dims[axis];
-        if pos % m == 0 {
+        if pos.is_multiple_of(m) {
             groups.push((0..m).map(|j| e + j * stride).collect());
         }
     }

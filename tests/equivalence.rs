@@ -91,7 +91,7 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
             (2, 3),
         ],
     );
-    if c % m == 0 {
+    if c.is_multiple_of(m) {
         let kind = DropoutKind::Nm { n, m };
         let got = targeted_nm_dropout_seeded(&wd, n, m, alpha, seed, offset)?;
         let want = oracle(&w, &w, kind, gamma, draws)?;
@@ -106,7 +106,7 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
         let mut kinds = vec![DropoutKind::Weight, DropoutKind::Unit];
         // N:M where the group axis takes groups of four.
         let axis = if shape.len() == 1 { 0 } else { 1 };
-        if shape[axis] % 4 == 0 {
+        if shape[axis].is_multiple_of(4) {
             kinds.push(DropoutKind::Nm { n: 2, m: 4 });
         }
         for kind in kinds {

@@ -66,7 +66,7 @@ fn odd_shapes(dev: &Device) -> Result<()> {
                 // N:M with the first pattern whose m divides the group axis.
                 let c = shape[if shape.len() == 1 { 0 } else { 1 }];
                 let pats = [(2usize, 4usize), (1, 3), (2, 5), (1, 2), (0, 1)];
-                if let Some(&(n, m)) = pats.iter().find(|(_, m)| c % m == 0) {
+                if let Some(&(n, m)) = pats.iter().find(|(_, m)| c.is_multiple_of(*m)) {
                     check(
                         dev,
                         DropoutKind::Nm { n, m },
