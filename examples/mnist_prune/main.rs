@@ -1,10 +1,12 @@
 //! Train with targeted dropout, prune, and see the paper's effect on real digits.
 //!
-//! `cargo run --release --example mnist_prune` trains four copies of LeNet-300-100 on the
+//! `cargo run --release --example mnist_prune` trains six copies of LeNet-300-100 on the
 //! 5,000-image MNIST subset in `data/mnist-5k` (no dropout; targeted weight dropout;
-//! targeted unit dropout; ramped targeted weight dropout), then prunes each one per filter
-//! at increasing rates and prints the test accuracy: the networks trained with targeted
-//! dropout keep their accuracy where the plain one collapses. The models are plain candle_nn
+//! targeted unit dropout; ramped targeted weight dropout; 2:4 targeted dropout at a fixed
+//! alpha and with alpha ramped), then prunes each one per filter at increasing rates, by
+//! units, and to the N:M patterns of sparse tensor cores (2:4, 1:4, 4:8), and prints the test
+//! accuracy: the networks trained with targeted dropout keep their accuracy where the plain
+//! one collapses, and the 2:4-trained ones keep it at 2:4. The models are plain candle_nn
 //! layers: targeted dropout reaches them through their `VarMap` ([`VarMapDropout`]), with no
 //! change to the model's code. Then the unit-dropout model, 70% of its units pruned, is
 //! thinned (the dead units removed) and timed. Everything is seeded: the same command prints
@@ -80,12 +82,17 @@ struct Args {
 const WEIGHT_RATES: [u32; 13] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99];
 const UNIT_RATES: [u32; 10] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90];
 
+/// The N:M patterns of the N:M table: 2:4 (sparse tensor cores), and 1:4 and 4:8 to compare.
+const NM_PATTERNS: [(usize, usize); 3] = [(2, 4), (1, 4), (4, 8)];
+
 /// One training recipe: a name and the targeted dropout its hidden layers get.
 #[derive(Clone, Copy)]
 enum Recipe {
     None,
     Fixed(TargetedDropout),
-    Ramp(RampSchedule),
+    /// The schedule's gamma and alpha on a config of this one's kind (an N:M config takes
+    /// the alpha only).
+    Ramp(RampSchedule, TargetedDropout),
 }
 
 /// The network, plain candle_nn layers: convolutions, hidden layers and the logits layer.
@@ -129,11 +136,17 @@ impl Net {
         }
     }
 
-    /// The targeted dropout of the prunable weights of `vm`.
+    /// The targeted dropout of the prunable weights of `vm`. An N:M config goes to the
+    /// prunable weights whose input axis its `m` divides (a 1- or 6-channel convolution has
+    /// no groups of four); the others stay dense.
     fn dropout(model: Model, vm: &VarMap, td: TargetedDropout) -> Result<VarMapDropout> {
         let names = Net::prunable(model);
-        Ok(VarMapDropout::new(vm, |name, _| {
-            names.contains(&name).then_some(td)
+        Ok(VarMapDropout::new(vm, |name, w| {
+            let fits = match td.kind {
+                DropoutKind::Nm { m, .. } => w.dim(1).is_ok_and(|c| c % m == 0),
+                _ => true,
+            };
+            (names.contains(&name) && fits).then_some(td)
         })?)
     }
 
@@ -346,11 +359,7 @@ fn train(
     let mut dropout = match recipe {
         Recipe::None => None,
         Recipe::Fixed(td) => Some(Net::dropout(args.model, &vm, td)?),
-        Recipe::Ramp(_) => Some(Net::dropout(
-            args.model,
-            &vm,
-            TargetedDropout::weight(0.0, 0.0)?,
-        )?),
+        Recipe::Ramp(s, td) => Some(Net::dropout(args.model, &vm, td.at_step(&s, 0)?)?),
     };
     let mut rng = Rng(args.seed ^ 0xda7a);
     let mut ids: Vec<usize> = (0..train_set.count).collect();
@@ -361,8 +370,8 @@ fn train(
         }
         let mut loss_sum = 0.0;
         for chunk in ids.chunks(args.batch_size) {
-            if let (Recipe::Ramp(s), Some(vd)) = (recipe, dropout.as_mut()) {
-                vd.set_all(TargetedDropout::weight(0.0, 0.0)?.at_step(&s, step)?)?;
+            if let (Recipe::Ramp(s, td), Some(vd)) = (recipe, dropout.as_mut()) {
+                vd.set_all(td.at_step(&s, step)?)?;
             }
             let (x, y) = batch(train_set, chunk, dev)?;
             // The selected weights hold their dropped values from here to `finish`.
@@ -401,6 +410,43 @@ fn pruned_accuracy(
         .iter()
         .map(|&r| Ok(vd.with_pruned(kind, r as f64 / 100.0, |_| accuracy(net, test, dev))?))
         .collect()
+}
+
+/// Test accuracy with the prunable layers dense, then pruned to each N:M pattern (the layers
+/// whose input axis the pattern's m divides; the others stay dense); the weights are
+/// restored.
+fn nm_accuracy(
+    model: Model,
+    net: &Net,
+    vm: &VarMap,
+    test: &idx::Split,
+    dev: &Device,
+) -> Result<Vec<f64>> {
+    let mut acc = vec![accuracy(net, test, dev)?];
+    for (n, m) in NM_PATTERNS {
+        let vd = Net::dropout(model, vm, TargetedDropout::nm(n, m, 0.0)?)?;
+        let kind = DropoutKind::Nm { n, m };
+        let frac = (m - n) as f64 / m as f64;
+        acc.push(vd.with_pruned(kind, frac, |report| {
+            // Pruning leaves every selected weight exactly N:M.
+            if !report.vars.iter().all(|v| v.nm.is_some_and(|c| c.holds)) {
+                candle_core::bail!("pruning at {n}:{m} left a weight that is not {n}:{m}")
+            }
+            accuracy(net, test, dev)
+        })?);
+    }
+    Ok(acc)
+}
+
+/// Which prunable weights each N:M pattern prunes.
+fn nm_layers(model: Model, vm: &VarMap) -> Result<String> {
+    let mut s = String::new();
+    for (n, m) in NM_PATTERNS {
+        let vd = Net::dropout(model, vm, TargetedDropout::nm(n, m, 0.0)?)?;
+        let names: Vec<&str> = vd.names().collect();
+        s += &format!("\n  {n}:{m} prunes {}", names.join(", "));
+    }
+    Ok(s)
 }
 
 /// Thinning of the model at `unit_rate`% of its units pruned: accuracy and inference time of
@@ -460,9 +506,14 @@ fn thinning(
 }
 
 fn table(title: &str, rates: &[u32], rows: &[(String, Vec<f64>)]) -> String {
+    let cols: Vec<String> = rates.iter().map(|r| format!("{r}%")).collect();
+    table_cols(title, &cols, rows)
+}
+
+fn table_cols(title: &str, cols: &[String], rows: &[(String, Vec<f64>)]) -> String {
     let mut s = format!("{title}\n{:>15}", "model \\ pruned");
-    for r in rates {
-        s += &format!("{:>7}", format!("{r}%"));
+    for c in cols {
+        s += &format!("{c:>7}");
     }
     for (name, acc) in rows {
         s += &format!("\n{name:>15}");
@@ -474,9 +525,14 @@ fn table(title: &str, rates: &[u32], rows: &[(String, Vec<f64>)]) -> String {
 }
 
 fn csv(path: &std::path::Path, rates: &[u32], rows: &[(String, Vec<f64>)]) -> Result<()> {
+    let cols: Vec<String> = rates.iter().map(|r| r.to_string()).collect();
+    csv_cols(path, &cols, rows)
+}
+
+fn csv_cols(path: &std::path::Path, cols: &[String], rows: &[(String, Vec<f64>)]) -> Result<()> {
     let mut s = String::from("model");
-    for r in rates {
-        s += &format!(",{r}");
+    for c in cols {
+        s += &format!(",{c}");
     }
     for (name, acc) in rows {
         s += &format!("\n{name}");
@@ -518,6 +574,12 @@ fn main() -> Result<()> {
         args.model, args.device, data.0.count, data.1.count, args.data_dir.display(), args.epochs, args.lr, args.momentum, args.weight_decay, args.seed
     );
     let steps = (data.0.count.div_ceil(args.batch_size) * args.epochs) as u64;
+    let ramp = RampSchedule::with_steps(
+        args.ramp_to,
+        args.ramp_to,
+        (steps / 5).max(1),
+        (2 * steps / 5).max(2),
+    )?;
     let recipes = [
         ("none", Recipe::None),
         (
@@ -531,17 +593,23 @@ fn main() -> Result<()> {
         (
             "td_weight_ramp",
             // The paper ramps over 20k and 40k of ~100k steps: the same shares of this run.
-            Recipe::Ramp(RampSchedule::with_steps(
-                args.ramp_to,
-                args.ramp_to,
-                (steps / 5).max(1),
-                (2 * steps / 5).max(2),
-            )?),
+            Recipe::Ramp(ramp, TargetedDropout::weight(0.0, 0.0)?),
+        ),
+        (
+            "td_2:4",
+            Recipe::Fixed(TargetedDropout::nm(2, 4, args.alpha)?),
+        ),
+        // 2:4 with alpha ramped to --ramp-to (the pattern is fixed).
+        (
+            "td_2:4_ramp",
+            Recipe::Ramp(ramp, TargetedDropout::nm(2, 4, 0.0)?),
         ),
     ];
     let start = std::time::Instant::now();
     let mut weight_rows = Vec::new();
     let mut unit_rows = Vec::new();
+    let mut nm_rows = Vec::new();
+    let mut nm_pruned = String::new();
     let mut thin_report = String::new();
     for (name, recipe) in recipes {
         let (net, vm) = train(&args, recipe, name, &data, &dev)?;
@@ -549,11 +617,16 @@ fn main() -> Result<()> {
         let vd = Net::dropout(args.model, &vm, TargetedDropout::weight(0.0, 0.0)?)?;
         let w = pruned_accuracy(&net, &vd, DropoutKind::Weight, &WEIGHT_RATES, &data.1, &dev)?;
         let u = pruned_accuracy(&net, &vd, DropoutKind::Unit, &UNIT_RATES, &data.1, &dev)?;
+        let nm = nm_accuracy(args.model, &net, &vm, &data.1, &dev)?;
         if name == "td_unit" {
             thin_report = thinning(&net, &vd, 70, &data.1, &dev)?;
         }
+        if nm_pruned.is_empty() {
+            nm_pruned = nm_layers(args.model, &vm)?;
+        }
         weight_rows.push((name.to_string(), w));
         unit_rows.push((name.to_string(), u));
+        nm_rows.push((name.to_string(), nm));
     }
     println!(
         "\n{}",
@@ -571,6 +644,18 @@ fn main() -> Result<()> {
             &unit_rows
         )
     );
+    let nm_cols: Vec<String> = ["dense".to_string()]
+        .into_iter()
+        .chain(NM_PATTERNS.iter().map(|(n, m)| format!("{n}:{m}")))
+        .collect();
+    println!(
+        "\n{}{nm_pruned}",
+        table_cols(
+            "Test accuracy (%) after N:M pruning (at most n non-zeros in every m inputs)",
+            &nm_cols,
+            &nm_rows
+        )
+    );
     println!("\n{thin_report}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -580,6 +665,7 @@ fn main() -> Result<()> {
         &weight_rows,
     )?;
     csv(&args.out.join("unit_pruning.csv"), &UNIT_RATES, &unit_rows)?;
+    csv_cols(&args.out.join("nm_pruning.csv"), &nm_cols, &nm_rows)?;
     let wr: Vec<f64> = WEIGHT_RATES.iter().map(|&r| r as f64).collect();
     let ur: Vec<f64> = UNIT_RATES.iter().map(|&r| r as f64).collect();
     let png = args.out.join("pruning.png");
@@ -591,9 +677,10 @@ fn main() -> Result<()> {
         ],
     )?;
     println!(
-        "\nwrote {}, {}{} in {:.0} s",
+        "\nwrote {}, {}, {}{} in {:.0} s",
         args.out.join("weight_pruning.csv").display(),
         args.out.join("unit_pruning.csv").display(),
+        args.out.join("nm_pruning.csv").display(),
         if drawn {
             format!(" and {}", png.display())
         } else {

@@ -36,7 +36,14 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<bool> {
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let areas = root.split_evenly((1, panels.len()));
-    let colors = [BLACK, RED, BLUE, RGBColor(0, 150, 0)];
+    let colors = [
+        BLACK,
+        RED,
+        BLUE,
+        RGBColor(0, 150, 0),
+        RGBColor(200, 120, 0),
+        RGBColor(150, 0, 150),
+    ];
     for (area, (title, rates, lines)) in areas.iter().zip(panels) {
         let xmax = rates.iter().cloned().fold(0.0, f64::max);
         let mut chart = ChartBuilder::on(area)
