@@ -1,6 +1,6 @@
-//! GPU benchmark: targeted weight dropout, pruning and unit dropout through the crate's
-//! CUDA kernels, side by side with the measured copy ceiling and with candle's own tensor
-//! ops written the obvious way, in one run on one GPU.
+//! GPU benchmark: targeted weight dropout, pruning, unit dropout and 2:4 dropout and pruning
+//! through the crate's CUDA kernels, side by side with the measured copy ceiling and with
+//! candle's own tensor ops written the obvious way, in one run on one GPU.
 //!
 //! `cargo run --release --features cuda --example gpu_bench -- [results.csv]`
 //!
@@ -11,8 +11,8 @@
 use candle_core::cuda_backend::cudarc::driver::sys;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_targeted_dropout::{
-    prune_weights, targeted_dropout_many, targeted_unit_dropout, targeted_weight_dropout,
-    TargetedDropout,
+    prune_nm, prune_weights, targeted_dropout_many, targeted_nm_dropout, targeted_unit_dropout,
+    targeted_weight_dropout, TargetedDropout,
 };
 use std::io::Write;
 
@@ -171,12 +171,16 @@ fn main() -> Result<()> {
             let xs = inputs(shape, dt, &dev)?;
             let bytes = 2.0 * (xs[0].elem_count() * dt.size_in_bytes()) as f64;
             let r = xs.len();
-            let ops: [(&str, Op); 3] = [
+            let ops: [(&str, Op); 5] = [
                 ("weight_dropout", |w| targeted_weight_dropout(w, 0.5, 0.5)),
                 ("prune_weights", |w| prune_weights(w, 0.5)),
                 ("unit_dropout", |w| targeted_unit_dropout(w, 0.5, 0.5)),
+                ("nm_2:4_dropout", |w| targeted_nm_dropout(w, 2, 4, 0.5)),
+                ("prune_2:4", |w| prune_nm(w, 2, 4)),
             ];
-            for (op, f) in ops.iter() {
+            // N:M needs a group axis (axis 1) that groups of four divide.
+            let nm_fits = shape[1] % 4 == 0;
+            for (op, f) in ops.iter().filter(|(op, _)| nm_fits || !op.contains("2:4")) {
                 let ms = time_ms(&dev, |i| f(&xs[i % r]).map(drop))?;
                 let candle = if *op == "weight_dropout" {
                     match time_ms(&dev, |i| candle_composite(&xs[i % r], 0.5, 0.5).map(drop)) {
