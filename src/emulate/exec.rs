@@ -7,6 +7,7 @@ use super::ffi::{td_emu_launch, TdEmuSchedule};
 use super::{Context, Schedule, ThreadOrder};
 use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Arg, Buf, Dtype, Init, Launch, OpSpec, Params, Plan, Step};
+use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 use std::alloc::{alloc, dealloc, Layout as Alloc};
@@ -210,12 +211,12 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         .map(|v| (v as *mut u64).cast::<c_void>())
         .collect();
     args.push(match &mut params {
-        Params::Rows(p) => (p as *mut _ as *mut c_void),
-        Params::LongHist(p) => (p as *mut _ as *mut c_void),
-        Params::LongApply(p) => (p as *mut _ as *mut c_void),
-        Params::Scores(p) => (p as *mut _ as *mut c_void),
-        Params::UnitApply(p) => (p as *mut _ as *mut c_void),
-        Params::Nm(p) => (p as *mut _ as *mut c_void),
+        Params::Rows(p) => p as *mut _ as *mut c_void,
+        Params::LongHist(p) => p as *mut _ as *mut c_void,
+        Params::LongApply(p) => p as *mut _ as *mut c_void,
+        Params::Scores(p) => p as *mut _ as *mut c_void,
+        Params::UnitApply(p) => p as *mut _ as *mut c_void,
+        Params::Nm(p) => p as *mut _ as *mut c_void,
     });
     let sched = schedule(ctx.schedule);
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");

@@ -92,6 +92,7 @@ pub(crate) enum Width {
 
 impl Width {
     /// The three widths, in the order of [`Limits::widths`].
+    #[cfg(test)]
     pub const ALL: [Width; 3] = [Width::U16, Width::U32, Width::U64];
 
     /// Index into [`Limits::widths`].
@@ -147,6 +148,7 @@ impl Kernel {
     }
 
     /// Every kernel that the library launches.
+    #[cfg(test)]
     pub fn all() -> Vec<Kernel> {
         let mut v = Vec::new();
         for w in Width::ALL {
@@ -328,6 +330,7 @@ impl Plan {
     }
 
     /// The launches, in order.
+    #[cfg(test)]
     pub fn launches(&self) -> impl Iterator<Item = &Launch> {
         self.steps.iter().filter_map(|s| match s {
             Step::Launch(l) => Some(l),
@@ -336,6 +339,7 @@ impl Plan {
     }
 
     /// The bytes of a buffer the plan allocates.
+    #[cfg(test)]
     pub fn bytes(&self, buf: Buf) -> Option<u64> {
         self.allocs.iter().find(|a| a.buf == buf).map(|a| a.bytes)
     }
