@@ -24,7 +24,12 @@ fn f32_bits(v: &[f32]) -> Vec<u64> {
 
 #[test]
 fn two_four_by_hand_ties_nan_signed_zeros() -> Result<()> {
-    for dev in devices() {
+    for t in targets() {
+        let dev = t.device();
+        // The ops on the target (the emulated kernels too); the checks on the CPU.
+        let prune = |w: &Tensor, n, m| t.run(|| prune_nm(w, n, m));
+        let seeded =
+            |w: &Tensor, n, m, a, s, o| t.run(|| targeted_nm_dropout_seeded(w, n, m, a, s, o));
         let w = Tensor::new(
             &[
                 [0.5f32, -0.0, 0.0, 1.0, f32::NAN, 3.0, -3.0, 2.0],
@@ -55,11 +60,8 @@ fn two_four_by_hand_ties_nan_signed_zeros() -> Result<()> {
             0.0,
             0.0,
         ]);
-        assert_eq!(bits(&prune_nm(&w, 2, 4)?)?, want, "{dev:?}");
-        assert_eq!(
-            bits(&targeted_nm_dropout_seeded(&w, 2, 4, 1.0, 5, 6)?)?,
-            want
-        );
+        assert_eq!(bits(&prune(&w, 2, 4)?)?, want, "{t:?}");
+        assert_eq!(bits(&seeded(&w, 2, 4, 1.0, 5, 6)?)?, want);
         // The oracle agrees.
         let wv = w.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
         let o = reference::nm_dropout(&wv, &wv, &[2, 8], 2, 4, Draws::PRUNE);
@@ -83,8 +85,8 @@ fn two_four_by_hand_ties_nan_signed_zeros() -> Result<()> {
             0.0,
             0.0,
         ]);
-        assert_eq!(bits(&prune_nm(&w, 1, 4)?)?, want1);
-        let w3 = prune_nm(&w, 3, 4)?.flatten_all()?.to_device(&Device::Cpu)?;
+        assert_eq!(bits(&prune(&w, 1, 4)?)?, want1);
+        let w3 = prune(&w, 3, 4)?.flatten_all()?.to_device(&Device::Cpu)?;
         let w3 = w3.to_vec1::<f32>()?;
         assert_eq!(
             w3[1].to_bits(),
@@ -97,24 +99,27 @@ fn two_four_by_hand_ties_nan_signed_zeros() -> Result<()> {
         assert_eq!(w3[9], 1.0);
         assert_eq!(w3[14], 0.0);
         assert_eq!(w3[15], 5.0);
-        assert!(is_nm_sparse(&prune_nm(&w, 2, 4)?, 2, 4)?);
+        assert!(is_nm_sparse(&prune(&w, 2, 4)?, 2, 4)?);
         // n = m targets nothing, n = 0 everything.
-        assert_eq!(bits(&prune_nm(&w, 4, 4)?)?, bits(&w)?);
-        assert_eq!(bits(&prune_nm(&w, 0, 4)?)?, vec![0; 16]);
+        assert_eq!(bits(&prune(&w, 4, 4)?)?, bits(&w)?);
+        assert_eq!(bits(&prune(&w, 0, 4)?)?, vec![0; 16]);
     }
     Ok(())
 }
 
 #[test]
 fn conv_weights_group_input_channels() -> Result<()> {
-    for dev in devices() {
+    for t in targets() {
+        let dev = t.device();
+        // The ops on the target (the emulated kernels too); the checks on the CPU.
+        let prune = |w: &Tensor, n, m| t.run(|| prune_nm(w, n, m));
         // [out 1, in 4, kh 1, kw 2]: flat index c * 2 + x. The groups are the channels at
         // one kernel position: x = 0 holds flat 0, 2, 4, 6 = 4, 3, -2, 1 (1 and -2 go),
         // x = 1 holds flat 1, 3, 5, 7 = -1, 2, 8, 0.5 (0.5 and -1 go). Groups along the
         // last axis would have been (4, -1) and so on: a different answer.
         let w = Tensor::new(&[4f32, -1.0, 3.0, 2.0, -2.0, 8.0, 1.0, 0.5], &dev)?
             .reshape((1, 4, 1, 2))?;
-        let p = prune_nm(&w, 2, 4)?;
+        let p = prune(&w, 2, 4)?;
         assert_eq!(
             p.flatten_all()?.to_vec1::<f32>()?,
             [4.0, 0.0, 3.0, 2.0, 0.0, 8.0, 0.0, 0.0]
@@ -122,7 +127,7 @@ fn conv_weights_group_input_channels() -> Result<()> {
         assert!(is_nm_sparse(&p, 2, 4)?);
         // The same weight as [1, 8] (groups along the last axis: (4, -1, 3, 2) and
         // (-2, 8, 1, 0.5)) prunes differently.
-        let flat = prune_nm(&w.reshape((1, 8))?, 2, 4)?;
+        let flat = prune(&w.reshape((1, 8))?, 2, 4)?;
         assert_eq!(
             flat.flatten_all()?.to_vec1::<f32>()?,
             [4.0, 0.0, 3.0, 0.0, -2.0, 8.0, 0.0, 0.0]
@@ -132,7 +137,7 @@ fn conv_weights_group_input_channels() -> Result<()> {
         let w1 =
             Tensor::new(&[1f32, 2.0, 3.0, 4.0, -4.0, 3.0, -2.0, 1.0], &dev)?.reshape((2, 4, 1))?;
         assert_eq!(
-            prune_nm(&w1, 2, 4)?.flatten_all()?.to_vec1::<f32>()?,
+            prune(&w1, 2, 4)?.flatten_all()?.to_vec1::<f32>()?,
             [0.0, 0.0, 3.0, 4.0, -4.0, 3.0, 0.0, 0.0]
         );
     }
@@ -184,7 +189,11 @@ fn random_against_the_oracle() -> Result<()> {
         (1, 2),
     ];
     let mut cases = 0;
-    for dev in devices() {
+    for t in targets() {
+        let dev = t.device();
+        // The ops on the target (the emulated kernels too); the checks on the CPU.
+        let seeded =
+            |w: &Tensor, n, m, a, s, o| t.run(|| targeted_nm_dropout_seeded(w, n, m, a, s, o));
         for (pi, &(n, m)) in patterns.iter().enumerate() {
             for dt in DTYPES {
                 let data = [Data::Plain, Data::Edgy, Data::Ties][(pi + cases) % 3];
@@ -206,24 +215,19 @@ fn random_against_the_oracle() -> Result<()> {
                             alpha,
                         };
                         let want = nm_oracle(&w, &w, n, m, d)?;
-                        let got = targeted_nm_dropout_seeded(
-                            &w.to_device(&dev)?,
-                            n,
-                            m,
-                            alpha,
-                            seed,
-                            offset,
-                        )?;
-                        let what = format!("{dev:?} {dt:?} {shape:?} {n}:{m} alpha {alpha}");
+                        let got = seeded(&w.to_device(&dev)?, n, m, alpha, seed, offset)?;
+                        let what = format!("{t:?} {dt:?} {shape:?} {n}:{m} alpha {alpha}");
                         assert_same_bits(&got, &want, &what)?;
-                        let mask = targeted_dropout_mask(
-                            &w.to_device(&dev)?,
-                            DropoutKind::Nm { n, m },
-                            (m - n) as f64 / m as f64,
-                            alpha,
-                            seed,
-                            offset,
-                        )?;
+                        let mask = t.run(|| {
+                            targeted_dropout_mask(
+                                &w.to_device(&dev)?,
+                                DropoutKind::Nm { n, m },
+                                (m - n) as f64 / m as f64,
+                                alpha,
+                                seed,
+                                offset,
+                            )
+                        })?;
                         // The oracle's mask: its output over values that are all 1.
                         let ones = w.ones_like()?;
                         let want_mask: Vec<u64> = bits(&nm_oracle(&w, &ones, n, m, d)?)?
@@ -268,7 +272,11 @@ fn nm_oracle(w: &Tensor, vals: &Tensor, n: usize, m: usize, d: Draws) -> Result<
 #[test]
 fn long_rows_and_non_contiguous_input() -> Result<()> {
     let mut rng = Rng(77);
-    for dev in devices() {
+    for t in targets() {
+        let dev = t.device();
+        // The ops on the target (the emulated kernels too); the checks on the CPU.
+        let seeded =
+            |w: &Tensor, n, m, a, s, o| t.run(|| targeted_nm_dropout_seeded(w, n, m, a, s, o));
         // Rows longer than a task, a rank-1 tensor of 100k, and a transposed view.
         for shape in [vec![3usize, 40_000], vec![100_000], vec![64, 48, 3, 3]] {
             let w = tensor(&mut rng, &shape, DType::F32, Data::Edgy)?;
@@ -277,13 +285,13 @@ fn long_rows_and_non_contiguous_input() -> Result<()> {
                 offset: 9,
                 alpha: 0.5,
             };
-            let got = targeted_nm_dropout_seeded(&w.to_device(&dev)?, 2, 4, 0.5, 3, 9)?;
+            let got = seeded(&w.to_device(&dev)?, 2, 4, 0.5, 3, 9)?;
             assert_same_bits(&got, &nm_oracle(&w, &w, 2, 4, d)?, &format!("{shape:?}"))?;
         }
         let w = tensor(&mut rng, &[12, 8], DType::F32, Data::Plain)?;
-        let t = w.t()?; // [8, 12], not contiguous
-        let got = targeted_nm_dropout_seeded(&t.to_device(&dev)?, 2, 4, 0.5, 1, 2)?;
-        let want = targeted_nm_dropout_seeded(&t.contiguous()?, 2, 4, 0.5, 1, 2)?;
+        let tr = w.t()?; // [8, 12], not contiguous
+        let got = seeded(&tr.to_device(&dev)?, 2, 4, 0.5, 1, 2)?;
+        let want = seeded(&tr.contiguous()?, 2, 4, 0.5, 1, 2)?;
         assert_same_bits(&got, &want, "transposed")?;
     }
     Ok(())
@@ -294,14 +302,18 @@ fn long_rows_and_non_contiguous_input() -> Result<()> {
 #[test]
 fn one_group_per_filter_is_weight_dropout() -> Result<()> {
     let mut rng = Rng(11);
-    for dev in devices() {
+    for t in targets() {
+        let dev = t.device();
+        // The ops on the target (the emulated kernels too); the checks on the CPU.
+        let seeded =
+            |w: &Tensor, n, m, a, s, o| t.run(|| targeted_nm_dropout_seeded(w, n, m, a, s, o));
         for (n, m) in [(2usize, 4usize), (1, 4), (4, 8), (3, 7), (13, 32)] {
             let w = tensor(&mut rng, &[37, m], DType::F32, Data::Edgy)?.to_device(&dev)?;
             let gamma = ((m - n) as f64 + 0.5) / m as f64; // floor(gamma m) = m - n
             for alpha in [0.25, 0.5, 0.9] {
-                let nm = targeted_nm_dropout_seeded(&w, n, m, alpha, 42, 7)?;
-                let wd = targeted_weight_dropout_seeded(&w, gamma, alpha, 42, 7)?;
-                assert_same_bits(&nm, &wd, &format!("{dev:?} {n}:{m} alpha {alpha}"))?;
+                let nm = seeded(&w, n, m, alpha, 42, 7)?;
+                let wd = t.run(|| targeted_weight_dropout_seeded(&w, gamma, alpha, 42, 7))?;
+                assert_same_bits(&nm, &wd, &format!("{t:?} {n}:{m} alpha {alpha}"))?;
             }
         }
     }
@@ -311,16 +323,22 @@ fn one_group_per_filter_is_weight_dropout() -> Result<()> {
 #[test]
 fn backward_masks_the_gradient() -> Result<()> {
     let mut rng = Rng(5);
-    for dev in devices() {
+    for t in targets() {
+        let dev = t.device();
+        // The ops on the target (the emulated kernels too); the checks on the CPU.
         let w = tensor(&mut rng, &[6, 16], DType::F32, Data::Plain)?.to_device(&dev)?;
         let c = tensor(&mut rng, &[6, 16], DType::F32, Data::Plain)?.to_device(&dev)?;
         let v = Var::from_tensor(&w)?;
-        let y = targeted_nm_dropout_seeded(v.as_tensor(), 2, 4, 0.5, 8, 1)?;
-        let grads = (&y * &c)?.sum_all()?.backward()?;
+        // The forward and the backward pass on the target.
+        let grads = t.run(|| {
+            let y = targeted_nm_dropout_seeded(v.as_tensor(), 2, 4, 0.5, 8, 1)?;
+            (&y * &c)?.sum_all()?.backward()
+        })?;
         let g = grads.get(v.as_tensor()).expect("a gradient");
-        let mask = targeted_dropout_mask(&w, DropoutKind::Nm { n: 2, m: 4 }, 0.5, 0.5, 8, 1)?;
+        let kind = DropoutKind::Nm { n: 2, m: 4 };
+        let mask = t.run(|| targeted_dropout_mask(&w, kind, 0.5, 0.5, 8, 1))?;
         let want = mask.where_cond(&c.zeros_like()?, &c)?;
-        assert_same_bits(g, &want, &format!("{dev:?} gradient"))?;
+        assert_same_bits(g, &want, &format!("{t:?} gradient"))?;
         let dropped = mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
         assert!(
             dropped > 0.0 && dropped < 48.0,
