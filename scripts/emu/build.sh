@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA emulator's C++ programs (no Rust, no CUDA): the library-kernel driver
-# (emu/test/driver.cpp) in three variants, and the dev harness under the emulator.
+# (emu/test/driver.cpp) and the N:M kernel driver (emu/test/nm_driver.cpp) in three variants,
+# and the dev harness under the emulator.
 #   bash scripts/emu/build.sh [plain|asan|tsan|dev|all]   (default all) -> target/emu/<variant>/
 # Variants: plain (-O2), asan (AddressSanitizer + UndefinedBehaviorSanitizer, every report
 # fatal), tsan (ThreadSanitizer; the runtime emu/emu.cpp itself is not instrumented, it
@@ -27,9 +28,11 @@ build() { # variant
   for k in k_weight k_unit k_nm; do $CXX $BASE $san $KERN -c emu/$k.cpp -o "$o/$k.o" & pids+=($!); done
   $CXX $BASE $san $KERN -x c++ -c emu/test/faulty.cu -x none -o "$o/faulty.o" & pids+=($!)
   $CXX $BASE $san -c emu/test/driver.cpp -o "$o/driver.o" & pids+=($!)
+  $CXX $BASE $san -c emu/test/nm_driver.cpp -o "$o/nm_driver.o" & pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
   $CXX $link -pthread -o "$o/driver" "$o"/{driver,faulty,kernels,k_weight,k_unit,k_nm,dyn_shared,emu}.o
-  echo "built $o/driver"
+  $CXX $link -pthread -o "$o/nm_driver" "$o"/{nm_driver,kernels,k_weight,k_unit,k_nm,dyn_shared,emu}.o
+  echo "built $o/driver and $o/nm_driver"
 }
 
 build_dev() {
