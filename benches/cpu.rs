@@ -1,6 +1,7 @@
-//! CPU throughput of pruning and targeted weight dropout, side by side with the plain
-//! full-sort reference (the test oracle, one thread), the same full sort with the rows
-//! spread over the rayon pool, and a plain copy of the tensor. `cargo bench --bench cpu`.
+//! CPU throughput of pruning and targeted weight dropout (per filter, and 2:4), side by side
+//! with the plain full-sort reference (the test oracle, one thread), the same full sort with
+//! the rows spread over the rayon pool, and a plain copy of the tensor.
+//! `cargo bench --bench cpu`.
 //!
 //! What users see is ops alternating, not one op repeated on buffers it has just warmed: each
 //! round runs every op of a shape once, in turn, on the same (warm) input; two warm-up rounds,
@@ -10,7 +11,9 @@
 //! times only the crate's ops and the copy, and prints the fastest round too.
 use candle_core::{Device, Tensor};
 use candle_targeted_dropout::reference::{self, Draws};
-use candle_targeted_dropout::{prune_weights, targeted_weight_dropout_seeded};
+use candle_targeted_dropout::{
+    prune_nm, prune_weights, targeted_nm_dropout_seeded, targeted_weight_dropout_seeded,
+};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -117,6 +120,44 @@ fn main() {
                 }),
             ),
             (
+                "prune_2:4",
+                Box::new(|| drop(black_box(prune_nm(&wt, 2, 4).expect("2:4 pruning")))),
+            ),
+            (
+                "dropout_2:4",
+                Box::new(|| {
+                    drop(black_box(
+                        targeted_nm_dropout_seeded(&wt, 2, 4, 0.5, 1, 2).expect("2:4 dropout"),
+                    ))
+                }),
+            ),
+            (
+                "prune_2:4_sort",
+                Box::new(|| {
+                    drop(black_box(reference::nm_dropout(
+                        &w,
+                        &w,
+                        &[rows, n],
+                        2,
+                        4,
+                        Draws::PRUNE,
+                    )))
+                }),
+            ),
+            (
+                "dropout_2:4_sort",
+                Box::new(|| {
+                    drop(black_box(reference::nm_dropout(
+                        &w,
+                        &w,
+                        &[rows, n],
+                        2,
+                        4,
+                        DROPOUT,
+                    )))
+                }),
+            ),
+            (
                 "copy",
                 Box::new(|| drop(black_box(wt.copy().expect("a copy")))),
             ),
@@ -173,5 +214,18 @@ fn main() {
             "|  | {id} | dropout / prune = {:.2}x |  |  |  |  |  |  |",
             t("dropout") / t("prune")
         );
+        // N:M: the groups' own oracle (one thread) is the sort column; no rayon sort.
+        for op in ["prune_2:4", "dropout_2:4"] {
+            let (nm, sort) = (t(op), t(&format!("{op}_sort")));
+            println!(
+                "| {op} | {id} | {:.2} ms ({:.2} GB/s) | {:.1} ms | {:.1}x |  |  | {:.2} ms | {:.1}x |",
+                nm * 1e3,
+                gbs(nm),
+                sort * 1e3,
+                sort / nm,
+                copy * 1e3,
+                nm / copy,
+            );
+        }
     }
 }
