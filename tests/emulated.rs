@@ -94,6 +94,8 @@ fn shards_scores_grouped_call_and_backward() -> Result<()> {
     let a = tensor(&mut rng, &[37, 3, 5], DType::F32, Data::Edgy)?;
     let b = tensor(&mut rng, &[6, 700], DType::BF16, Data::Ties)?;
     let c = tensor(&mut rng, &[40, 9], DType::F64, Data::Edgy)?;
+    // A conv weight at 2:4: groups over the 12 channels, elements 3 apart.
+    let d = tensor(&mut rng, &[8, 12, 3], DType::F32, Data::Edgy)?;
     let cfgs = [
         TargetedDropout::weight(0.5, 0.5)?,
         TargetedDropout::unit(0.3, 0.9)?,
@@ -126,7 +128,8 @@ fn shards_scores_grouped_call_and_backward() -> Result<()> {
             9,
         )?);
         // The grouped call (rayon threads on the CPU).
-        let items = [(&a, cfgs[0]), (&b, cfgs[1]), (&c, cfgs[2])];
+        let nm = TargetedDropout::nm(2, 4, 0.6)?;
+        let items = [(&a, cfgs[0]), (&b, cfgs[1]), (&c, cfgs[2]), (&d, nm)];
         out.extend(targeted_dropout_many_seeded(&items, 77, 100)?);
         // The backward pass: the incoming gradient masked like the forward pass.
         for (w, cfg) in items {
@@ -136,6 +139,7 @@ fn shards_scores_grouped_call_and_backward() -> Result<()> {
                     targeted_weight_dropout_seeded(&v, cfg.gamma, cfg.alpha, 4, 2)?
                 }
                 DropoutKind::Unit => targeted_unit_dropout_seeded(&v, cfg.gamma, cfg.alpha, 4, 2)?,
+                DropoutKind::Nm { n, m } => targeted_nm_dropout_seeded(&v, n, m, cfg.alpha, 4, 2)?,
             };
             let g = y.ones_like()?.to_dtype(DType::F64)?;
             let grads = (y.to_dtype(DType::F64)? * g)?.sum_all()?.backward()?;
