@@ -1,7 +1,8 @@
 //! The configuration of targeted dropout and the one place where its arguments are checked:
 //! [`TargetedDropout`] (a kind, gamma and alpha) and the checks of gamma, alpha and the
 //! weight's dtype and rank that every public entry point runs, with errors that name the
-//! entry point and the value. A leaf: everything that takes a config uses this module, and it
+//! entry point and the value; for N:M also the pattern (`1 <= m <= 32`, `n <= m`), its gamma
+//! and the weight's group axis. A leaf: everything that takes a config uses this module, and it
 //! uses only `op` (for [`DropoutKind`]).
 
 use crate::op::{nm_geometry, DropoutKind};

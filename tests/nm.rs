@@ -435,6 +435,21 @@ fn bad_arguments_are_errors_naming_the_values() -> Result<()> {
     assert!(e.contains("m = 40"), "{e}");
     let e = TargetedDropout::nm(2, 4, -0.1).unwrap_err().to_string();
     assert!(e.contains("-0.1"), "{e}");
+    // A VarMapDropout selection whose shape the pattern does not fit: the variable named.
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    candle_nn::linear(6, 3, vb.pp("fc"))?;
+    let e = VarMapDropout::new(&vm, |name, _| {
+        (name == "fc.weight").then(|| TargetedDropout::nm(2, 4, 0.5).unwrap())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("fc.weight") && e.contains("[3, 6]") && e.contains("m = 4"), "{e}");
+    // An N:M config's gamma is its fraction.
+    let e = TargetedDropout::new(DropoutKind::Nm { n: 2, m: 4 }, 0.3, 0.5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0.3") && e.contains("0.5") && e.contains("2:4"), "{e}");
     // An empty tensor whose group axis divides: an empty result.
     let empty = Tensor::zeros((0, 8), DType::F32, &dev)?;
     assert_eq!(prune_nm(&empty, 2, 4)?.dims(), [0, 8]);
