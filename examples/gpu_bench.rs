@@ -179,7 +179,7 @@ fn main() -> Result<()> {
                 ("prune_2:4", |w| prune_nm(w, 2, 4)),
             ];
             // N:M needs a group axis (axis 1) that groups of four divide.
-            let nm_fits = shape[1] % 4 == 0;
+            let nm_fits = shape[1].is_multiple_of(4);
             for (op, f) in ops.iter().filter(|(op, _)| nm_fits || !op.contains("2:4")) {
                 let ms = time_ms(&dev, |i| f(&xs[i % r]).map(drop))?;
                 let candle = if *op == "weight_dropout" {

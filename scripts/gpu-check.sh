@@ -11,7 +11,7 @@ bins=$(cargo test --release --features cuda --no-run --message-format=json 2>/de
   | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("equivalence", "ops", "cuda_threads", "varmap"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("equivalence", "ops", "cuda_threads", "varmap", "nm"):
         print(m["target"]["name"], m["executable"])')
 rm -rf .gpu && mkdir -p .gpu
 while read -r name path; do
@@ -19,7 +19,7 @@ while read -r name path; do
 done <<< "$bins"
 strip -o .gpu/gpu_bench target/release/examples/gpu_bench
 strip -o .gpu/mnist_prune target/release/examples/mnist_prune
-gzip -f .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/varmap .gpu/gpu_bench .gpu/mnist_prune
+gzip -f .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/varmap .gpu/nm .gpu/gpu_bench .gpu/mnist_prune
 libs=scripts/cuda/find-runtime-libs.sh
 cp "$libs" .gpu/
 cp scripts/gpu-run.sh .gpu/run.sh

@@ -13,10 +13,10 @@ profile=${1:-check}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/td-out}; mkdir -p "$OUT"
 for f in .gpu/*.gz; do gunzip -f "$f"; done
-chmod +x .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/varmap .gpu/gpu_bench .gpu/mnist_prune .gpu/find-runtime-libs.sh
+chmod +x .gpu/equivalence .gpu/ops .gpu/cuda_threads .gpu/varmap .gpu/nm .gpu/gpu_bench .gpu/mnist_prune .gpu/find-runtime-libs.sh
 export LD_LIBRARY_PATH=$(.gpu/find-runtime-libs.sh)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 status=()
-for b in equivalence ops cuda_threads varmap gpu_bench mnist_prune; do
+for b in equivalence ops cuda_threads varmap nm gpu_bench mnist_prune; do
   if ldd .gpu/$b | grep 'not found'; then status+=("ldd $b: MISSING LIBRARIES"); else status+=("ldd $b: ok"); fi
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -42,6 +42,9 @@ run cuda_threads_and_long_row 120 .gpu/cuda_threads --test-threads 1
 run memcheck_40_cases 80 env TD_CASES=40 compute-sanitizer --tool memcheck --leak-check no .gpu/equivalence random_cases --test-threads 1
 run racecheck_12_cases 80 env TD_CASES=12 compute-sanitizer --tool racecheck .gpu/equivalence random_cases --test-threads 1
 run varmap_on_cuda 60 .gpu/varmap --test-threads 1
+# N:M (kernels/nm.cu): the hand-computed and random cases against the oracle, and memcheck.
+run nm_on_cuda 60 .gpu/nm --test-threads 1
+run memcheck_nm 80 compute-sanitizer --tool memcheck --leak-check no .gpu/nm random_against_the_oracle --test-threads 1
 echo; echo "== checks =="
 printf '%s\n' "${status[@]}"
 exit 0
@@ -51,8 +54,8 @@ unset TD_ONLY_CUDA
 run mnist_cnn_cuda 150 .gpu/mnist_prune --model cnn --device cuda --epochs 5 --data-dir data/mnist-5k --out "$OUT/mnist_cnn"
 run gpu_bench 100 .gpu/gpu_bench "$OUT/gpu_bench.csv"
 # Kernel durations and DRAM throughput per kernel (ncu reads the counters on Firecracker).
-timeout 90 ncu --clock-control none --section SpeedOfLight --kernel-name regex:'tdw|unit_' .gpu/gpu_bench --profile > "$OUT/ncu.log" 2>&1
-awk '/tdw_|unit_/ && /\(/ {name=$1; grid=$2} /Duration/ {d=$NF; u=$(NF-1)} /DRAM Throughput/ {t=$NF} /Duration/ {print name, grid, "duration", d, u, "dram%", t}' "$OUT/ncu.log" > "$OUT/ncu_summary.txt"
+timeout 90 ncu --clock-control none --section SpeedOfLight --kernel-name regex:'tdw|unit_|tdnm' .gpu/gpu_bench --profile > "$OUT/ncu.log" 2>&1
+awk '/tdw_|unit_|tdnm_/ && /\(/ {name=$1; grid=$2} /Duration/ {d=$NF; u=$(NF-1)} /DRAM Throughput/ {t=$NF} /Duration/ {print name, grid, "duration", d, u, "dram%", t}' "$OUT/ncu.log" > "$OUT/ncu_summary.txt"
 status+=("ncu: $(wc -l < "$OUT/ncu_summary.txt") kernels profiled")
 run torch_baseline 100 env PYTHONUNBUFFERED=1 python3 benches/torch_baseline.py "$OUT/torch_baseline.csv"
 cat "$OUT/gpu_bench.log" | grep -E "copy ceiling|fails" | head -12

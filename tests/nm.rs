@@ -444,12 +444,18 @@ fn bad_arguments_are_errors_naming_the_values() -> Result<()> {
     })
     .unwrap_err()
     .to_string();
-    assert!(e.contains("fc.weight") && e.contains("[3, 6]") && e.contains("m = 4"), "{e}");
+    assert!(
+        e.contains("fc.weight") && e.contains("[3, 6]") && e.contains("m = 4"),
+        "{e}"
+    );
     // An N:M config's gamma is its fraction.
     let e = TargetedDropout::new(DropoutKind::Nm { n: 2, m: 4 }, 0.3, 0.5)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("0.3") && e.contains("0.5") && e.contains("2:4"), "{e}");
+    assert!(
+        e.contains("0.3") && e.contains("0.5") && e.contains("2:4"),
+        "{e}"
+    );
     // An empty tensor whose group axis divides: an empty result.
     let empty = Tensor::zeros((0, 8), DType::F32, &dev)?;
     assert_eq!(prune_nm(&empty, 2, 4)?.dims(), [0, 8]);
