@@ -196,8 +196,21 @@ fn bad_input(dev: &Device) -> Result<()> {
         assert!(e.contains("alpha") && e.contains(&format!("{bad}")), "{e}");
         let e = prune_weights(&w, bad).unwrap_err().to_string();
         assert!(e.contains("gamma"), "{e}");
-        assert!(prune_units(&w, bad).is_err());
-        assert!(TargetedDropout::weight(bad, 0.5).is_err());
+        let e = prune_units(&w, bad).unwrap_err().to_string();
+        assert!(
+            e.contains("prune_units: gamma") && e.contains(&format!("{bad}")),
+            "{e}"
+        );
+        let e = TargetedDropout::weight(bad, 0.5).unwrap_err().to_string();
+        assert!(
+            e.contains("TargetedDropout: gamma") && e.contains(&format!("{bad}")),
+            "{e}"
+        );
+        let e = RampSchedule::new(0.5, bad).unwrap_err().to_string();
+        assert!(
+            e.contains("RampSchedule: alpha") && e.contains(&format!("{bad}")),
+            "{e}"
+        );
     }
     for dt in [DType::U8, DType::U32, DType::I64] {
         let wi = w.to_dtype(dt)?;
@@ -205,7 +218,11 @@ fn bad_input(dev: &Device) -> Result<()> {
             .unwrap_err()
             .to_string();
         assert!(e.contains(&format!("{dt:?}")) && e.contains("f32"), "{e}");
-        assert!(prune_units(&wi, 0.5).is_err());
+        let e = prune_units(&wi, 0.5).unwrap_err().to_string();
+        assert!(
+            e.contains("prune_units") && e.contains(&format!("{dt:?}")),
+            "{e}"
+        );
     }
     let scalar = Tensor::new(1f32, dev)?;
     let e = prune_weights(&scalar, 0.5).unwrap_err().to_string();
