@@ -59,6 +59,9 @@ pub(super) unsafe fn kth_by_ranks_avx2(keys: &[i32; RANK_ROW], n: usize, r: usiz
 /// The processor must support AVX2.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2")]
+// `inline`: without it the function, alone in its module, compiled to 20 more instructions a
+// call (cachegrind, [16384, 64]); with it, the same count as beside its caller.
+#[inline]
 pub(super) unsafe fn kth_by_prefix_avx2(
     keys: &[i32; RANK_ROW],
     n: usize,
