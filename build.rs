@@ -66,8 +66,6 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
-    #[cfg(feature = "emulate")]
-    build_emulator();
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -114,37 +112,4 @@ fn main() {
             panic!("nvcc failed on {} ({status})", cu.display());
         }
     }
-}
-
-/// The CUDA emulator (emu/, test support for the `emulate` feature): the runtime, and the
-/// kernel sources compiled with the host C++ compiler through emu/cuda_emu.h.
-#[cfg(feature = "emulate")]
-fn build_emulator() {
-    println!("cargo:rerun-if-changed=emu");
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let base = |b: &mut cc::Build| {
-        b.cpp(true)
-            .std("c++17")
-            .opt_level(2)
-            .warnings(false)
-            .flag("-pthread")
-            .flag("-fno-strict-aliasing")
-            .flag("-ffp-contract=off")
-            .include(dir.join("emu"))
-            .include(dir.join("emu/include"));
-    };
-    // The kernels and the table (they call into the runtime: linked before it).
-    let mut k = cc::Build::new();
-    base(&mut k);
-    k.flag("-include")
-        .flag(dir.join("emu/cuda_emu.h").to_str().expect("a UTF-8 path"))
-        .flag("-fno-extern-tls-init");
-    for f in ["k_weight.cpp", "k_unit.cpp", "kernels.cpp", "dyn_shared.cpp"] {
-        k.file(dir.join("emu").join(f));
-    }
-    k.compile("td_emu_kernels");
-    let mut rt = cc::Build::new();
-    base(&mut rt);
-    rt.file(dir.join("emu/emu.cpp"));
-    rt.compile("td_emu_rt");
 }
