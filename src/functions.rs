@@ -1,31 +1,12 @@
-//! The public functions: each validates its arguments (errors name the value and the
-//! accepted range), takes its draws from the caller or the process-wide generator, and
-//! applies the op.
+//! The public functions: each validates its arguments with `config`'s checks (errors name
+//! the value and the accepted range), takes its draws from the caller or the process-wide
+//! generator, and applies the op.
 
+use crate::config::{check_args, check_tensor, TargetedDropout};
 use crate::generator::{next_draw_state, take_offsets};
-use crate::layers::TargetedDropout;
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;
 use candle_core::{bail, DType, Result, Tensor};
-/// gamma and alpha: a number in [0, 1] (NaN is not).
-pub(crate) fn check_fraction(op: &str, name: &str, v: f64) -> Result<()> {
-    if !(0.0..=1.0).contains(&v) {
-        bail!("{op}: {name} must be a number in [0, 1], got {v}")
-    }
-    Ok(())
-}
-
-/// A float tensor of rank >= 1.
-pub(crate) fn check_tensor(op: &str, w: &Tensor) -> Result<()> {
-    match w.dtype() {
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => {}
-        dt => bail!("{op}: w must be f16, bf16, f32 or f64, got {dt:?}"),
-    }
-    if w.rank() == 0 {
-        bail!("{op}: w must have rank >= 1 (filters along dim 0), got a rank-0 tensor")
-    }
-    Ok(())
-}
 
 fn apply(w: &Tensor, op: TargetedOp) -> Result<Tensor> {
     if w.elem_count() == 0 {
@@ -50,9 +31,7 @@ fn validated(
     state: Option<(u64, u64)>,
     output: Output,
 ) -> Result<TargetedOp> {
-    check_fraction(op, "gamma", gamma)?;
-    check_fraction(op, "alpha", alpha)?;
-    check_tensor(op, w)?;
+    check_args(op, w, gamma, alpha)?;
     let (seed, offset) = state.unwrap_or_else(next_draw_state);
     Ok(TargetedOp {
         kind,
@@ -304,9 +283,7 @@ pub fn targeted_unit_dropout_from_scores(
     offset: u64,
 ) -> Result<Tensor> {
     let op = "targeted_unit_dropout_from_scores";
-    check_fraction(op, "gamma", gamma)?;
-    check_fraction(op, "alpha", alpha)?;
-    check_tensor(op, w)?;
+    check_args(op, w, gamma, alpha)?;
     if scores.rank() != 1 || !matches!(scores.dtype(), DType::F32 | DType::F64) {
         bail!(
             "{op}: scores must be a rank-1 f32 or f64 tensor (one score per unit), got {:?} {:?}",

@@ -4,58 +4,17 @@
 //! `Linear`, `Conv1d`, `Conv2d` and `Embedding`, or a module of your own). For a model whose
 //! code you do not want to touch, see [`crate::VarMapDropout`].
 
-use crate::functions::check_fraction;
-use crate::{
-    prune_units, prune_weights, targeted_unit_dropout, targeted_weight_dropout, DropoutKind,
-    RampSchedule,
+use crate::config::TargetedDropout;
+use crate::functions::{
+    prune_units, prune_weights, targeted_unit_dropout, targeted_weight_dropout,
 };
+use crate::op::DropoutKind;
+use crate::schedule::RampSchedule;
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Conv1dConfig, Conv2dConfig, VarBuilder};
 
-/// Targeted dropout of one kind at `gamma` (the targeted fraction) and `alpha` (the drop
-/// rate among the targeted).
-///
-/// In training it drops at random ([`targeted_weight_dropout`] or
-/// [`targeted_unit_dropout`]); in evaluation it prunes the whole targeted set, as the paper's
-/// code does.
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// use candle_targeted_dropout::TargetedDropout;
-/// # fn main() -> candle_core::Result<()> {
-/// let td = TargetedDropout::weight(0.5, 0.5)?;
-/// let w = Tensor::new(&[[1f32, -0.1, 0.2, -3.0]], &Device::Cpu)?;
-/// assert_eq!(td.apply(&w, false)?.to_vec2::<f32>()?, [[1.0, 0.0, 0.0, -3.0]]);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TargetedDropout {
-    /// Weights or whole units.
-    pub kind: DropoutKind,
-    /// The targeted fraction of each filter (weights) or of the filters (units), in [0, 1].
-    pub gamma: f64,
-    /// The drop rate among the targeted, in [0, 1].
-    pub alpha: f64,
-}
-
+/// The config's two uses: at a step of a schedule, and on a weight.
 impl TargetedDropout {
-    /// A config of `kind`; gamma and alpha must be in [0, 1].
-    pub fn new(kind: DropoutKind, gamma: f64, alpha: f64) -> Result<Self> {
-        check_fraction("TargetedDropout", "gamma", gamma)?;
-        check_fraction("TargetedDropout", "alpha", alpha)?;
-        Ok(Self { kind, gamma, alpha })
-    }
-
-    /// Targeted weight dropout at `gamma` and `alpha`.
-    pub fn weight(gamma: f64, alpha: f64) -> Result<Self> {
-        Self::new(DropoutKind::Weight, gamma, alpha)
-    }
-
-    /// Targeted unit dropout at `gamma` and `alpha`.
-    pub fn unit(gamma: f64, alpha: f64) -> Result<Self> {
-        Self::new(DropoutKind::Unit, gamma, alpha)
-    }
-
     /// The config that `schedule` gives at `step`, of this config's kind.
     pub fn at_step(&self, schedule: &RampSchedule, step: u64) -> Result<Self> {
         let (gamma, alpha) = schedule.at(step);

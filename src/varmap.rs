@@ -3,9 +3,12 @@
 //! their gradients afterwards, prunes them for evaluation, and reports the sparsity
 //! ([`SparsityReport`]). The model's code does not change.
 
-use crate::functions::{masked_gradient, targeted_dropout_many_seeded, zero_count};
+use crate::config::{check_args, TargetedDropout};
+use crate::functions::{
+    masked_gradient, prune_units, prune_weights, targeted_dropout_many_seeded, zero_count,
+};
 use crate::generator::take_offsets;
-use crate::{prune_units, prune_weights, DropoutKind, TargetedDropout};
+use crate::op::DropoutKind;
 use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor, Var};
 use candle_nn::VarMap;
@@ -258,9 +261,7 @@ impl VarMapDropout {
 
 fn check_entry(name: &str, w: &Tensor, config: &TargetedDropout) -> Result<()> {
     let what = format!("VarMapDropout: variable {name}");
-    crate::functions::check_fraction(&what, "gamma", config.gamma)?;
-    crate::functions::check_fraction(&what, "alpha", config.alpha)?;
-    crate::functions::check_tensor(&what, w)
+    check_args(&what, w, config.gamma, config.alpha)
 }
 
 fn prune_as(w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {

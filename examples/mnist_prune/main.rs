@@ -292,9 +292,14 @@ impl Sgd {
             }
         }
         for ((var, g), vel) in self.vars.iter().zip(gs).zip(self.velocity.iter_mut()) {
-            let d = (g + (var.as_tensor() * self.weight_decay)?)?;
-            *vel = ((&*vel * self.momentum)? + d)?;
-            var.set(&(var.as_tensor() - (&*vel * self.lr)?)?)?;
+            // Nothing of this step may outlive it: the velocity is state across steps, and a
+            // velocity computed from the variable (a tracked tensor) would keep this step's
+            // graph alive, and through the previous velocity every earlier step's: memory
+            // growing with the number of steps. So the update works on a detached view.
+            let w = var.as_tensor().detach();
+            let d = (g.detach() + (&w * self.weight_decay)?)?;
+            *vel = ((&*vel * self.momentum)? + d)?.detach();
+            var.set(&(w - (&*vel * self.lr)?)?)?;
         }
         Ok(())
     }
