@@ -421,6 +421,12 @@ static Case random_case() {
     c.draws.seed = rnd();
     c.draws.offset = rnd() % 4 == 0 ? rnd() : rnd() % 100;
     c.draws.threshold = tk == 0 ? 0 : tk == 1 ? TD_ALWAYS : (uint32_t)(rnd() % TD_ALWAYS);
+    if (tk == 4) {
+        // The threshold at the draw of one element: `(r >> 8) < t` must keep it (a `<=`
+        // would drop it, a difference of one draw in 2^24 that random thresholds never see).
+        const uint64_t e = (c.unit ? 0 : c.elem_base) + rnd() % (c.unit ? c.d0 : c.d0 * c.n);
+        c.draws.threshold = std::max<uint32_t>(1, draw(e, c.draws.seed, c.draws.offset) >> 8);
+    }
     c.draws.pad0 = 0;
     c.kind = (int)(rnd() % 6);
     c.misalign = rnd() % 4 == 0 ? (unsigned)(1 + rnd() % 3) : 0;
