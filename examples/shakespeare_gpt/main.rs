@@ -385,7 +385,7 @@ fn check_args(args: &Args) -> Result<()> {
             bail!("{name} must be at least 1")
         }
     }
-    if args.d_model % args.heads != 0 {
+    if !args.d_model.is_multiple_of(args.heads) {
         bail!(
             "--d-model {} must be a multiple of --heads {}",
             args.d_model,
