@@ -24,15 +24,21 @@ fn apply(w: &Tensor, op: TargetedOp) -> Result<Tensor> {
     }
 }
 
+/// A config as the caller gave it, not yet checked: [`validated`] checks it.
+fn config(kind: DropoutKind, gamma: f64, alpha: f64) -> TargetedDropout {
+    TargetedDropout { kind, gamma, alpha }
+}
+
+/// The op of `td` on `w` once the arguments are checked, drawing at `state` (or at the
+/// process-wide generator's next offset, taken only when the arguments are good).
 fn validated(
     op: &str,
     w: &Tensor,
-    kind: DropoutKind,
-    gamma: f64,
-    alpha: f64,
+    td: TargetedDropout,
     state: Option<(u64, u64)>,
     output: Output,
 ) -> Result<TargetedOp> {
+    let TargetedDropout { kind, gamma, alpha } = td;
     check_kind_args(op, w, kind, gamma, alpha)?;
     let (seed, offset) = state.unwrap_or_else(next_draw_state);
     Ok(TargetedOp {
@@ -63,15 +69,8 @@ fn validated(
 /// ```
 pub fn targeted_weight_dropout(w: &Tensor, gamma: f64, alpha: f64) -> Result<Tensor> {
     let op = "targeted_weight_dropout";
-    let o = validated(
-        op,
-        w,
-        DropoutKind::Weight,
-        gamma,
-        alpha,
-        None,
-        Output::Values,
-    )?;
+    let td = config(DropoutKind::Weight, gamma, alpha);
+    let o = validated(op, w, td, None, Output::Values)?;
     apply(w, o)
 }
 
@@ -90,7 +89,8 @@ pub fn targeted_weight_dropout(w: &Tensor, gamma: f64, alpha: f64) -> Result<Ten
 /// ```
 pub fn targeted_unit_dropout(w: &Tensor, gamma: f64, alpha: f64) -> Result<Tensor> {
     let op = "targeted_unit_dropout";
-    let o = validated(op, w, DropoutKind::Unit, gamma, alpha, None, Output::Values)?;
+    let td = config(DropoutKind::Unit, gamma, alpha);
+    let o = validated(op, w, td, None, Output::Values)?;
     apply(w, o)
 }
 
@@ -106,7 +106,8 @@ pub fn targeted_weight_dropout_seeded(
 ) -> Result<Tensor> {
     let op = "targeted_weight_dropout_seeded";
     let s = Some((seed, offset));
-    let o = validated(op, w, DropoutKind::Weight, gamma, alpha, s, Output::Values)?;
+    let td = config(DropoutKind::Weight, gamma, alpha);
+    let o = validated(op, w, td, s, Output::Values)?;
     apply(w, o)
 }
 
@@ -136,7 +137,8 @@ pub fn targeted_weight_dropout_rows(
 ) -> Result<Tensor> {
     let op = "targeted_weight_dropout_rows";
     let s = Some((seed, offset));
-    let mut o = validated(op, w, DropoutKind::Weight, gamma, alpha, s, Output::Values)?;
+    let td = config(DropoutKind::Weight, gamma, alpha);
+    let mut o = validated(op, w, td, s, Output::Values)?;
     let (d0, n) = crate::op::filters(w.shape());
     let last = first_row.checked_add(d0 as u64);
     match last.and_then(|l| l.checked_mul(n as u64)) {
@@ -158,7 +160,8 @@ pub fn targeted_unit_dropout_seeded(
 ) -> Result<Tensor> {
     let op = "targeted_unit_dropout_seeded";
     let s = Some((seed, offset));
-    let o = validated(op, w, DropoutKind::Unit, gamma, alpha, s, Output::Values)?;
+    let td = config(DropoutKind::Unit, gamma, alpha);
+    let o = validated(op, w, td, s, Output::Values)?;
     apply(w, o)
 }
 
@@ -184,7 +187,8 @@ pub fn prune_units(w: &Tensor, gamma: f64) -> Result<Tensor> {
 
 /// The whole targeted set removed: alpha = 1 without draws or generator.
 fn prune(op: &str, w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {
-    let mut o = validated(op, w, kind, gamma, 1.0, Some((0, 0)), Output::Values)?;
+    let td = config(kind, gamma, 1.0);
+    let mut o = validated(op, w, td, Some((0, 0)), Output::Values)?;
     o.draws = Bernoulli::always();
     apply(w, o)
 }
@@ -200,15 +204,8 @@ pub fn targeted_dropout_mask(
     offset: u64,
 ) -> Result<Tensor> {
     let s = Some((seed, offset));
-    let o = validated(
-        "targeted_dropout_mask",
-        w,
-        kind,
-        gamma,
-        alpha,
-        s,
-        Output::Mask,
-    )?;
+    let td = config(kind, gamma, alpha);
+    let o = validated("targeted_dropout_mask", w, td, s, Output::Mask)?;
     apply(w, o)
 }
 
@@ -370,15 +367,7 @@ pub fn targeted_dropout_many_seeded(
 
 /// The op of a config at `(seed, offset)`.
 fn configured(op: &str, w: &Tensor, td: TargetedDropout, state: (u64, u64)) -> Result<TargetedOp> {
-    validated(
-        op,
-        w,
-        td.kind,
-        td.gamma,
-        td.alpha,
-        Some(state),
-        Output::Values,
-    )
+    validated(op, w, td, Some(state), Output::Values)
 }
 
 /// Every item validated first (an error names the tensor and takes no offset), then the
@@ -455,7 +444,13 @@ pub(crate) fn masked_gradient(
 pub fn targeted_nm_dropout(w: &Tensor, n: usize, m: usize, alpha: f64) -> Result<Tensor> {
     let op = "targeted_nm_dropout";
     let p = NmPattern::new(op, n, m)?;
-    let o = validated(op, w, p.kind(), p.fraction(), alpha, None, Output::Values)?;
+    let o = validated(
+        op,
+        w,
+        config(p.kind(), p.fraction(), alpha),
+        None,
+        Output::Values,
+    )?;
     apply(w, o)
 }
 
@@ -473,7 +468,13 @@ pub fn targeted_nm_dropout_seeded(
     let op = "targeted_nm_dropout_seeded";
     let p = NmPattern::new(op, n, m)?;
     let s = Some((seed, offset));
-    let o = validated(op, w, p.kind(), p.fraction(), alpha, s, Output::Values)?;
+    let o = validated(
+        op,
+        w,
+        config(p.kind(), p.fraction(), alpha),
+        s,
+        Output::Values,
+    )?;
     apply(w, o)
 }
 

@@ -86,7 +86,8 @@ impl WithWeight for candle_nn::Embedding {
 }
 
 /// A module whose weight goes through targeted dropout first, when it has a config:
-/// `forward_t(x, true)` drops at random, `forward_t(x, false)` prunes.
+/// `forward_t(x, true)` drops at random, `forward_t(x, false)` prunes (at every call;
+/// [`Targeted::pruned`] prunes once).
 ///
 /// ```
 /// use candle_core::{DType, Device, ModuleT, Tensor};
@@ -131,9 +132,44 @@ impl<M: WithWeight> Targeted<M> {
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
+
+    /// The inner module with its weight pruned as evaluation prunes it (the config's kind and
+    /// gamma: the whole targeted set), computed once: evaluate with the returned module
+    /// instead of `forward_t(x, false)`, which prunes the weight again at every call. Without
+    /// a config, the inner module unchanged.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Module, ModuleT, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use candle_targeted_dropout::{linear, TargetedDropout};
+    /// # fn main() -> candle_core::Result<()> {
+    /// let vm = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    /// let layer = linear(8, 4, Some(TargetedDropout::weight(0.5, 0.5)?), vb.pp("fc"))?;
+    /// let pruned = layer.pruned()?; // a candle_nn::Linear with half of each row zeroed
+    /// let x = Tensor::ones((2, 8), DType::F32, &Device::Cpu)?;
+    /// let (a, b) = (pruned.forward(&x)?, layer.forward_t(&x, false)?);
+    /// assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn pruned(&self) -> Result<M> {
+        let w = self.inner.weight();
+        let w = match &self.dropout {
+            Some(td) => td.apply(w, false)?,
+            None => w.clone(),
+        };
+        Ok(self.inner.with_weight(w))
+    }
 }
 
 impl Linear {
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+}
+
+impl Conv1d {
     /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()

@@ -32,6 +32,24 @@ enum Model {
     Cnn,
 }
 
+/// What the IDX files hold: a label for the tables (the format is the same).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Dataset {
+    Mnist,
+    /// Zalando's Fashion-MNIST (e.g. Debian's `dataset-fashion-mnist`:
+    /// `--data-dir /usr/share/datasets/fashion-mnist`).
+    Fashion,
+}
+
+impl Dataset {
+    fn name(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "MNIST",
+            Dataset::Fashion => "Fashion-MNIST",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum DeviceArg {
     Cpu,
@@ -44,6 +62,9 @@ struct Args {
     /// Folder with MNIST's IDX files (train-*/t10k-*, gzipped or not).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist-5k"))]
     data_dir: PathBuf,
+    /// The data set in `--data-dir`, named in the tables.
+    #[arg(long, value_enum, default_value_t = Dataset::Mnist)]
+    dataset: Dataset,
     #[arg(long, value_enum, default_value_t = Model::Mlp)]
     model: Model,
     /// Training epochs (40 keeps the four models under 3 minutes on 2 cores; the effect
@@ -570,8 +591,8 @@ fn main() -> Result<()> {
         idx::load(&args.data_dir, "t10k")?,
     );
     println!(
-        "{:?} on {:?}: {} training and {} test images from {}, {} epochs, lr {}, momentum {}, weight decay {}, seed {}",
-        args.model, args.device, data.0.count, data.1.count, args.data_dir.display(), args.epochs, args.lr, args.momentum, args.weight_decay, args.seed
+        "{:?} on {:?}, {}: {} training and {} test images from {}, {} epochs, lr {}, momentum {}, weight decay {}, seed {}",
+        args.model, args.device, args.dataset.name(), data.0.count, data.1.count, args.data_dir.display(), args.epochs, args.lr, args.momentum, args.weight_decay, args.seed
     );
     let steps = (data.0.count.div_ceil(args.batch_size) * args.epochs) as u64;
     let ramp = RampSchedule::with_steps(
@@ -631,7 +652,10 @@ fn main() -> Result<()> {
     println!(
         "\n{}",
         table(
-            "Test accuracy (%) after per-filter weight pruning",
+            &format!(
+                "{} test accuracy (%) after per-filter weight pruning",
+                args.dataset.name()
+            ),
             &WEIGHT_RATES,
             &weight_rows
         )
@@ -639,7 +663,10 @@ fn main() -> Result<()> {
     println!(
         "\n{}",
         table(
-            "Test accuracy (%) after unit pruning",
+            &format!(
+                "{} test accuracy (%) after unit pruning",
+                args.dataset.name()
+            ),
             &UNIT_RATES,
             &unit_rows
         )
