@@ -10,6 +10,8 @@ Run:
   dev/cuda/td            validation (>= 1000 random cases + edge data + large shapes), then timing
   dev/cuda/td --small    a few small cases, no timing (for compute-sanitizer memcheck/racecheck)
   dev/cuda/td --check    validation only
+  dev/cuda/td --emu      the --small validation, for the CPU emulator of the CUDA execution model:
+                         bash scripts/emu/dev.sh builds this file with g++ and runs it (no GPU)
 Or everything, sanitizers included: bash dev/cuda/run.sh
 
 Kernel versions:
@@ -594,6 +596,12 @@ template <typename U>
 static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed,
                       uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
     const size_t size = sizeof(U);
+    if (k == 0 || thr == 0) {
+        // Nothing is dropped: the library copies and launches nothing, as here. tdw_block
+        // cannot take k == 0 (kernels/params.h states each kernel's preconditions).
+        CK(cudaMemcpyAsync(out, w, rows * n * size, cudaMemcpyDeviceToDevice, st));
+        return;
+    }
     const TdwRowsParams p = {rows, n, k, /*elem_base=*/0, {seed, offset, thr, 0}};
     const bool wide = sizeof(U) == 4;
     if (n <= TD_TINY_ROW) {
@@ -1036,7 +1044,7 @@ static void bench_resnet() {
 int main(int argc, char** argv) {
     bool check_only = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--small")) g_small = true;
+        if (!strcmp(argv[i], "--small") || !strcmp(argv[i], "--emu")) g_small = true;
         else if (!strcmp(argv[i], "--check")) check_only = true;
     }
     if (!ref_philox_kat()) return 1;
