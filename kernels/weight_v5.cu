@@ -136,12 +136,12 @@ __device__ __forceinline__ uint4 philox_rk(uint64_t g, uint64_t offset, const ui
 // draw_first / 4 + (sh + q) / 4, word (sh + q) % 4, with sh = draw_first % 4; group h of the
 // vector covers the elements of bits (15 << 4 h) >> sh. One Philox block per group that holds
 // a targeted element.
+// sh is passed in so that the caller can hoist it (the same for every vector when VE >= 4).
 template <int VE>
-__device__ __forceinline__ uint32_t dropped_of(uint32_t targeted, uint64_t draw_first, uint32_t threshold,
-                                               uint64_t offset, const uint32_t* keys) {
+__device__ __forceinline__ uint32_t dropped_of(uint32_t targeted, uint64_t draw_first, uint32_t sh,
+                                               uint32_t threshold, uint64_t offset, const uint32_t* keys) {
     constexpr int GROUPS = (VE + 3) / 4 + 1;  // groups a vector may touch
     constexpr uint32_t ALL = (1u << VE) - 1;
-    const uint32_t sh = (uint32_t)(draw_first & 3);
     const uint64_t g0 = draw_first / 4;
     uint32_t hit = 0;
 #pragma unroll
@@ -416,7 +416,9 @@ __device__ __forceinline__ void tdw5_block(const Td5Params& p) {
             tg |= (uint32_t)(key < cut_key || (key == cut_key && s0 + q < cut_slot)) << q;
         }
         tg &= valid[v];
-        const uint32_t dr = draws && tg ? dropped_of<VE>(tg, draw_slot0 + s0, thr, sg.offset, p.keys) : tg;
+        // draw_slot0 + s0 % 4: s0 is a multiple of 4 when VE >= 4.
+        const uint32_t sh = (uint32_t)((VE >= 4 ? draw_slot0 : draw_slot0 + s0) & 3);
+        const uint32_t dr = draws && tg ? dropped_of<VE>(tg, draw_slot0 + s0, sh, thr, sg.offset, p.keys) : tg;
         if (out) {
             uint4 y = x[v];
             if (sg.vals) {
