@@ -1,0 +1,489 @@
+// The library's kernels on the emulator, launched as src/cuda.rs launches them (same kernels,
+// grids, shared memory and parameter structs, per device profile), on random cases against a
+// CPU reference written from DESIGN.md. Needs no Rust: the sanitizer runs (ASan + UBSan, TSan)
+// build this with the emulator (scripts/emu/build.sh) and run it; any mismatch, emulator
+// report or sanitizer report fails (exit code != 0).
+//
+//   driver [--cases N] [--seed S] [--large] [--selftest]
+//
+// Every launch goes through the C ABI td_emu_launch with a schedule that rotates over thread
+// order (forward, reverse, random), warp run-ahead (off, on) and 1..3 block workers.
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "../../kernels/params.h"
+#include "../td_emu.h"
+
+static int g_fail = 0;
+static uint64_t g_launches = 0;
+
+// ---------------------------------------------------------------------------------------
+// Random numbers (splitmix64)
+
+static uint64_t g_rng = 1;
+static uint64_t rnd() {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rnd01() { return (rnd() >> 11) * (1.0 / 9007199254740992.0); }
+
+// ---------------------------------------------------------------------------------------
+// Reference, from DESIGN.md (shares nothing with the kernels)
+
+static void philox(uint32_t c[4], uint32_t k0, uint32_t k1) {
+    for (int round = 0; round < 10; round++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0, n1 = (uint32_t)p1;
+        const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1, n3 = (uint32_t)p0;
+        c[0] = n0; c[1] = n1; c[2] = n2; c[3] = n3;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+}
+static uint32_t draw(uint64_t e, uint64_t seed, uint64_t offset) {
+    const uint64_t g = e / 4;
+    uint32_t c[4] = {(uint32_t)g, (uint32_t)(g >> 32), (uint32_t)offset, (uint32_t)(offset >> 32)};
+    philox(c, (uint32_t)seed, (uint32_t)(seed >> 32));
+    return c[e % 4];
+}
+static bool philox_kat() {
+    uint32_t c[4] = {0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344};
+    philox(c, 0xa4093822, 0x299f31d0);
+    return c[0] == 0xd16cfe09 && c[1] == 0x94fdcceb && c[2] == 0x5001e420 && c[3] == 0x24126ea1;
+}
+static bool dropped(bool targeted, uint64_t e, const TdDraws& d) {
+    if (!targeted || d.threshold == 0) return false;
+    if (d.threshold >= TD_ALWAYS) return true;
+    return (draw(e, d.seed, d.offset) >> 8) < d.threshold;
+}
+
+// The dropped flags of rows x rows of n raw elements (width bytes each): the k smallest
+// (key, index) of each row targeted, draw index elem_base + r * n + i.
+static std::vector<uint8_t> ref_select(const void* w, unsigned width, uint64_t rows, uint64_t n, uint64_t k,
+                                       uint64_t elem_base, const TdDraws& d) {
+    std::vector<uint8_t> dr(rows * n);
+    std::vector<std::pair<uint64_t, uint64_t>> keys(n);
+    for (uint64_t r = 0; r < rows; r++) {
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t b = 0;
+            memcpy(&b, (const char*)w + (r * n + i) * width, width);
+            const uint64_t mask = width == 2 ? 0x7fffull : width == 4 ? 0x7fffffffull : 0x7fffffffffffffffull;
+            keys[i] = {b & mask, i};
+        }
+        std::sort(keys.begin(), keys.end());
+        for (uint64_t j = 0; j < n; j++) {
+            const uint64_t i = keys[j].second;
+            dr[r * n + i] = dropped(j < k, elem_base + r * n + i, d);
+        }
+    }
+    return dr;
+}
+
+static float f16_to_f32(uint16_t h) {
+    const int exp = (h >> 10) & 31, man = h & 1023;
+    double v;
+    if (exp == 31) v = man ? NAN : INFINITY;
+    else if (exp == 0) v = ldexp((double)man, -24);
+    else v = ldexp((double)(1024 + man), exp - 25);
+    return (h & 0x8000) ? -(float)v : (float)v;
+}
+
+// Unit scores in the documented order: lane j sums x[j + 1024 m]^2 from +0.0, then the lanes
+// fold pairwise for s = 512 .. 1; NaN canonical. kind: 0 f32, 1 f16, 2 bf16, 3 f64.
+template <typename A> static A ref_score(const void* x, int kind, uint64_t n) {
+    std::vector<A> lane(1024, (A)0);
+    for (uint64_t i = 0; i < n; i++) {
+        A v;
+        if (kind == 0) { float f; memcpy(&f, (const char*)x + 4 * i, 4); v = (A)f; }
+        else if (kind == 1) { uint16_t h; memcpy(&h, (const char*)x + 2 * i, 2); v = (A)f16_to_f32(h); }
+        else if (kind == 2) { uint16_t h; memcpy(&h, (const char*)x + 2 * i, 2); uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); v = (A)f; }
+        else { double f; memcpy(&f, (const char*)x + 8 * i, 8); v = (A)f; }
+        const A sq = v * v;
+        lane[i % 1024] = lane[i % 1024] + sq;
+    }
+    for (int s = 512; s >= 1; s >>= 1)
+        for (int j = 0; j < s; j++) lane[j] = lane[j] + lane[j + s];
+    A r = lane[0];
+    if (r != r) {
+        if (sizeof(A) == 4) { uint32_t b = 0x7fc00000u; memcpy(&r, &b, 4); }
+        else { uint64_t b = 0x7ff8000000000000ull; memcpy(&r, &b, 8); }
+    }
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Device profiles and the launch plan of src/cuda.rs
+
+struct Profile {
+    const char* name;
+    uint64_t sms, optin, l2;
+};
+static const Profile kProfiles[] = {
+    {"h200", 132, 232448, 60ull << 20},
+    {"sm86", 28, 101376, 6ull << 20},
+    {"1sm-small-l2", 1, 232448, 256 << 10},  // long rows take several row groups
+    {"64k", 2, 65536, 1 << 20},              // f64 rows of 32 take the block path
+};
+// The kernels' static shared memory (what cuFuncGetAttribute reports, near enough): tdw_tiny
+// a u32 per row, tdw_block the Scratch struct.
+static const uint64_t kTinyStatic = 1024, kBlockStatic = 1088;
+
+static uint64_t tiny_smem(uint64_t n, uint64_t size) { return (uint64_t)TD_BLOCK * (n | 1) * size; }
+static uint64_t block_smem(uint64_t n, uint64_t size) { return (n + 3) / 4 * 4 * size; }
+
+static TdEmuSchedule next_schedule() {
+    const uint64_t c = g_launches++;
+    TdEmuSchedule s = emu::schedule_from_env(c);
+    if (!getenv("TD_EMU_WORKERS")) s.block_workers = 1 + (uint32_t)(c % 3);
+    return s;
+}
+
+static bool launch(const char* name, uint32_t gx, uint32_t gy, uint32_t dyn, std::vector<void*> args) {
+    char err[2048];
+    const TdEmuSchedule s = next_schedule();
+    if (td_emu_launch(name, std::max(gx, 1u), std::max(gy, 1u), 1, TD_BLOCK, 1, 1, dyn, args.data(),
+                      (uint32_t)args.size(), &s, err, sizeof err) != 0) {
+        fprintf(stderr, "EMULATOR: %s (schedule: order %u, run-ahead %u, workers %u)\n", err, s.thread_order,
+                s.warp_runahead, s.block_workers);
+        return false;
+    }
+    return true;
+}
+
+static const char* wname(unsigned size) { return size == 2 ? "u16" : size == 4 ? "u32" : "u64"; }
+
+static uint64_t garbage_word() { return 0xABABABABABABABABull; }
+
+// select_rows of src/cuda.rs.
+static bool select_rows(const Profile& pf, unsigned size, const void* w, const void* vals, void* out, uint8_t* mask,
+                        uint64_t rows, uint64_t n, uint64_t k, uint64_t elem_base, TdDraws draws) {
+    if (k == 0 || draws.threshold == 0) {
+        if (out) memcpy(out, vals ? vals : w, rows * n * size);
+        if (mask) memset(mask, 0, rows * n);
+        return true;
+    }
+    void* nul = nullptr;
+    const void* vp = vals;
+    TdwRowsParams p = {rows, n, k, elem_base, draws};
+    const uint64_t tiny_lim = std::min(pf.optin - kTinyStatic, tiny_smem(TD_TINY_ROW, size));
+    const uint64_t block_lim = std::min(pf.optin - kBlockStatic, (uint64_t)TD_BLOCK_ROW_BYTES);
+    std::string nm;
+    if (n <= TD_TINY_ROW && tiny_smem(n, size) <= tiny_lim) {
+        const uint32_t smem = (uint32_t)tiny_smem(n, size);
+        const uint32_t grid = (uint32_t)std::min((rows + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 8);
+        nm = std::string("tdw_tiny_") + wname(size);
+        return launch(nm.c_str(), grid, 1, smem, {&w, vals ? (void*)&vp : (void*)&nul, out ? (void*)&out : (void*)&nul,
+                                                  mask ? (void*)&mask : (void*)&nul, &p});
+    }
+    if (block_smem(n, size) <= block_lim) {
+        const uint32_t smem = (uint32_t)block_smem(n, size);
+        // Blocks per multiprocessor: by threads (2048 / 256) and by shared memory.
+        const uint64_t per_sm = std::max<uint64_t>(1, std::min<uint64_t>(8, 233472 / (smem + kBlockStatic + 1024)));
+        const uint32_t grid = (uint32_t)std::min(rows, pf.sms * per_sm);
+        nm = std::string("tdw_block_") + wname(size);
+        return launch(nm.c_str(), grid, 1, smem, {&w, vals ? (void*)&vp : (void*)&nul, out ? (void*)&out : (void*)&nul,
+                                                  mask ? (void*)&mask : (void*)&nul, &p});
+    }
+    const uint32_t passes = size;
+    const uint64_t chunks = (n + TD_LONG_CHUNK - 1) / TD_LONG_CHUNK;
+    const uint64_t group = std::max<uint64_t>(1, std::min((pf.l2 / 2) / (n * size), std::min<uint64_t>(rows, 65535)));
+    std::vector<uint32_t> hist(rows * passes * 256, 0);
+    std::vector<uint32_t> chunk_hist(group * chunks * 256, (uint32_t)garbage_word());
+    for (uint64_t row0 = 0; row0 < rows; row0 += group) {
+        const uint64_t g = std::min(group, rows - row0);
+        uint32_t* hist_g = hist.data() + row0 * passes * 256;
+        uint32_t* ch = chunk_hist.data();
+        for (uint32_t pass = 0; pass < passes; pass++) {
+            TdwLongHistParams hp = {row0, n, k, pass, 0};
+            nm = std::string("tdw_long_hist_") + wname(size);
+            if (!launch(nm.c_str(), (uint32_t)chunks, (uint32_t)g, 0, {&w, &hist_g, &ch, &hp})) return false;
+        }
+        TdwLongApplyParams ap = {row0, n, k, elem_base, draws};
+        const uint32_t* hist_c = hist_g;
+        const uint32_t* ch_c = ch;
+        nm = std::string("tdw_long_apply_") + wname(size);
+        if (!launch(nm.c_str(), (uint32_t)chunks, (uint32_t)g, 0,
+                    {&w, vals ? (void*)&vp : (void*)&nul, out ? (void*)&out : (void*)&nul,
+                     mask ? (void*)&mask : (void*)&nul, &hist_c, &ch_c, &ap}))
+            return false;
+    }
+    return true;
+}
+
+static const char* kDtype[] = {"f32", "f16", "bf16", "f64"};
+static unsigned dsize(int dt) { return dt == 3 ? 8 : dt == 0 ? 4 : 2; }
+
+// launch_scores of src/cuda.rs.
+static bool launch_scores(const Profile& pf, int dt, const void* w, void* scores, uint64_t d0, uint64_t n) {
+    UnitScoresParams p = {d0, n};
+    std::string nm = std::string(n <= TD_TINY_ROW ? "unit_scores_tiny_" : "unit_scores_block_") + kDtype[dt];
+    const uint64_t grid = n <= TD_TINY_ROW ? std::min((d0 + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 8) : std::min(d0, pf.sms * 8);
+    return launch(nm.c_str(), (uint32_t)grid, 1, 0, {&w, &scores, &p});
+}
+
+// ---------------------------------------------------------------------------------------
+// Cases
+
+// Raw bits of dtype dt: kinds 0 randn, 1 few values (ties), 2 edge values, 3 one value,
+// 4 +-0 only, 5 30% zeros.
+static void fill(std::vector<uint8_t>& buf, int dt, uint64_t numel, int kind) {
+    const unsigned sz = dsize(dt);
+    buf.assign(numel * sz, 0);
+    auto from_d = [&](double v) -> uint64_t {
+        if (dt == 3) { uint64_t b; memcpy(&b, &v, 8); return b; }
+        float f = (float)v;
+        uint32_t b;
+        memcpy(&b, &f, 4);
+        if (dt == 0) return b;
+        if (dt == 2) return b >> 16;
+        // f16 of a float (truncating: any bits will do as long as they are f16 bits)
+        const uint32_t s = (b >> 16) & 0x8000;
+        const int e = (int)((b >> 23) & 255) - 127 + 15;
+        if (e <= 0) return s;
+        if (e >= 31) return s | 0x7c00;
+        return s | (uint32_t)(e << 10) | ((b >> 13) & 1023);
+    };
+    auto randn = [&]() {
+        double u1 = std::max(rnd01(), 1e-300), u2 = rnd01();
+        return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
+    };
+    const uint64_t top = 1ull << (8 * sz - 1);
+    uint64_t few[5];
+    for (auto& f : few) f = from_d(randn());
+    const uint64_t one = from_d(randn());
+    for (uint64_t i = 0; i < numel; i++) {
+        uint64_t x;
+        switch (kind) {
+            case 0: x = from_d(randn()); break;
+            case 1: x = few[rnd() % 5] ^ ((rnd() & 1) ? top : 0); break;
+            case 2: {
+                const uint64_t r = rnd() % 12;
+                const uint64_t expmask = sz == 2 ? (dt == 1 ? 0x7c00 : 0x7f80) : sz == 4 ? 0x7f800000ull : 0x7ff0000000000000ull;
+                x = r == 0 ? 0 : r == 1 ? top : r == 2 ? 1 : r == 3 ? expmask : r == 4 ? expmask | 1 : r == 5 ? top - 1
+                  : r == 6 ? (expmask | (expmask >> 1)) : r == 7 ? (top | expmask) : from_d(randn());
+                break;
+            }
+            case 3: x = one; break;
+            case 4: x = (rnd() & 1) ? top : 0; break;
+            default: x = rnd() % 10 < 3 ? 0 : from_d(randn()); break;
+        }
+        memcpy(&buf[i * sz], &x, sz);
+    }
+}
+
+struct Case {
+    int prof, dt;
+    bool unit, values, grad;
+    uint64_t d0, n, k, elem_base;
+    TdDraws draws;
+    int kind;
+    unsigned misalign;
+};
+
+static std::string describe(const Case& c) {
+    char b[512];
+    snprintf(b, sizeof b,
+             "profile %s %s %s [%llu, %llu] k=%llu elem_base=%llu threshold=%u seed=%llx offset=%llu kind=%d "
+             "output=%s%s misalign=%u",
+             kProfiles[c.prof].name, kDtype[c.dt], c.unit ? "unit" : "weight", (unsigned long long)c.d0,
+             (unsigned long long)c.n, (unsigned long long)c.k, (unsigned long long)c.elem_base, c.draws.threshold,
+             (unsigned long long)c.draws.seed, (unsigned long long)c.draws.offset, c.kind,
+             c.values ? "values" : "mask", c.grad ? " (backward: values from a gradient)" : "", c.misalign);
+    return b;
+}
+
+// An exact-size allocation at `misalign` elements past an aligned address (ASan sees the end).
+struct Buf {
+    std::vector<uint8_t> raw;
+    uint8_t* p = nullptr;
+    void init(const std::vector<uint8_t>& src, unsigned sz, unsigned misalign) {
+        raw.resize(src.size() + (size_t)misalign * sz);
+        p = raw.data() + (size_t)misalign * sz;
+        memcpy(p, src.data(), src.size());
+    }
+};
+
+static bool run_case(const Case& c) {
+    const Profile& pf = kProfiles[c.prof];
+    const unsigned sz = dsize(c.dt);
+    const uint64_t numel = c.d0 * c.n;
+    std::vector<uint8_t> wb, gb;
+    fill(wb, c.dt, numel, c.kind);
+    if (c.grad) fill(gb, c.dt, numel, 0);
+    Buf w, g;
+    w.init(wb, sz, c.misalign);
+    if (c.grad) g.init(gb, sz, c.misalign);
+    std::vector<uint8_t> out(c.values ? numel * sz : 0, 0xAB), mask(c.values ? 0 : numel, 0xAB);
+    // Reference.
+    std::vector<uint8_t> want_drop(numel);
+    if (!c.unit) {
+        want_drop = ref_select(wb.data(), sz, c.d0, c.n, c.k, c.elem_base, c.draws);
+    } else {
+        std::vector<uint8_t> scores(c.d0 * (c.dt == 3 ? 8 : 4));
+        for (uint64_t u = 0; u < c.d0; u++) {
+            if (c.dt == 3) { double s = ref_score<double>(&wb[u * c.n * sz], c.dt, c.n); memcpy(&scores[u * 8], &s, 8); }
+            else { float s = ref_score<float>(&wb[u * c.n * sz], c.dt, c.n); memcpy(&scores[u * 4], &s, 4); }
+        }
+        const std::vector<uint8_t> um = ref_select(scores.data(), c.dt == 3 ? 8 : 4, 1, c.d0, c.k, 0, c.draws);
+        for (uint64_t e = 0; e < numel; e++) want_drop[e] = um[e / c.n];
+    }
+    // The emulated kernels, as src/cuda.rs runs them.
+    bool ok = true;
+    const void* vals = c.grad ? g.p : nullptr;
+    void* outp = c.values ? (void*)out.data() : nullptr;
+    uint8_t* maskp = c.values ? nullptr : mask.data();
+    if (!c.unit) {
+        ok = select_rows(pf, sz, w.p, vals, outp, maskp, c.d0, c.n, c.k, c.elem_base, c.draws);
+    } else {
+        const unsigned asz = c.dt == 3 ? 8 : 4;
+        std::vector<uint8_t> umask(c.d0, 0);
+        if (c.k > 0 && c.draws.threshold != 0) {
+            std::vector<uint8_t> scores(c.d0 * asz, 0);
+            ok = launch_scores(pf, c.dt, w.p, scores.data(), c.d0, c.n) &&
+                 select_rows(pf, asz, scores.data(), nullptr, nullptr, umask.data(), 1, c.d0, c.k, 0, c.draws);
+        }
+        if (ok) {
+            const uint64_t groups = (numel + 3) / 4;
+            const uint32_t grid = (uint32_t)std::min((groups + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 16);
+            UnitApplyParams p = {numel, c.n};
+            void* nul = nullptr;
+            const void* v = vals ? vals : (const void*)w.p;
+            const uint8_t* um = umask.data();
+            const std::string nm = std::string("unit_apply_") + wname(sz);
+            ok = launch(nm.c_str(), grid, 1, 0,
+                        {&v, outp ? (void*)&outp : (void*)&nul, maskp ? (void*)&maskp : (void*)&nul, &um, &p});
+        }
+    }
+    if (!ok) {
+        fprintf(stderr, "  case: %s\n", describe(c).c_str());
+        return false;
+    }
+    const std::vector<uint8_t>& src = c.grad ? gb : wb;
+    for (uint64_t e = 0; e < numel; e++) {
+        bool bad;
+        uint64_t got = 0, want = 0;
+        if (c.values) {
+            memcpy(&got, &out[e * sz], sz);
+            if (!want_drop[e]) memcpy(&want, &src[e * sz], sz);
+            bad = got != want;
+        } else {
+            got = mask[e];
+            want = want_drop[e];
+            bad = got != want;
+        }
+        if (bad) {
+            fprintf(stderr, "MISMATCH %s: element %llu (row %llu, col %llu): got %llx want %llx\n  case: %s\n",
+                    c.values ? "values" : "mask", (unsigned long long)e, (unsigned long long)(e / c.n),
+                    (unsigned long long)(e % c.n), (unsigned long long)got, (unsigned long long)want,
+                    describe(c).c_str());
+            return false;
+        }
+    }
+    return true;
+}
+
+// A random case; `large` allows longer rows and more of them.
+static Case random_case(bool large) {
+    Case c;
+    c.prof = (int)(rnd() % 4);
+    c.dt = (int)(rnd() % 4);
+    c.unit = rnd() % 4 == 0;
+    c.values = rnd() % 3 != 0;
+    c.grad = c.values && rnd() % 4 == 0;
+    const unsigned sz = dsize(c.dt);
+    const uint64_t pick = rnd() % 10;
+    const uint64_t block_max = std::min<uint64_t>(TD_BLOCK_ROW_BYTES, kProfiles[c.prof].optin - kBlockStatic) / sz;
+    if (pick < 3) c.n = 1 + rnd() % 40;                                       // tiny (and just above)
+    else if (pick < 7) c.n = 33 + rnd() % (large ? 6000 : 1500);             // block
+    else if (pick < 8) c.n = block_max - rnd() % 8;                          // block, at its limit
+    else c.n = block_max + 1 + rnd() % (large ? 3 * TD_LONG_CHUNK : TD_LONG_CHUNK + 100);  // long rows
+    const uint64_t cap = large ? 400000 : 60000;
+    c.d0 = 1 + rnd() % (c.n <= 32 ? (large ? 3000 : 600) : (large ? 12 : 4));
+    if (c.unit) c.d0 = 1 + rnd() % (large ? 5000 : 700);
+    c.d0 = std::max<uint64_t>(1, std::min(c.d0, cap / c.n));
+    const uint64_t rowlen = c.unit ? c.d0 : c.n;
+    const int kk = (int)(rnd() % 6);
+    c.k = kk == 0 ? 0 : kk == 1 ? rowlen : kk == 2 ? 1 : kk == 3 ? rowlen - 1 : rnd() % (rowlen + 1);
+    c.elem_base = c.unit ? 0 : (rnd() % 3 == 0 ? rnd() % 1000003 : (rnd() % 3 == 0 ? (rnd() >> 2) : 0));
+    const int tk = (int)(rnd() % 5);
+    c.draws.seed = rnd();
+    c.draws.offset = rnd() % 4 == 0 ? rnd() : rnd() % 100;
+    c.draws.threshold = tk == 0 ? 0 : tk == 1 ? TD_ALWAYS : (uint32_t)(rnd() % TD_ALWAYS);
+    c.draws.pad0 = 0;
+    c.kind = (int)(rnd() % 6);
+    c.misalign = rnd() % 4 == 0 ? (unsigned)(1 + rnd() % 3) : 0;
+    return c;
+}
+
+// ---------------------------------------------------------------------------------------
+// Self-tests: kernels with planted faults (emu/test/faulty.cu) must be reported.
+
+extern "C" int td_emu_selftest(int which, char* err, size_t len);
+
+static int selftest() {
+    const char* what[] = {"missing barrier (forward order)", "missing barrier (reverse order)",
+                          "divergent shuffle", "barrier skipped by exited threads",
+                          "uninitialised static shared memory", "uninitialised dynamic shared memory",
+                          "write past the end of dynamic shared memory", "lane outside its own mask",
+                          "shuffle with a lane that exited", "well-formed kernel"};
+    int bad = 0;
+    for (int i = 0; i < 10; i++) {
+        char err[1024] = "";
+        const int r = td_emu_selftest(i, err, sizeof err);
+        const bool expect_fail = i != 9;
+        const bool ok = expect_fail ? r != 0 : r == 0;
+        printf("selftest %-45s %s%s%s\n", what[i], ok ? "ok" : "FAILED", err[0] ? ": " : "", err);
+        bad += !ok;
+    }
+    return bad;
+}
+
+int main(int argc, char** argv) {
+    int cases = 160;
+    bool large = false, self = false;
+    uint64_t seed = 0x5eed;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--cases") && i + 1 < argc) cases = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 0);
+        else if (!strcmp(argv[i], "--large")) large = true;
+        else if (!strcmp(argv[i], "--selftest")) self = true;
+        else {
+            fprintf(stderr, "usage: %s [--cases N] [--seed S] [--large] [--selftest]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (!philox_kat()) {
+        fprintf(stderr, "reference Philox fails its known-answer vector\n");
+        return 1;
+    }
+    if (self) {
+        const int bad = selftest();
+        printf("selftest: %d failed\n", bad);
+        return bad ? 1 : 0;
+    }
+    g_rng = seed;
+    int paths[4] = {0, 0, 0, 0};
+    for (int i = 0; i < cases; i++) {
+        const Case c = random_case(large);
+        const unsigned sz = dsize(c.dt);
+        const uint64_t tl = std::min(kProfiles[c.prof].optin - kTinyStatic, tiny_smem(TD_TINY_ROW, sz));
+        const uint64_t rowlen = c.unit ? c.d0 : c.n;
+        const unsigned rsz = c.unit ? (c.dt == 3 ? 8 : 4) : sz;
+        const uint64_t bl = std::min<uint64_t>(TD_BLOCK_ROW_BYTES, kProfiles[c.prof].optin - kBlockStatic);
+        paths[c.unit ? 3 : rowlen <= 32 && tiny_smem(rowlen, rsz) <= tl ? 0 : block_smem(rowlen, rsz) <= bl ? 1 : 2]++;
+        if (!run_case(c)) g_fail++;
+        if (g_fail >= 5) break;
+    }
+    printf("driver: %d cases (weight tiny %d, block %d, long %d; unit %d), %llu launches, %d failed\n", cases,
+           paths[0], paths[1], paths[2], paths[3], (unsigned long long)g_launches, g_fail);
+    return g_fail ? 1 : 0;
+}
