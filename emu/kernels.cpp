@@ -8,6 +8,7 @@
 // One line per kernel source (emu/k_*.cpp).
 EMU_KERNELS(weight);
 EMU_KERNELS(unit);
+EMU_KERNELS(weight_v5);
 
 static const emu::KernelTable& table() {
     static emu::KernelTable t;
@@ -15,6 +16,7 @@ static const emu::KernelTable& table() {
     std::call_once(once, [] {
         emu_kernels_weight(t);
         emu_kernels_unit(t);
+        emu_kernels_weight_v5(t);
     });
     return t;
 }

@@ -10,12 +10,13 @@
 //    that does not start or end on a vector boundary element by element, so no byte outside
 //    the row is read or written) and the first 11-bit digit of every key (its top 11 bits) is
 //    counted into a 2048-bin shared histogram on the way.
-// 3. One block scan picks the bin that holds rank k - 1. Only that bin's elements are then
+// 3. One block scan picks the bin that holds rank k (0-based: the smallest element that is not
+//    targeted; 0 < k < n here). Only that bin's elements are then
 //    compacted to shared memory, as composites (key << 16 | local index): unique, and ordered
 //    exactly as (key, flat index) within the row, so ties need no special case. 8-bit passes
 //    over that short list until at most 32 are left, then one warp ranks them by shuffles.
-//    The result is the composite of the rank-(k-1) element: the key K and the tie cut, an
-//    index. Heavy ties (more than TD5_CAP elements in the bin, e.g. an all-zero row) refine by
+//    The result is the composite of the rank-k element: the key K and the tie cut, an index;
+//    the targeted elements are those whose composite is below it. Heavy ties (more than TD5_CAP elements in the bin, e.g. an all-zero row) refine by
 //    11-bit digits of the composite over the registers first (always ends: composites are
 //    unique).
 // 4. The output pass from the registers: targeted iff key < K || (key == K && index < cut); a
@@ -261,7 +262,8 @@ __device__ __forceinline__ void tdw5_block(const Td5Params& p) {
     const U* ws = w + gv0 * VE;
     const U* vs = vals + gv0 * VE;
     U* os = out + gv0 * VE;
-    // k >= 1 for a selection: r = k - 1 below (k = 0 or threshold 0: nothing is targeted).
+    // A selection seeks rank k, the first element not targeted: 0 < k < n (k = 0 or
+    // threshold 0: nothing is dropped; k = n: everything is targeted, no selection).
     const bool select = k > 0 && k < n && thr != 0;
     const uint32_t a32 = (uint32_t)((gv0 * VE) & 31);  // bit of slot 0 in its mask word
     const uint32_t nwords = (a32 + off + n - 1) / 32 + 1;
@@ -313,13 +315,13 @@ __device__ __forceinline__ void tdw5_block(const Td5Params& p) {
         }
     };
 
-    // 3. Selection: the composite (key << 16 | local index) of the rank-(k-1) element.
+    // 3. Selection: the composite (key << 16 | local index) of the rank-k element.
     Key cut_key = 0;       // targeted iff key < cut_key || (key == cut_key && slot < cut_slot)
     uint32_t cut_slot = 0;
     if (select) {
         each([&](Key key, uint32_t) { atomicAdd(&sm.hist[(uint32_t)(key >> (KB - 11))], 1u); });
         __syncthreads();
-        pick<T, NBINS>(sm.hist, k - 1, sm);
+        pick<T, NBINS>(sm.hist, k, sm);
         Comp prefix = sm.sel[0];  // the top `fixed` bits of the sought composite
         int fixed = 11;
         uint32_t r = sm.sel[1], cnt = sm.sel[2];

@@ -22,7 +22,7 @@ k0 = find('__device__ __forceinline__ void tdw5_block(')
 marks = OrderedDict([
     ('prologue', k0), ('load', find('// 2. Zero the histogram', k0)),
     ('lambda', find('auto each = [&]', k0)),
-    ('count', find('// 3. Selection', k0)), ('pick11', find('pick<T, NBINS>(sm.hist, k - 1, sm)', k0)),
+    ('count', find('// 3. Selection', k0)), ('pick11', find('pick<T, NBINS>(sm.hist, k, sm)', k0)),
     ('refine', find('// Rare: more than CAP', k0)), ('compact', find('// Compact the candidates', k0)),
     ('pass8', find('// 8-bit passes over', k0)), ('warp', find('// One warp: gather', k0)),
     ('output', find('// 4. Targeting, draws', k0)), ('maskwr', find('// 5. The row', k0)),
