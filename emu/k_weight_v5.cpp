@@ -14,4 +14,7 @@ EMU_KERNELS(weight_v5) {
     EMU_V5_WIDTH(u16)
     EMU_V5_WIDTH(u32)
     EMU_V5_WIDTH(u64)
+    EMU_KERNEL(tdw5_tiny_u16_t256);
+    EMU_KERNEL(tdw5_tiny_u32_t256);
+    EMU_KERNEL(tdw5_tiny_u64_t128);
 }

@@ -127,6 +127,14 @@ typedef struct Td5Params {
     Td5Seg seg[TD5_GROUP];
 } Td5Params;
 
+/* tdw5_tiny_*: one tensor of `rows` rows of seg.n <= TD_TINY_ROW elements (seg.first_block
+ * unused), with the round keys as in Td5Params. */
+typedef struct Td5TinyParams {
+    uint32_t keys[20];
+    uint64_t rows;
+    Td5Seg seg;
+} Td5TinyParams;
+
 /* td5_bwd_*: out[e] = bit e of the mask ? +0 : g[e] for e < numel (g and out 16-byte
  * aligned, the mask 4-byte aligned). */
 typedef struct Td5BwdParams {

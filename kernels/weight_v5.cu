@@ -28,6 +28,9 @@
 // Traffic: one read of the row (two with `vals`, the recomputing backward), one write, and
 // n / 8 bytes of mask when asked.
 //
+// tdw5_tiny_<width>_t<T> (rows of at most TD_TINY_ROW): tiles of T rows per block, one read
+// and one write; see the kernel.
+//
 // td5_bwd_<width>: the backward from the mask: out[e] = bit e ? +0 : g[e]; one read of g,
 // 1/32, 1/16 or 1/8 (f32, 16-bit, f64) of it more for the mask, one write.
 
@@ -220,6 +223,27 @@ __device__ __forceinline__ unsigned __int128 shfl_comp(unsigned __int128 c, int 
     const uint64_t lo = __shfl_sync(0xffffffffu, (uint64_t)c, l);
     const uint64_t hi = __shfl_sync(0xffffffffu, (uint64_t)(c >> 64), l);
     return ((unsigned __int128)hi << 64) | lo;
+}
+
+// The staged mask words of flat elements e0 .. e0 + len - 1 (word j of the stage is word
+// fw0 + j of the tensor's mask) to the mask: whole words stored, the two shared with the
+// neighbours (other blocks' rows) merged with atomics on these elements' bits only. All
+// threads call, after a barrier that completes the stage.
+template <int T>
+__device__ __forceinline__ void flush_mask(uint32_t* mask, const uint32_t* staged, uint32_t nwords, uint64_t fw0,
+                                           uint64_t e0, uint64_t len) {
+    for (uint32_t j = threadIdx.x; j < nwords; j += T) {
+        const uint64_t lo = (fw0 + j) * 32;  // flat index of bit 0 of the word
+        const uint64_t a = max(lo, e0), b = min(lo + 32, e0 + len);
+        const uint32_t cnt = (uint32_t)(b - a), sh = (uint32_t)(a - lo);
+        const uint32_t own = cnt >= 32 ? 0xffffffffu : (((1u << cnt) - 1) << sh);
+        if (own == 0xffffffffu) {
+            mask[fw0 + j] = staged[j];
+        } else {
+            atomicAnd(&mask[fw0 + j], ~own);
+            atomicOr(&mask[fw0 + j], staged[j] & own);
+        }
+    }
 }
 
 template <typename U, int T>
@@ -443,23 +467,124 @@ __device__ __forceinline__ void tdw5_block(const Td5Params& p) {
         }
         if (mask && dr) atomicOr(&bits[(s0 + a32) / 32], dr << ((s0 + a32) & 31));
     }
-    // 5. The row's mask words: whole words stored, the two shared with the neighbour rows
-    //    merged with atomics on this row's bits only.
+    // 5. The row's mask words.
     if (mask) {
         __syncthreads();
-        const uint64_t fw0 = (gv0 * VE) / 32;
-        for (uint32_t j = tid; j < nwords; j += T) {
-            const uint64_t lo = (fw0 + j) * 32;  // flat index of bit 0 of the word
-            const uint64_t a = max(lo, e0), b = min(lo + 32, e0 + n);
-            const uint32_t len = (uint32_t)(b - a), sh = (uint32_t)(a - lo);
-            const uint32_t own = len >= 32 ? 0xffffffffu : (((1u << len) - 1) << sh);
-            if (own == 0xffffffffu) {
-                mask[fw0 + j] = bits[j];
+        flush_mask<T>(mask, bits, nwords, (gv0 * VE) / 32, e0, n);
+    }
+}
+
+// Tiny rows (n <= TD_TINY_ROW): tiles of T rows (T * n contiguous elements) per block, a grid
+// that loops over the tiles. The tile is read once by 16-byte vectors into shared memory;
+// thread t ranks row t there (rank of element j: the elements before it with a key <= its
+// key plus those after it with a key < its key, i.e. its place in (key, index) order),
+// keeping a 32-bit targeted mask per row; the tile is written back by 16-byte vectors from
+// shared memory, one Philox block per group of four draws with a targeted element.
+// Traffic: one read, one write (and n / 8 bytes of mask when asked).
+template <typename U, int T>
+__device__ __forceinline__ void tdw5_tiny(const Td5TinyParams& p) {
+    typedef typename Ty<U>::Key Key;
+    constexpr int VE = Ty<U>::VE;
+    constexpr Key KMASK = (Key)Bits<U>::MASK;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    constexpr uint32_t SLOTS = T * TD_TINY_ROW + VE;  // a tile may start mid-vector
+    static_assert(T * TD_TINY_ROW <= 8192, "the 20-bit reciprocal below divides exactly below 8192");
+    __shared__ __align__(16) U tile[SLOTS];
+    __shared__ uint32_t targeted[T];
+    __shared__ uint32_t staged[T * TD_TINY_ROW / 32 + 2];
+    const Td5Seg& sg = p.seg;
+    const int tid = threadIdx.x;
+    const uint32_t n = sg.n, k = sg.k, thr = sg.threshold;
+    const U* w = reinterpret_cast<const U*>(sg.w);
+    const U* vals = reinterpret_cast<const U*>(sg.vals);
+    U* out = reinterpret_cast<U*>(sg.out);
+    uint32_t* mask = reinterpret_cast<uint32_t*>(sg.bits);
+    const bool draws = thr != 0 && thr != (uint32_t)TD_ALWAYS;
+    // Targeted flags of a row of n: all of them at k = n, none without a selection.
+    const uint32_t all = n >= 32 ? 0xffffffffu : (1u << n) - 1;
+    const bool select = k > 0 && k < n && thr != 0;
+    const uint32_t fixed_tm = (k >= n && k > 0 && thr != 0) ? all : 0u;
+    // l / n for l < 8192 and n <= 32: exact with a 20-bit reciprocal.
+    const uint32_t magic = ((1u << 20) + n - 1) / n;
+    for (uint64_t r0 = (uint64_t)blockIdx.x * T; r0 < p.rows; r0 += (uint64_t)gridDim.x * T) {
+        const uint32_t nrows = (uint32_t)min((uint64_t)T, p.rows - r0);
+        const uint32_t cnt = nrows * n;
+        const uint64_t e0 = r0 * n;                      // flat index of the tile's element 0
+        const uint64_t gv0 = e0 / VE;                    // its vector
+        const uint32_t off = (uint32_t)(e0 - gv0 * VE);  // its slot
+        const uint32_t nv = (off + cnt + VE - 1) / VE;   // vectors of the tile
+        const uint4* wv = reinterpret_cast<const uint4*>(w + gv0 * VE);
+        const U* ws = w + gv0 * VE;
+        // 1. Load the tile.
+        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny load, VE
+            const uint32_t s0 = v * VE;
+            if (s0 >= off && s0 + VE <= off + cnt) {
+                *reinterpret_cast<uint4*>(tile + s0) = __ldcs(wv + v);
             } else {
-                atomicAnd(&mask[fw0 + j], ~own);
-                atomicOr(&mask[fw0 + j], bits[j] & own);
+#pragma unroll
+                for (int q = 0; q < VE; q++)
+                    if (s0 + q >= off && s0 + q < off + cnt) tile[s0 + q] = ws[s0 + q];
             }
         }
+        const uint32_t a32 = (uint32_t)((gv0 * VE) & 31);  // bit of slot 0 in its mask word
+        const uint32_t nwords = (a32 + off + cnt - 1) / 32 + 1;
+        if (mask)
+            for (uint32_t i = tid; i < nwords; i += T) staged[i] = 0;
+        __syncthreads();
+        // 2. Rank each row.
+        if (tid < (int)nrows) {
+            uint32_t tm = fixed_tm;
+            if (select) {
+                const U* rs = tile + off + tid * n;
+                for (uint32_t j = 0; j < n; j++) {
+                    const Key kj = (Key)rs[j] & KMASK;
+                    uint32_t rank = 0;
+                    for (uint32_t i = 0; i < j; i++) rank += ((Key)rs[i] & KMASK) <= kj;  // hot-loop: rank, 1/n
+                    for (uint32_t i = j + 1; i < n; i++) rank += ((Key)rs[i] & KMASK) < kj;
+                    tm |= (uint32_t)(rank < k) << j;
+                }
+            }
+            targeted[tid] = tm;
+        }
+        __syncthreads();
+        // 3. Output by vectors from the tile.
+        const uint64_t draw_slot0 = sg.elem_base + gv0 * VE;
+        const uint4* vv = reinterpret_cast<const uint4*>(vals + gv0 * VE);
+        uint4* ov = reinterpret_cast<uint4*>(out + gv0 * VE);
+        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny output, VE
+            const uint32_t s0 = v * VE;
+            uint32_t valid = 0, tg = 0;
+#pragma unroll
+            for (int q = 0; q < VE; q++) {
+                const uint32_t s = s0 + q;
+                if (s >= off && s < off + cnt) {
+                    const uint32_t l = s - off, r = (l * magic) >> 20, c = l - r * n;
+                    valid |= 1u << q;
+                    tg |= ((targeted[r] >> c) & 1u) << q;
+                }
+            }
+            const uint32_t sh = (uint32_t)((VE >= 4 ? draw_slot0 : draw_slot0 + s0) & 3);
+            const uint32_t dr = draws && tg ? dropped_of<VE>(tg, draw_slot0 + s0, sh, thr, sg.offset, p.keys) : tg;
+            if (out) {
+                if (valid == FULL) {
+                    const uint4 x = vals ? __ldcs(vv + v) : *reinterpret_cast<const uint4*>(tile + s0);
+                    __stcs(ov + v, zero_dropped<U>(x, dr));
+                } else {
+#pragma unroll
+                    for (int q = 0; q < VE; q++)
+                        if ((valid >> q) & 1) {
+                            const U x = vals ? vals[gv0 * VE + s0 + q] : tile[s0 + q];
+                            out[gv0 * VE + s0 + q] = ((dr >> q) & 1) ? (U)0 : x;
+                        }
+                }
+            }
+            if (mask && dr) atomicOr(&staged[(s0 + a32) / 32], dr << ((s0 + a32) & 31));
+        }
+        if (mask) {
+            __syncthreads();
+            flush_mask<T>(mask, staged, nwords, (gv0 * VE) / 32, e0, cnt);
+        }
+        __syncthreads();
     }
 }
 
@@ -496,6 +621,10 @@ __device__ __forceinline__ void td5_bwd(const U* g, U* out, const uint32_t* mask
         tdw5_block_##NAME##_t##T(const Td5Params p) {                                         \
         v5::tdw5_block<U, T>(p);                                                              \
     }
+#define TDW5_TINY(NAME, U, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(T) tdw5_tiny_##NAME##_t##T(const Td5TinyParams p) { \
+        v5::tdw5_tiny<U, T>(p);                                                               \
+    }
 #define TDW5_WIDTH(NAME, U)                                                                    \
     TDW5_BLOCK(NAME, U, 64)                                                                   \
     TDW5_BLOCK(NAME, U, 128)                                                                  \
@@ -510,3 +639,7 @@ __device__ __forceinline__ void td5_bwd(const U* g, U* out, const uint32_t* mask
 TDW5_WIDTH(u16, uint16_t)
 TDW5_WIDTH(u32, uint32_t)
 TDW5_WIDTH(u64, uint64_t)
+// Tiles of 256 rows (16 and 32 KB of shared memory), 128 for u64 (32 KB).
+TDW5_TINY(u16, uint16_t, 256)
+TDW5_TINY(u32, uint32_t, 256)
+TDW5_TINY(u64, uint64_t, 128)

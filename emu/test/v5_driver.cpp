@@ -1,5 +1,5 @@
 // The v5 kernels (kernels/weight_v5.cu) on the emulator against a CPU reference written from
-// DESIGN.md: the block path on every width (u16 for f16 and bf16, u32, u64) with and without
+// DESIGN.md: the block and tiny-row paths on every width (u16 for f16 and bf16, u32, u64) with and without
 // the bit mask, the values of a gradient (the recomputing backward), shards (elem_base), the
 // grouped call (many tensors per launch, more than TD5_GROUP of them: several launches) and the
 // bit-mask backward. Needs no Rust and no GPU; built by scripts/emu/build.sh with the
@@ -200,10 +200,37 @@ static std::string describe(const Item& it, uint64_t seed) {
     return b;
 }
 
-// Launches the items (all of one width) as the library would: launches of at most TD5_GROUP
-// segments, the table by value.
+static Td5Seg seg_of(const Item& it) {
+    Td5Seg s;
+    memset(&s, 0, sizeof s);
+    s.w = (uint64_t)(uintptr_t)it.dw->p;
+    s.vals = it.vals ? (uint64_t)(uintptr_t)it.dg->p : 0;
+    s.out = it.out ? (uint64_t)(uintptr_t)it.dout->p : 0;
+    s.bits = it.bits ? (uint64_t)(uintptr_t)it.dbits->p : 0;
+    s.elem_base = it.elem_base;
+    s.offset = it.offset;
+    s.n = (uint32_t)it.n;
+    s.k = (uint32_t)it.k;
+    s.threshold = it.threshold;
+    return s;
+}
+
+// Launches the items (all of one width) as the library would: one tensor of rows of at most
+// TD_TINY_ROW on the tiny kernel, everything else in launches of at most TD5_GROUP segments,
+// the table by value.
 static bool launch_items(std::vector<Item>& items, uint64_t seed) {
     const unsigned sz = items[0].sz;
+    if (items.size() == 1 && items[0].n <= TD_TINY_ROW) {
+        Td5TinyParams p;
+        memset(&p, 0, sizeof p);
+        round_keys(seed, p.keys);
+        p.rows = items[0].rows;
+        p.seg = seg_of(items[0]);
+        const unsigned t = sz == 8 ? 128 : 256;
+        // At most 5 blocks, so that the grid loops over the tiles of the larger cases.
+        const uint32_t grid = (uint32_t)std::min<uint64_t>((p.rows + t - 1) / t, 5);
+        return launch(std::string("tdw5_tiny_") + wname(sz) + "_t" + std::to_string(t), grid, t, {&p});
+    }
     for (size_t g0 = 0; g0 < items.size(); g0 += TD5_GROUP) {
         const size_t g1 = std::min(items.size(), g0 + (size_t)TD5_GROUP);
         Td5Params p;
@@ -214,15 +241,7 @@ static bool launch_items(std::vector<Item>& items, uint64_t seed) {
         for (size_t i = g0; i < g1; i++) {
             Item& it = items[i];
             Td5Seg& s = p.seg[p.nseg++];
-            s.w = (uint64_t)(uintptr_t)it.dw->p;
-            s.vals = it.vals ? (uint64_t)(uintptr_t)it.dg->p : 0;
-            s.out = it.out ? (uint64_t)(uintptr_t)it.dout->p : 0;
-            s.bits = it.bits ? (uint64_t)(uintptr_t)it.dbits->p : 0;
-            s.elem_base = it.elem_base;
-            s.offset = it.offset;
-            s.n = (uint32_t)it.n;
-            s.k = (uint32_t)it.k;
-            s.threshold = it.threshold;
+            s = seg_of(it);
             s.first_block = total;
             total += (uint32_t)it.rows;
             max_n = std::max(max_n, it.n);
@@ -298,10 +317,10 @@ static Item random_item(unsigned sz, uint64_t max_n, uint64_t max_elems, bool ti
     Item it;
     it.sz = sz;
     const uint64_t pick = rnd() % 10;
-    if (pick < 3) it.n = 1 + rnd() % 64;
+    if (pick < 4) it.n = 1 + rnd() % 40;
     else if (pick < 8) it.n = 1 + rnd() % std::min<uint64_t>(max_n, 3000);
     else it.n = max_n - rnd() % (max_n / 4 + 1);
-    it.rows = 1 + rnd() % 9;
+    it.rows = it.n <= TD_TINY_ROW ? 1 + rnd() % 2000 : 1 + rnd() % 9;
     it.rows = std::max<uint64_t>(1, std::min(it.rows, max_elems / it.n));
     const int kk = (int)(rnd() % 6);
     it.k = kk == 0 ? 0 : kk == 1 ? it.n : kk == 2 ? 1 : kk == 3 ? it.n - 1 : (uint64_t)floor(rnd01() * it.n);
