@@ -59,7 +59,97 @@ fn targets() -> (Vec<String>, u32, String) {
     }
 }
 
+/// With the `emulate` feature: the CUDA emulator (`emu/`) and the kernel sources compiled as
+/// C++ with the host compiler (the flags of `scripts/emu/build.sh`), linked into the crate.
+/// `TD_EMU_SANITIZE=address` or `thread` builds them under that sanitizer (and links its
+/// runtime into the test binaries).
+#[cfg(feature = "emulate")]
+fn emulator() {
+    println!("cargo:rerun-if-changed=emu");
+    println!("cargo:rerun-if-env-changed=TD_EMU_SANITIZE");
+    println!("cargo:rerun-if-env-changed=CXX");
+    let san = std::env::var("TD_EMU_SANITIZE").ok();
+    let san_flags: &[&str] = match san.as_deref() {
+        None | Some("") => &[],
+        Some("address") => &[
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ],
+        Some("thread") => &["-fsanitize=thread"],
+        Some(other) => panic!("TD_EMU_SANITIZE={other}: expected address or thread"),
+    };
+    let base = |b: &mut cc::Build| {
+        b.cpp(true)
+            .std("c++17")
+            .opt_level(2)
+            .include("emu")
+            .include("emu/include")
+            .flag("-pthread")
+            .flag("-fno-strict-aliasing")
+            // IEEE round-to-nearest in every operation, as the kernels' __fadd_rn and friends.
+            .flag("-ffp-contract=off")
+            .flag_if_supported("-Wno-unknown-pragmas");
+    };
+    // The runtime: under TSan it announces its fibers and barriers instead of being
+    // instrumented (scripts/emu/build.sh).
+    let mut rt = cc::Build::new();
+    base(&mut rt);
+    match san.as_deref() {
+        Some("thread") => {
+            rt.define("EMU_TSAN", None);
+        }
+        Some("address") => {
+            for f in san_flags {
+                rt.flag(f);
+            }
+        }
+        _ => {}
+    }
+    let mut objects = rt.file("emu/emu.cpp").compile_intermediates();
+    // The kernel table and the kernel sources, unchanged, with the emulator's CUDA header
+    // force-included.
+    let mut ks = cc::Build::new();
+    base(&mut ks);
+    for f in san_flags {
+        ks.flag(f);
+    }
+    ks.flag("-include")
+        .flag("emu/cuda_emu.h")
+        .flag("-fno-extern-tls-init")
+        .flag_if_supported("-Wno-maybe-uninitialized")
+        .flag_if_supported("-Wno-unused-variable")
+        .flag_if_supported("-Wno-unused-function")
+        .files(["emu/k_weight.cpp", "emu/k_unit.cpp"]);
+    objects.extend(ks.compile_intermediates());
+    let mut tables = cc::Build::new();
+    base(&mut tables);
+    for f in san_flags {
+        tables.flag(f);
+    }
+    objects.extend(
+        tables
+            .files(["emu/kernels.cpp", "emu/dyn_shared.cpp"])
+            .compile_intermediates(),
+    );
+    // One archive, so that the linker resolves the references between its objects in any
+    // order.
+    let mut lib = cc::Build::new();
+    base(&mut lib);
+    lib.objects(objects).compile("td_emu");
+    if let Some(s) = san.as_deref().filter(|s| !s.is_empty()) {
+        let rt = if s == "address" {
+            "address,undefined"
+        } else {
+            s
+        };
+        println!("cargo:rustc-link-arg=-fsanitize={rt}");
+    }
+}
+
 fn main() {
+    #[cfg(feature = "emulate")]
+    emulator();
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=NVCC");

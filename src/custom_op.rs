@@ -1,7 +1,8 @@
 //! The candle glue: [`TargetedOp`] as a `CustomOp1` (the forward pass, differentiable) and
 //! as a `CustomOp2` over `(w, gradient)` (the backward pass: the selection on `w` applied to
 //! the gradient). Each backend's forward dispatches on the dtype and calls `cpu.rs` or
-//! `cuda.rs`.
+//! `cuda/`; with the `emulate` feature, the CPU forward inside `emulate::run` runs the CUDA
+//! kernels' plan on the emulator instead.
 
 use crate::cpu::unit_scores;
 use crate::op::{filters, TargetedOp, UnitScoresOp};
@@ -65,6 +66,10 @@ impl CustomOp1 for TargetedOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        #[cfg(feature = "emulate")]
+        if let Some(ctx) = crate::emulate::active() {
+            return crate::emulate::forward(self, &ctx, s, l, None);
+        }
         Ok((self.cpu_storage(s, l, None)?, l.shape().clone()))
     }
 
@@ -98,6 +103,10 @@ impl CustomOp2 for TargetedOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         same_shape(l1, l2)?;
+        #[cfg(feature = "emulate")]
+        if let Some(ctx) = crate::emulate::active() {
+            return crate::emulate::forward(self, &ctx, s1, l1, Some((s2, l2)));
+        }
         let out = self.cpu_storage(s1, l1, Some((s2, l2)))?;
         Ok((out, l1.shape().clone()))
     }
@@ -121,6 +130,10 @@ impl CustomOp1 for UnitScoresOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        #[cfg(feature = "emulate")]
+        if let Some(ctx) = crate::emulate::active() {
+            return crate::emulate::unit_scores(&ctx, s, l);
+        }
         let Some((start, end)) = l.contiguous_offsets() else {
             bail!("{}: internal error, w is not contiguous", self.name())
         };

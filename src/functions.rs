@@ -420,7 +420,15 @@ fn many(
         o.draws.seed = seed;
         o.draws.offset = first.wrapping_add(i as u64);
     }
-    let one = |(&(w, _), o): (&(&Tensor, TargetedDropout), TargetedOp)| apply(w, o);
+    // The items run on rayon threads: they inherit the caller's emulation, if any.
+    #[cfg(feature = "emulate")]
+    let emulated = crate::emulate::active();
+    let one = |(&(w, _), o): (&(&Tensor, TargetedDropout), TargetedOp)| {
+        #[cfg(feature = "emulate")]
+        return crate::emulate::within(emulated, || apply(w, o));
+        #[cfg(not(feature = "emulate"))]
+        apply(w, o)
+    };
     if items.iter().all(|(w, _)| w.device().is_cpu()) {
         items.par_iter().zip(ops).map(one).collect()
     } else {

@@ -14,8 +14,10 @@
 //!   `(seed, offset, e)`, so that every device draws the same mask; `generator`: the
 //!   process-wide `(seed, offset)` of the plain functions;
 //! - `op`: the op that both paths implement, `cpu` and `cuda` (feature `cuda`) its two
-//!   implementations (`cuda_params`: the kernels' launch parameters, generated from
-//!   `kernels/params.h`), `custom_op` the candle glue with autograd;
+//!   implementations; `plan`: which kernels the CUDA path launches, with which grids, shared
+//!   memory and parameters (`cuda_params`: the kernels' launch parameters, generated from
+//!   `kernels/params.h`), executed by `cuda` on a GPU and by `emulate` (feature
+//!   `emulate`) on the CPU; `custom_op` the candle glue with autograd;
 //! - `functions`: the public functions below, which validate their arguments and apply it;
 //! - `layers` ([`Targeted`], [`TargetedDropout`]), `varmap` ([`VarMapDropout`]: any model
 //!   through its `VarMap`, pruning and [`SparsityReport`]), `schedule` ([`RampSchedule`]) and `thin`
@@ -47,11 +49,17 @@ mod cuda_params;
 mod cuda_params_check;
 mod custom_op;
 mod element;
+#[cfg(feature = "emulate")]
+pub mod emulate;
 mod functions;
 mod generator;
 mod layers;
 mod op;
 pub mod philox;
+// The launch plan is executed by the `cuda` and `emulate` backends; without either, only its
+// tests use it.
+#[cfg_attr(not(any(feature = "cuda", feature = "emulate")), allow(dead_code))]
+mod plan;
 #[doc(hidden)]
 pub mod reference;
 mod schedule;

@@ -62,6 +62,53 @@ pub fn cuda() -> Option<Device> {
     None
 }
 
+/// Where a test's ops run: a candle device, or (feature `emulate`) the CPU with the CUDA
+/// kernels under emulation, with the launch plan of a GPU profile.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Device(Device),
+    #[cfg(feature = "emulate")]
+    Emulated(candle_targeted_dropout::emulate::Gpu),
+}
+
+impl Target {
+    /// The device the test's tensors live on (the CPU for the emulator).
+    pub fn device(&self) -> Device {
+        match self {
+            Target::Device(d) => d.clone(),
+            #[cfg(feature = "emulate")]
+            Target::Emulated(_) => Device::Cpu,
+        }
+    }
+
+    /// `f` with the target's ops: on the device as they are, or under the emulator.
+    pub fn run<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match self {
+            Target::Device(_) => f(),
+            #[cfg(feature = "emulate")]
+            Target::Emulated(gpu) => candle_targeted_dropout::emulate::run(gpu, f),
+        }
+    }
+
+    pub fn is_emulated(&self) -> bool {
+        !matches!(self, Target::Device(_))
+    }
+}
+
+/// Every target of this build: [`devices`], then with the `emulate` feature the emulated
+/// kernels with an H200's and a small sm_86 GPU's launch plans (not with TD_ONLY_CUDA: the
+/// GPU machine's run checks the GPU).
+pub fn targets() -> Vec<Target> {
+    let mut t: Vec<Target> = devices().into_iter().map(Target::Device).collect();
+    #[cfg(feature = "emulate")]
+    if std::env::var_os("TD_ONLY_CUDA").is_none() {
+        use candle_targeted_dropout::emulate::Gpu;
+        t.push(Target::Emulated(Gpu::h200()));
+        t.push(Target::Emulated(Gpu::sm86()));
+    }
+    t
+}
+
 /// What kind of values a test tensor holds.
 #[derive(Debug, Clone, Copy)]
 pub enum Data {

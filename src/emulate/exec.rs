@@ -1,0 +1,356 @@
+//! Executes a launch plan ([`crate::plan`]) on the emulator: the op's CPU storage copied into
+//! host buffers that stand for device memory, the plan's buffers allocated (uninitialised
+//! ones poisoned, so that an element no kernel writes shows), its launches run through
+//! `td_emu_launch` and its result returned as CPU storage.
+
+use super::ffi::{td_emu_launch, TdEmuSchedule};
+use super::{Context, Schedule, ThreadOrder};
+use crate::op::{filters, Output, TargetedOp};
+use crate::plan::{self, Arg, Buf, Dtype, Init, Launch, OpSpec, Params, Plan, Step};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, Layout, Result, Shape};
+use half::{bf16, f16};
+use std::alloc::{alloc, dealloc, Layout as Alloc};
+use std::ffi::{c_void, CString};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// cudaMalloc's alignment: the emulated kernels see the alignments a GPU's would.
+const ALIGN: usize = 256;
+/// What an uninitialised buffer holds: all bits set (a NaN in every float type, a count no
+/// histogram reaches).
+const POISON: u8 = 0xff;
+
+/// A buffer of "device memory" on the host.
+struct DevBuf {
+    alloc: NonNull<u8>,
+    layout: Alloc,
+    /// Where the data starts (the allocation plus the offset that keeps the alignment of a
+    /// view into a larger storage).
+    start: usize,
+    len: usize,
+}
+
+// SAFETY: a DevBuf owns its allocation (no aliasing handle exists outside it), like a Vec.
+unsafe impl Send for DevBuf {}
+
+impl DevBuf {
+    fn new(start: usize, len: usize, fill: u8) -> Result<DevBuf> {
+        let Ok(layout) = Alloc::from_size_align((start + len).max(1), ALIGN) else {
+            bail!("emulated CUDA: a buffer of {len} bytes is too large for this machine")
+        };
+        // SAFETY: the layout has a non-zero size.
+        let Some(alloc) = NonNull::new(unsafe { alloc(layout) }) else {
+            bail!("emulated CUDA: could not allocate {len} bytes")
+        };
+        // SAFETY: the allocation holds layout.size() bytes.
+        unsafe { alloc.as_ptr().write_bytes(fill, layout.size()) };
+        Ok(DevBuf {
+            alloc,
+            layout,
+            start,
+            len,
+        })
+    }
+
+    /// A copy of `data`, starting `start` bytes past an aligned address.
+    fn from_bytes(data: &[u8], start: usize) -> Result<DevBuf> {
+        let mut b = DevBuf::new(start, data.len(), POISON)?;
+        b.bytes_mut().copy_from_slice(data);
+        Ok(b)
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        // SAFETY: start is within the allocation (start + len <= its size).
+        unsafe { self.alloc.as_ptr().add(self.start) }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: len initialised bytes from ptr() are owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), self.len) }
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in DevBuf::new with this layout, freed once.
+        unsafe { dealloc(self.alloc.as_ptr(), self.layout) }
+    }
+}
+
+/// The bytes of a slice of plain numbers.
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: T is one of f16, bf16, f32, f64 (no padding, every byte initialised); the
+    // slice is borrowed for the result's lifetime.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// Numbers from their bytes.
+fn from_bytes<T: Copy + Default>(b: &[u8]) -> Vec<T> {
+    let n = b.len() / std::mem::size_of::<T>();
+    let mut v = vec![T::default(); n];
+    // SAFETY: v holds n * size_of::<T>() bytes, b at least as many; every bit pattern is a
+    // valid value of the float and integer types this is called with.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            b.as_ptr(),
+            v.as_mut_ptr().cast::<u8>(),
+            n * std::mem::size_of::<T>(),
+        )
+    };
+    v
+}
+
+/// The contiguous elements of a storage under a layout, as bytes, and the byte offset of the
+/// first one from the storage's start modulo the alignment (a GPU's view would start there).
+fn input(op: &str, what: &str, s: &CpuStorage, l: &Layout) -> Result<(Vec<u8>, usize)> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{op}: internal error, {what} is not contiguous")
+    };
+    let (bytes, size) = match s {
+        CpuStorage::F16(v) => (as_bytes(&v[start..end]), 2),
+        CpuStorage::BF16(v) => (as_bytes(&v[start..end]), 2),
+        CpuStorage::F32(v) => (as_bytes(&v[start..end]), 4),
+        CpuStorage::F64(v) => (as_bytes(&v[start..end]), 8),
+        other => bail!(
+            "{op}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
+            other.dtype()
+        ),
+    };
+    Ok((bytes.to_vec(), (start * size) % ALIGN))
+}
+
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// The emulator's schedule of the next launch.
+fn schedule(s: Schedule) -> TdEmuSchedule {
+    let (order, warp_runahead, block_workers, seed) = match s {
+        Schedule::Rotate => {
+            let c = LAUNCHES.fetch_add(1, Ordering::Relaxed);
+            let order = [
+                ThreadOrder::Forward,
+                ThreadOrder::Reverse,
+                ThreadOrder::Random,
+            ];
+            let seed = 0x7d5eed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            (order[(c % 3) as usize], (c / 3) % 2 == 1, 2, seed)
+        }
+        Schedule::Fixed {
+            order,
+            warp_runahead,
+            block_workers,
+            seed,
+        } => (order, warp_runahead, block_workers.max(1), seed),
+    };
+    TdEmuSchedule {
+        thread_order: match order {
+            ThreadOrder::Forward => 0,
+            ThreadOrder::Reverse => 1,
+            ThreadOrder::Random => 2,
+        },
+        block_workers,
+        warp_runahead: warp_runahead as u32,
+        pad0: 0,
+        seed,
+        barrier_timeout_ms: 0,
+    }
+}
+
+/// The buffers of a plan under execution, by role.
+struct Bufs(Vec<(Buf, DevBuf)>);
+
+impl Bufs {
+    fn get(&self, buf: Buf) -> Result<&DevBuf> {
+        match self.0.iter().find(|(b, _)| *b == buf) {
+            Some((_, d)) => Ok(d),
+            None => bail!("emulated CUDA: internal error, the plan has no buffer {buf:?}"),
+        }
+    }
+
+    fn take(&mut self, buf: Buf) -> Result<DevBuf> {
+        match self.0.iter().position(|(b, _)| *b == buf) {
+            Some(i) => Ok(self.0.swap_remove(i).1),
+            None => bail!("emulated CUDA: internal error, the plan has no buffer {buf:?}"),
+        }
+    }
+
+    /// The address of a pointer argument (null for [`Arg::Null`]).
+    fn address(&self, a: Arg) -> Result<u64> {
+        match a {
+            Arg::Null => Ok(0),
+            Arg::Buf(b, off) => {
+                let d = self.get(b)?;
+                if off as usize > d.len {
+                    bail!(
+                        "emulated CUDA: internal error, {b:?} + {off} is past its {} bytes",
+                        d.len
+                    )
+                }
+                Ok(d.ptr() as u64 + off)
+            }
+        }
+    }
+}
+
+/// One launch on the emulator; a fault is an error naming the op, the kernel and the launch.
+fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
+    let name = l.kernel.name();
+    let mut values = l
+        .args
+        .iter()
+        .map(|a| bufs.address(*a))
+        .collect::<Result<Vec<u64>>>()?;
+    let mut params = l.params;
+    let mut args: Vec<*mut c_void> = values
+        .iter_mut()
+        .map(|v| (v as *mut u64).cast::<c_void>())
+        .collect();
+    args.push(match &mut params {
+        Params::Rows(p) => p as *mut _ as *mut c_void,
+        Params::LongHist(p) => p as *mut _ as *mut c_void,
+        Params::LongApply(p) => p as *mut _ as *mut c_void,
+        Params::Scores(p) => p as *mut _ as *mut c_void,
+        Params::UnitApply(p) => p as *mut _ as *mut c_void,
+    });
+    let sched = schedule(ctx.schedule);
+    let cname = CString::new(name.clone()).expect("kernel names have no NUL");
+    let mut err = vec![0u8; 4096];
+    // SAFETY: every pointer argument is the address of a live buffer of the plan (or null
+    // where the kernel takes an absent buffer), sized by the plan for what the launch
+    // touches; args[i] points at argument i's value (values and params outlive the call);
+    // err holds err.len() bytes; the call blocks until the launch is done.
+    let rc = unsafe {
+        td_emu_launch(
+            cname.as_ptr(),
+            l.grid.0,
+            l.grid.1,
+            l.grid.2,
+            l.block.0,
+            l.block.1,
+            l.block.2,
+            l.smem,
+            args.as_mut_ptr(),
+            args.len() as u32,
+            &sched,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    if rc != 0 {
+        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+        bail!(
+            "{op} on the emulated {}: kernel {name} (grid {:?}, block {:?}, {} bytes of dynamic \
+             shared memory; schedule {sched:?}) failed: {}",
+            ctx.gpu.name,
+            l.grid,
+            l.block,
+            l.smem,
+            String::from_utf8_lossy(&err[..end])
+        )
+    }
+    Ok(())
+}
+
+/// Runs `plan` with `inputs` bound to their roles; returns every buffer.
+fn execute(op: &str, ctx: &Context, plan: &Plan, inputs: Vec<(Buf, DevBuf)>) -> Result<Bufs> {
+    let mut bufs = Bufs(inputs);
+    for a in &plan.allocs {
+        let fill = match a.init {
+            Init::Zeroed => 0,
+            Init::Uninit => POISON,
+        };
+        bufs.0
+            .push((a.buf, DevBuf::new(0, a.bytes as usize, fill)?));
+    }
+    for step in &plan.steps {
+        match step {
+            Step::Launch(l) => launch(op, ctx, &bufs, l)?,
+            Step::Copy { from, to, bytes } => {
+                let n = *bytes as usize;
+                let src = bufs.get(*from)?.bytes()[..n].to_vec();
+                let i = bufs.0.iter().position(|(b, _)| b == to);
+                let Some(i) = i else {
+                    bail!("emulated CUDA: internal error, no buffer {to:?}")
+                };
+                bufs.0[i].1.bytes_mut()[..n].copy_from_slice(&src);
+            }
+            Step::Zero { buf, bytes } => {
+                let i = bufs.0.iter().position(|(b, _)| b == buf);
+                let Some(i) = i else {
+                    bail!("emulated CUDA: internal error, no buffer {buf:?}")
+                };
+                bufs.0[i].1.bytes_mut()[..*bytes as usize].fill(0);
+            }
+        }
+    }
+    Ok(bufs)
+}
+
+/// A storage of `dtype` from its bytes.
+fn storage(dtype: Dtype, b: &[u8]) -> CpuStorage {
+    match dtype {
+        Dtype::F16 => CpuStorage::F16(from_bytes::<f16>(b)),
+        Dtype::Bf16 => CpuStorage::BF16(from_bytes::<bf16>(b)),
+        Dtype::F32 => CpuStorage::F32(from_bytes::<f32>(b)),
+        Dtype::F64 => CpuStorage::F64(from_bytes::<f64>(b)),
+    }
+}
+
+/// The emulated forward of [`TargetedOp`]: selection on `w`, values from `vals` (the
+/// backward pass) or `w`, as `crate::cuda::forward` runs it on a GPU of the profile.
+pub(crate) fn forward(
+    op: &TargetedOp,
+    ctx: &Context,
+    w: &CpuStorage,
+    wl: &Layout,
+    vals: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let name = op.name();
+    let dtype = Dtype::of(name, w.dtype())?;
+    if let Some((v, _)) = vals {
+        if v.dtype() != w.dtype() {
+            bail!(
+                "{name}: w is {:?} and the gradient {:?}; both must be the same float dtype",
+                w.dtype(),
+                v.dtype()
+            )
+        }
+    }
+    let spec = OpSpec::new(op, dtype, wl.shape(), vals.is_some());
+    spec.check()?;
+    let plan = plan::forward(&spec, &ctx.gpu.limits()?)?;
+    let (wb, at) = input(name, "w", w, wl)?;
+    let mut inputs = vec![(Buf::W, DevBuf::from_bytes(&wb, at)?)];
+    if let Some((v, vl)) = vals {
+        let (vb, at) = input(name, "the gradient", v, vl)?;
+        inputs.push((Buf::Vals, DevBuf::from_bytes(&vb, at)?));
+    }
+    let mut bufs = execute(name, ctx, &plan, inputs)?;
+    let out = match op.output {
+        Output::Values => storage(dtype, bufs.take(Buf::Out)?.bytes()),
+        Output::Mask => CpuStorage::U8(bufs.take(Buf::Mask)?.bytes().to_vec()),
+    };
+    Ok((out, wl.shape().clone()))
+}
+
+/// The emulated unit scores of `w`, as `crate::cuda::unit_scores` computes them.
+pub(crate) fn unit_scores(
+    ctx: &Context,
+    w: &CpuStorage,
+    l: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    const OP: &str = "unit_scores";
+    let dtype = Dtype::of(OP, w.dtype())?;
+    let (d0, n) = filters(l.shape());
+    let plan = plan::unit_scores(dtype, d0 as u64, n as u64, &ctx.gpu.limits()?);
+    let (wb, at) = input(OP, "w", w, l)?;
+    let inputs = vec![(Buf::W, DevBuf::from_bytes(&wb, at)?)];
+    let mut bufs = execute(OP, ctx, &plan, inputs)?;
+    let scores = storage(dtype.score(), bufs.take(Buf::Scores)?.bytes());
+    Ok((scores, Shape::from(d0)))
+}

@@ -1,0 +1,446 @@
+//! The launch plan of the CUDA path: which kernels an op launches, with which grid, block,
+//! dynamic shared memory, buffers and launch parameters, decided from the op, the shape, the
+//! dtype and the device's limits alone. Pure Rust, compiled with or without the `cuda`
+//! feature: the cudarc executor (`crate::cuda`) and the emulator (`crate::emulate`, feature
+//! `emulate`) execute the very same plan.
+//!
+//! A plan is a list of buffers to allocate and a list of steps (launches, and the copies and
+//! fills of the paths that launch nothing). Buffers are named by their role ([`Buf`]); an
+//! executor binds the roles to memory: the op's input `w` (and the gradient `vals` of the
+//! backward pass), its output, and the scratch buffers that the plan sizes.
+//!
+//! `weight.rs` plans weight dropout (the selection kernels by row length), `unit.rs` the
+//! unit scores and unit dropout, `gpu.rs` the device limits of a GPU profile (what the
+//! emulator runs with, and what the tests of the plan use).
+
+#[cfg(any(test, feature = "emulate"))]
+mod gpu;
+mod unit;
+mod weight;
+
+#[cfg(any(test, feature = "emulate"))]
+pub use gpu::Gpu;
+
+use crate::cuda_params::{
+    TdDraws, TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, UnitApplyParams,
+    UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
+};
+use crate::op::{filters, DropoutKind, Output, TargetedOp};
+use candle_core::{bail, DType, Result, Shape};
+
+/// The element types of the ops, and how the kernels see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Dtype {
+    F16,
+    Bf16,
+    F32,
+    F64,
+}
+
+impl Dtype {
+    /// The dtype of a candle tensor, or an error naming it.
+    pub fn of(op: &str, dt: DType) -> Result<Dtype> {
+        Ok(match dt {
+            DType::F16 => Dtype::F16,
+            DType::BF16 => Dtype::Bf16,
+            DType::F32 => Dtype::F32,
+            DType::F64 => Dtype::F64,
+            other => bail!("{op}: unsupported dtype {other:?} (expected f16, bf16, f32 or f64)"),
+        })
+    }
+
+    /// The raw-bits width the weight kernels take (f16 and bf16 share the 16-bit kernels).
+    pub fn width(self) -> Width {
+        match self {
+            Dtype::F16 | Dtype::Bf16 => Width::U16,
+            Dtype::F32 => Width::U32,
+            Dtype::F64 => Width::U64,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        self.width().size()
+    }
+
+    /// The dtype of the unit scores: f32 for 16- and 32-bit input, f64 for f64.
+    pub fn score(self) -> Dtype {
+        match self {
+            Dtype::F64 => Dtype::F64,
+            _ => Dtype::F32,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+}
+
+/// Raw bits of 2, 4 or 8 bytes: the weight kernels' element types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Width {
+    U16,
+    U32,
+    U64,
+}
+
+impl Width {
+    /// The three widths, in the order of [`Limits::widths`].
+    #[cfg(test)]
+    pub const ALL: [Width; 3] = [Width::U16, Width::U32, Width::U64];
+
+    /// Index into [`Limits::widths`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn size(self) -> u64 {
+        match self {
+            Width::U16 => 2,
+            Width::U32 => 4,
+            Width::U64 => 8,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Width::U16 => "u16",
+            Width::U32 => "u32",
+            Width::U64 => "u64",
+        }
+    }
+}
+
+/// A kernel of `kernels/weight.cu` or `kernels/unit.cu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    Tiny(Width),
+    Block(Width),
+    LongHist(Width),
+    LongApply(Width),
+    UnitApply(Width),
+    ScoresTiny(Dtype),
+    ScoresBlock(Dtype),
+}
+
+impl Kernel {
+    /// Its `extern "C"` name in the fatbin.
+    pub fn name(self) -> String {
+        match self {
+            Kernel::Tiny(w) => format!("tdw_tiny_{}", w.suffix()),
+            Kernel::Block(w) => format!("tdw_block_{}", w.suffix()),
+            Kernel::LongHist(w) => format!("tdw_long_hist_{}", w.suffix()),
+            Kernel::LongApply(w) => format!("tdw_long_apply_{}", w.suffix()),
+            Kernel::UnitApply(w) => format!("unit_apply_{}", w.suffix()),
+            Kernel::ScoresTiny(d) => format!("unit_scores_tiny_{}", d.suffix()),
+            Kernel::ScoresBlock(d) => format!("unit_scores_block_{}", d.suffix()),
+        }
+    }
+
+    /// Every kernel that the library launches.
+    #[cfg(test)]
+    pub fn all() -> Vec<Kernel> {
+        let mut v = Vec::new();
+        for w in Width::ALL {
+            v.extend([
+                Kernel::Tiny(w),
+                Kernel::Block(w),
+                Kernel::LongHist(w),
+                Kernel::LongApply(w),
+                Kernel::UnitApply(w),
+            ]);
+        }
+        for d in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::F64] {
+            v.extend([Kernel::ScoresTiny(d), Kernel::ScoresBlock(d)]);
+        }
+        v
+    }
+}
+
+/// What a device allows the weight kernels of one width.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WidthLimits {
+    /// The most dynamic shared memory a launch of `tdw_tiny` / `tdw_block` may ask for (what
+    /// the kernel's static shared memory leaves of the device's opt-in per-block limit, at
+    /// most what the kernel can use; the executor sets the function attribute to it).
+    pub tiny_smem: u32,
+    pub block_smem: u32,
+    /// Blocks of `tdw_block` per multiprocessor, by dynamic shared memory rounded up to KB.
+    pub block_per_sm: Vec<u32>,
+}
+
+/// What the plan needs to know about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub sms: u32,
+    pub l2_bytes: u64,
+    /// By width: u16, u32, u64.
+    pub widths: [WidthLimits; 3],
+}
+
+/// Dynamic shared memory of a tdw_tiny tile: 256 rows of an odd stride >= n.
+pub(crate) fn tiny_smem(n: u64, size: u64) -> u64 {
+    TD_BLOCK as u64 * (n | 1) * size
+}
+
+/// Dynamic shared memory of a tdw_block row: n rounded up to four elements.
+pub(crate) fn block_smem(n: u64, size: u64) -> u64 {
+    n.div_ceil(4) * 4 * size
+}
+
+/// A buffer of a plan, by its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Buf {
+    /// The op's input, `numel` elements (read only).
+    W,
+    /// The values to mask in the backward pass (the gradient), `numel` elements (read only).
+    Vals,
+    /// The masked values, `numel` elements of the input's dtype.
+    Out,
+    /// The u8 mask, `numel` flags.
+    Mask,
+    /// The unit scores, `d0` of the score dtype.
+    Scores,
+    /// The dropped flag of each unit, `d0` u8.
+    UnitMask,
+    /// The long-row kernels' global histograms: `rows * passes * 256` u32.
+    Hist,
+    /// The long-row kernels' per-chunk histograms of one row group: `group * chunks * 256` u32.
+    ChunkHist,
+}
+
+/// How a buffer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Init {
+    Zeroed,
+    /// Every byte is written before it is read (the emulator poisons it).
+    Uninit,
+}
+
+/// A buffer the executor allocates (the op's output among them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Alloc {
+    pub buf: Buf,
+    pub bytes: u64,
+    pub init: Init,
+}
+
+/// A pointer argument of a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arg {
+    /// A buffer, from this byte on.
+    Buf(Buf, u64),
+    /// The null pointer (an absent optional buffer).
+    Null,
+}
+
+impl Arg {
+    fn at(buf: Buf) -> Arg {
+        Arg::Buf(buf, 0)
+    }
+
+    fn opt(buf: Option<Buf>) -> Arg {
+        buf.map_or(Arg::Null, Arg::at)
+    }
+}
+
+/// The launch parameters (the kernel's last argument, by value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Params {
+    Rows(TdwRowsParams),
+    LongHist(TdwLongHistParams),
+    LongApply(TdwLongApplyParams),
+    Scores(UnitScoresParams),
+    UnitApply(UnitApplyParams),
+}
+
+/// One kernel launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Launch {
+    pub kernel: Kernel,
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory in bytes.
+    pub smem: u32,
+    /// The pointer arguments, in the kernel's order; [`Launch::params`] follows them.
+    pub args: Vec<Arg>,
+    pub params: Params,
+}
+
+impl Launch {
+    /// A launch of TD_BLOCK threads per block (every kernel of this crate); an empty grid
+    /// dimension is launched as 1, as the kernels expect.
+    fn new(kernel: Kernel, grid: (u64, u64), smem: u64, args: Vec<Arg>, params: Params) -> Self {
+        Launch {
+            kernel,
+            grid: (grid.0.max(1) as u32, grid.1.max(1) as u32, 1),
+            block: (TD_BLOCK, 1, 1),
+            smem: smem as u32,
+            args,
+            params,
+        }
+    }
+}
+
+/// One step of a plan, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    Launch(Launch),
+    /// `bytes` bytes from one buffer to another.
+    Copy {
+        from: Buf,
+        to: Buf,
+        bytes: u64,
+    },
+    /// A buffer set to zero bytes.
+    Zero {
+        buf: Buf,
+        bytes: u64,
+    },
+}
+
+/// What an op runs: the buffers, the steps, and which buffer is the result.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Plan {
+    pub allocs: Vec<Alloc>,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    fn alloc(&mut self, buf: Buf, bytes: u64, init: Init) {
+        self.allocs.push(Alloc { buf, bytes, init });
+    }
+
+    fn launch(&mut self, l: Launch) {
+        self.steps.push(Step::Launch(l));
+    }
+
+    /// The launches, in order.
+    #[cfg(test)]
+    pub fn launches(&self) -> impl Iterator<Item = &Launch> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Launch(l) => Some(l),
+            _ => None,
+        })
+    }
+
+    /// The bytes of a buffer the plan allocates.
+    #[cfg(test)]
+    pub fn bytes(&self, buf: Buf) -> Option<u64> {
+        self.allocs.iter().find(|a| a.buf == buf).map(|a| a.bytes)
+    }
+}
+
+/// One application of [`TargetedOp`] as the plan sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpSpec {
+    /// The op's name, for errors.
+    pub name: &'static str,
+    pub kind: DropoutKind,
+    pub output: Output,
+    pub dtype: Dtype,
+    /// Filters and their length (DESIGN.md, "Filters").
+    pub d0: u64,
+    pub n: u64,
+    pub gamma: f64,
+    pub elem_base: u64,
+    pub draws: TdDraws,
+    /// Whether the values come from [`Buf::Vals`] (the backward pass) rather than `w`.
+    pub vals: bool,
+}
+
+impl OpSpec {
+    /// The spec of `op` on a contiguous tensor of `shape` and `dtype`.
+    pub fn new(op: &TargetedOp, dtype: Dtype, shape: &Shape, vals: bool) -> OpSpec {
+        let (d0, n) = filters(shape);
+        OpSpec {
+            name: op.name(),
+            kind: op.kind,
+            output: op.output,
+            dtype,
+            d0: d0 as u64,
+            n: n as u64,
+            gamma: op.gamma,
+            elem_base: op.elem_base,
+            draws: TdDraws {
+                seed: op.draws.seed,
+                offset: op.draws.offset,
+                threshold: op.draws.threshold.min(TD_ALWAYS),
+                pad0: 0,
+            },
+            vals,
+        }
+    }
+
+    fn numel(&self) -> u64 {
+        self.d0 * self.n
+    }
+
+    /// The row limit of the kernels, checked before anything is loaded, allocated or
+    /// launched: an error naming the limit.
+    pub fn check(&self) -> Result<()> {
+        match self.kind {
+            DropoutKind::Weight => check_row(self.name, "a filter", self.n),
+            DropoutKind::Unit => check_row(
+                self.name,
+                "the unit scores (one per filter) are a row",
+                self.d0,
+            ),
+        }
+    }
+}
+
+/// The rows of a selection are at most TD_MAX_ROW elements: an error naming the limit.
+fn check_row(op: &str, what: &str, n: u64) -> Result<()> {
+    if n > TD_MAX_ROW as u64 {
+        bail!(
+            "{op} on CUDA: {what} of {n} elements; the CUDA kernels select within at most \
+             2^32 - 1 = {TD_MAX_ROW} elements"
+        )
+    }
+    Ok(())
+}
+
+/// The plan of a [`TargetedOp`]: its output ([`Buf::Out`] for values, [`Buf::Mask`] for a
+/// mask, allocated uninitialised: every element is written) and what computes it.
+pub(crate) fn forward(spec: &OpSpec, lim: &Limits) -> Result<Plan> {
+    spec.check()?;
+    let mut plan = Plan::default();
+    let numel = spec.numel();
+    let result = match spec.output {
+        Output::Values => Buf::Out,
+        Output::Mask => Buf::Mask,
+    };
+    let size = match spec.output {
+        Output::Values => spec.dtype.size(),
+        Output::Mask => 1,
+    };
+    plan.alloc(result, numel * size, Init::Uninit);
+    if numel == 0 {
+        return Ok(plan);
+    }
+    match spec.kind {
+        DropoutKind::Weight => weight::plan(spec, lim, &mut plan),
+        DropoutKind::Unit => unit::plan(spec, lim, &mut plan),
+    }
+    Ok(plan)
+}
+
+/// The plan of the unit scores of `d0` filters of `n` elements: [`Buf::Scores`] (zeroed,
+/// so that an empty filter scores 0).
+pub(crate) fn unit_scores(dtype: Dtype, d0: u64, n: u64, lim: &Limits) -> Plan {
+    let mut plan = Plan::default();
+    plan.alloc(Buf::Scores, d0 * dtype.score().size(), Init::Zeroed);
+    if d0 > 0 && n > 0 {
+        unit::scores(dtype, d0, n, lim, &mut plan);
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Weight dropout: the selection kernels of `kernels/weight.cu`, chosen by row length and
+//! the device's shared memory (tiny rows, one row per block, long rows over many blocks).
+
+use super::{
+    block_smem, tiny_smem, Arg, Buf, Init, Kernel, Launch, Limits, OpSpec, Params, Plan, Step,
+    Width,
+};
+use crate::cuda_params::{
+    TdDraws, TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, TD_BLOCK, TD_LONG_CHUNK,
+    TD_MAX_ROW, TD_TINY_ROW,
+};
+use crate::op::Output;
+use crate::select::targeted_count;
+
+/// A selection over `rows` rows of `n` elements of `w` (draw index of element i of row r:
+/// `elem_base + r * n + i`): writes the masked `vals` (or `w` when `vals` is `None`) into
+/// `out` and the dropped flags into `mask`.
+pub(super) struct Select {
+    pub w: Buf,
+    pub vals: Option<Buf>,
+    pub out: Option<Buf>,
+    pub mask: Option<Buf>,
+    pub width: Width,
+    pub rows: u64,
+    pub n: u64,
+    pub k: u64,
+    pub elem_base: u64,
+    pub draws: TdDraws,
+}
+
+/// Weight dropout of the whole op.
+pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
+    let sel = Select {
+        w: Buf::W,
+        vals: spec.vals.then_some(Buf::Vals),
+        out: (spec.output == Output::Values).then_some(Buf::Out),
+        mask: (spec.output == Output::Mask).then_some(Buf::Mask),
+        width: spec.dtype.width(),
+        rows: spec.d0,
+        n: spec.n,
+        k: targeted_count(spec.gamma, spec.n as usize) as u64,
+        elem_base: spec.elem_base,
+        draws: spec.draws,
+    };
+    select_rows(&sel, lim, plan);
+}
+
+/// The steps of a selection. `n` must be at most TD_MAX_ROW (checked by [`OpSpec::check`]).
+pub(super) fn select_rows(s: &Select, lim: &Limits, plan: &mut Plan) {
+    debug_assert!(s.n <= TD_MAX_ROW as u64);
+    let size = s.width.size();
+    if s.k == 0 || s.draws.threshold == 0 {
+        // Nothing is dropped: the output is a copy.
+        let bytes = s.rows * s.n;
+        if let Some(to) = s.out {
+            let from = s.vals.unwrap_or(s.w);
+            plan.steps.push(Step::Copy {
+                from,
+                to,
+                bytes: bytes * size,
+            });
+        }
+        if let Some(buf) = s.mask {
+            plan.steps.push(Step::Zero { buf, bytes });
+        }
+        return;
+    }
+    let fns = &lim.widths[s.width.index()];
+    let io = || {
+        vec![
+            Arg::at(s.w),
+            Arg::opt(s.vals),
+            Arg::opt(s.out),
+            Arg::opt(s.mask),
+        ]
+    };
+    let p = Params::Rows(TdwRowsParams {
+        rows: s.rows,
+        n: s.n,
+        k: s.k,
+        elem_base: s.elem_base,
+        draws: s.draws,
+    });
+    let (n, rows) = (s.n, s.rows);
+    if n <= TD_TINY_ROW as u64 && tiny_smem(n, size) <= fns.tiny_smem as u64 {
+        let grid = rows.div_ceil(TD_BLOCK as u64).min(lim.sms as u64 * 8);
+        let k = Kernel::Tiny(s.width);
+        plan.launch(Launch::new(k, (grid, 1), tiny_smem(n, size), io(), p));
+    } else if block_smem(n, size) <= fns.block_smem as u64 {
+        let smem = block_smem(n, size);
+        let per_sm = fns.block_per_sm[smem.div_ceil(1024) as usize];
+        let grid = rows.min(lim.sms as u64 * per_sm as u64);
+        let k = Kernel::Block(s.width);
+        plan.launch(Launch::new(k, (grid, 1), smem, io(), p));
+    } else {
+        long_rows(s, lim, plan);
+    }
+}
+
+/// Rows too long for one block's shared memory: histogram passes and an output pass over
+/// many blocks per row, rows processed in groups that fit in half the L2, so that the
+/// histogram passes after the first one and the output pass read the L2, not device memory.
+fn long_rows(s: &Select, lim: &Limits, plan: &mut Plan) {
+    let size = s.width.size();
+    let (rows, n, k) = (s.rows, s.n, s.k);
+    let passes = size as u32; // 8-bit digits: one pass per byte of the key
+    let chunks = n.div_ceil(TD_LONG_CHUNK as u64);
+    let group = ((lim.l2_bytes / 2) / (n * size)).clamp(1, rows.min(65_535));
+    let row_hist = passes as u64 * 256 * 4;
+    plan.alloc(Buf::Hist, rows * row_hist, Init::Zeroed);
+    // Every (row, chunk, bin) of a group is written by the last histogram pass before the
+    // output pass reads it.
+    plan.alloc(Buf::ChunkHist, group * chunks * 256 * 4, Init::Uninit);
+    let mut row0 = 0u64;
+    while row0 < rows {
+        let g = group.min(rows - row0);
+        let hist = Arg::Buf(Buf::Hist, row0 * row_hist);
+        for pass in 0..passes {
+            let hp = TdwLongHistParams {
+                row0,
+                n,
+                k,
+                pass,
+                pad0: 0,
+            };
+            plan.launch(Launch::new(
+                Kernel::LongHist(s.width),
+                (chunks, g),
+                0,
+                vec![Arg::at(s.w), hist, Arg::at(Buf::ChunkHist)],
+                Params::LongHist(hp),
+            ));
+        }
+        let ap = TdwLongApplyParams {
+            row0,
+            n,
+            k,
+            elem_base: s.elem_base,
+            draws: s.draws,
+        };
+        let args = vec![
+            Arg::at(s.w),
+            Arg::opt(s.vals),
+            Arg::opt(s.out),
+            Arg::opt(s.mask),
+            hist,
+            Arg::at(Buf::ChunkHist),
+        ];
+        plan.launch(Launch::new(
+            Kernel::LongApply(s.width),
+            (chunks, g),
+            0,
+            args,
+            Params::LongApply(ap),
+        ));
+        row0 += g;
+    }
+}
