@@ -206,6 +206,9 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         .map(|a| bufs.address(*a))
         .collect::<Result<Vec<u64>>>()?;
     let mut params = l.params;
+    for (i, seg) in l.segs.iter().enumerate() {
+        params.set_seg(i, seg.resolve(|a| bufs.address(a))?);
+    }
     let mut args: Vec<*mut c_void> = values
         .iter_mut()
         .map(|v| (v as *mut u64).cast::<c_void>())
@@ -216,6 +219,8 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         Params::LongApply(p) => p as *mut _ as *mut c_void,
         Params::Scores(p) => p as *mut _ as *mut c_void,
         Params::UnitApply(p) => p as *mut _ as *mut c_void,
+        Params::Block5(p) => p as *mut _ as *mut c_void,
+        Params::Tiny5(p) => p as *mut _ as *mut c_void,
     });
     let sched = schedule(ctx.schedule);
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");
@@ -321,15 +326,18 @@ pub(crate) fn forward(
             )
         }
     }
-    let spec = OpSpec::new(op, dtype, wl.shape(), vals.is_some());
+    let mut spec = OpSpec::new(op, dtype, wl.shape(), vals.is_some());
     spec.check()?;
-    let plan = plan::forward(&spec, &ctx.gpu.limits()?)?;
     let (wb, at) = input(name, "w", w, wl)?;
     let mut inputs = vec![(Buf::W, DevBuf::from_bytes(&wb, at)?)];
+    let mut aligned16 = at % 16 == 0;
     if let Some((v, vl)) = vals {
         let (vb, at) = input(name, "the gradient", v, vl)?;
+        aligned16 &= at % 16 == 0;
         inputs.push((Buf::Vals, DevBuf::from_bytes(&vb, at)?));
     }
+    spec.aligned16 = aligned16;
+    let plan = plan::forward(&spec, &ctx.gpu.limits()?)?;
     let mut bufs = execute(name, ctx, &plan, inputs)?;
     let out = match op.output {
         Output::Values => storage(dtype, bufs.take(Buf::Out)?.bytes()),
