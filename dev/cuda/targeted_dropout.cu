@@ -12,24 +12,27 @@ Run:
   dev/cuda/td --check    validation only
 Or everything, sanitizers included: bash dev/cuda/run.sh
 
-Kernel versions:
-  v4  (library today) one block per row, the row staged in shared memory, 8-bit MSB radix
+Kernel versions (both included from kernels/, not copied: the harness validates and times
+what the library ships):
+  v4  kernels/weight.cu: one block per row, the row staged in shared memory, 8-bit MSB radix
       passes over shared memory, tie rank by a block scan in the output pass; tiny rows
       (n <= 32) a thread per row.
-  v5  one block per row with the row in registers (16-byte loads, 4 vectors per thread,
-      block size 64..1024 picked by row length); the first 11-bit digit of the key (bits
-      30..20 of an f32 key, 14..4 of a bf16 key) counted in shared memory while loading; one
-      block scan picks the bin; only that bin's elements are compacted to shared memory as
-      (key << 16 | local index) composites and resolved alone (8-bit passes until <= 32 are
-      left, then one warp ranks them by shuffles): the result is the composite of the rank-k
-      element, i.e. the key K and the tie cut as an index, so the output pass is
+  v5  kernels/weight_v5.cu (library feature `kernels-v5`): one block per row with the row in
+      registers (16-byte loads, 4 vectors per thread, block size 64..1024 picked by row
+      length); the first 11-bit digit of the key counted in shared memory while loading; one
+      block scan picks the bin holding rank k; only that bin's elements are compacted to
+      shared memory as (key << 16 | local index) composites and resolved alone (8-bit passes
+      until <= 32 are left, then one warp ranks them by shuffles): the composite of the
+      rank-k element gives the key K and the tie cut as an index, so the output pass is
       "key < K || (key == K && index < cut)" with no scan. Philox only for groups of four
-      that hold a targeted element, round keys hoisted to kernel parameters. Optional
-      packed bit mask output (bit e of word e / 32, flat) for the backward.
-      The same kernel takes a segment table: many tensors in one launch, a block finds its
-      tensor by __syncthreads_count over the segments' first blocks.
-  v5 bwd  grad * (1 - mask bit): one read of the gradient, 1/32 (f32) or 1/16 (bf16) of it
-      more for the mask, one write.
+      that hold a targeted element, round keys in the kernel parameters. Optional packed bit
+      mask (bit e of word e / 32, flat) for the backward. The table of segments (tensors) is
+      passed by value in the parameters (TD5_GROUP per launch): many tensors in one launch,
+      a block finds its tensor by __syncthreads_count over the segments' first blocks.
+      Tiny rows (n <= 32): tdw5_tiny, tiles of 256 rows read and written once by 16-byte
+      vectors, a thread ranks a row in shared memory.
+  v5 bwd  td5_bwd: grad * (1 - mask bit): one read of the gradient, 1/32 (f32), 1/16 (16-bit)
+      or 1/8 (f64) of it more for the mask, one write.
 */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -299,6 +302,28 @@ static void launch_v5_segs(const std::vector<V5Item>& segs_in, void* table_dev, 
 template <typename U>
 static void launch_v5(const U* w, U* out, uint32_t* mask, uint64_t rows, uint32_t n, uint32_t k,
                       uint64_t seed, uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
+    if (n <= TD_TINY_ROW) {
+        // The library's tiny-row path: tiles of 256 rows (128 for 64-bit elements).
+        if (((uintptr_t)w & 15) || ((uintptr_t)out & 15)) { fprintf(stderr, "v5: unaligned tensor\n"); exit(2); }
+        Td5TinyParams p;
+        memset(&p, 0, sizeof p);
+        round_keys(seed, p.keys);
+        p.rows = rows;
+        p.seg.w = (uint64_t)(uintptr_t)w;
+        p.seg.out = (uint64_t)(uintptr_t)out;
+        p.seg.bits = (uint64_t)(uintptr_t)mask;
+        p.seg.offset = offset;
+        p.seg.n = n;
+        p.seg.k = k;
+        p.seg.threshold = thr;
+        const uint64_t t = sizeof(U) == 8 ? 128 : 256;
+        const uint32_t grid = (uint32_t)std::min<uint64_t>((rows + t - 1) / t, (uint64_t)g_sms * 8);
+        if (sizeof(U) == 2) tdw5_tiny_u16_t256<<<grid, 256, 0, st>>>(p);
+        else if (sizeof(U) == 4) tdw5_tiny_u32_t256<<<grid, 256, 0, st>>>(p);
+        else tdw5_tiny_u64_t128<<<grid, 128, 0, st>>>(p);
+        CK(cudaGetLastError());
+        return;
+    }
     V5Item s = {w, out, mask, offset, n, k, thr, (uint32_t)rows, 0, 0};
     launch_v5_segs<U>({s}, nullptr, seed, st);
 }
@@ -752,7 +777,8 @@ int main(int argc, char** argv) {
     bench_shape<uint32_t>(11008, 4096, true);
     bench_shape<uint16_t>(11008, 4096, true);
     if (!check_only) {
-        bench_shape<uint16_t>(1 << 20, 9, false);  // tiny rows: v4 tdw_tiny against v5 (not built for them)
+        bench_shape<uint16_t>(1 << 20, 9, true);   // tiny rows: v4 tdw_tiny against v5 tdw5_tiny
+        bench_shape<uint32_t>(1 << 20, 9, true);
         bench_resnet();
     }
     printf("\n== summary (one read + one write; %% of the copy measured in this run) ==\n");
