@@ -126,8 +126,13 @@ fn offsets_and_views_under_emulation() -> Result<()> {
                         alpha: 0.6,
                     },
                 )?;
-                let got = emulate::run(&gpu, || targeted_weight_dropout_seeded(&v, 0.45, 0.6, 5, 6))?;
-                assert_same_bits(&got, &want, &format!("{dt:?} view at {start} [{rows}, {n}]"))?;
+                let got =
+                    emulate::run(&gpu, || targeted_weight_dropout_seeded(&v, 0.45, 0.6, 5, 6))?;
+                assert_same_bits(
+                    &got,
+                    &want,
+                    &format!("{dt:?} view at {start} [{rows}, {n}]"),
+                )?;
             }
         }
         let t = big.narrow(0, 1, 3)?.t()?;

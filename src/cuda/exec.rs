@@ -110,7 +110,7 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
                         .collect::<Result<Vec<u64>>>()?;
                     // The v5 kernels take their buffers' addresses in the params; the
                     // buffers' guards above record their use on the stream like the others.
-                    let mut params = l.params;
+                    let mut params = l.params.clone();
                     for (i, seg) in l.segs.iter().enumerate() {
                         params.set_seg(
                             i,
@@ -130,8 +130,8 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
                         Params::LongApply(p) => b.arg(p),
                         Params::Scores(p) => b.arg(p),
                         Params::UnitApply(p) => b.arg(p),
-                        Params::Block5(p) => b.arg(p),
-                        Params::Tiny5(p) => b.arg(p),
+                        Params::Block5(p) => b.arg(&**p),
+                        Params::Tiny5(p) => b.arg(&**p),
                     };
                     let cfg = LaunchConfig {
                         grid_dim: l.grid,

@@ -5,6 +5,7 @@
 
 use super::ffi::{td_emu_launch, TdEmuSchedule};
 use super::{Context, Schedule, ThreadOrder};
+use crate::cuda_params::{Td5Params, Td5TinyParams};
 use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Arg, Buf, Dtype, Init, Launch, OpSpec, Params, Plan, Step};
 use candle_core::backend::BackendStorage;
@@ -205,7 +206,7 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         .iter()
         .map(|a| bufs.address(*a))
         .collect::<Result<Vec<u64>>>()?;
-    let mut params = l.params;
+    let mut params = l.params.clone();
     for (i, seg) in l.segs.iter().enumerate() {
         params.set_seg(i, seg.resolve(|a| bufs.address(a))?);
     }
@@ -219,8 +220,8 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         Params::LongApply(p) => p as *mut _ as *mut c_void,
         Params::Scores(p) => p as *mut _ as *mut c_void,
         Params::UnitApply(p) => p as *mut _ as *mut c_void,
-        Params::Block5(p) => p as *mut _ as *mut c_void,
-        Params::Tiny5(p) => p as *mut _ as *mut c_void,
+        Params::Block5(p) => &mut **p as *mut Td5Params as *mut c_void,
+        Params::Tiny5(p) => &mut **p as *mut Td5TinyParams as *mut c_void,
     });
     let sched = schedule(ctx.schedule);
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");

@@ -58,10 +58,11 @@ pub enum ThreadOrder {
 
 /// How the emulator schedules threads and blocks: the choices that expose a missing barrier
 /// or a race without a sanitizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Schedule {
     /// Each launch takes the next of the six combinations of [`ThreadOrder`] and warp
     /// run-ahead, with a fresh seed, and two workers interleave the blocks (the default).
+    #[default]
     Rotate,
     /// One schedule for every launch.
     Fixed {
@@ -74,12 +75,6 @@ pub enum Schedule {
         /// The seed of the random order and of the garbage in fresh shared memory.
         seed: u64,
     },
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Schedule::Rotate
-    }
 }
 
 /// The emulation in force on this thread: the profile and the schedule.

@@ -22,8 +22,8 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    Td5Params, Td5TinyParams, TdDraws, TdwLongApplyParams, TdwLongHistParams,
-    TdwRowsParams, UnitApplyParams, UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
+    Td5Params, Td5TinyParams, TdDraws, TdwLongApplyParams, TdwLongHistParams, TdwRowsParams,
+    UnitApplyParams, UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};
@@ -282,17 +282,18 @@ impl Arg {
 }
 
 /// The launch parameters (the kernel's last argument, by value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Params {
     Rows(TdwRowsParams),
     LongHist(TdwLongHistParams),
     LongApply(TdwLongApplyParams),
     Scores(UnitScoresParams),
     UnitApply(UnitApplyParams),
-    /// The device addresses of its segments are set by the executor from [`Launch::segs`].
-    Block5(Td5Params),
-    /// As above, one segment.
-    Tiny5(Td5TinyParams),
+    /// The device addresses of its segments are set by the executor from [`Launch::segs`]
+    /// (boxed: the table of segments is 4 KB).
+    Block5(Box<Td5Params>),
+    /// As above, one segment (boxed: 152 bytes).
+    Tiny5(Box<Td5TinyParams>),
 }
 
 impl Params {

@@ -168,7 +168,7 @@ fn long_rows(s: &Select, lim: &Limits, plan: &mut Plan) {
 /// more); `None` past the largest.
 pub(super) fn v5_block_threads(width: Width, n: u64) -> Option<u32> {
     let ve = 16 / width.size();
-    let vectors = if n % ve == 0 {
+    let vectors = if n.is_multiple_of(ve) {
         n / ve
     } else {
         (n + 2 * ve - 2) / ve
@@ -232,7 +232,13 @@ fn v5_rows(s: &Select, lim: &Limits, plan: &mut Plan) -> bool {
         };
         let blocks = s.rows.div_ceil(t as u64).min(lim.sms as u64 * 8);
         let k = Kernel::Tiny5(s.width);
-        plan.launch(Launch::v5(k, blocks, t, Params::Tiny5(p), vec![args]));
+        plan.launch(Launch::v5(
+            k,
+            blocks,
+            t,
+            Params::Tiny5(Box::new(p)),
+            vec![args],
+        ));
         return true;
     }
     let Some(t) = v5_block_threads(s.width, s.n) else {
@@ -245,6 +251,12 @@ fn v5_rows(s: &Select, lim: &Limits, plan: &mut Plan) -> bool {
     };
     p.seg[0] = seg;
     let k = Kernel::Block5(s.width, t);
-    plan.launch(Launch::v5(k, s.rows, t, Params::Block5(p), vec![args]));
+    plan.launch(Launch::v5(
+        k,
+        s.rows,
+        t,
+        Params::Block5(Box::new(p)),
+        vec![args],
+    ));
     true
 }
