@@ -26,7 +26,7 @@ marks = OrderedDict([
     ('refine', find('// Rare: more than CAP', k0)), ('compact', find('// Compact the candidates', k0)),
     ('pass8', find('// 8-bit passes over', k0)), ('warp', find('// One warp: gather', k0)),
     ('output', find('// 4. Targeting, draws', k0)), ('maskwr', find('// 5. The row', k0)),
-    ('end', find('// Backward: out[e]', k0)),
+    ('end', find('// Tiny rows (n <= TD_TINY_ROW)', k0)),
 ])
 names = list(marks)
 def phase_of(ln):
