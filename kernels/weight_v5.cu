@@ -516,7 +516,7 @@ __device__ __forceinline__ void tdw5_tiny(const Td5TinyParams& p) {
         const uint4* wv = reinterpret_cast<const uint4*>(w + gv0 * VE);
         const U* ws = w + gv0 * VE;
         // 1. Load the tile.
-        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny load, 8
+        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny load, VE
             const uint32_t s0 = v * VE;
             if (s0 >= off && s0 + VE <= off + cnt) {
                 *reinterpret_cast<uint4*>(tile + s0) = __ldcs(wv + v);
@@ -551,7 +551,7 @@ __device__ __forceinline__ void tdw5_tiny(const Td5TinyParams& p) {
         const uint64_t draw_slot0 = sg.elem_base + gv0 * VE;
         const uint4* vv = reinterpret_cast<const uint4*>(vals + gv0 * VE);
         uint4* ov = reinterpret_cast<uint4*>(out + gv0 * VE);
-        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny output, 8
+        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny output, VE
             const uint32_t s0 = v * VE;
             uint32_t valid = 0, tg = 0;
 #pragma unroll
@@ -597,7 +597,7 @@ __device__ __forceinline__ void td5_bwd(const U* g, U* out, const uint32_t* mask
     const uint4* gv = reinterpret_cast<const uint4*>(g);
     uint4* ov = reinterpret_cast<uint4*>(out);
     for (uint64_t v = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nvec;
-         v += (uint64_t)gridDim.x * blockDim.x) {  // hot-loop: backward, 8
+         v += (uint64_t)gridDim.x * blockDim.x) {  // hot-loop: backward, VE
         const uint4 x = __ldcs(gv + v);
         const uint32_t d = (__ldg(mask + (v * VE) / 32) >> ((v * VE) & 31)) & FULL;
         __stcs(ov + v, d ? zero_dropped<U>(x, d) : x);
