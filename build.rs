@@ -3,10 +3,16 @@
 //!
 //! Targets: by default machine code (SASS) for sm_80, sm_86, sm_89 and sm_90 (A100 / A30,
 //! RTX 30xx / A10 / A40, RTX 40xx / L4 / L40, H100 / H200) plus compute_90 PTX that the driver
-//! compiles for newer GPUs. With `CUDA_COMPUTE_CAP=NN` (candle's convention: 75, 80, 86, 89,
-//! 90, ...) exactly that target, SASS sm_NN plus compute_NN PTX, as candle's own kernels are
-//! built. The lowest capability the fatbins load on and their targets are passed to the crate
-//! (`TD_CUDA_MIN_CC`, `TD_CUDA_TARGETS`) for the load-time check.
+//! compiles for newer GPUs. With `CUDA_COMPUTE_CAP` (candle's variable, in any spelling candle
+//! takes: `90`, `9.0`, `sm_90`, `90a`, `sm_90a`, `100a`, ...) exactly that target, SASS plus
+//! PTX, as candle's own kernels are built; any other value fails the build, naming it. The
+//! host compiler comes from `NVCC_CCBIN` (or candle's `CANDLE_NVCC_CCBIN`), extra nvcc flags
+//! from `CUDA_NVCC_FLAGS`; the parsing is `build/nvcc_args.rs`, tested by
+//! `tests/build_args.rs`. The lowest capability the fatbins load on and their targets are
+//! passed to the crate (`TD_CUDA_MIN_CC`, `TD_CUDA_TARGETS`) for the load-time check.
+#[path = "build/nvcc_args.rs"]
+mod nvcc_args;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -28,35 +34,23 @@ fn find_nvcc() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// The nvcc `-gencode` arguments, the lowest compute capability and a description.
-fn targets() -> (Vec<String>, u32, String) {
-    match std::env::var("CUDA_COMPUTE_CAP") {
-        Ok(cc) => {
-            let cc = cc.trim();
-            let num: u32 = cc.trim_end_matches(['a', 'f']).parse().unwrap_or_else(|_| {
-                panic!("CUDA_COMPUTE_CAP={cc}: expected a number such as 75, 86 or 90")
-            });
-            (
-                vec![format!(
-                    "-gencode=arch=compute_{cc},code=[sm_{cc},compute_{cc}]"
-                )],
-                num,
-                format!("sm_{cc} + compute_{cc} PTX, CUDA_COMPUTE_CAP={cc}"),
-            )
-        }
-        Err(_) => {
-            let mut args: Vec<String> = [80, 86, 89, 90]
-                .iter()
-                .map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}"))
-                .collect();
-            args.push("-gencode=arch=compute_90,code=compute_90".into());
-            (
-                args,
-                80,
-                "sm_80, sm_86, sm_89, sm_90 + compute_90 PTX".into(),
-            )
-        }
-    }
+/// A variable's value, `None` when unset (or not Unicode, which no valid value is).
+fn env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+/// The arguments every nvcc command gets from the environment (`build/nvcc_args.rs`): the
+/// targets, the host compiler, the extra flags; the lowest capability and a description of
+/// the targets. A bad `CUDA_COMPUTE_CAP` fails the build, naming the value.
+fn nvcc_env_args() -> (Vec<String>, u32, String) {
+    let (mut args, min_cc, desc) =
+        nvcc_args::targets(env("CUDA_COMPUTE_CAP").as_deref()).unwrap_or_else(|e| panic!("{e}"));
+    args.extend(nvcc_args::ccbin_args(
+        env("NVCC_CCBIN").as_deref(),
+        env("CANDLE_NVCC_CCBIN").as_deref(),
+    ));
+    args.extend(nvcc_args::extra_flags(env("CUDA_NVCC_FLAGS").as_deref()));
+    (args, min_cc, desc)
 }
 
 /// With the `emulate` feature: the CUDA emulator (`emu/`) and the kernel sources compiled as
@@ -151,21 +145,25 @@ fn main() {
     #[cfg(feature = "emulate")]
     emulator();
     println!("cargo:rerun-if-changed=build.rs");
+    // A directory: cargo reruns the script when any file under it changes.
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=build");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
-    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    for var in nvcc_args::ENV_VARS {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
+    let (env_args, min_cc, desc) = nvcc_env_args();
     let Some(nvcc) = find_nvcc() else {
         panic!(
             "the `cuda` feature needs nvcc: install the CUDA toolkit (or the PyPI wheels, see \
              scripts/cuda/setup.sh) and set NVCC, CUDA_HOME or PATH so that nvcc is found"
         );
     };
-    let (gencode, min_cc, desc) = targets();
     println!("cargo:rustc-env=TD_CUDA_MIN_CC={min_cc}");
     println!("cargo:rustc-env=TD_CUDA_TARGETS={desc}");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -174,10 +172,6 @@ fn main() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
-    // Every file under kernels/ (the headers too) reruns the build when it changes.
-    for f in &files {
-        println!("cargo:rerun-if-changed={}", f.display());
-    }
     // One nvcc per .cu file, all at once.
     let jobs: Vec<_> = files
         .iter()
@@ -187,7 +181,7 @@ fn main() {
             let fatbin = out_dir.join(format!("{stem}.fatbin"));
             let child = Command::new(&nvcc)
                 .args(["--fatbin", "-O3", "-std=c++17", "-Ikernels"])
-                .args(&gencode)
+                .args(&env_args)
                 .arg("-o")
                 .arg(&fatbin)
                 .arg(cu)

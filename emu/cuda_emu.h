@@ -58,7 +58,7 @@ struct ThreadIdx {
     uint3 thread_idx, block_idx;
     dim3 block_dim, grid_dim;
 };
-extern thread_local const ThreadIdx* g_idx;
+const ThreadIdx* idx();
 
 /* Sync points: each switches fibers. `site` names the call site for divergence reports. */
 struct Site {
@@ -90,10 +90,10 @@ template <class T> inline T from_bits(unsigned long long b) {
 }
 }  // namespace emu
 
-#define threadIdx (::emu::g_idx->thread_idx)
-#define blockIdx (::emu::g_idx->block_idx)
-#define blockDim (::emu::g_idx->block_dim)
-#define gridDim (::emu::g_idx->grid_dim)
+#define threadIdx (::emu::idx()->thread_idx)
+#define blockIdx (::emu::idx()->block_idx)
+#define blockDim (::emu::idx()->block_dim)
+#define gridDim (::emu::idx()->grid_dim)
 #define warpSize 32
 
 inline void __syncthreads(EMU_SITE_ARGS) { ::emu::syncthreads(EMU_SITE); }

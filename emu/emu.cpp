@@ -52,13 +52,60 @@
 #endif
 
 extern "C" {
-// The anchor of this executable's TLS block (see poison_static_shared).
+// The anchor of this executable's TLS block (see find_static_shared).
 thread_local char td_emu_tls_anchor;
 }
 
+// Fiber switch. On x86-64 a few instructions (callee-saved registers and the stack pointer;
+// glibc's swapcontext makes a system call per switch, and ASan's interceptor of it clears the
+// shadow of the whole target stack each time); elsewhere ucontext.
+#if defined(__x86_64__)
+#define EMU_ASM_SWITCH 1
+extern "C" void td_emu_switch(void** save_sp, void* new_sp);
+extern "C" void td_emu_fiber_entry();
+asm(R"(
+    .text
+    .globl td_emu_switch
+    .type td_emu_switch,@function
+td_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size td_emu_switch,.-td_emu_switch
+    .globl td_emu_fiber_entry
+    .type td_emu_fiber_entry,@function
+td_emu_fiber_entry:
+    movq %r12, %rdi
+    call td_emu_fiber_start
+    ud2
+    .size td_emu_fiber_entry,.-td_emu_fiber_entry
+)");
+#endif
+
 namespace emu {
 
+namespace {
 thread_local const ThreadIdx* g_idx = nullptr;
+}
+const ThreadIdx* idx() {
+    if (!g_idx) {
+        fprintf(stderr, "td_emu: threadIdx / blockIdx read outside a kernel launch\n");
+        abort();
+    }
+    return g_idx;
+}
 
 namespace {
 
@@ -74,7 +121,11 @@ struct Thr {
     unsigned mask = 0;
     unsigned long long val = 0, res = 0;
     Site site{"", 0};
+#ifdef EMU_ASM_SWITCH
+    void* sp = nullptr;
+#else
     ucontext_t ctx;
+#endif
     char* stack = nullptr;
     void* tsan_fiber = nullptr;
     void* asan_fake = nullptr;
@@ -88,7 +139,11 @@ struct Worker {
     std::vector<Thr> th;
     char* stacks = nullptr;
     size_t stack_size = 0, map_size = 0;
+#ifdef EMU_ASM_SWITCH
+    void* sched_sp = nullptr;
+#else
     ucontext_t sched;
+#endif
     void* sched_tsan = nullptr;
     const void* sched_stack_bottom = nullptr;
     size_t sched_stack_size = 0;
@@ -224,7 +279,7 @@ void block_shared_begin(Worker& w) {
     static std::once_flag once;
     std::call_once(once, find_static_shared);
     if (g_static_ok) {
-        char* base = &td_emu_tls_anchor - g_anchor_off;
+        char* base = (char*)((uintptr_t)&td_emu_tls_anchor - g_anchor_off);
         for (auto& v : g_static) fill_garbage((unsigned char*)base + v.off, v.size, w.rng);
     }
     for (auto f : dyn_regs()) {
@@ -268,7 +323,11 @@ void switch_to_sched(Worker& w, Thr& t, bool exiting) {
     __sanitizer_start_switch_fiber(exiting ? nullptr : &t.asan_fake, w.sched_stack_bottom, w.sched_stack_size);
 #endif
     (void)exiting;
+#ifdef EMU_ASM_SWITCH
+    td_emu_switch(&t.sp, w.sched_sp);
+#else
     swapcontext(&t.ctx, &w.sched);
+#endif
 #ifdef EMU_ASAN
     __sanitizer_finish_switch_fiber(t.asan_fake, nullptr, nullptr);
 #endif
@@ -286,7 +345,11 @@ void switch_to_fiber(Worker& w, Thr& t) {
 #ifdef EMU_ASAN
     __sanitizer_start_switch_fiber(&fake, t.stack, w.stack_size);
 #endif
+#ifdef EMU_ASM_SWITCH
+    td_emu_switch(&w.sched_sp, t.sp);
+#else
     swapcontext(&w.sched, &t.ctx);
+#endif
 #ifdef EMU_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -295,9 +358,9 @@ void switch_to_fiber(Worker& w, Thr& t) {
     g_idx = nullptr;
 }
 
-void fiber_main(unsigned lo, unsigned hi) {
+void fiber_main(unsigned i, unsigned) {
     Worker& w = *t_worker;
-    Thr& t = w.th[((uint64_t)hi << 32 | lo) & 0xffffffffu];
+    Thr& t = w.th[i];
 #ifdef EMU_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &w.sched_stack_bottom, &w.sched_stack_size);
 #endif
@@ -573,9 +636,6 @@ void run_block(Worker& w, unsigned lin_block) {
     w.done = 0;
     w.rng ^= (uint64_t)lin_block * 0x9E3779B97F4A7C15ull;
     block_shared_begin(w);
-#ifdef EMU_ASAN
-    __asan_unpoison_memory_region(w.stacks, w.map_size);
-#endif
     for (unsigned i = 0; i < L.nthreads; i++) {
         Thr& t = w.th[i];
         t.lin = i;
@@ -584,11 +644,22 @@ void run_block(Worker& w, unsigned lin_block) {
         t.idx.block_idx = w.block;
         t.idx.block_dim = L.block;
         t.idx.grid_dim = L.grid;
+#ifdef EMU_ASM_SWITCH
+        // A frame that td_emu_switch pops: six registers (r12 = the thread's index), then
+        // the return into td_emu_fiber_entry with a 16-byte aligned stack.
+        uintptr_t top = ((uintptr_t)t.stack + w.stack_size) & ~(uintptr_t)15;
+        void** f = (void**)(top - 7 * sizeof(void*));
+        for (int r = 0; r < 6; r++) f[r] = nullptr;
+        f[3] = (void*)(uintptr_t)i;  // r12
+        f[6] = (void*)&td_emu_fiber_entry;
+        t.sp = f;
+#else
         getcontext(&t.ctx);
         t.ctx.uc_stack.ss_sp = t.stack;
         t.ctx.uc_stack.ss_size = w.stack_size;
         t.ctx.uc_link = nullptr;
         makecontext(&t.ctx, (void (*)())fiber_main, 2, i, 0u);
+#endif
     }
 #ifdef EMU_TSAN
     __tsan_release(&w.start_sync);
@@ -624,11 +695,18 @@ void run_block(Worker& w, unsigned lin_block) {
 size_t stack_size() {
     if (const char* e = getenv("TD_EMU_STACK_KB")) return (size_t)atoi(e) * 1024;
 #if defined(EMU_ASAN) || defined(EMU_TSAN)
-    return 512 * 1024;
+    return 256 * 1024;
 #else
     return 128 * 1024;
 #endif
 }
+
+#ifdef EMU_TSAN
+// TSan fiber states are costly to create: kept across launches (a fiber of a failed block,
+// left in the middle of its frames, is destroyed instead).
+std::mutex g_tsan_mu;
+std::vector<void*> g_tsan_pool;
+#endif
 
 void worker_main(Worker* wp) {
     Worker& w = *wp;
@@ -636,7 +714,17 @@ void worker_main(Worker* wp) {
     Launch& L = *w.L;
 #ifdef EMU_TSAN
     w.sched_tsan = __tsan_get_current_fiber();
-    for (auto& t : w.th) t.tsan_fiber = __tsan_create_fiber(0);
+    {
+        std::lock_guard<std::mutex> g(g_tsan_mu);
+        for (auto& t : w.th) {
+            if (g_tsan_pool.empty()) {
+                t.tsan_fiber = __tsan_create_fiber(0);
+            } else {
+                t.tsan_fiber = g_tsan_pool.back();
+                g_tsan_pool.pop_back();
+            }
+        }
+    }
 #endif
     for (;;) {
         if (L.stop.load()) break;
@@ -651,12 +739,20 @@ void worker_main(Worker* wp) {
         }
     }
 #ifdef EMU_TSAN
-    for (auto& t : w.th) __tsan_destroy_fiber(t.tsan_fiber);
+    {
+        std::lock_guard<std::mutex> g(g_tsan_mu);
+        for (auto& t : w.th) {
+            if (w.failed) __tsan_destroy_fiber(t.tsan_fiber);
+            else g_tsan_pool.push_back(t.tsan_fiber);
+        }
+    }
 #endif
     t_worker = nullptr;
 }
 
 }  // namespace
+
+extern "C" void td_emu_fiber_start(uintptr_t i) { fiber_main((unsigned)i, 0); }
 
 DynSharedReg::DynSharedReg(unsigned char* (*addr)()) {
     std::lock_guard<std::mutex> g(g_reg_mu);
@@ -785,7 +881,13 @@ bool launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx
     }
     dog_cv.notify_all();
     dog.join();
-    for (auto& w : ws) munmap(w.stacks, w.map_size);
+    for (auto& w : ws) {
+#ifdef EMU_ASAN
+        // Fibers left in the middle of a frame (a failed block) leave poisoned stack shadow.
+        if (w.failed) __asan_unpoison_memory_region(w.stacks, w.map_size);
+#endif
+        munmap(w.stacks, w.map_size);
+    }
     if (!L.err.empty()) {
         *err = L.err;
         return false;

@@ -39,9 +39,17 @@ typedef struct TdDraws {
 } TdDraws;
 
 /* tdw_tiny_* and tdw_block_*: `rows` rows of n elements, the k smallest (key, index) of each
- * targeted. The draw index of element i of row r is elem_base + r * n + i. The block and
- * long-row kernels need 1 <= k <= n (they seek rank k - 1); the host copies instead of
- * launching when k = 0 or the threshold is 0. */
+ * targeted. The draw index of element i of row r is elem_base + r * n + i.
+ *
+ * Preconditions (the host checks them; a launch outside them is undefined):
+ * - both: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one block (blocks loop over the
+ *   rows); rows >= 1; draws.threshold <= TD_ALWAYS; w non-null; vals, out, mask may be null
+ *   (vals null: the values are w); every non-null buffer holds rows * n elements.
+ * - tdw_tiny: 1 <= n <= TD_TINY_ROW (the 20-bit reciprocal that divides by n is exact only
+ *   there); 0 <= k <= n; dynamic shared memory >= TD_BLOCK * (n | 1) * sizeof(element).
+ * - tdw_block: 1 <= k <= n (k = 0 is refused: the radix select looks for rank k - 1, which
+ *   wraps; the host copies instead, as it does for threshold 0); n <= TD_MAX_ROW; dynamic
+ *   shared memory >= ceil(n / 4) * 4 * sizeof(element). */
 typedef struct TdwRowsParams {
     uint64_t rows;
     uint64_t n;
@@ -51,7 +59,15 @@ typedef struct TdwRowsParams {
 } TdwRowsParams;
 
 /* tdw_long_hist_*: histogram pass `pass` over rows row0 .. row0 + gridDim.y, chunk
- * blockIdx.x of each (TD_LONG_CHUNK elements per block). */
+ * blockIdx.x of each (TD_LONG_CHUNK elements per block).
+ *
+ * Preconditions (tdw_long_hist and tdw_long_apply): blockDim = (TD_BLOCK, 1, 1); gridDim.x =
+ * ceil(n / TD_LONG_CHUNK) and gridDim.y = the rows of the group (row0 + gridDim.y <= rows);
+ * 1 <= k <= n (k = 0 wraps like tdw_block); n <= TD_MAX_ROW; no dynamic shared memory.
+ * hist ([gridDim.y][passes][256], passes = 8 * sizeof(element) / 8) is zeroed before pass 0
+ * and the passes 0 .. passes - 1 run in order, each after the previous one completed;
+ * chunk_hist ([gridDim.y][gridDim.x][256]) is written by the last pass and needs no
+ * initialisation. tdw_long_apply runs after the last pass over the same rows and grid. */
 typedef struct TdwLongHistParams {
     uint64_t row0;
     uint64_t n;
@@ -70,13 +86,21 @@ typedef struct TdwLongApplyParams {
 } TdwLongApplyParams;
 
 /* unit_scores_block_* and unit_scores_tiny_*: the squared L2 norm of each of `units` rows
- * of n elements. */
+ * of n elements.
+ *
+ * Preconditions: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one block; units >= 1,
+ * n >= 1; unit_scores_tiny: n <= TD_TINY_ROW (one thread holds the 32 lanes of a unit);
+ * scores holds `units` accumulators (f32, or f64 for f64 input). */
 typedef struct UnitScoresParams {
     uint64_t units;
     uint64_t n;
 } UnitScoresParams;
 
-/* unit_apply_*: numel elements in units of n, each unit dropped as a whole by its flag. */
+/* unit_apply_*: numel elements in units of n, each unit dropped as a whole by its flag.
+ *
+ * Preconditions: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one block; n >= 1 and
+ * numel a multiple of n; umask holds numel / n flags (0 or 1); vals non-null, out and mask
+ * may be null. */
 typedef struct UnitApplyParams {
     uint64_t numel;
     uint64_t n;

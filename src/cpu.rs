@@ -63,32 +63,45 @@ pub(crate) fn unit_scores<T: Scored>(w: &[T], n: usize) -> Vec<T::Acc> {
         .collect()
 }
 
-/// Writes one segment of a row: element `i` is targeted iff `key < lim`; a targeted element
-/// whose draw falls under alpha becomes `dropped`, every other `kept[i]`. `first_e` is the
-/// flat index of the segment's first element. Each output element is written once.
+/// What the output pass writes for a dropped element and where its draws come from: the
+/// same for every segment of a call.
+#[derive(Clone, Copy)]
+struct Drops<'a, O> {
+    /// The value of a dropped element (+0 or the mask's 1).
+    value: O,
+    draws: &'a Bernoulli,
+}
+
+/// One segment of a row: element `i` is targeted iff `row[i].key() < lim`; `first_e` is the
+/// flat index (draw index) of `row[0]`.
+#[derive(Clone, Copy)]
+struct Segment<'a, T: Element, O> {
+    row: &'a [T],
+    /// The value of each element that is not dropped.
+    kept: &'a [O],
+    lim: T::Key,
+    first_e: u64,
+}
+
+/// Writes one segment of a row: a targeted element whose draw falls under alpha becomes
+/// `drops.value`, every other `kept[i]`. Each output element is written once; `words` is
+/// the row's scratch for the draws.
 ///
 /// With AVX2 the same code is compiled for AVX2 (the selects in 256-bit vectors, the Philox
 /// blocks eight lanes at a time, inlined); elsewhere for the baseline with scalar Philox.
 #[inline]
-#[allow(clippy::too_many_arguments)]
 fn write_segment<T: Element, O: Copy>(
     out: &mut [MaybeUninit<O>],
-    row: &[T],
-    kept: &[O],
-    lim: T::Key,
-    dropped: O,
-    first_e: u64,
-    draws: &Bernoulli,
+    seg: Segment<'_, T, O>,
+    drops: Drops<'_, O>,
     words: &mut Vec<u32>,
 ) {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the processor has AVX2, the only feature the function enables.
-        return unsafe { write_segment_avx2(out, row, kept, lim, dropped, first_e, draws, words) };
+        return unsafe { write_segment_avx2(out, seg, drops, words) };
     }
-    write_segment_body(out, row, kept, lim, dropped, first_e, draws, words, |c| {
-        draws.blocks8_scalar(c)
-    })
+    write_segment_body(out, seg, drops, words, |c| drops.draws.blocks8_scalar(c))
 }
 
 /// [`write_segment`] compiled for AVX2.
@@ -97,38 +110,35 @@ fn write_segment<T: Element, O: Copy>(
 /// The processor must support AVX2.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn write_segment_avx2<T: Element, O: Copy>(
     out: &mut [MaybeUninit<O>],
-    row: &[T],
-    kept: &[O],
-    lim: T::Key,
-    dropped: O,
-    first_e: u64,
-    draws: &Bernoulli,
+    seg: Segment<'_, T, O>,
+    drops: Drops<'_, O>,
     words: &mut Vec<u32>,
 ) {
-    write_segment_body(out, row, kept, lim, dropped, first_e, draws, words, |c| {
+    write_segment_body(out, seg, drops, words, |c| {
         // SAFETY: this function only runs on processors with AVX2.
-        unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
+        unsafe { crate::philox::x86::blocks8_avx2(drops.draws, c) }
     })
 }
 
 /// The body of [`write_segment`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
 /// Every loop loads `kept` unconditionally, so that the compiler vectorises the selects.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn write_segment_body<T: Element, O: Copy>(
     out: &mut [MaybeUninit<O>],
-    row: &[T],
-    kept: &[O],
-    lim: T::Key,
-    dropped: O,
-    first_e: u64,
-    draws: &Bernoulli,
+    seg: Segment<'_, T, O>,
+    drops: Drops<'_, O>,
     words: &mut Vec<u32>,
     blocks8: impl Fn(u64) -> [u32; 32],
 ) {
+    let Segment {
+        row,
+        kept,
+        lim,
+        first_e,
+    } = seg;
+    let (dropped, draws) = (drops.value, drops.draws);
     let len = out.len();
     let (row, kept) = (&row[..len], &kept[..len]);
     let t = draws.threshold;
@@ -183,22 +193,32 @@ fn write_segment_body<T: Element, O: Copy>(
     }
 }
 
-/// Writes the part of a row that starts at index `start` of the row (`out`, `row` and
-/// `kept` are that part): the cut splits it into a segment with limit `kth + 1` and one with
-/// `kth`. `first_e` is the flat index of the part's first element. Without `kept` (a mask)
-/// the kept value is the default.
-#[allow(clippy::too_many_arguments)]
+/// The part of a row that starts at index `start` of the row (`row` and `kept` are that
+/// part); `first_e` is the flat index of its first element. Without `kept` (a mask) the kept
+/// value is the default.
+#[derive(Clone, Copy)]
+struct Part<'a, T, O> {
+    row: &'a [T],
+    kept: Option<&'a [O]>,
+    start: usize,
+    first_e: u64,
+}
+
+/// Writes a part of a row: the cut splits it into a segment with limit `kth + 1` and one with
+/// `kth`.
 fn write_part<T: Element, O: Copy + Default>(
     out: &mut [MaybeUninit<O>],
-    row: &[T],
-    kept: Option<&[O]>,
-    start: usize,
+    part: Part<'_, T, O>,
     cut: Cut<T::Key>,
-    dropped: O,
-    first_e: u64,
-    draws: &Bernoulli,
+    drops: Drops<'_, O>,
     words: &mut Vec<u32>,
 ) {
+    let Part {
+        row,
+        kept,
+        start,
+        first_e,
+    } = part;
     let defaults;
     let kept = match kept {
         Some(k) => k,
@@ -213,30 +233,52 @@ fn write_part<T: Element, O: Copy + Default>(
     let (r1, r2) = row.split_at(split);
     let (k1, k2) = kept.split_at(split);
     if !o1.is_empty() {
-        write_segment(o1, r1, k1, before, dropped, first_e, draws, words);
+        let seg = Segment {
+            row: r1,
+            kept: k1,
+            lim: before,
+            first_e,
+        };
+        write_segment(o1, seg, drops, words);
     }
     if !o2.is_empty() {
-        let e2 = first_e + split as u64;
-        write_segment(o2, r2, k2, after, dropped, e2, draws, words);
+        let seg = Segment {
+            row: r2,
+            kept: k2,
+            lim: after,
+            first_e: first_e + split as u64,
+        };
+        write_segment(o2, seg, drops, words);
     }
 }
 
+/// What an op writes: `kept[e]` for an element that is not dropped (the values to mask: `w`
+/// itself in the forward pass, the incoming gradient in the backward pass), or the default
+/// value when `kept` is `None` (a mask); `dropped` for a dropped one.
+#[derive(Clone, Copy)]
+struct Values<'a, O> {
+    kept: Option<&'a [O]>,
+    dropped: O,
+}
+
 /// Targeted weight dropout on `w` (row-major, rows of `n`), written into every element of
-/// `out`: `dropped` where an element is dropped, `kept[e]` elsewhere (the values to mask:
-/// `w` itself in the forward pass, the incoming gradient in the backward pass), or the
-/// default value when `kept` is `None` (a mask).
+/// `out`.
 fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
     w: &[T],
-    kept: Option<&[O]>,
     out: &mut [MaybeUninit<O>],
-    dropped: O,
+    values: Values<'_, O>,
     n: usize,
     op: &TargetedOp,
 ) {
+    let Values { kept, dropped } = values;
     if w.is_empty() || n == 0 {
         return;
     }
     let (draws, elem_base) = (&op.draws, op.elem_base);
+    let drops = Drops {
+        value: dropped,
+        draws,
+    };
     let k = targeted_count(op.gamma, n);
     // Nothing is dropped at alpha = 0, so nothing needs selecting.
     let k = if draws.threshold == 0 { 0 } else { k };
@@ -253,8 +295,13 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
                     let start = c * PAR_CHUNK;
                     let kc = kr.map(|v| &v[start..start + o.len()]);
                     let e0 = elem_base + (r * n + start) as u64;
-                    let mut words = Vec::new();
-                    write_part(o, x, kc, start, cut, dropped, e0, draws, &mut words)
+                    let part = Part {
+                        row: x,
+                        kept: kc,
+                        start,
+                        first_e: e0,
+                    };
+                    write_part(o, part, cut, drops, &mut Vec::new())
                 });
         }
         return;
@@ -269,7 +316,13 @@ fn weight_dropout_into<T: Element, O: Copy + Send + Sync + Default>(
                 let kr = kept.map(|v| &v[r * n..(r + 1) * n]);
                 let cut = row_cut(wr, k, scratch);
                 let e0 = elem_base + (r * n) as u64;
-                write_part(o, wr, kr, 0, cut, dropped, e0, draws, words)
+                let part = Part {
+                    row: wr,
+                    kept: kr,
+                    start: 0,
+                    first_e: e0,
+                };
+                write_part(o, part, cut, drops, words)
             },
         );
 }
@@ -307,12 +360,12 @@ fn unit_dropped<T: Scored>(w: &[T], n: usize, gamma: f64, draws: &Bernoulli) -> 
 /// Writes every element of `out` (rows of `n`): `dropped` in the dropped units, `kept[e]`
 /// (or the default) elsewhere.
 fn unit_dropout_into<O: Copy + Send + Sync + Default>(
-    kept: Option<&[O]>,
     out: &mut [MaybeUninit<O>],
-    dropped: O,
+    values: Values<'_, O>,
     n: usize,
     units: &[bool],
 ) {
+    let Values { kept, dropped } = values;
     out.par_chunks_mut(n)
         .zip(units.par_iter())
         .enumerate()
@@ -351,11 +404,12 @@ impl TargetedOp {
         }
         debug_assert_eq!(len % n, 0, "rows of {n}");
         let spare = &mut out.spare_capacity_mut()[..len];
+        let values = Values { kept, dropped };
         match self.kind {
-            DropoutKind::Weight => weight_dropout_into(w, kept, spare, dropped, n, self),
+            DropoutKind::Weight => weight_dropout_into(w, spare, values, n, self),
             DropoutKind::Unit => {
                 let units = unit_dropped(w, n, self.gamma, &self.draws);
-                unit_dropout_into(kept, spare, dropped, n, &units)
+                unit_dropout_into(spare, values, n, &units)
             }
         }
         // SAFETY: the capacity is at least `len`, and both paths write every one of the `len`
@@ -392,7 +446,8 @@ mod tests {
 
     /// The portable output code (scalar Philox) and the dispatching one (AVX2 here) against
     /// a direct evaluation of the contract, over segment starts of every alignment, lengths
-    /// around the 32-element batches and thresholds 0, 2^24 and in between.
+    /// around the 32-element batches, limits at the row's own keys and thresholds 0, 2^24 and
+    /// in between.
     #[test]
     fn segments_match_the_contract() {
         let mut x = 0x1234_5678_9abc_def1u64;
@@ -406,7 +461,13 @@ mod tests {
             for first_e in [0u64, 1, 2, 3, 4, 29, (1 << 34) - 3, u64::MAX / 2 - 70] {
                 let row: Vec<f32> = (0..len).map(|_| (next() % 200) as f32 - 100.0).collect();
                 let kept: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
-                let lim = (next() % 120) as u32;
+                // The limit is a key of the row (the `kth` of a cut) or one above it (the
+                // limit before the cut): the row's ties of that key land on it, and both
+                // sides of `key < lim` occur.
+                let lim = match len {
+                    0 => 0,
+                    _ => row[(next() % len as u64) as usize].key() + (next() % 2) as u32,
+                };
                 for alpha in [0.0, 1.0, 0.5, 0.1] {
                     let draws = Bernoulli::new(next(), next(), alpha);
                     let want: Vec<f32> = (0..len)
@@ -420,20 +481,20 @@ mod tests {
                         })
                         .collect();
                     let mut words = Vec::new();
-                    let mut a = vec![MaybeUninit::new(-1.0f32); len];
-                    write_segment(&mut a, &row, &kept, lim, 0.0, first_e, &draws, &mut words);
-                    let mut b = vec![MaybeUninit::new(-1.0f32); len];
-                    write_segment_body(
-                        &mut b,
-                        &row,
-                        &kept,
+                    let seg = Segment {
+                        row: &row,
+                        kept: &kept,
                         lim,
-                        0.0,
                         first_e,
-                        &draws,
-                        &mut words,
-                        |c| draws.blocks8_scalar(c),
-                    );
+                    };
+                    let drops = Drops {
+                        value: 0.0,
+                        draws: &draws,
+                    };
+                    let mut a = vec![MaybeUninit::new(-1.0f32); len];
+                    write_segment(&mut a, seg, drops, &mut words);
+                    let mut b = vec![MaybeUninit::new(-1.0f32); len];
+                    write_segment_body(&mut b, seg, drops, &mut words, |c| draws.blocks8_scalar(c));
                     // SAFETY: every element was initialised (to -1.0, then written).
                     let (a, b): (Vec<f32>, Vec<f32>) = unsafe {
                         (

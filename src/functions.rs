@@ -1,31 +1,12 @@
-//! The public functions: each validates its arguments (errors name the value and the
-//! accepted range), takes its draws from the caller or the process-wide generator, and
-//! applies the op.
+//! The public functions: each validates its arguments with `config`'s checks (errors name
+//! the value and the accepted range), takes its draws from the caller or the process-wide
+//! generator, and applies the op.
 
+use crate::config::{check_args, check_tensor, TargetedDropout};
 use crate::generator::{next_draw_state, take_offsets};
-use crate::layers::TargetedDropout;
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;
 use candle_core::{bail, DType, Result, Tensor};
-/// gamma and alpha: a number in [0, 1] (NaN is not).
-pub(crate) fn check_fraction(op: &str, name: &str, v: f64) -> Result<()> {
-    if !(0.0..=1.0).contains(&v) {
-        bail!("{op}: {name} must be a number in [0, 1], got {v}")
-    }
-    Ok(())
-}
-
-/// A float tensor of rank >= 1.
-pub(crate) fn check_tensor(op: &str, w: &Tensor) -> Result<()> {
-    match w.dtype() {
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => {}
-        dt => bail!("{op}: w must be f16, bf16, f32 or f64, got {dt:?}"),
-    }
-    if w.rank() == 0 {
-        bail!("{op}: w must have rank >= 1 (filters along dim 0), got a rank-0 tensor")
-    }
-    Ok(())
-}
 
 fn apply(w: &Tensor, op: TargetedOp) -> Result<Tensor> {
     if w.elem_count() == 0 {
@@ -41,18 +22,22 @@ fn apply(w: &Tensor, op: TargetedOp) -> Result<Tensor> {
     }
 }
 
+/// A config as the caller gave it, not yet checked: [`validated`] checks it.
+fn config(kind: DropoutKind, gamma: f64, alpha: f64) -> TargetedDropout {
+    TargetedDropout { kind, gamma, alpha }
+}
+
+/// The op of `td` on `w` once the arguments are checked, drawing at `state` (or at the
+/// process-wide generator's next offset, taken only when the arguments are good).
 fn validated(
     op: &str,
     w: &Tensor,
-    kind: DropoutKind,
-    gamma: f64,
-    alpha: f64,
+    td: TargetedDropout,
     state: Option<(u64, u64)>,
     output: Output,
 ) -> Result<TargetedOp> {
-    check_fraction(op, "gamma", gamma)?;
-    check_fraction(op, "alpha", alpha)?;
-    check_tensor(op, w)?;
+    let TargetedDropout { kind, gamma, alpha } = td;
+    check_args(op, w, gamma, alpha)?;
     let (seed, offset) = state.unwrap_or_else(next_draw_state);
     Ok(TargetedOp {
         kind,
@@ -82,15 +67,8 @@ fn validated(
 /// ```
 pub fn targeted_weight_dropout(w: &Tensor, gamma: f64, alpha: f64) -> Result<Tensor> {
     let op = "targeted_weight_dropout";
-    let o = validated(
-        op,
-        w,
-        DropoutKind::Weight,
-        gamma,
-        alpha,
-        None,
-        Output::Values,
-    )?;
+    let td = config(DropoutKind::Weight, gamma, alpha);
+    let o = validated(op, w, td, None, Output::Values)?;
     apply(w, o)
 }
 
@@ -109,7 +87,8 @@ pub fn targeted_weight_dropout(w: &Tensor, gamma: f64, alpha: f64) -> Result<Ten
 /// ```
 pub fn targeted_unit_dropout(w: &Tensor, gamma: f64, alpha: f64) -> Result<Tensor> {
     let op = "targeted_unit_dropout";
-    let o = validated(op, w, DropoutKind::Unit, gamma, alpha, None, Output::Values)?;
+    let td = config(DropoutKind::Unit, gamma, alpha);
+    let o = validated(op, w, td, None, Output::Values)?;
     apply(w, o)
 }
 
@@ -125,7 +104,8 @@ pub fn targeted_weight_dropout_seeded(
 ) -> Result<Tensor> {
     let op = "targeted_weight_dropout_seeded";
     let s = Some((seed, offset));
-    let o = validated(op, w, DropoutKind::Weight, gamma, alpha, s, Output::Values)?;
+    let td = config(DropoutKind::Weight, gamma, alpha);
+    let o = validated(op, w, td, s, Output::Values)?;
     apply(w, o)
 }
 
@@ -155,7 +135,8 @@ pub fn targeted_weight_dropout_rows(
 ) -> Result<Tensor> {
     let op = "targeted_weight_dropout_rows";
     let s = Some((seed, offset));
-    let mut o = validated(op, w, DropoutKind::Weight, gamma, alpha, s, Output::Values)?;
+    let td = config(DropoutKind::Weight, gamma, alpha);
+    let mut o = validated(op, w, td, s, Output::Values)?;
     let (d0, n) = crate::op::filters(w.shape());
     let last = first_row.checked_add(d0 as u64);
     match last.and_then(|l| l.checked_mul(n as u64)) {
@@ -177,7 +158,8 @@ pub fn targeted_unit_dropout_seeded(
 ) -> Result<Tensor> {
     let op = "targeted_unit_dropout_seeded";
     let s = Some((seed, offset));
-    let o = validated(op, w, DropoutKind::Unit, gamma, alpha, s, Output::Values)?;
+    let td = config(DropoutKind::Unit, gamma, alpha);
+    let o = validated(op, w, td, s, Output::Values)?;
     apply(w, o)
 }
 
@@ -203,7 +185,8 @@ pub fn prune_units(w: &Tensor, gamma: f64) -> Result<Tensor> {
 
 /// The whole targeted set removed: alpha = 1 without draws or generator.
 fn prune(op: &str, w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {
-    let mut o = validated(op, w, kind, gamma, 1.0, Some((0, 0)), Output::Values)?;
+    let td = config(kind, gamma, 1.0);
+    let mut o = validated(op, w, td, Some((0, 0)), Output::Values)?;
     o.draws = Bernoulli::always();
     apply(w, o)
 }
@@ -219,15 +202,8 @@ pub fn targeted_dropout_mask(
     offset: u64,
 ) -> Result<Tensor> {
     let s = Some((seed, offset));
-    let o = validated(
-        "targeted_dropout_mask",
-        w,
-        kind,
-        gamma,
-        alpha,
-        s,
-        Output::Mask,
-    )?;
+    let td = config(kind, gamma, alpha);
+    let o = validated("targeted_dropout_mask", w, td, s, Output::Mask)?;
     apply(w, o)
 }
 
@@ -304,9 +280,7 @@ pub fn targeted_unit_dropout_from_scores(
     offset: u64,
 ) -> Result<Tensor> {
     let op = "targeted_unit_dropout_from_scores";
-    check_fraction(op, "gamma", gamma)?;
-    check_fraction(op, "alpha", alpha)?;
-    check_tensor(op, w)?;
+    check_args(op, w, gamma, alpha)?;
     if scores.rank() != 1 || !matches!(scores.dtype(), DType::F32 | DType::F64) {
         bail!(
             "{op}: scores must be a rank-1 f32 or f64 tensor (one score per unit), got {:?} {:?}",
@@ -391,15 +365,7 @@ pub fn targeted_dropout_many_seeded(
 
 /// The op of a config at `(seed, offset)`.
 fn configured(op: &str, w: &Tensor, td: TargetedDropout, state: (u64, u64)) -> Result<TargetedOp> {
-    validated(
-        op,
-        w,
-        td.kind,
-        td.gamma,
-        td.alpha,
-        Some(state),
-        Output::Values,
-    )
+    validated(op, w, td, Some(state), Output::Values)
 }
 
 /// Every item validated first (an error names the tensor and takes no offset), then the

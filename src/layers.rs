@@ -4,58 +4,17 @@
 //! `Linear`, `Conv1d`, `Conv2d` and `Embedding`, or a module of your own). For a model whose
 //! code you do not want to touch, see [`crate::VarMapDropout`].
 
-use crate::functions::check_fraction;
-use crate::{
-    prune_units, prune_weights, targeted_unit_dropout, targeted_weight_dropout, DropoutKind,
-    RampSchedule,
+use crate::config::TargetedDropout;
+use crate::functions::{
+    prune_units, prune_weights, targeted_unit_dropout, targeted_weight_dropout,
 };
+use crate::op::DropoutKind;
+use crate::schedule::RampSchedule;
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Conv1dConfig, Conv2dConfig, VarBuilder};
 
-/// Targeted dropout of one kind at `gamma` (the targeted fraction) and `alpha` (the drop
-/// rate among the targeted).
-///
-/// In training it drops at random ([`targeted_weight_dropout`] or
-/// [`targeted_unit_dropout`]); in evaluation it prunes the whole targeted set, as the paper's
-/// code does.
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// use candle_targeted_dropout::TargetedDropout;
-/// # fn main() -> candle_core::Result<()> {
-/// let td = TargetedDropout::weight(0.5, 0.5)?;
-/// let w = Tensor::new(&[[1f32, -0.1, 0.2, -3.0]], &Device::Cpu)?;
-/// assert_eq!(td.apply(&w, false)?.to_vec2::<f32>()?, [[1.0, 0.0, 0.0, -3.0]]);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TargetedDropout {
-    /// Weights or whole units.
-    pub kind: DropoutKind,
-    /// The targeted fraction of each filter (weights) or of the filters (units), in [0, 1].
-    pub gamma: f64,
-    /// The drop rate among the targeted, in [0, 1].
-    pub alpha: f64,
-}
-
+/// The config's two uses: at a step of a schedule, and on a weight.
 impl TargetedDropout {
-    /// A config of `kind`; gamma and alpha must be in [0, 1].
-    pub fn new(kind: DropoutKind, gamma: f64, alpha: f64) -> Result<Self> {
-        check_fraction("TargetedDropout", "gamma", gamma)?;
-        check_fraction("TargetedDropout", "alpha", alpha)?;
-        Ok(Self { kind, gamma, alpha })
-    }
-
-    /// Targeted weight dropout at `gamma` and `alpha`.
-    pub fn weight(gamma: f64, alpha: f64) -> Result<Self> {
-        Self::new(DropoutKind::Weight, gamma, alpha)
-    }
-
-    /// Targeted unit dropout at `gamma` and `alpha`.
-    pub fn unit(gamma: f64, alpha: f64) -> Result<Self> {
-        Self::new(DropoutKind::Unit, gamma, alpha)
-    }
-
     /// The config that `schedule` gives at `step`, of this config's kind.
     pub fn at_step(&self, schedule: &RampSchedule, step: u64) -> Result<Self> {
         let (gamma, alpha) = schedule.at(step);
@@ -120,7 +79,8 @@ impl WithWeight for candle_nn::Embedding {
 }
 
 /// A module whose weight goes through targeted dropout first, when it has a config:
-/// `forward_t(x, true)` drops at random, `forward_t(x, false)` prunes.
+/// `forward_t(x, true)` drops at random, `forward_t(x, false)` prunes (at every call;
+/// [`Targeted::pruned`] prunes once).
 ///
 /// ```
 /// use candle_core::{DType, Device, ModuleT, Tensor};
@@ -165,9 +125,44 @@ impl<M: WithWeight> Targeted<M> {
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
+
+    /// The inner module with its weight pruned as evaluation prunes it (the config's kind and
+    /// gamma: the whole targeted set), computed once: evaluate with the returned module
+    /// instead of `forward_t(x, false)`, which prunes the weight again at every call. Without
+    /// a config, the inner module unchanged.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Module, ModuleT, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use candle_targeted_dropout::{linear, TargetedDropout};
+    /// # fn main() -> candle_core::Result<()> {
+    /// let vm = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    /// let layer = linear(8, 4, Some(TargetedDropout::weight(0.5, 0.5)?), vb.pp("fc"))?;
+    /// let pruned = layer.pruned()?; // a candle_nn::Linear with half of each row zeroed
+    /// let x = Tensor::ones((2, 8), DType::F32, &Device::Cpu)?;
+    /// let (a, b) = (pruned.forward(&x)?, layer.forward_t(&x, false)?);
+    /// assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn pruned(&self) -> Result<M> {
+        let w = self.inner.weight();
+        let w = match &self.dropout {
+            Some(td) => td.apply(w, false)?,
+            None => w.clone(),
+        };
+        Ok(self.inner.with_weight(w))
+    }
 }
 
 impl Linear {
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+}
+
+impl Conv1d {
     /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()

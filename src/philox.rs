@@ -312,6 +312,34 @@ mod tests {
         }
     }
 
+    /// A draw `r` is kept at `alpha = (r >> 8) / 2^24` (threshold `r >> 8`) and dropped at
+    /// `((r >> 8) + 1) / 2^24`: the comparison is strict, `(r >> 8) < t`.
+    #[test]
+    fn a_draw_drops_exactly_below_its_threshold() {
+        let two24 = (1u64 << 24) as f64;
+        for (seed, offset) in [(0u64, 0u64), (7, 3), (u64::MAX, u64::MAX - 1)] {
+            for e in (0..64u64).chain([1 << 33, u64::MAX / 4 - 1]) {
+                let r = Bernoulli::new(seed, offset, 0.5).draw(e);
+                let d = (r >> 8) as f64;
+                let keep = Bernoulli::new(seed, offset, d / two24);
+                let drop = Bernoulli::new(seed, offset, (d + 1.0) / two24);
+                assert_eq!(keep.threshold, r >> 8);
+                assert!(
+                    !keep.drops(e),
+                    "e {e}: r >> 8 = {} at t = {}",
+                    r >> 8,
+                    keep.threshold
+                );
+                assert!(
+                    drop.drops(e),
+                    "e {e}: r >> 8 = {} at t = {}",
+                    r >> 8,
+                    drop.threshold
+                );
+            }
+        }
+    }
+
     #[test]
     fn thresholds() {
         assert_eq!(drop_threshold(0.0), 0);

@@ -1,5 +1,6 @@
 //! The paper's ramp: targeted dropout starts gentle and reaches its full strength late.
 
+use crate::config::check_fractions;
 use candle_core::{bail, Result};
 
 /// `alpha_t = alpha * min(1, t / T2)` and
@@ -38,8 +39,7 @@ impl RampSchedule {
 
     /// The same ramp over `0 < t1 < t2` steps, for runs of another length.
     pub fn with_steps(gamma: f64, alpha: f64, t1: u64, t2: u64) -> Result<Self> {
-        crate::functions::check_fraction("RampSchedule", "gamma", gamma)?;
-        crate::functions::check_fraction("RampSchedule", "alpha", alpha)?;
+        check_fractions("RampSchedule", gamma, alpha)?;
         if t1 == 0 || t1 >= t2 {
             bail!("RampSchedule: the steps must satisfy 0 < t1 < t2, got t1 = {t1}, t2 = {t2}")
         }

@@ -3,15 +3,19 @@
 //! their gradients afterwards, prunes them for evaluation, and reports the sparsity
 //! ([`SparsityReport`]). The model's code does not change.
 
-use crate::functions::{masked_gradient, targeted_dropout_many_seeded, zero_count};
+use crate::config::{check_args, TargetedDropout};
+use crate::functions::{
+    masked_gradient, prune_units, prune_weights, targeted_dropout_many_seeded, zero_count,
+};
 use crate::generator::take_offsets;
-use crate::{prune_units, prune_weights, DropoutKind, TargetedDropout};
+use crate::op::DropoutKind;
 use candle_core::backprop::GradStore;
+use candle_core::TensorId;
 use candle_core::{bail, Result, Tensor, Var};
 use candle_nn::VarMap;
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{LazyLock, Mutex};
 
 /// One selected variable.
 #[derive(Debug, Clone)]
@@ -47,13 +51,16 @@ struct Entry {
 /// # Ok(()) }
 /// ```
 ///
-/// One step at a time: while a [`DropoutStep`] is live (the variables hold dropped weights),
-/// another `apply`, `prune` or `with_pruned` is an error.
+/// One step at a time per variable: while a [`DropoutStep`] is live (its variables hold
+/// dropped weights), an `apply`, `apply_seeded`, `prune` or `with_pruned` that would touch
+/// one of its variables is an error naming the call and the variable, whichever
+/// `VarMapDropout` makes it: this one, a clone, or another one built over the same `VarMap`.
+/// (Two `VarMapDropout`s whose selections share no variable may step at the same time: each
+/// drops, masks and restores only its own variables.) A `with_pruned` holds its variables the
+/// same way until it has restored them.
 #[derive(Debug, Clone)]
 pub struct VarMapDropout {
     entries: Vec<Entry>,
-    /// Whether a step is live; shared by clones (they hold the same variables).
-    stepping: Arc<AtomicBool>,
 }
 
 impl VarMapDropout {
@@ -86,10 +93,7 @@ impl VarMapDropout {
                 "VarMapDropout: the selection matched none of the {total} variables of the VarMap"
             )
         }
-        Ok(Self {
-            entries,
-            stepping: Arc::new(AtomicBool::new(false)),
-        })
+        Ok(Self { entries })
     }
 
     /// The selected variables' names, in the order [`VarMapDropout::apply`] visits them
@@ -141,34 +145,37 @@ impl VarMapDropout {
     /// each in that order). Run the model's forward and backward passes, then call
     /// [`DropoutStep::finish`]. Until then a copy of each selected weight is held.
     pub fn apply(&self) -> Result<DropoutStep<'_>> {
-        self.check_no_step("apply")?;
+        // Reserved before the offsets are taken: a refused step does not move the generator.
+        let reserved = Reservation::take(self, "apply")?;
         let (seed, offset) = take_offsets(self.entries.len() as u64);
-        self.apply_seeded(seed, offset)
-    }
-
-    fn check_no_step(&self, what: &str) -> Result<()> {
-        if self.stepping.load(Ordering::SeqCst) {
-            bail!("VarMapDropout::{what}: a step is live (its variables hold dropped weights); finish or drop it first")
-        }
-        Ok(())
+        self.step(reserved, "apply", seed, offset)
     }
 
     /// [`VarMapDropout::apply`] with explicit draws: variable `i` (in name order) draws at
     /// `(seed, first_offset + i)`, and the process-wide generator is untouched. Data-parallel
     /// replicas that track the same `(seed, offset)` draw the same masks.
     pub fn apply_seeded(&self, seed: u64, first_offset: u64) -> Result<DropoutStep<'_>> {
-        if self.stepping.swap(true, Ordering::SeqCst) {
-            bail!("VarMapDropout::apply: a step is live (its variables hold dropped weights); finish or drop it first")
-        }
-        // From here the flag is ours: the step clears it when it ends (an error below drops
-        // the step, which restores what was set and clears the flag).
+        let reserved = Reservation::take(self, "apply_seeded")?;
+        self.step(reserved, "apply_seeded", seed, first_offset)
+    }
+
+    /// The step of `apply` or `apply_seeded` (`what`, which every error names) once its
+    /// variables are reserved: an error drops the step, which puts back what was set and
+    /// releases the variables.
+    fn step(
+        &self,
+        reserved: Reservation,
+        what: &str,
+        seed: u64,
+        first_offset: u64,
+    ) -> Result<DropoutStep<'_>> {
         let mut step = DropoutStep {
             vd: self,
             saved: Restore {
                 vars: Vec::with_capacity(self.entries.len()),
                 originals: Vec::with_capacity(self.entries.len()),
             },
-            _stepping: ClearOnDrop(&self.stepping),
+            _reserved: reserved,
             seed,
             first_offset,
         };
@@ -182,12 +189,16 @@ impl VarMapDropout {
             .zip(&self.entries)
             .map(|(t, e)| (t, e.config))
             .collect();
-        let dropped = targeted_dropout_many_seeded(&items, seed, first_offset)?;
+        let dropped = targeted_dropout_many_seeded(&items, seed, first_offset)
+            .map_err(|e| e.context(format!("VarMapDropout::{what}")))?;
         // Keep each original (a copy: the variable's storage is about to be overwritten).
         for ((e, orig), d) in self.entries.iter().zip(&originals).zip(dropped) {
-            let copy = orig.copy()?;
+            let named = |err: candle_core::Error| {
+                err.context(format!("VarMapDropout::{what}: variable {}", e.name))
+            };
+            let copy = orig.copy().map_err(named)?;
             if d.elem_count() > 0 {
-                e.var.set(&d)?;
+                e.var.set(&d).map_err(named)?;
             }
             step.saved.vars.push(&e.var);
             step.saved.originals.push(copy);
@@ -199,7 +210,7 @@ impl VarMapDropout {
     /// targeted set, as the paper evaluates) and reports the sparsity. The generator is
     /// untouched. Save the pruned model with `VarMap::save`.
     pub fn prune(&self) -> Result<SparsityReport> {
-        self.check_no_step("prune")?;
+        let _reserved = Reservation::take(self, "prune")?;
         for e in &self.entries {
             if e.var.elem_count() == 0 {
                 continue;
@@ -219,7 +230,8 @@ impl VarMapDropout {
         gamma: f64,
         f: impl FnOnce(&SparsityReport) -> Result<R>,
     ) -> Result<R> {
-        self.check_no_step("with_pruned")?;
+        // Held until the weights are back (it drops after `restore`, declared later).
+        let _reserved = Reservation::take(self, "with_pruned")?;
         let originals: Vec<Tensor> = self
             .entries
             .iter()
@@ -258,9 +270,7 @@ impl VarMapDropout {
 
 fn check_entry(name: &str, w: &Tensor, config: &TargetedDropout) -> Result<()> {
     let what = format!("VarMapDropout: variable {name}");
-    crate::functions::check_fraction(&what, "gamma", config.gamma)?;
-    crate::functions::check_fraction(&what, "alpha", config.alpha)?;
-    crate::functions::check_tensor(&what, w)
+    check_args(&what, w, config.gamma, config.alpha)
 }
 
 fn prune_as(w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> {
@@ -308,12 +318,42 @@ fn restore(vars: &[&Var], originals: &[Tensor]) -> Result<()> {
     first
 }
 
-/// Clears a step flag when dropped.
-struct ClearOnDrop<'a>(&'a AtomicBool);
+/// The variables that a live step (or a `with_pruned`) holds, process-wide, by tensor id
+/// (candle never reuses one): whichever `VarMapDropout` made the step, no other call may
+/// drop, prune or restore them meanwhile.
+static HELD: LazyLock<Mutex<HashSet<TensorId>>> = LazyLock::new(Default::default);
 
-impl Drop for ClearOnDrop<'_> {
+/// The variables of one `VarMapDropout`, held until dropped.
+#[derive(Debug)]
+struct Reservation {
+    ids: Vec<TensorId>,
+}
+
+impl Reservation {
+    /// Holds every selected variable of `vd`, or none: an error naming `what` and the first
+    /// variable already held.
+    fn take(vd: &VarMapDropout, what: &str) -> Result<Self> {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = vd.entries.iter().find(|e| held.contains(&e.var.id())) {
+            bail!(
+                "VarMapDropout::{what}: a step is live on variable {} (it holds dropped weights, \
+                 from this VarMapDropout or another over the same variables); finish or drop it \
+                 first",
+                e.name
+            )
+        }
+        let ids: Vec<TensorId> = vd.entries.iter().map(|e| e.var.id()).collect();
+        held.extend(ids.iter().copied());
+        Ok(Self { ids })
+    }
+}
+
+impl Drop for Reservation {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        for id in &self.ids {
+            held.remove(id);
+        }
     }
 }
 
@@ -324,10 +364,10 @@ impl Drop for ClearOnDrop<'_> {
 pub struct DropoutStep<'a> {
     vd: &'a VarMapDropout,
     /// The variables set so far and their originals, put back when the step ends, whichever
-    /// way it ends. Declared before `_stepping`: fields drop in order, so the weights are
-    /// back before the next step may start.
+    /// way it ends. Declared before `_reserved`: fields drop in order, so the weights are
+    /// back before another step may take the variables.
     saved: Restore<'a>,
-    _stepping: ClearOnDrop<'a>,
+    _reserved: Reservation,
     seed: u64,
     first_offset: u64,
 }

@@ -60,15 +60,31 @@ fn layers_train_and_eval() -> Result<()> {
     let td = TargetedDropout::weight(0.5, 0.5)?;
     let lin = linear(6, 4, Some(td), vb.pp("l"))?;
     let x = Tensor::ones((2, 6), DType::F32, &Device::Cpu)?;
-    // Evaluation prunes exactly the targeted half of every row.
+    // Evaluation prunes exactly the targeted half of every row, and draws nothing.
+    set_seed(21);
     let y = lin.forward_t(&x, false)?;
+    assert_eq!(generator_state(), (21, 0), "evaluation draws nothing");
     let pruned = prune_weights(lin.weight(), 0.5)?;
     let want = candle_nn::Linear::new(pruned, lin.bias().cloned()).forward_t(&x, false)?;
     assert_same_bits(&y, &want, "eval forward")?;
-    // Training applies a random mask and gradients flow back to the weight.
+    // Training is the functional op at the generator's next offset, and the weight's
+    // gradient is the incoming one (the column sums of x: 2) zeroed where the mask dropped.
     let y = lin.forward_t(&x, true)?;
+    assert_eq!(generator_state(), (21, 1), "one offset per training call");
+    let dropped = targeted_weight_dropout_seeded(lin.weight(), 0.5, 0.5, 21, 0)?;
+    let want = candle_nn::Linear::new(dropped, lin.bias().cloned()).forward_t(&x, false)?;
+    assert_same_bits(&y, &want, "train forward")?;
     let grads = y.sum_all()?.backward()?;
-    assert!(grads.get(lin.weight()).is_some());
+    let gw = grads.get(lin.weight()).expect("the weight has a gradient");
+    let mask = targeted_dropout_mask(lin.weight(), DropoutKind::Weight, 0.5, 0.5, 21, 0)?;
+    let two = Tensor::full(2f32, (4, 6), &Device::Cpu)?;
+    assert_same_bits(gw, &mask.where_cond(&two.zeros_like()?, &two)?, "gradient")?;
+    let m = mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    assert!(
+        0.0 < m && m < 12.0,
+        "alpha 0.5 drops some of the 12 targeted: {m}"
+    );
+
     let conv = conv2d(
         3,
         5,
@@ -80,15 +96,30 @@ fn layers_train_and_eval() -> Result<()> {
     let img = Tensor::ones((1, 3, 8, 8), DType::F32, &Device::Cpu)?;
     let y = conv.forward_t(&img, false)?;
     assert_eq!(y.dims(), [1, 5, 6, 6]);
-    // Two of five filters pruned: their outputs are the bias alone.
+    // Two of five filters pruned: their output channels are their bias alone, the others not.
     let w = prune_units(conv.weight(), 0.4)?;
-    let zero_filters = w
+    let zero: Vec<bool> = w
         .abs()?
         .sum((1, 2, 3))?
-        .eq(0.0)?
-        .to_dtype(DType::F32)?
-        .sum_all()?;
-    assert_eq!(zero_filters.to_scalar::<f32>()?, 2.0);
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|&s| s == 0.0)
+        .collect();
+    assert_eq!(zero.iter().filter(|&&z| z).count(), 2, "{zero:?}");
+    let bias = conv.bias().expect("a bias").to_vec1::<f32>()?;
+    for (c, &z) in zero.iter().enumerate() {
+        let out = y.get(0)?.get(c)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias_alone = out.iter().all(|&v| v.to_bits() == bias[c].to_bits());
+        assert_eq!(
+            bias_alone, z,
+            "channel {c}: {out:?} against bias {}",
+            bias[c]
+        );
+    }
+    // Unit dropout at alpha = 1 in training is the same pruning (and takes one offset).
+    let before = generator_state();
+    assert_same_bits(&conv.forward_t(&img, true)?, &y, "alpha 1 trains pruned")?;
+    assert_eq!(generator_state(), (before.0, before.1 + 1));
     Ok(())
 }
 

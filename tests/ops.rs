@@ -196,8 +196,21 @@ fn bad_input(dev: &Device) -> Result<()> {
         assert!(e.contains("alpha") && e.contains(&format!("{bad}")), "{e}");
         let e = prune_weights(&w, bad).unwrap_err().to_string();
         assert!(e.contains("gamma"), "{e}");
-        assert!(prune_units(&w, bad).is_err());
-        assert!(TargetedDropout::weight(bad, 0.5).is_err());
+        let e = prune_units(&w, bad).unwrap_err().to_string();
+        assert!(
+            e.contains("prune_units: gamma") && e.contains(&format!("{bad}")),
+            "{e}"
+        );
+        let e = TargetedDropout::weight(bad, 0.5).unwrap_err().to_string();
+        assert!(
+            e.contains("TargetedDropout: gamma") && e.contains(&format!("{bad}")),
+            "{e}"
+        );
+        let e = RampSchedule::new(0.5, bad).unwrap_err().to_string();
+        assert!(
+            e.contains("RampSchedule: alpha") && e.contains(&format!("{bad}")),
+            "{e}"
+        );
     }
     for dt in [DType::U8, DType::U32, DType::I64] {
         let wi = w.to_dtype(dt)?;
@@ -205,7 +218,11 @@ fn bad_input(dev: &Device) -> Result<()> {
             .unwrap_err()
             .to_string();
         assert!(e.contains(&format!("{dt:?}")) && e.contains("f32"), "{e}");
-        assert!(prune_units(&wi, 0.5).is_err());
+        let e = prune_units(&wi, 0.5).unwrap_err().to_string();
+        assert!(
+            e.contains("prune_units") && e.contains(&format!("{dt:?}")),
+            "{e}"
+        );
     }
     let scalar = Tensor::new(1f32, dev)?;
     let e = prune_weights(&scalar, 0.5).unwrap_err().to_string();
@@ -352,3 +369,148 @@ fn every_layer_kind_prunes_its_weight_in_evaluation() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn pruned_gives_the_evaluation_module_once_and_conv1d_has_its_bias() -> Result<()> {
+    use candle_core::{Module, ModuleT};
+    use candle_nn::{VarBuilder, VarMap};
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let c1 = conv1d(
+        3,
+        4,
+        3,
+        Default::default(),
+        Some(TargetedDropout::unit(0.5, 0.5)?),
+        vb.pp("c1"),
+    )?;
+    let bias = c1.bias().expect("conv1d has a bias");
+    assert_same_bits(bias, c1.inner().bias().expect("inner bias"), "conv1d bias")?;
+    let x = Tensor::ones((2, 3, 9), DType::F32, &Device::Cpu)?;
+    let pruned = c1.pruned()?;
+    // The pruned module holds the pruned weight (two of four filters zeroed) and the bias.
+    assert_same_bits(pruned.weight(), &prune_units(c1.weight(), 0.5)?, "weight")?;
+    assert_same_bits(pruned.bias().expect("bias"), bias, "bias kept")?;
+    assert_same_bits(&pruned.forward(&x)?, &c1.forward_t(&x, false)?, "forward")?;
+    // The wrapper's own weight is untouched.
+    assert_ne!(bits(c1.weight())?, bits(pruned.weight())?);
+    let lin = linear(6, 5, Some(TargetedDropout::weight(0.5, 0.5)?), vb.pp("l"))?;
+    let xl = Tensor::ones((2, 6), DType::F32, &Device::Cpu)?;
+    let pl = lin.pruned()?;
+    assert_same_bits(pl.weight(), &prune_weights(lin.weight(), 0.5)?, "linear")?;
+    assert_same_bits(
+        &pl.forward(&xl)?,
+        &lin.forward_t(&xl, false)?,
+        "linear forward",
+    )?;
+    // Without a config: the inner module's own weight.
+    let plain = Targeted::new(lin.inner().clone(), None).pruned()?;
+    assert_same_bits(plain.weight(), lin.weight(), "no config")?;
+    Ok(())
+}
+
+/// The raw Philox word of draw index `e` at `(seed, offset)`, by the oracle's own Philox.
+fn raw_draw(seed: u64, offset: u64, e: u64) -> u32 {
+    let c = e / 4;
+    let block = candle_targeted_dropout::reference::philox4x32_10(
+        [
+            c as u32,
+            (c >> 32) as u32,
+            offset as u32,
+            (offset >> 32) as u32,
+        ],
+        [seed as u32, (seed >> 32) as u32],
+    );
+    block[(e % 4) as usize]
+}
+
+/// The two rates on either side of a draw: a targeted element whose draw is `r` is kept at
+/// `alpha = (r >> 8) / 2^24` (threshold `r >> 8`, not above its draw) and dropped at
+/// `((r >> 8) + 1) / 2^24`.
+fn rates_around(r: u32) -> [(f64, bool); 2] {
+    let d = (r >> 8) as f64;
+    let two24 = (1u64 << 24) as f64;
+    [(d / two24, false), ((d + 1.0) / two24, true)]
+}
+
+fn draw_boundary(dev: &Device) -> Result<()> {
+    let (seed, offset) = (0x5eed_0000_0001u64, 17u64);
+    // Weight dropout, rows of 100: each row's elements fall in the output pass's head,
+    // 32-element batches, groups of four and tail. Magnitudes 1..=100 in every row, signs
+    // mixed, so gamma = 0.5 targets indices 0..50 of each row.
+    let (rows, n) = (3usize, 100usize);
+    let vals: Vec<f32> = (0..rows * n)
+        .map(|j| ((j % n) + 1) as f32 * if j % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let w = Tensor::from_vec(vals.clone(), (rows, n), dev)?;
+    for r in 0..rows {
+        for i in [0usize, 1, 2, 3, 5, 30, 31, 32, 33, 36, 47, 49] {
+            let e = (r * n + i) as u64;
+            for (alpha, dropped) in rates_around(raw_draw(seed, offset, e)) {
+                let what = format!("weight, element {e}, alpha {alpha}");
+                let out = targeted_weight_dropout_seeded(&w, 0.5, alpha, seed, offset)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                assert_eq!(
+                    out[e as usize] == 0.0,
+                    dropped,
+                    "{what}: {}",
+                    out[e as usize]
+                );
+                let mask =
+                    targeted_dropout_mask(&w, DropoutKind::Weight, 0.5, alpha, seed, offset)?
+                        .flatten_all()?
+                        .to_vec1::<u8>()?;
+                assert_eq!(mask[e as usize] == 1, dropped, "{what}: mask");
+                // Every other element as the oracle says (its own draw against the same rate).
+                let d = Draws {
+                    seed,
+                    offset,
+                    alpha,
+                };
+                let want = oracle(
+                    &w.to_device(&Device::Cpu)?,
+                    &w.to_device(&Device::Cpu)?,
+                    DropoutKind::Weight,
+                    0.5,
+                    d,
+                )?;
+                assert_same_bits(
+                    &Tensor::from_vec(out, (rows, n), &Device::Cpu)?,
+                    &want,
+                    &what,
+                )?;
+            }
+        }
+    }
+    // Unit dropout: eight units of five with norms growing with the index, so gamma = 0.5
+    // targets units 0..4; the draw of unit u is draw index u.
+    let (units, len) = (8usize, 5usize);
+    let vals: Vec<f32> = (0..units * len)
+        .map(|j| (j / len + 1) as f32 * if j % 2 == 0 { 1.0 } else { -0.5 })
+        .collect();
+    let w = Tensor::from_vec(vals, (units, len), dev)?;
+    let scores = unit_scores(&w)?;
+    for u in 0..4u64 {
+        for (alpha, dropped) in rates_around(raw_draw(seed, offset, u)) {
+            let what = format!("unit {u}, alpha {alpha}");
+            let row = |t: Tensor| -> Result<Vec<f32>> { t.get(u as usize)?.to_vec1::<f32>() };
+            let out = row(targeted_unit_dropout_seeded(&w, 0.5, alpha, seed, offset)?)?;
+            assert_eq!(out.iter().all(|&x| x == 0.0), dropped, "{what}: {out:?}");
+            assert!(out.iter().all(|&x| x == 0.0) || out.iter().all(|&x| x != 0.0));
+            let mask = targeted_dropout_mask(&w, DropoutKind::Unit, 0.5, alpha, seed, offset)?
+                .get(u as usize)?
+                .to_vec1::<u8>()?;
+            assert_eq!(mask, vec![dropped as u8; len], "{what}: mask");
+            // The unit path of a shard (the scores selected like a row of weights).
+            let shard =
+                targeted_unit_dropout_from_scores(&w, &scores, 0, 0.5, alpha, seed, offset)?;
+            assert_eq!(row(shard)?, out, "{what}: from scores");
+        }
+    }
+    Ok(())
+}
+test_device!(
+    draw_boundary,
+    a_targeted_draw_is_dropped_exactly_below_its_threshold
+);

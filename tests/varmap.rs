@@ -221,7 +221,8 @@ fn prune_reports_saves_and_restores() -> Result<()> {
     assert!((acc - 0.75).abs() < 0.02, "{acc}");
     assert_same_bits(w1.as_tensor(), &o1, "restored after with_pruned")?;
     let failed: Result<()> = vd.with_pruned(DropoutKind::Unit, 0.5, |_| candle_core::bail!("boom"));
-    assert!(failed.is_err());
+    let e = failed.unwrap_err().to_string();
+    assert!(e.contains("boom"), "{e}");
     assert_same_bits(w2.as_tensor(), &o2, "restored after a failing closure")?;
 
     // In place: the configs' kinds and gammas.
@@ -460,7 +461,13 @@ fn grouped_call_takes_consecutive_offsets_and_keeps_autograd() -> Result<()> {
         gamma: f64::NAN,
         alpha: 0.5,
     };
-    assert!(targeted_dropout_many(&[(&a, cfg), (&b, bad)]).is_err());
+    let e = targeted_dropout_many(&[(&a, cfg), (&b, bad)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tensor 1") && e.contains("gamma") && e.contains("NaN"),
+        "{e}"
+    );
     assert_eq!(generator_state(), (3, 0));
     Ok(())
 }
@@ -515,6 +522,14 @@ fn one_step_at_a_time_and_empty_variables() -> Result<()> {
         let e = e.expect("an error while a step is live");
         assert!(e.contains("a step is live"), "{e}");
     }
+    // Each error names the call that raised it.
+    let e = vd.apply_seeded(1, 2).err().expect("live").to_string();
+    assert!(
+        e.contains("VarMapDropout::apply_seeded") && e.contains("fc1.weight"),
+        "{e}"
+    );
+    let e = vd.apply().err().expect("live").to_string();
+    assert!(e.contains("VarMapDropout::apply:"), "{e}");
     step.restore()?;
     assert_same_bits(w1.as_tensor(), &orig, "restored")?;
     // After the step, everything works again.
@@ -557,5 +572,177 @@ fn scores_are_checked_and_nans_canonical() -> Result<()> {
     )?;
     let got = targeted_unit_dropout_from_scores(&w, &nans, 0, 0.67, 1.0, 0, 0)?;
     assert_eq!(got.to_vec2::<f32>()?, [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]);
+    Ok(())
+}
+
+#[test]
+fn two_varmap_dropouts_over_one_varmap_do_not_step_at_once() -> Result<()> {
+    let _g = lock();
+    let m = mlp(16, &Device::Cpu)?;
+    let a = VarMapDropout::new(&m.varmap, select)?;
+    let b = VarMapDropout::new(&m.varmap, select_all)?;
+    let vars: Vec<(String, Var)> = sorted_vars(&m.varmap);
+    let orig: Vec<Vec<u64>> = vars
+        .iter()
+        .map(|(_, v)| bits(v.as_tensor()))
+        .collect::<Result<_>>()?;
+    set_seed(4);
+    let step = a.apply()?;
+    // b selects a's variables too: every call of b that would touch them is an error naming
+    // the call and a variable, and b's refused apply takes no offset.
+    for (e, call) in [
+        (b.apply().err(), "apply"),
+        (b.apply_seeded(0, 0).err(), "apply_seeded"),
+        (b.prune().err(), "prune"),
+        (
+            b.with_pruned(DropoutKind::Weight, 0.5, |_| Ok(())).err(),
+            "with_pruned",
+        ),
+    ] {
+        let e = e.expect("an error while a's step is live").to_string();
+        assert!(
+            e.contains(&format!("VarMapDropout::{call}:")) && e.contains("a step is live"),
+            "{e}"
+        );
+    }
+    assert_eq!(generator_state(), (4, 2), "only a's two offsets");
+    // A clone of a is refused the same way.
+    let e = a.clone().apply().err().expect("refused").to_string();
+    assert!(e.contains("a step is live on variable fc1.weight"), "{e}");
+    step.restore()?;
+    for ((name, v), o) in vars.iter().zip(&orig) {
+        assert_eq!(&bits(v.as_tensor())?, o, "{name} restored");
+    }
+    // Once a's step is over, b steps (over all six variables).
+    b.apply()?.restore()?;
+    // Selections that share no variable step together: each restores its own.
+    let head = VarMapDropout::new(&m.varmap, |n: &str, _: &Tensor| {
+        (n == "head.weight").then(|| TargetedDropout::weight(0.5, 1.0).unwrap())
+    })?;
+    let s1 = a.apply_seeded(1, 0)?;
+    let s2 = head.apply_seeded(1, 5)?;
+    let hw = var(&m.varmap, "head.weight");
+    assert_same_bits(
+        hw.as_tensor(),
+        &targeted_weight_dropout_seeded(
+            &Tensor::from_vec(orig_of(&vars, &orig, "head.weight"), (3, 8), &Device::Cpu)?,
+            0.5,
+            1.0,
+            1,
+            5,
+        )?,
+        "head during its step",
+    )?;
+    s1.restore()?;
+    s2.restore()?;
+    for ((name, v), o) in vars.iter().zip(&orig) {
+        assert_eq!(&bits(v.as_tensor())?, o, "{name} restored after two steps");
+    }
+    Ok(())
+}
+
+/// The f32 values of variable `name` as `orig` saved them.
+fn orig_of(vars: &[(String, Var)], orig: &[Vec<u64>], name: &str) -> Vec<f32> {
+    let i = vars
+        .iter()
+        .position(|(n, _)| n == name)
+        .expect("a variable");
+    orig[i].iter().map(|&b| f32::from_bits(b as u32)).collect()
+}
+
+/// `finish` masks the gradient of variable `i` with the mask of offset `first + i` (wrapping
+/// past 2^64), wherever the step's offsets start: explicit ones and the generator's.
+#[test]
+fn finish_masks_each_gradient_at_its_own_offset() -> Result<()> {
+    let _g = lock();
+    let (x, target) = input(&Device::Cpu)?;
+    let cases: [(u64, Option<u64>); 4] = [
+        (9, Some(0)),
+        (9, Some(1000)),
+        (u64::MAX, Some(u64::MAX)),
+        (33, None),
+    ];
+    for (seed, first) in cases {
+        let m = mlp(17, &Device::Cpu)?;
+        let vd = VarMapDropout::new(&m.varmap, select)?;
+        let names: Vec<String> = vd.names().map(String::from).collect();
+        let vars: Vec<Var> = names.iter().map(|n| var(&m.varmap, n)).collect();
+        let origs: Vec<Tensor> = vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<Result<_>>()?;
+        let (step, first) = match first {
+            Some(f) => (vd.apply_seeded(seed, f)?, f),
+            None => {
+                // Mid-run: the generator has moved three offsets already.
+                set_seed(seed);
+                for _ in 0..3 {
+                    let _ = targeted_weight_dropout(&origs[0], 0.5, 0.5)?;
+                }
+                (vd.apply()?, 3)
+            }
+        };
+        let loss = (m.forward(&x)? - &target)?.sqr()?.mean_all()?;
+        let mut grads = loss.backward()?;
+        let raw: Vec<Tensor> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).expect("a gradient").copy())
+            .collect::<Result<_>>()?;
+        step.finish(&mut grads)?;
+        for (i, ((name, v), (o, g))) in names
+            .iter()
+            .zip(&vars)
+            .zip(origs.iter().zip(&raw))
+            .enumerate()
+        {
+            let c = vd.config(name).expect("selected");
+            let off = first.wrapping_add(i as u64);
+            let mask = targeted_dropout_mask(o, c.kind, c.gamma, c.alpha, seed, off)?;
+            let want = mask.where_cond(&g.zeros_like()?, g)?;
+            let got = grads.get(v.as_tensor()).expect("a gradient");
+            let what = format!("{name}, seed {seed}, offset {off}");
+            assert_same_bits(got, &want, &what)?;
+            // Not the mask of a neighbouring offset (the masks differ there).
+            let other =
+                targeted_dropout_mask(o, c.kind, c.gamma, c.alpha, seed, off.wrapping_add(1))?;
+            if bits(&other)? != bits(&mask)? {
+                let wrong = other.where_cond(&g.zeros_like()?, g)?;
+                assert_ne!(bits(got)?, bits(&wrong)?, "{what}: the next offset's mask");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The grouped call: tensor `i` draws at `first + i` (wrapping past 2^64) whatever comes
+/// before it in the list, and an empty list takes no offset.
+#[test]
+fn grouped_call_offsets_are_first_plus_index() -> Result<()> {
+    let _g = lock();
+    let mut rng = Rng(18);
+    let ws: Vec<Tensor> = (0..3)
+        .map(|_| tensor(&mut rng, &[6, 20], DType::F32, Data::Plain))
+        .collect::<Result<_>>()?;
+    let cfg = TargetedDropout::weight(0.5, 0.5)?;
+    for first in [0u64, 41, u64::MAX - 1] {
+        let items: Vec<(&Tensor, TargetedDropout)> = ws.iter().map(|w| (w, cfg)).collect();
+        let many = targeted_dropout_many_seeded(&items, 5, first)?;
+        for (i, (w, got)) in ws.iter().zip(&many).enumerate() {
+            let off = first.wrapping_add(i as u64);
+            let want = targeted_weight_dropout_seeded(w, 0.5, 0.5, 5, off)?;
+            assert_same_bits(got, &want, &format!("first {first}, tensor {i}"))?;
+        }
+        // The last tensor alone, at its offset, draws what it drew third in the list.
+        let last = targeted_dropout_many_seeded(&items[2..], 5, first.wrapping_add(2))?;
+        assert_same_bits(&last[0], &many[2], &format!("first {first}, alone"))?;
+        // The same tensor at two positions of one list draws two masks.
+        let twice = targeted_dropout_many_seeded(&[(&ws[0], cfg), (&ws[0], cfg)], 5, first)?;
+        assert_ne!(bits(&twice[0])?, bits(&twice[1])?, "first {first}");
+    }
+    set_seed(8);
+    assert!(targeted_dropout_many(&[])?.is_empty());
+    assert_eq!(generator_state(), (8, 0), "an empty list takes no offset");
+    let _ = targeted_dropout_many(&[(&ws[0], cfg), (&ws[1], cfg), (&ws[2], cfg)])?;
+    assert_eq!(generator_state(), (8, 3));
     Ok(())
 }

@@ -5,9 +5,12 @@
 #  2. dev/cuda/td: validation (edge data, >= 1000 random cases, grouped calls, the large shapes
 #     against the CPU reference), then timing of v4 and v5 next to a copy
 #  3. compute-sanitizer memcheck and racecheck on `td --small` (no timing)
+# Without a GPU:   bash dev/cuda/run.sh --emu   (the validation on the CPU emulator, g++ only;
+# the same as scripts/emu/dev.sh)
 # Logs go to $OUT (or /tmp/td-out); the last lines are the summary table and the checks.
 set -u
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = --emu ]; then exec bash scripts/emu/dev.sh --emu; fi
 OUT=${OUT:-/tmp/td-out}; mkdir -p "$OUT"
 B=dev/cuda/td
 status=()

@@ -10,6 +10,8 @@ Run:
   dev/cuda/td            validation (>= 1000 random cases + edge data + large shapes), then timing
   dev/cuda/td --small    a few small cases, no timing (for compute-sanitizer memcheck/racecheck)
   dev/cuda/td --check    validation only
+  dev/cuda/td --emu      the --small validation, for the CPU emulator of the CUDA execution model:
+                         bash scripts/emu/dev.sh builds this file with g++ and runs it (no GPU)
 Or everything, sanitizers included: bash dev/cuda/run.sh
 
 Kernel versions (both included from kernels/, not copied: the harness validates and times
@@ -186,6 +188,8 @@ static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k,
                       uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
     const size_t size = sizeof(U);
     if (k == 0 || thr == 0) {
+        // Nothing is dropped: the library copies and launches nothing, as here. tdw_block
+        // cannot take k == 0 (kernels/params.h states each kernel's preconditions).
         CK(cudaMemcpyAsync(out, w, rows * n * size, cudaMemcpyDeviceToDevice, st));
         return;
     }
@@ -240,16 +244,35 @@ static void round_keys(uint64_t seed, uint32_t* keys) {
     }
 }
 
-template <typename U, int T> static void launch_t(const Td5Params& p, uint32_t blocks, cudaStream_t st);
-#define V5_LAUNCH_T(NAME, U, T)                                                          \
-    template <> void launch_t<U, T>(const Td5Params& p, uint32_t blocks, cudaStream_t st) { \
-        tdw5_block_##NAME##_t##T<<<blocks, T, 0, st>>>(p);                              \
+// One launch of tdw5_block for width U and block size t (spelled out, no token pasting: the
+// emulator's build rewrites each `kernel<<<...>>>(...)` line of this file).
+template <typename U> static void launch_t(const Td5Params& p, uint32_t blocks, int t, cudaStream_t st) {
+    if (sizeof(U) == 2) {
+        switch (t) {
+            case 64: tdw5_block_u16_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: tdw5_block_u16_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: tdw5_block_u16_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: tdw5_block_u16_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: tdw5_block_u16_t1024<<<blocks, 1024, 0, st>>>(p); break;
+        }
+    } else if (sizeof(U) == 4) {
+        switch (t) {
+            case 64: tdw5_block_u32_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: tdw5_block_u32_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: tdw5_block_u32_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: tdw5_block_u32_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: tdw5_block_u32_t1024<<<blocks, 1024, 0, st>>>(p); break;
+        }
+    } else {
+        switch (t) {
+            case 64: tdw5_block_u64_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: tdw5_block_u64_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: tdw5_block_u64_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: tdw5_block_u64_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: tdw5_block_u64_t1024<<<blocks, 1024, 0, st>>>(p); break;
+        }
     }
-#define V5_LAUNCH_W(NAME, U) V5_LAUNCH_T(NAME, U, 64) V5_LAUNCH_T(NAME, U, 128) V5_LAUNCH_T(NAME, U, 256) \
-    V5_LAUNCH_T(NAME, U, 512) V5_LAUNCH_T(NAME, U, 1024)
-V5_LAUNCH_W(u16, uint16_t)
-V5_LAUNCH_W(u32, uint32_t)
-V5_LAUNCH_W(u64, uint64_t)
+}
 
 // One call over many tensors: launches of at most TD5_GROUP segments, the table by value in
 // the parameters (no upload). table_dev and upload are unused (kept for the call sites).
@@ -288,13 +311,7 @@ static void launch_v5_segs(const std::vector<V5Item>& segs_in, void* table_dev, 
         p.nseg = (uint32_t)(g1 - g0);
         const int T = v5_block_for<U>(max_n);
         if (T == 0) { fprintf(stderr, "v5: row of %u too long\n", max_n); exit(2); }
-        switch (T) {
-            case 64: launch_t<U, 64>(p, total, st); break;
-            case 128: launch_t<U, 128>(p, total, st); break;
-            case 256: launch_t<U, 256>(p, total, st); break;
-            case 512: launch_t<U, 512>(p, total, st); break;
-            default: launch_t<U, 1024>(p, total, st); break;
-        }
+        launch_t<U>(p, total, T, st);
         CK(cudaGetLastError());
     }
 }
@@ -700,7 +717,7 @@ static void bench_resnet() {
 int main(int argc, char** argv) {
     bool check_only = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--small")) g_small = true;
+        if (!strcmp(argv[i], "--small") || !strcmp(argv[i], "--emu")) g_small = true;
         else if (!strcmp(argv[i], "--check")) check_only = true;
     }
     if (!ref_philox_kat()) return 1;

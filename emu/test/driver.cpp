@@ -4,7 +4,9 @@
 // build this with the emulator (scripts/emu/build.sh) and run it; any mismatch, emulator
 // report or sanitizer report fails (exit code != 0).
 //
-//   driver [--cases N] [--seed S] [--large] [--selftest]
+//   driver [--cases N] [--seed S]   random cases (default 160, seed 0x5eed)
+//   driver --large                    large shapes ([4096, 4096], [4, 2^20], ...), once each
+//   driver --selftest                 kernels with planted faults must be reported
 //
 // Every launch goes through the C ABI td_emu_launch with a schedule that rotates over thread
 // order (forward, reverse, random), warp run-ahead (off, on) and 1..3 block workers.
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <algorithm>
 #include <string>
@@ -391,8 +394,8 @@ static bool run_case(const Case& c) {
     return true;
 }
 
-// A random case; `large` allows longer rows and more of them.
-static Case random_case(bool large) {
+// A random case: row lengths around each path's limits, every dtype, op and output.
+static Case random_case() {
     Case c;
     c.prof = (int)(rnd() % 4);
     c.dt = (int)(rnd() % 4);
@@ -403,12 +406,12 @@ static Case random_case(bool large) {
     const uint64_t pick = rnd() % 10;
     const uint64_t block_max = std::min<uint64_t>(TD_BLOCK_ROW_BYTES, kProfiles[c.prof].optin - kBlockStatic) / sz;
     if (pick < 3) c.n = 1 + rnd() % 40;                                       // tiny (and just above)
-    else if (pick < 7) c.n = 33 + rnd() % (large ? 6000 : 1500);             // block
+    else if (pick < 7) c.n = 33 + rnd() % 1500;                              // block
     else if (pick < 8) c.n = block_max - rnd() % 8;                          // block, at its limit
-    else c.n = block_max + 1 + rnd() % (large ? 3 * TD_LONG_CHUNK : TD_LONG_CHUNK + 100);  // long rows
-    const uint64_t cap = large ? 400000 : 60000;
-    c.d0 = 1 + rnd() % (c.n <= 32 ? (large ? 3000 : 600) : (large ? 12 : 4));
-    if (c.unit) c.d0 = 1 + rnd() % (large ? 5000 : 700);
+    else c.n = block_max + 1 + rnd() % (2 * TD_LONG_CHUNK + 100);            // long rows
+    const uint64_t cap = 60000;
+    c.d0 = 1 + rnd() % (c.n <= 32 ? 600 : 4);
+    if (c.unit) c.d0 = 1 + rnd() % 700;
     c.d0 = std::max<uint64_t>(1, std::min(c.d0, cap / c.n));
     const uint64_t rowlen = c.unit ? c.d0 : c.n;
     const int kk = (int)(rnd() % 6);
@@ -418,6 +421,12 @@ static Case random_case(bool large) {
     c.draws.seed = rnd();
     c.draws.offset = rnd() % 4 == 0 ? rnd() : rnd() % 100;
     c.draws.threshold = tk == 0 ? 0 : tk == 1 ? TD_ALWAYS : (uint32_t)(rnd() % TD_ALWAYS);
+    if (tk == 4) {
+        // The threshold at the draw of one element: `(r >> 8) < t` must keep it (a `<=`
+        // would drop it, a difference of one draw in 2^24 that random thresholds never see).
+        const uint64_t e = (c.unit ? 0 : c.elem_base) + rnd() % (c.unit ? c.d0 : c.d0 * c.n);
+        c.draws.threshold = std::max<uint32_t>(1, draw(e, c.draws.seed, c.draws.offset) >> 8);
+    }
     c.draws.pad0 = 0;
     c.kind = (int)(rnd() % 6);
     c.misalign = rnd() % 4 == 0 ? (unsigned)(1 + rnd() % 3) : 0;
@@ -437,6 +446,11 @@ static int selftest() {
                           "shuffle with a lane that exited", "well-formed kernel"};
     int bad = 0;
     for (int i = 0; i < 10; i++) {
+#if defined(__SANITIZE_ADDRESS__)
+        // Under ASan the write past the end is an ASan report that ends the process
+        // (`--selftest-asan` runs it alone).
+        if (i == 6) continue;
+#endif
         char err[1024] = "";
         const int r = td_emu_selftest(i, err, sizeof err);
         const bool expect_fail = i != 9;
@@ -456,6 +470,13 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 0);
         else if (!strcmp(argv[i], "--large")) large = true;
         else if (!strcmp(argv[i], "--selftest")) self = true;
+        else if (!strcmp(argv[i], "--selftest-asan")) {
+            // Expected to die with an AddressSanitizer report (write past dynamic shared memory).
+            char err[1024] = "";
+            const int r = td_emu_selftest(6, err, sizeof err);
+            printf("write past the end of dynamic shared memory: not caught by ASan (%d: %s)\n", r, err);
+            return 0;
+        }
         else {
             fprintf(stderr, "usage: %s [--cases N] [--seed S] [--large] [--selftest]\n", argv[0]);
             return 2;
@@ -471,9 +492,38 @@ int main(int argc, char** argv) {
         return bad ? 1 : 0;
     }
     g_rng = seed;
+    if (large) {
+        // Large shapes, once each (dropout at gamma = alpha = 0.5, and a backward): the paths
+        // at sizes the GPU runs.
+        struct Shape { int prof, dt; uint64_t d0, n; bool unit; };
+        const Shape shapes[] = {
+            {0, 0, 4096, 4096, false}, {0, 2, 4096, 4096, false}, {1, 0, 11008, 4096, false},
+            {0, 2, 4, 1ull << 20, false}, {2, 2, 2, 3ull << 20, false}, {0, 3, 64, 100003, false},
+            {0, 1, 131072, 9, false}, {3, 3, 4096, 32, false}, {1, 0, 4096, 4096, true},
+            {0, 2, 50000, 7, true},
+        };
+        const uint64_t t0 = (uint64_t)time(nullptr);
+        for (const Shape& sh : shapes) {
+            Case c{};
+            c.prof = sh.prof; c.dt = sh.dt; c.unit = sh.unit; c.values = true; c.grad = false;
+            c.d0 = sh.d0; c.n = sh.n;
+            c.k = (uint64_t)floor(0.5 * (double)(sh.unit ? sh.d0 : sh.n));
+            c.elem_base = 0;
+            c.draws = TdDraws{rnd(), 7, 1u << 23, 0};
+            c.kind = 0;
+            c.misalign = 0;
+            const bool ok = run_case(c);
+            printf("large %s: %s\n", describe(c).c_str(), ok ? "bit-exact" : "FAIL");
+            fflush(stdout);
+            g_fail += !ok;
+        }
+        printf("driver: %zu large shapes in %llu s, %llu launches, %d failed\n", sizeof shapes / sizeof shapes[0],
+               (unsigned long long)(time(nullptr) - t0), (unsigned long long)g_launches, g_fail);
+        return g_fail ? 1 : 0;
+    }
     int paths[4] = {0, 0, 0, 0};
     for (int i = 0; i < cases; i++) {
-        const Case c = random_case(large);
+        const Case c = random_case();
         const unsigned sz = dsize(c.dt);
         const uint64_t tl = std::min(kProfiles[c.prof].optin - kTinyStatic, tiny_smem(TD_TINY_ROW, sz));
         const uint64_t rowlen = c.unit ? c.d0 : c.n;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The dev harness (dev/cuda/targeted_dropout.cu: v4 baseline, v5, grouped launch, bit-mask
+# backward) built with g++ on the CUDA emulator and run with its own validation (`--emu`, the
+# `--small` case set) against its CPU reference. No GPU, no CUDA toolkit. From anywhere:
+#   bash scripts/emu/dev.sh [harness arguments]     (default --emu)
+# Schedules rotate per launch (TD_EMU_ORDER / TD_EMU_RUNAHEAD / TD_EMU_WORKERS override).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash scripts/emu/build.sh dev
+exec target/emu/dev/td "${@:---emu}"
