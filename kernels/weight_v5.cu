@@ -614,10 +614,11 @@ __device__ __forceinline__ void td5_bwd(const U* g, U* out, const uint32_t* mask
 // ---------------------------------------------------------------------------------------
 // extern "C" entry points: the block path per width and block size, the backward per width.
 // Registers: __launch_bounds__(T, 1024 / T) asks for full occupancy in threads (64 registers);
-// T = 64 asks for 12 blocks, the most that its shared memory allows.
+// T = 64 asks for 12 blocks, the most that its shared memory allows; T = 128 asks for 7 (73
+// registers): 8 (64) made the u32 kernel spill 8 bytes.
 
 #define TDW5_BLOCK(NAME, U, T)                                                                 \
-    extern "C" __global__ void __launch_bounds__(T, T == 64 ? 12 : 1024 / T)                 \
+    extern "C" __global__ void __launch_bounds__(T, T == 64 ? 12 : T == 128 ? 7 : 1024 / T)  \
         tdw5_block_##NAME##_t##T(const Td5Params p) {                                         \
         v5::tdw5_block<U, T>(p);                                                              \
     }

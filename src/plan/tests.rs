@@ -460,7 +460,13 @@ fn worst_case_launch() {
     .unwrap();
     let mut worst: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
     for k in Kernel::all() {
-        worst.insert(k.name(), (TD_BLOCK, 0));
+        // The v5 kernels' block size is part of the kernel (its name).
+        let threads = match k {
+            Kernel::Block5(_, t) => t,
+            Kernel::Tiny5(w) => tiny5_threads(w),
+            _ => TD_BLOCK,
+        };
+        worst.insert(k.name(), (threads, 0));
     }
     for dt in [Dtype::F16, Dtype::F32, Dtype::F64] {
         let longest_block = TD_BLOCK_ROW_BYTES as usize / dt.size() as usize;
