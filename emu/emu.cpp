@@ -260,6 +260,9 @@ void find_static_shared() {
     }
     close(fd);
     g_static_ok = anchor;
+    if (getenv("TD_EMU_VERBOSE"))
+        fprintf(stderr, "td_emu: %zu static __shared__ variables found in the symbol table%s\n", g_static.size(),
+                anchor ? "" : " (no TLS anchor: not poisoned)");
     if (!anchor && getenv("TD_EMU_QUIET") == nullptr)
         fprintf(stderr, "td_emu: no symbol table in /proc/self/exe: static __shared__ variables are not poisoned\n");
 }

@@ -5,6 +5,8 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Var};
+#[cfg(feature = "emulate")]
+use candle_targeted_dropout::emulate;
 use candle_targeted_dropout::reference::Draws;
 use candle_targeted_dropout::*;
 use common::*;
@@ -21,8 +23,11 @@ fn pick<T: Copy>(rng: &mut Rng, xs: &[T]) -> T {
     xs[rng.below(xs.len() as u64) as usize]
 }
 
-/// A random shape: rows from 1 to ~2^17 elements, mostly small tensors, a few large.
-fn random_shape(rng: &mut Rng) -> Vec<usize> {
+/// A random shape: rows from 1 to ~2^17 elements, mostly small tensors, a few large. `small`
+/// (the emulator's cases): the same row lengths up to 40,000 with fewer rows where a row
+/// costs a block (one or two rows past 32 elements, at most 300 of 32 or fewer): every
+/// kernel path, at the emulator's speed.
+fn random_shape(rng: &mut Rng, small: bool) -> Vec<usize> {
     let n = match rng.below(10) {
         0 => rng.below(8) as usize + 1,
         1 => rng.below(32) as usize + 1,
@@ -32,9 +37,15 @@ fn random_shape(rng: &mut Rng) -> Vec<usize> {
             rng,
             &[1023, 1024, 1025, 4095, 4097, 16383, 16385, 16384 + 17],
         ),
+        _ if small => rng.below(40_000) as usize + 1,
         _ => rng.below(1 << 17) as usize + 1,
     };
-    let max_rows = ((1usize << 18) / n).clamp(1, 3000);
+    let max_rows = match (small, n) {
+        (false, _) => ((1usize << 18) / n).clamp(1, 3000),
+        (true, ..=32) => 300,
+        (true, ..=1024) => 2,
+        (true, _) => 1,
+    };
     let rows = match rng.below(4) {
         0 => 1,
         _ => rng.below(max_rows as u64) as usize + 1,
@@ -47,8 +58,8 @@ fn random_shape(rng: &mut Rng) -> Vec<usize> {
     }
 }
 
-fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
-    let shape = random_shape(rng);
+fn one_case(dev: &Device, rng: &mut Rng, i: usize, small: bool) -> Result<()> {
+    let shape = random_shape(rng, small);
     let dt = pick(rng, &DTYPES);
     let data = pick(rng, &[Data::Plain, Data::Edgy, Data::Edgy, Data::Ties]);
     let (u1, u2, u3) = (rng.unit(), rng.unit(), rng.unit());
@@ -100,17 +111,45 @@ fn one_case(dev: &Device, rng: &mut Rng, i: usize) -> Result<()> {
     Ok(())
 }
 
+/// The random cases on one target.
+fn random_cases(t: &Target) -> Result<()> {
+    let mut rng = Rng(0x7d_2018);
+    let n = cases();
+    let dev = t.device();
+    let start = std::time::Instant::now();
+    t.run(|| {
+        for i in 0..n {
+            one_case(&dev, &mut rng, i, t.is_emulated())?;
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "{n} random cases: bit-exact on {t:?} ({:.1?})",
+        start.elapsed()
+    );
+    Ok(())
+}
+
 #[test]
 fn random_cases_match_the_oracle_bit_for_bit() -> Result<()> {
     for dev in devices() {
-        let mut rng = Rng(0x7d_2018);
-        let n = cases();
-        for i in 0..n {
-            one_case(&dev, &mut rng, i)?;
-        }
-        eprintln!("{n} random cases: bit-exact on {dev:?}");
+        random_cases(&Target::Device(dev))?;
     }
     Ok(())
+}
+
+/// The random cases through the CUDA kernels under emulation, with an H200's launch plan
+/// and with a small sm_86 GPU's.
+#[cfg(feature = "emulate")]
+#[test]
+fn random_cases_on_the_emulated_h200() -> Result<()> {
+    random_cases(&Target::Emulated(emulate::Gpu::h200()))
+}
+
+#[cfg(feature = "emulate")]
+#[test]
+fn random_cases_on_the_emulated_sm86() -> Result<()> {
+    random_cases(&Target::Emulated(emulate::Gpu::sm86()))
 }
 
 /// Long rows: the multi-block path on the GPU, the split-row path on the CPU.

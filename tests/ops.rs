@@ -6,8 +6,21 @@ use candle_targeted_dropout::reference::Draws;
 use candle_targeted_dropout::*;
 use common::*;
 
+/// A test on every target (the devices, and the emulated kernels with the `emulate`
+/// feature); with `devices`, on the devices only: the statistical and the large tests, whose
+/// ops the emulated kernels run bit for bit like the CPU's in `equivalence.rs`, but at the
+/// emulator's speed would take minutes.
 macro_rules! test_device {
     ($fn:ident, $name:ident) => {
+        #[test]
+        fn $name() -> Result<()> {
+            for t in targets() {
+                t.run(|| $fn(&t.device()))?;
+            }
+            Ok(())
+        }
+    };
+    ($fn:ident, $name:ident, devices) => {
         #[test]
         fn $name() -> Result<()> {
             for d in devices() {
@@ -67,7 +80,7 @@ fn odd_shapes(dev: &Device) -> Result<()> {
     }
     Ok(())
 }
-test_device!(odd_shapes, odd_shapes_match_the_oracle);
+test_device!(odd_shapes, odd_shapes_match_the_oracle, devices);
 
 fn ties_and_zeros(dev: &Device) -> Result<()> {
     // An all-zero filter still targets exactly k (the paper's code would target none).
@@ -135,7 +148,7 @@ fn non_contiguous(dev: &Device) -> Result<()> {
     }
     Ok(())
 }
-test_device!(non_contiguous, views_equal_their_contiguous_copy);
+test_device!(non_contiguous, views_equal_their_contiguous_copy, devices);
 
 fn gradients(dev: &Device) -> Result<()> {
     let mut rng = Rng(4);
@@ -252,7 +265,7 @@ fn determinism(dev: &Device) -> Result<()> {
     assert_ne!(bits(&a)?, bits(&d)?, "another seed draws a fresh mask");
     Ok(())
 }
-test_device!(determinism, same_seed_same_bits);
+test_device!(determinism, same_seed_same_bits, devices);
 
 fn drop_rate(dev: &Device) -> Result<()> {
     let mut rng = Rng(7);
@@ -278,7 +291,7 @@ fn drop_rate(dev: &Device) -> Result<()> {
     );
     Ok(())
 }
-test_device!(drop_rate, drop_rate_is_alpha);
+test_device!(drop_rate, drop_rate_is_alpha, devices);
 
 fn only_targeted_are_dropped(dev: &Device) -> Result<()> {
     // Every dropped weight is one of the smallest k, and every kept weight is unchanged.

@@ -138,8 +138,8 @@ fn step_matches_the_functional_ops(dev: &Device) -> Result<()> {
 #[test]
 fn varmap_step_matches_the_functional_ops() -> Result<()> {
     let _g = lock();
-    for dev in devices() {
-        step_matches_the_functional_ops(&dev)?;
+    for t in targets() {
+        t.run(|| step_matches_the_functional_ops(&t.device()))?;
     }
     Ok(())
 }
@@ -366,8 +366,8 @@ fn unit_shards(dev: &Device) -> Result<()> {
 
 #[test]
 fn unit_dropout_of_row_shards_from_gathered_scores() -> Result<()> {
-    for dev in devices() {
-        unit_shards(&dev)?;
+    for t in targets() {
+        t.run(|| unit_shards(&t.device()))?;
     }
     Ok(())
 }
@@ -425,8 +425,8 @@ fn grouped(dev: &Device) -> Result<()> {
 
 #[test]
 fn grouped_call_equals_single_calls() -> Result<()> {
-    for dev in devices() {
-        grouped(&dev)?;
+    for t in targets() {
+        t.run(|| grouped(&t.device()))?;
     }
     Ok(())
 }
@@ -472,10 +472,17 @@ fn grouped_call_takes_consecutive_offsets_and_keeps_autograd() -> Result<()> {
     Ok(())
 }
 
-fn weight_shards(dev: &Device) -> Result<()> {
+/// Shards of tiny, block and long rows (fewer and shorter rows on the emulator: the same
+/// kernel paths at its speed).
+fn weight_shards(dev: &Device, small: bool) -> Result<()> {
     let mut rng = Rng(14);
+    let shapes: [&[usize]; 4] = if small {
+        [&[37, 3, 5], &[9, 7], &[6, 1030], &[2, 17_000]]
+    } else {
+        [&[37, 3, 5], &[9, 7], &[40, 1030], &[5, 70_000]]
+    };
     for dt in DTYPES {
-        for shape in [&[37usize, 3, 5][..], &[9, 7], &[40, 1030], &[5, 70_000]] {
+        for shape in shapes {
             let w = tensor(&mut rng, shape, dt, Data::Edgy)?.to_device(dev)?;
             let whole = targeted_weight_dropout_seeded(&w, 0.6, 0.5, 3, 9)?;
             let d0 = shape[0];
@@ -497,8 +504,8 @@ fn weight_shards(dev: &Device) -> Result<()> {
 
 #[test]
 fn weight_dropout_of_row_shards_equals_the_whole() -> Result<()> {
-    for dev in devices() {
-        weight_shards(&dev)?;
+    for t in targets() {
+        t.run(|| weight_shards(&t.device(), t.is_emulated()))?;
     }
     Ok(())
 }

@@ -7,6 +7,8 @@
 //   driver [--cases N] [--seed S]   random cases (default 160, seed 0x5eed)
 //   driver --large                    large shapes ([4096, 4096], [4, 2^20], ...), once each
 //   driver --selftest                 kernels with planted faults must be reported
+//   driver --selftest-hang            must end with a report and exit code 124 (watchdog)
+//   driver --selftest-asan            (ASan build) must end with an ASan report
 //
 // Every launch goes through the C ABI td_emu_launch with a schedule that rotates over thread
 // order (forward, reverse, random), warp run-ahead (off, on) and 1..3 block workers.
@@ -437,6 +439,7 @@ static Case random_case() {
 // Self-tests: kernels with planted faults (emu/test/faulty.cu) must be reported.
 
 extern "C" int td_emu_selftest(int which, char* err, size_t len);
+extern "C" int td_emu_selftest_hang();
 
 static int selftest() {
     const char* what[] = {"missing barrier (forward order)", "missing barrier (reverse order)",
@@ -470,7 +473,12 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 0);
         else if (!strcmp(argv[i], "--large")) large = true;
         else if (!strcmp(argv[i], "--selftest")) self = true;
-        else if (!strcmp(argv[i], "--selftest-asan")) {
+        else if (!strcmp(argv[i], "--selftest-hang")) {
+            // Expected to end with a report and exit code 124 within a second.
+            td_emu_selftest_hang();
+            printf("a thread spinning without a barrier was not reported\n");
+            return 0;
+        } else if (!strcmp(argv[i], "--selftest-asan")) {
             // Expected to die with an AddressSanitizer report (write past dynamic shared memory).
             char err[1024] = "";
             const int r = td_emu_selftest(6, err, sizeof err);

@@ -59,6 +59,31 @@ __global__ void f_good_sum(unsigned* out) {
     out[threadIdx.x] = t + n + (b == 0xaaaaaaaau ? 0 : 1000000);
 }
 
+// Thread 0 waits for a flag that thread 255 sets, with no barrier between: a hang on a GPU
+// (or not), a report and exit(124) on the emulator (threads switch only at sync points).
+__global__ void f_spin(unsigned* out) {
+    __shared__ volatile unsigned flag;
+    if (threadIdx.x == 0) {
+        flag = 0;
+        while (flag == 0) {
+        }
+    }
+    if (threadIdx.x == 255) flag = 1;
+    out[threadIdx.x] = 1;
+}
+
+extern "C" int td_emu_selftest_hang() {
+    unsigned out[256];
+    TdEmuSchedule s{};
+    s.block_workers = 1;
+    s.barrier_timeout_ms = 500;
+    unsigned* op = out;
+    const std::function<void()> body = [&] { f_spin(op); };
+    std::string msg;
+    emu::launch("selftest_hang", 1, 1, 1, 256, 1, 1, 0, body, s, &msg);
+    return 0;
+}
+
 extern "C" int td_emu_selftest(int which, char* err, size_t len) {
     unsigned out[256];
     for (auto& o : out) o = 0;

@@ -39,16 +39,16 @@ struct Args {
     #[arg(long)]
     valid_file: Option<String>,
     /// Training steps per model.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 400)]
     steps: usize,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Bytes of context.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     context: usize,
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 64)]
     d_model: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     layers: usize,
     #[arg(long, default_value_t = 4)]
     heads: usize,
@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, default_value_t = 0.99)]
     ramp_to: f64,
     /// Bytes of the held-out text the validation loss is measured on (windows spread evenly).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 4096)]
     eval_bytes: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -385,7 +385,7 @@ fn check_args(args: &Args) -> Result<()> {
             bail!("{name} must be at least 1")
         }
     }
-    if args.d_model % args.heads != 0 {
+    if !args.d_model.is_multiple_of(args.heads) {
         bail!(
             "--d-model {} must be a multiple of --heads {}",
             args.d_model,

@@ -97,7 +97,7 @@ pub struct Gpt {
 
 impl Gpt {
     pub fn new(cfg: Config, vb: VarBuilder) -> Result<Self> {
-        if cfg.heads == 0 || cfg.d_model % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.d_model.is_multiple_of(cfg.heads) {
             candle_core::bail!(
                 "d_model {} is not a multiple of the number of heads {}",
                 cfg.d_model,

@@ -363,3 +363,85 @@ pub(crate) fn unit_scores(
     let scores = storage(dtype.score(), bufs.take(Buf::Scores)?.bytes());
     Ok((scores, Shape::from(d0)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda_params::{TdDraws, TdwRowsParams, UnitApplyParams, TD_ALWAYS};
+    use crate::plan::{Kernel, Width};
+
+    fn ctx() -> Context {
+        Context {
+            gpu: crate::plan::Gpu::sm86(),
+            schedule: Schedule::Rotate,
+        }
+    }
+
+    /// A launch the emulator refuses is an error naming the op, the kernel and the profile.
+    #[test]
+    fn a_refused_launch_names_the_kernel() {
+        let l = Launch {
+            kernel: Kernel::UnitApply(Width::U32),
+            grid: (1, 1, 1),
+            block: (256, 1, 1),
+            smem: 0,
+            args: vec![Arg::Null, Arg::Null],
+            params: Params::UnitApply(UnitApplyParams { numel: 0, n: 1 }),
+        };
+        let e = launch("targeted-unit-dropout", &ctx(), &Bufs(vec![]), &l)
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "targeted-unit-dropout",
+            "unit_apply_u32",
+            "sm_86",
+            "arguments",
+        ] {
+            assert!(e.contains(want), "{want} in: {e}");
+        }
+    }
+
+    /// A kernel fault (here a tile staged into less shared memory than it needs: the plan
+    /// would never ask for that) is an error naming the kernel and what went wrong.
+    #[test]
+    fn a_kernel_fault_names_the_kernel() {
+        let (rows, n) = (256u64, 8u64);
+        let bufs = Bufs(vec![
+            (Buf::W, DevBuf::new(0, (rows * n * 4) as usize, 0).unwrap()),
+            (
+                Buf::Out,
+                DevBuf::new(0, (rows * n * 4) as usize, 0).unwrap(),
+            ),
+        ]);
+        let l = Launch {
+            kernel: Kernel::Tiny(Width::U32),
+            grid: (1, 1, 1),
+            block: (256, 1, 1),
+            smem: 16,
+            args: vec![
+                Arg::Buf(Buf::W, 0),
+                Arg::Null,
+                Arg::Buf(Buf::Out, 0),
+                Arg::Null,
+            ],
+            params: Params::Rows(TdwRowsParams {
+                rows,
+                n,
+                k: 4,
+                elem_base: 0,
+                draws: TdDraws {
+                    seed: 1,
+                    offset: 2,
+                    threshold: TD_ALWAYS,
+                    pad0: 0,
+                },
+            }),
+        };
+        let e = launch("targeted-weight-dropout", &ctx(), &bufs, &l)
+            .unwrap_err()
+            .to_string();
+        for want in ["targeted-weight-dropout", "tdw_tiny_u32", "shared"] {
+            assert!(e.contains(want), "{want} in: {e}");
+        }
+    }
+}

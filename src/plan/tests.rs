@@ -446,7 +446,10 @@ fn the_threshold_is_clamped_to_always() {
 /// The most dynamic shared memory the plan asks of each kernel over every shape (rows up to
 /// the tiny limit and to the block limit for every width; the other kernels ask for none),
 /// with threads per block: what `scripts/launchability.sh` checks the fatbins against.
-/// Printed as `kernel threads dynamic_smem` lines.
+/// Printed as `launch KERNEL THREADS DYNAMIC_SMEM` lines, followed by what the emulator's
+/// profiles assume of the kernels compiled for their architecture (`profile ARCH KERNEL
+/// REGISTERS STATIC_SMEM`, registers 0 where the profile does not depend on them), which the
+/// script compares with the fatbin.
 #[test]
 #[ignore = "prints the plan's worst case for scripts/launchability.sh"]
 fn worst_case_launch() {
@@ -492,7 +495,16 @@ fn worst_case_launch() {
         }
     }
     for (k, (threads, smem)) in worst {
-        println!("{k} {threads} {smem}");
+        println!("launch {k} {threads} {smem}");
+    }
+    for (arch, g) in [("sm_90", Gpu::h200()), ("sm_86", Gpu::sm86())] {
+        for w in Width::ALL {
+            let tiny = Kernel::Tiny(w).name();
+            println!("profile {arch} {tiny} 0 {}", g.tiny_static_smem);
+            let block = Kernel::Block(w).name();
+            let regs = g.block_regs[w.index()];
+            println!("profile {arch} {block} {regs} {}", g.block_static_smem);
+        }
     }
 }
 

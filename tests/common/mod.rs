@@ -99,6 +99,7 @@ impl Target {
 /// kernels with an H200's and a small sm_86 GPU's launch plans (not with TD_ONLY_CUDA: the
 /// GPU machine's run checks the GPU).
 pub fn targets() -> Vec<Target> {
+    // Pushed to only with the `emulate` feature.
     #[cfg_attr(not(feature = "emulate"), allow(unused_mut))]
     let mut t: Vec<Target> = devices().into_iter().map(Target::Device).collect();
     #[cfg(feature = "emulate")]
