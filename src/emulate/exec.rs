@@ -387,6 +387,7 @@ mod tests {
             smem: 0,
             args: vec![Arg::Null, Arg::Null],
             params: Params::UnitApply(UnitApplyParams { numel: 0, n: 1 }),
+            segs: Vec::new(),
         };
         let e = launch("targeted-unit-dropout", &ctx(), &Bufs(vec![]), &l)
             .unwrap_err()
@@ -436,6 +437,7 @@ mod tests {
                     pad0: 0,
                 },
             }),
+            segs: Vec::new(),
         };
         let e = launch("targeted-weight-dropout", &ctx(), &bufs, &l)
             .unwrap_err()
