@@ -114,7 +114,12 @@ fn emulator() {
         .flag_if_supported("-Wno-maybe-uninitialized")
         .flag_if_supported("-Wno-unused-variable")
         .flag_if_supported("-Wno-unused-function")
-        .files(["emu/k_weight.cpp", "emu/k_unit.cpp", "emu/k_nm.cpp"]);
+        .files([
+            "emu/k_weight.cpp",
+            "emu/k_unit.cpp",
+            "emu/k_nm.cpp",
+            "emu/k_weight_v5.cpp",
+        ]);
     objects.extend(ks.compile_intermediates());
     let mut tables = cc::Build::new();
     base(&mut tables);

@@ -9,6 +9,7 @@
 EMU_KERNELS(weight);
 EMU_KERNELS(unit);
 EMU_KERNELS(nm);
+EMU_KERNELS(weight_v5);
 
 static const emu::KernelTable& table() {
     static emu::KernelTable t;
@@ -17,6 +18,7 @@ static const emu::KernelTable& table() {
         emu_kernels_weight(t);
         emu_kernels_unit(t);
         emu_kernels_nm(t);
+        emu_kernels_weight_v5(t);
     });
     return t;
 }

@@ -6,8 +6,10 @@
 #include <stdint.h>
 #include "params.h"
 
-#define BLOCK TD_BLOCK
-#define ALWAYS ((uint32_t)TD_ALWAYS)
+// Assumptions of the 8-bit radix kernels, checked where they are made.
+static_assert(TD_BLOCK == 256, "one histogram bin per thread: 256 bins of an 8-bit digit, 256 threads (pick_bin, Scratch::hist, the long-row histograms)");
+static_assert(TD_BLOCK % 32 == 0, "block_exclusive_scan sums whole warps");
+static_assert(TD_ALWAYS == (1 << 24), "the threshold compares against r >> 8, a 24-bit number");
 
 // ---------------------------------------------------------------------------------------
 // Philox4x32-10
@@ -116,10 +118,10 @@ __device__ __forceinline__ void store_mask4(uint8_t* p, const bool (&in)[4], con
 }
 
 // The dropped flags of a group of four with draw indices 4 g .. 4 g + 3 whose targeted flags
-// are tg: all targeted at ALWAYS, none at 0, else one Philox block for the group (only when
+// are tg: all targeted at TD_ALWAYS, none at 0, else one Philox block for the group (only when
 // one of them is targeted).
 __device__ __forceinline__ void drop4(const bool (&tg)[4], uint64_t g, const TdDraws& d, bool (&dr)[4]) {
-    if (d.threshold == ALWAYS) {
+    if (d.threshold == (uint32_t)TD_ALWAYS) {
 #pragma unroll
         for (int q = 0; q < 4; q++) dr[q] = tg[q];
     } else if (d.threshold != 0 && (tg[0] || tg[1] || tg[2] || tg[3])) {
@@ -133,11 +135,11 @@ __device__ __forceinline__ void drop4(const bool (&tg)[4], uint64_t g, const TdD
 }
 
 // ---------------------------------------------------------------------------------------
-// Block-wide building blocks (blockDim.x == BLOCK == 256)
+// Block-wide building blocks (blockDim.x == TD_BLOCK == 256)
 
 struct Scratch {
     unsigned hist[256];
-    unsigned warp_tot[BLOCK / 32];
+    unsigned warp_tot[TD_BLOCK / 32];
     unsigned pick[3];
     unsigned long long key;
 };
@@ -155,7 +157,7 @@ __device__ __forceinline__ unsigned block_exclusive_scan(unsigned v, Scratch& sc
     __syncthreads();
     unsigned base = 0, tot = 0;
 #pragma unroll
-    for (int i = 0; i < BLOCK / 32; i++) {
+    for (int i = 0; i < TD_BLOCK / 32; i++) {
         unsigned t = sc.warp_tot[i];
         base += i < wid ? t : 0;
         tot += t;

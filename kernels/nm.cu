@@ -76,7 +76,7 @@ __device__ __forceinline__ void nm_group(const U* __restrict__ w, const U* __res
     if (th == 0) {
 #pragma unroll
         for (int j = 0; j < MAXM; j++) dr[j] = false;
-    } else if (th != ALWAYS) {
+    } else if (th != (uint32_t)TD_ALWAYS) {
         if (s == 1) {
             // The group's elements are contiguous: one block per four draw indices, drawn when
             // one of its elements is targeted.
@@ -148,7 +148,7 @@ __device__ __forceinline__ void nm_kernel(const U* __restrict__ w, const U* __re
 }
 
 #define NM_KERNEL(NAME, U, MAXM)                                                              \
-    extern "C" __global__ void __launch_bounds__(BLOCK)                                       \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK)                                       \
         tdnm_##NAME##_m##MAXM(const U* __restrict__ w, const U* __restrict__ vals,           \
                               U* __restrict__ out, uint8_t* __restrict__ mask, TdNmParams p) { \
         nm_kernel<U, MAXM>(w, vals, out, mask, p);                                            \

@@ -116,5 +116,63 @@ typedef struct TdNmParams {
     uint32_t targeted;
     TdDraws draws;
 } TdNmParams;
+/* ---------------------------------------------------------------------------------------
+ * v5 (kernels/weight_v5.cu). */
+
+/* 16-byte vectors of a row per thread in tdw5_block_*. */
+#define TD5_NV 4
+/* The largest block of tdw5_block_* (the host picks 64, 128, 256, 512 or 1024 threads). */
+#define TD5_MAX_THREADS 1024
+/* Candidates of the chosen first-digit bin compacted to shared memory at most. */
+#define TD5_CAP 1024
+/* Segments (tensors) per launch of tdw5_block_*: what keeps Td5Params under the 4 KB of
+ * kernel parameters that every driver accepts (the 32 KB of CUDA 12.1+ drivers are not
+ * assumed); longer lists take several launches. */
+#define TD5_GROUP 62
+
+/* One tensor of a tdw5_block_* launch: rows of n elements from blocks first_block on, up to
+ * the next segment's first block (or the grid's end). Device addresses as integers (0: none):
+ * w the input (16-byte aligned), vals the values to mask (0: w; 16-byte aligned; the
+ * recomputing backward passes the gradient), out the output (0: none; 16-byte aligned), bits
+ * the flat bit mask of the dropped elements (0: none; bit e % 32 of word e / 32, 4-byte
+ * aligned, ceil(rows * n / 32) words). The draw index of element i of row r is
+ * elem_base + r * n + i, drawn at Philox counter words 2, 3 = offset. 0 <= k <= n; threshold
+ * 0 drops nothing, TD_ALWAYS every targeted element with no draw. */
+typedef struct Td5Seg {
+    uint64_t w;
+    uint64_t vals;
+    uint64_t out;
+    uint64_t bits;
+    uint64_t elem_base;
+    uint64_t offset;
+    uint32_t n;
+    uint32_t k;
+    uint32_t threshold;
+    uint32_t first_block;
+} Td5Seg;
+
+/* tdw5_block_*: the Philox round keys of the call's seed (keys[2 i], keys[2 i + 1]: round i;
+ * key [seed as u32, seed >> 32] plus i times the Weyl constants), then nseg segments in
+ * ascending first_block, the first at block 0. */
+typedef struct Td5Params {
+    uint32_t keys[20];
+    uint32_t nseg;
+    uint32_t pad0;
+    Td5Seg seg[TD5_GROUP];
+} Td5Params;
+
+/* tdw5_tiny_*: one tensor of `rows` rows of seg.n <= TD_TINY_ROW elements (seg.first_block
+ * unused), with the round keys as in Td5Params. */
+typedef struct Td5TinyParams {
+    uint32_t keys[20];
+    uint64_t rows;
+    Td5Seg seg;
+} Td5TinyParams;
+
+/* td5_bwd_*: out[e] = bit e of the mask ? +0 : g[e] for e < numel (g and out 16-byte
+ * aligned, the mask 4-byte aligned). */
+typedef struct Td5BwdParams {
+    uint64_t numel;
+} Td5BwdParams;
 
 #endif /* TD_PARAMS_H */

@@ -60,7 +60,7 @@ __device__ void unit_scores_block(const U* __restrict__ w, A* scores, const Unit
         for (int q = 0; q < 4; q++) lanes[threadIdx.x + 256 * q] = acc[q];
         __syncthreads();
         for (int s = 512; s >= 1; s >>= 1) {
-            for (int j = threadIdx.x; j < s; j += BLOCK) lanes[j] = acc_add(lanes[j], lanes[j + s]);
+            for (int j = threadIdx.x; j < s; j += TD_BLOCK) lanes[j] = acc_add(lanes[j], lanes[j + s]);
             __syncthreads();
         }
         if (threadIdx.x == 0) scores[u] = canonical(lanes[0]);
@@ -78,8 +78,8 @@ template <typename U, typename A, A (*CONV)(U)>
 __device__ void unit_scores_tiny(const U* __restrict__ w, A* scores, const UnitScoresParams& p) {
     const uint64_t units = p.units;
     const uint32_t n = (uint32_t)p.n;  // at most TD_TINY_ROW
-    for (uint64_t u = (uint64_t)blockIdx.x * BLOCK + threadIdx.x; u < units;
-         u += (uint64_t)gridDim.x * BLOCK) {
+    for (uint64_t u = (uint64_t)blockIdx.x * TD_BLOCK + threadIdx.x; u < units;
+         u += (uint64_t)gridDim.x * TD_BLOCK) {
         const U* x = w + u * n;
         A l[32];
 #pragma unroll
@@ -102,8 +102,8 @@ __device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* 
                            const UnitApplyParams& p) {
     const uint64_t numel = p.numel, n = p.n;
     const uint64_t groups = (numel + 3) / 4;
-    for (uint64_t g = (uint64_t)blockIdx.x * BLOCK + threadIdx.x; g < groups;
-         g += (uint64_t)gridDim.x * BLOCK) {  // hot-loop: unit apply, 4
+    for (uint64_t g = (uint64_t)blockIdx.x * TD_BLOCK + threadIdx.x; g < groups;
+         g += (uint64_t)gridDim.x * TD_BLOCK) {  // hot-loop: unit apply, 4
         const uint64_t e = 4 * g;
         uint64_t u = numel < (1ull << 32) ? (uint64_t)((uint32_t)e / (uint32_t)n) : e / n;
         uint64_t end = (u + 1) * n;
@@ -139,11 +139,11 @@ __device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* 
 // extern "C" entry points: device buffers first, then the launch parameters by value.
 
 #define SCORE_KERNELS(NAME, U, A)                                                               \
-    extern "C" __global__ void __launch_bounds__(BLOCK) unit_scores_block_##NAME(              \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) unit_scores_block_##NAME(              \
         const U* w, A* scores, const UnitScoresParams p) {                                      \
         unit_scores_block<U, A, to_acc_##NAME>(w, scores, p);                                   \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(BLOCK) unit_scores_tiny_##NAME(               \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) unit_scores_tiny_##NAME(               \
         const U* w, A* scores, const UnitScoresParams p) {                                      \
         unit_scores_tiny<U, A, to_acc_##NAME>(w, scores, p);                                    \
     }
@@ -154,7 +154,7 @@ SCORE_KERNELS(bf16, uint16_t, float)
 SCORE_KERNELS(f64, uint64_t, double)
 
 #define APPLY_KERNEL(NAME, U)                                                                   \
-    extern "C" __global__ void __launch_bounds__(BLOCK) unit_apply_##NAME(                     \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) unit_apply_##NAME(                     \
         const U* vals, U* out, uint8_t* mask, const uint8_t* umask, const UnitApplyParams p) { \
         unit_apply<U>(vals, out, mask, umask, p);                                               \
     }

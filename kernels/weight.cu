@@ -1,5 +1,23 @@
 // Targeted dropout on the GPU: per-filter radix select fused with a Philox Bernoulli mask.
 //
+// Terms, and their textbook names (PyTorch aten/src/ATen/native/cuda/SortingRadixSelect.cuh,
+// CUB's cub::BlockRadixSort / DeviceRadixSort vocabulary):
+// - key: the element's bits with the sign cleared (CUB: the "bit-twiddled" unsigned key; no
+//   twiddle is needed here because magnitudes of IEEE numbers order like their bits).
+// - digit, pass: RADIX_BITS = 8 bits of the key from the top (MSB-first radix select, one
+//   histogram of 256 bins per pass; PyTorch: RADIX_BITS = 2, RADIX_SIZE = 4 per pass).
+// - prefix / hi_mask: the digits fixed by the earlier passes and the bits they cover, i.e.
+//   PyTorch's `desired` / `desiredMask`: an element is still a candidate when
+//   (key & hi_mask) == prefix.
+// - r: the 0-based rank sought among the candidates (PyTorch's `kToFind`, minus one).
+// - pick_bin: the bin whose exclusive prefix sum of counts holds rank r (CUB: the bin whose
+//   "bin offset" range contains r), and the rank within it.
+// - K, take, ties: the k-th smallest key (PyTorch's `topK` value), how many of the elements
+//   equal to K are targeted (lowest flat index first) and how many there are.
+// - draw index: the element's flat index in the whole tensor (plus elem_base for a shard),
+//   the Philox counter input of DESIGN.md, "Random draws"; draw0 is that of a row's element 0.
+// - d0 (the host's name): the number of filters (rows); never a position in the kernels.
+//
 // Every kernel works on the raw bits of the elements (uint16_t for f16 and bf16, uint32_t
 // for f32, uint64_t for f64): the key of an element is its bits with the sign cleared, a
 // dropped element becomes +0.0 (all bits zero) and a kept one is copied bit for bit. Only
@@ -43,26 +61,26 @@
 
 #include "common.cuh"
 // ---------------------------------------------------------------------------------------
-// The output pass over local indices [lo, hi) of a row whose element 0 has draw index d0.
+// The output pass over local indices [lo, hi) of a row whose element 0 has draw index draw0.
 // `src` holds the row's raw bits (shared or global memory, indexed by local index),
 // `vals` the values to mask (null: the same as src), `out` / `mask` the outputs (either may
 // be null), all indexed by local index. Elements with key < K are targeted; of those with
 // key == K, the ones whose rank among the row's ties is below `take` are, `ties_before`
 // being the number of ties before `lo`. All threads of the block call.
 template <typename U>
-__device__ void apply_range(const U* src, const U* vals, U* out, uint8_t* mask, uint64_t d0,
+__device__ void apply_range(const U* src, const U* vals, U* out, uint8_t* mask, uint64_t draw0,
                             int64_t lo, int64_t hi, U K, unsigned take, unsigned ties,
                             unsigned ties_before, const TdDraws& dw, Scratch& sc) {
     const U MASK = Bits<U>::MASK;
     const bool scan = take < ties;
-    const uint64_t g_first = (d0 + lo) / 4, g_last = (d0 + hi - 1) / 4;
+    const uint64_t g_first = (draw0 + lo) / 4, g_last = (draw0 + hi - 1) / 4;
     unsigned tie_base = ties_before;
-    for (uint64_t gb = g_first; gb <= g_last; gb += BLOCK) {  // hot-loop: apply, 4
+    for (uint64_t gb = g_first; gb <= g_last; gb += TD_BLOCK) {  // hot-loop: apply, 4
         const uint64_t g = gb + threadIdx.x;
         const bool gv = g <= g_last;
         // In u64 first (well defined for draw indices past 2^63), then signed: l0 < 0 for
         // the group that starts before the range.
-        const int64_t l0 = (int64_t)(4 * g - d0);
+        const int64_t l0 = (int64_t)(4 * g - draw0);
         const bool full = gv && l0 >= lo && l0 + 4 <= hi;
         U kb[4];
         bool in[4];
@@ -142,12 +160,12 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
         U diff = 0;
         {
             const uint64_t g_first = e0 / 4, g_last = (e0 + n - 1) / 4;
-            for (uint64_t gb = g_first + threadIdx.x; gb <= g_last; gb += LOAD_BATCH * BLOCK) {  // hot-loop: stage, 8
+            for (uint64_t gb = g_first + threadIdx.x; gb <= g_last; gb += LOAD_BATCH * TD_BLOCK) {  // hot-loop: stage, 8
                 U x[LOAD_BATCH][4];
                 bool vec[LOAD_BATCH];
 #pragma unroll
                 for (int u = 0; u < LOAD_BATCH; u++) {
-                    const uint64_t g = gb + (uint64_t)u * BLOCK;
+                    const uint64_t g = gb + (uint64_t)u * TD_BLOCK;
                     const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
                     vec[u] = g <= g_last && l0 >= 0 && l0 + 4 <= n && aligned4<U>(w + e0 + l0) &&
                              aligned4<U>(s + l0);
@@ -155,7 +173,7 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
                 }
 #pragma unroll
                 for (int u = 0; u < LOAD_BATCH; u++) {
-                    const uint64_t g = gb + (uint64_t)u * BLOCK;
+                    const uint64_t g = gb + (uint64_t)u * TD_BLOCK;
                     if (g > g_last) break;
                     const int64_t l0 = (int64_t)(4 * g) - (int64_t)e0;
                     if (vec[u]) {
@@ -210,7 +228,7 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
                 const unsigned dmask = (1u << (top - lo)) - 1;
                 sc.hist[threadIdx.x] = 0;
                 __syncthreads();
-                for (uint32_t base = 0; base < n; base += BLOCK) {  // hot-loop: radix pass, 1
+                for (uint32_t base = 0; base < n; base += TD_BLOCK) {  // hot-loop: radix pass, 1
                     const uint32_t i = base + threadIdx.x;
                     bool act = false;
                     unsigned d = 0;
@@ -235,7 +253,7 @@ __device__ void tdw_block(const U* __restrict__ w, const U* vals, U* out, uint8_
                 }
                 if (p.cnt == 1) {
                     // A single candidate is left: it is the k-th key.
-                    for (uint32_t i = threadIdx.x; i < n; i += BLOCK) {
+                    for (uint32_t i = threadIdx.x; i < n; i += TD_BLOCK) {
                         U key = s[i] & MASK;
                         if ((key & hi_mask) == prefix) sc.key = (unsigned long long)key;
                     }
@@ -265,19 +283,19 @@ __device__ void tdw_tiny(const U* __restrict__ w, const U* vals, U* out, uint8_t
                          const TdwRowsParams& p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     U* s = reinterpret_cast<U*>(smem_raw);
-    __shared__ uint32_t targeted[BLOCK];
+    __shared__ uint32_t targeted[TD_BLOCK];
     const U MASK = Bits<U>::MASK;
     const uint64_t rows = p.rows;
     const uint32_t n = (uint32_t)p.n, k = (uint32_t)p.k;
     const uint32_t stride = n | 1;
     // i / n for i < 8192 and n <= 32: exact with a 20-bit reciprocal.
     const uint32_t magic = ((1u << 20) + n - 1) / n;
-    for (uint64_t r0 = (uint64_t)blockIdx.x * BLOCK; r0 < rows; r0 += (uint64_t)gridDim.x * BLOCK) {
-        const uint32_t nrows = (uint32_t)min((uint64_t)BLOCK, rows - r0);
+    for (uint64_t r0 = (uint64_t)blockIdx.x * TD_BLOCK; r0 < rows; r0 += (uint64_t)gridDim.x * TD_BLOCK) {
+        const uint32_t nrows = (uint32_t)min((uint64_t)TD_BLOCK, rows - r0);
         const uint32_t cnt = nrows * n;
         const uint64_t eb = r0 * n;
 #pragma unroll 4
-        for (uint32_t i = threadIdx.x; i < cnt; i += BLOCK) {  // hot-loop: stage, 1
+        for (uint32_t i = threadIdx.x; i < cnt; i += TD_BLOCK) {  // hot-loop: stage, 1
             const uint32_t r = (i * magic) >> 20, j = i - r * n;
             s[r * stride + j] = w[eb + i];
         }
@@ -301,7 +319,7 @@ __device__ void tdw_tiny(const U* __restrict__ w, const U* vals, U* out, uint8_t
         // draw index of the tile's first element, eb its flat index.
         const uint64_t db = p.elem_base + eb;
         const uint64_t g_first = db / 4, g_last = (db + cnt - 1) / 4;
-        for (uint64_t g = g_first + threadIdx.x; g <= g_last; g += BLOCK) {  // hot-loop: output, 4
+        for (uint64_t g = g_first + threadIdx.x; g <= g_last; g += TD_BLOCK) {  // hot-loop: output, 4
             bool tg[4], in[4];
             uint32_t idx[4], li[4];
 #pragma unroll
@@ -369,7 +387,7 @@ __device__ void tdw_long_hist(const U* __restrict__ w, unsigned* hist, unsigned*
     const uint64_t lo = (uint64_t)blockIdx.x * TD_LONG_CHUNK;
     const uint32_t len = (uint32_t)min(p.n - lo, (uint64_t)TD_LONG_CHUNK);
     const U* x = w + row * p.n + lo;
-    for (uint32_t base = 0; base < len; base += 4 * BLOCK) {  // hot-loop: histogram, 4
+    for (uint32_t base = 0; base < len; base += 4 * TD_BLOCK) {  // hot-loop: histogram, 4
         const uint32_t i0 = base + 4 * threadIdx.x;
         U kb[4];
         bool in[4];
@@ -410,7 +428,7 @@ __device__ void tdw_long_apply(const U* __restrict__ w, const U* vals, U* out, u
             // Ties in the chunks before this one, from the last pass's chunk histograms.
             const unsigned* ch = chunk_hist + (uint64_t)blockIdx.y * gridDim.x * 256 + (unsigned)(K & 255);
             unsigned part = 0;
-            for (uint32_t c = threadIdx.x; c < blockIdx.x; c += BLOCK) part += ch[(uint64_t)c * 256];
+            for (uint32_t c = threadIdx.x; c < blockIdx.x; c += TD_BLOCK) part += ch[(uint64_t)c * 256];
             unsigned tot;
             block_exclusive_scan(part, sc, &tot);
             before = tot;
@@ -429,19 +447,19 @@ __device__ void tdw_long_apply(const U* __restrict__ w, const U* vals, U* out, u
 // then the launch parameters (params.h) by value.
 
 #define WEIGHT_KERNELS(NAME, U)                                                                 \
-    extern "C" __global__ void __launch_bounds__(BLOCK) tdw_block_##NAME(                      \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) tdw_block_##NAME(                      \
         const U* w, const U* vals, U* out, uint8_t* mask, const TdwRowsParams p) {             \
         tdw_block<U>(w, vals, out, mask, p);                                                    \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(BLOCK) tdw_tiny_##NAME(                       \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) tdw_tiny_##NAME(                       \
         const U* w, const U* vals, U* out, uint8_t* mask, const TdwRowsParams p) {             \
         tdw_tiny<U>(w, vals, out, mask, p);                                                     \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(BLOCK) tdw_long_hist_##NAME(                  \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) tdw_long_hist_##NAME(                  \
         const U* w, unsigned* hist, unsigned* chunk_hist, const TdwLongHistParams p) {         \
         tdw_long_hist<U>(w, hist, chunk_hist, p);                                               \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(BLOCK) tdw_long_apply_##NAME(                 \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) tdw_long_apply_##NAME(                 \
         const U* w, const U* vals, U* out, uint8_t* mask, const unsigned* hist,                \
         const unsigned* chunk_hist, const TdwLongApplyParams p) {                               \
         tdw_long_apply<U>(w, vals, out, mask, hist, chunk_hist, p);                             \

@@ -7,6 +7,10 @@ pub const TD_BLOCK_ROW_BYTES: u32 = 65536;
 pub const TD_LONG_CHUNK: u32 = 4096;
 pub const TD_ALWAYS: u32 = 16777216;
 pub const TD_MAX_ROW: u32 = 4294967295;
+pub const TD5_NV: u32 = 4;
+pub const TD5_MAX_THREADS: u32 = 1024;
+pub const TD5_CAP: u32 = 1024;
+pub const TD5_GROUP: u32 = 62;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct TdDraws {
@@ -140,4 +144,87 @@ const _: () = {
     ["Offset of field: TdNmParams::targeted"]
         [::core::mem::offset_of!(TdNmParams, targeted) - 20usize];
     ["Offset of field: TdNmParams::draws"][::core::mem::offset_of!(TdNmParams, draws) - 24usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct Td5Seg {
+    pub w: u64,
+    pub vals: u64,
+    pub out: u64,
+    pub bits: u64,
+    pub elem_base: u64,
+    pub offset: u64,
+    pub n: u32,
+    pub k: u32,
+    pub threshold: u32,
+    pub first_block: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Td5Seg"][::core::mem::size_of::<Td5Seg>() - 64usize];
+    ["Alignment of Td5Seg"][::core::mem::align_of::<Td5Seg>() - 8usize];
+    ["Offset of field: Td5Seg::w"][::core::mem::offset_of!(Td5Seg, w) - 0usize];
+    ["Offset of field: Td5Seg::vals"][::core::mem::offset_of!(Td5Seg, vals) - 8usize];
+    ["Offset of field: Td5Seg::out"][::core::mem::offset_of!(Td5Seg, out) - 16usize];
+    ["Offset of field: Td5Seg::bits"][::core::mem::offset_of!(Td5Seg, bits) - 24usize];
+    ["Offset of field: Td5Seg::elem_base"][::core::mem::offset_of!(Td5Seg, elem_base) - 32usize];
+    ["Offset of field: Td5Seg::offset"][::core::mem::offset_of!(Td5Seg, offset) - 40usize];
+    ["Offset of field: Td5Seg::n"][::core::mem::offset_of!(Td5Seg, n) - 48usize];
+    ["Offset of field: Td5Seg::k"][::core::mem::offset_of!(Td5Seg, k) - 52usize];
+    ["Offset of field: Td5Seg::threshold"][::core::mem::offset_of!(Td5Seg, threshold) - 56usize];
+    ["Offset of field: Td5Seg::first_block"]
+        [::core::mem::offset_of!(Td5Seg, first_block) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct Td5Params {
+    pub keys: [u32; 20usize],
+    pub nseg: u32,
+    pub pad0: u32,
+    pub seg: [Td5Seg; 62usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Td5Params"][::core::mem::size_of::<Td5Params>() - 4056usize];
+    ["Alignment of Td5Params"][::core::mem::align_of::<Td5Params>() - 8usize];
+    ["Offset of field: Td5Params::keys"][::core::mem::offset_of!(Td5Params, keys) - 0usize];
+    ["Offset of field: Td5Params::nseg"][::core::mem::offset_of!(Td5Params, nseg) - 80usize];
+    ["Offset of field: Td5Params::pad0"][::core::mem::offset_of!(Td5Params, pad0) - 84usize];
+    ["Offset of field: Td5Params::seg"][::core::mem::offset_of!(Td5Params, seg) - 88usize];
+};
+impl Default for Td5Params {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct Td5TinyParams {
+    pub keys: [u32; 20usize],
+    pub rows: u64,
+    pub seg: Td5Seg,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Td5TinyParams"][::core::mem::size_of::<Td5TinyParams>() - 152usize];
+    ["Alignment of Td5TinyParams"][::core::mem::align_of::<Td5TinyParams>() - 8usize];
+    ["Offset of field: Td5TinyParams::keys"][::core::mem::offset_of!(Td5TinyParams, keys) - 0usize];
+    ["Offset of field: Td5TinyParams::rows"]
+        [::core::mem::offset_of!(Td5TinyParams, rows) - 80usize];
+    ["Offset of field: Td5TinyParams::seg"][::core::mem::offset_of!(Td5TinyParams, seg) - 88usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct Td5BwdParams {
+    pub numel: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Td5BwdParams"][::core::mem::size_of::<Td5BwdParams>() - 8usize];
+    ["Alignment of Td5BwdParams"][::core::mem::align_of::<Td5BwdParams>() - 8usize];
+    ["Offset of field: Td5BwdParams::numel"][::core::mem::offset_of!(Td5BwdParams, numel) - 0usize];
 };

@@ -34,7 +34,9 @@ fn header_structs() -> Vec<(String, Vec<String>)> {
         let body = &rest[rest.find('{').unwrap() + 1..rest.find('}').unwrap()];
         let fields = body
             .split(';')
-            .filter_map(|f| f.split_whitespace().last().map(str::to_string))
+            // An array field `name[N]` is `name` in the bindings.
+            .filter_map(|f| f.split_whitespace().last())
+            .map(|f| f.split('[').next().unwrap_or(f).to_string())
             .collect();
         out.push((name, fields));
     }
@@ -65,6 +67,10 @@ fn constants_are_the_headers() {
         ("TD_LONG_CHUNK", TD_LONG_CHUNK as u64),
         ("TD_ALWAYS", TD_ALWAYS as u64),
         ("TD_MAX_ROW", TD_MAX_ROW as u64),
+        ("TD5_NV", TD5_NV as u64),
+        ("TD5_MAX_THREADS", TD5_MAX_THREADS as u64),
+        ("TD5_CAP", TD5_CAP as u64),
+        ("TD5_GROUP", TD5_GROUP as u64),
     ];
     let header = defines(HEADER);
     let mut names: Vec<&str> = header.iter().map(|(n, _)| n.as_str()).collect();

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Static SASS instruction counts per phase of the v5 kernel (and v4 for reference).
 
-usage: nvcc -cubin -O3 -std=c++17 -lineinfo -arch=sm_90 -o td.cubin dev/cuda/targeted_dropout.cu
-       nvdisasm -g -c td.cubin > td.sass;  python3 dev/cuda/sass_count.py td.sass dev/cuda/targeted_dropout.cu
+usage: nvcc -cubin -O3 -std=c++17 -lineinfo -arch=sm_90 -Ikernels -o v5.cubin kernels/weight_v5.cu
+       nvdisasm -g -c v5.cubin > v5.sass;  python3 dev/cuda/sass_count.py v5.sass kernels/weight_v5.cu
 
 Instructions are attributed to the phase of the last kernel-body source line seen before them
 (helpers and the `each` lambda inherit the phase of their caller). Phases are found from
@@ -18,7 +18,7 @@ def find(pat, start=0):
         if pat in lines[i]:
             return i + 1
     raise SystemExit('marker not found: ' + pat)
-k0 = find('__global__ void __launch_bounds__(T, ')
+k0 = find('__device__ __forceinline__ void tdw5_block(')
 marks = OrderedDict([
     ('prologue', k0), ('load', find('// 2. Zero the histogram', k0)),
     ('lambda', find('auto each = [&]', k0)),
@@ -26,7 +26,7 @@ marks = OrderedDict([
     ('refine', find('// Rare: more than CAP', k0)), ('compact', find('// Compact the candidates', k0)),
     ('pass8', find('// 8-bit passes over', k0)), ('warp', find('// One warp: gather', k0)),
     ('output', find('// 4. Targeting, draws', k0)), ('maskwr', find('// 5. The row', k0)),
-    ('end', find('// Backward: out[e]', k0)),
+    ('end', find('// Tiny rows (n <= TD_TINY_ROW)', k0)),
 ])
 names = list(marks)
 def phase_of(ln):
@@ -56,7 +56,7 @@ for l in open(sass):
         funcs[cur]['_total'] += 1
         funcs[cur]['op:' + op.split('.')[0]] += 1
 for f, c in funcs.items():
-    if 'tdw5' not in f and 'bwd5' not in f and 'tdw_block' not in f: continue
+    if 'tdw5' not in f and 'td5_bwd' not in f and 'tdw_block' not in f: continue
     print(f, 'total', c['_total'])
     if 'tdw5' in f:
         print('   ' + '  '.join('%s=%d' % (p, c[p]) for p in names[:-1] if p != 'lambda'))

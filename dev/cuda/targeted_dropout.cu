@@ -14,24 +14,27 @@ Run:
                          bash scripts/emu/dev.sh builds this file with g++ and runs it (no GPU)
 Or everything, sanitizers included: bash dev/cuda/run.sh
 
-Kernel versions:
-  v4  (library today) one block per row, the row staged in shared memory, 8-bit MSB radix
+Kernel versions (both included from kernels/, not copied: the harness validates and times
+what the library ships):
+  v4  kernels/weight.cu: one block per row, the row staged in shared memory, 8-bit MSB radix
       passes over shared memory, tie rank by a block scan in the output pass; tiny rows
       (n <= 32) a thread per row.
-  v5  one block per row with the row in registers (16-byte loads, 4 vectors per thread,
-      block size 64..1024 picked by row length); the first 11-bit digit of the key (bits
-      30..20 of an f32 key, 14..4 of a bf16 key) counted in shared memory while loading; one
-      block scan picks the bin; only that bin's elements are compacted to shared memory as
-      (key << 16 | local index) composites and resolved alone (8-bit passes until <= 32 are
-      left, then one warp ranks them by shuffles): the result is the composite of the rank-k
-      element, i.e. the key K and the tie cut as an index, so the output pass is
+  v5  kernels/weight_v5.cu (library feature `kernels-v5`): one block per row with the row in
+      registers (16-byte loads, 4 vectors per thread, block size 64..1024 picked by row
+      length); the first 11-bit digit of the key counted in shared memory while loading; one
+      block scan picks the bin holding rank k; only that bin's elements are compacted to
+      shared memory as (key << 16 | local index) composites and resolved alone (8-bit passes
+      until <= 32 are left, then one warp ranks them by shuffles): the composite of the
+      rank-k element gives the key K and the tie cut as an index, so the output pass is
       "key < K || (key == K && index < cut)" with no scan. Philox only for groups of four
-      that hold a targeted element, round keys hoisted to kernel parameters. Optional
-      packed bit mask output (bit e of word e / 32, flat) for the backward.
-      The same kernel takes a segment table: many tensors in one launch, a block finds its
-      tensor by __syncthreads_count over the segments' first blocks.
-  v5 bwd  grad * (1 - mask bit): one read of the gradient, 1/32 (f32) or 1/16 (bf16) of it
-      more for the mask, one write.
+      that hold a targeted element, round keys in the kernel parameters. Optional packed bit
+      mask (bit e of word e / 32, flat) for the backward. The table of segments (tensors) is
+      passed by value in the parameters (TD5_GROUP per launch): many tensors in one launch,
+      a block finds its tensor by __syncthreads_count over the segments' first blocks.
+      Tiny rows (n <= 32): tdw5_tiny, tiles of 256 rows read and written once by 16-byte
+      vectors, a thread ranks a row in shared memory.
+  v5 bwd  td5_bwd: grad * (1 - mask bit): one read of the gradient, 1/32 (f32), 1/16 (16-bit)
+      or 1/8 (f64) of it more for the mask, one write.
 */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -112,17 +115,17 @@ template <typename U>
 static void ref_weight_dropout(const U* w, U* out, uint8_t* dropped, uint64_t rows, uint32_t n,
                                double gamma, double alpha, bool prune, uint64_t seed,
                                uint64_t offset) {
-    const U KEYMASK = sizeof(U) == 4 ? (U)0x7fffffffu : (U)0x7fff;
+    const U KEYMASK = sizeof(U) == 8 ? (U)0x7fffffffffffffffull : sizeof(U) == 4 ? (U)0x7fffffffu : (U)0x7fff;
     const uint32_t k = k_of(gamma, n), t = threshold_of(alpha);
     auto work = [&](uint64_t r0, uint64_t r1) {
-        std::vector<uint64_t> pairs(n);
+        std::vector<std::pair<U, uint32_t>> pairs(n);
         std::vector<uint8_t> targeted(n);
         for (uint64_t row = r0; row < r1; row++) {
             const U* x = w + row * n;
-            for (uint32_t i = 0; i < n; i++) pairs[i] = ((uint64_t)(x[i] & KEYMASK) << 32) | i;
+            for (uint32_t i = 0; i < n; i++) pairs[i] = {(U)(x[i] & KEYMASK), i};
             std::sort(pairs.begin(), pairs.end());
             std::fill(targeted.begin(), targeted.end(), 0);
-            for (uint32_t j = 0; j < k; j++) targeted[(uint32_t)pairs[j]] = 1;
+            for (uint32_t j = 0; j < k; j++) targeted[pairs[j].second] = 1;
             for (uint32_t i = 0; i < n; i++) {
                 const uint64_t e = row * n + i;
                 bool d = false;
@@ -152,438 +155,18 @@ static void ref_weight_dropout(const U* w, U* out, uint8_t* dropped, uint64_t ro
 // v5: row in registers, 11-bit first digit counted while loading, bin compacted and resolved
 // alone, tie cut as an index, fused Philox mask.
 
-namespace v5 {
+#include "../../kernels/weight_v5.cu"
 
-constexpr uint32_t ALWAYS5 = 1u << 24;  // threshold meaning "drop every targeted element"
-constexpr int NBINS = 2048;             // first digit: 11 bits
-constexpr int CAP = 1024;               // candidates compacted to shared memory at most
-constexpr int NV = 4;                   // 16-byte vectors per thread
-
-// Philox round keys, hoisted: k[2 i], k[2 i + 1] are the key words of round i.
-struct RoundKeys {
-    uint32_t k[20];
-};
-static RoundKeys round_keys(uint64_t seed) {
-    RoundKeys rk;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int i = 0; i < 10; i++) {
-        rk.k[2 * i] = k0;
-        rk.k[2 * i + 1] = k1;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    return rk;
-}
-
-// One tensor of a (grouped) call. w, out: 16-byte aligned. mask: null, or the flat bit mask of
-// the tensor (bit e % 32 of word e / 32 is set when element e is dropped), 4-byte aligned,
-// ceil(numel / 32) words.
-struct Seg {
+// One tensor of a v5 call as the harness describes it (the launcher builds the kernel's
+// Td5Seg table from these).
+struct V5Item {
     const void* w;
     void* out;
     uint32_t* mask;
-    uint64_t offset;      // Philox counter words 2, 3
-    uint32_t n;           // row length (1 .. 4096 * VE - VE)
-    uint32_t k;           // targeted per row: floor(gamma * n)
-    uint32_t thr;         // 0: nothing dropped; ALWAYS5: every targeted element; else (r >> 8) < thr
-    uint32_t rows;
-    uint32_t first_block; // sum of the rows of the segments before
-    uint32_t pad;
+    uint64_t offset;
+    uint32_t n, k, thr, rows;
+    uint32_t first_block, pad;  // unused: set by the launcher
 };
-
-template <typename U> struct Ty;
-template <> struct Ty<uint32_t> {
-    static constexpr int VE = 4;  // elements per 16-byte vector
-    static constexpr int KB = 31; // key bits
-    static constexpr uint32_t KMASK = 0x7fffffffu;
-};
-template <> struct Ty<uint16_t> {
-    static constexpr int VE = 8;
-    static constexpr int KB = 15;
-    static constexpr uint32_t KMASK = 0x7fffu;
-};
-
-__device__ __forceinline__ uint32_t word_at(const uint4& v, int j) {
-    return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
-}
-__device__ __forceinline__ void set_word(uint4& v, int j, uint32_t x) {
-    if (j == 0) v.x = x; else if (j == 1) v.y = x; else if (j == 2) v.z = x; else v.w = x;
-}
-// Raw bits of element q of a vector (q a compile-time constant after unrolling).
-template <typename U> __device__ __forceinline__ uint32_t elem(const uint4& v, int q) {
-    if (sizeof(U) == 4) return word_at(v, q);
-    return (q & 1) ? (word_at(v, q >> 1) >> 16) : (word_at(v, q >> 1) & 0xffffu);
-}
-template <typename U> __device__ __forceinline__ void set_elem(uint4& v, int q, uint32_t x) {
-    if (sizeof(U) == 4) {
-        set_word(v, q, x);
-    } else {
-        uint32_t w = word_at(v, q >> 1);
-        w = (q & 1) ? ((w & 0xffffu) | (x << 16)) : ((w & 0xffff0000u) | (x & 0xffffu));
-        set_word(v, q >> 1, w);
-    }
-}
-template <typename U> __device__ __forceinline__ uint32_t key_of(const uint4& v, int q) {
-    return elem<U>(v, q) & Ty<U>::KMASK;
-}
-
-// Philox4x32-10 of counter [g lo, g hi, offset lo, offset hi] with hoisted round keys.
-__device__ __forceinline__ uint4 philox5(uint64_t g, uint64_t offset, const RoundKeys& rk) {
-    uint32_t c0 = (uint32_t)g, c1 = (uint32_t)(g >> 32), c2 = (uint32_t)offset, c3 = (uint32_t)(offset >> 32);
-#pragma unroll
-    for (int i = 0; i < 10; i++) {
-        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ rk.k[2 * i];
-        const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ rk.k[2 * i + 1];
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-    }
-    return make_uint4(c0, c1, c2, c3);
-}
-
-template <int T> struct __align__(16) Smem {
-    uint32_t hist[NBINS];
-    unsigned long long cand[CAP];
-    unsigned long long small[32];
-    uint32_t warp_tot[T / 32];
-    uint32_t sel[3];
-    unsigned long long sel_key;
-    uint32_t ncand;
-};
-
-// Exclusive scan of one value per thread over the block. All threads call. Ends with every
-// read of warp_tot done before the caller's next barrier.
-template <int T> __device__ __forceinline__ uint32_t block_excl_scan(uint32_t v, uint32_t* warp_tot) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    uint32_t x = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
-        if (lane >= o) x += y;
-    }
-    if (lane == 31) warp_tot[wid] = x;
-    __syncthreads();
-    uint32_t base = 0;
-    for (int i = 0; i < wid; i++) base += warp_tot[i];
-    return base + x - v;
-}
-
-// The bin of hist[0 .. NB) that holds rank r (0-based; r < the histogram's total): sel[0] =
-// bin, sel[1] = rank within it, sel[2] = its count. All threads call, after a barrier that
-// completes the histogram; returns after a barrier, so sel may be read at once.
-template <int T, int NB> __device__ __forceinline__ void pick(const uint32_t* hist, uint32_t r, Smem<T>& sm) {
-    constexpr int PER = NB >= T ? NB / T : 1;
-    const int b0 = threadIdx.x * PER;
-    const bool owns = b0 < NB;
-    uint32_t s = 0;
-    if (owns) {
-        if (PER % 4 == 0) {
-#pragma unroll
-            for (int i = 0; i < PER; i += 4) {
-                const uint4 q = *reinterpret_cast<const uint4*>(hist + b0 + i);
-                s += q.x + q.y + q.z + q.w;
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < PER; i++) s += hist[b0 + i];
-        }
-    }
-    const uint32_t ex = block_excl_scan<T>(s, sm.warp_tot);
-    if (owns && r >= ex && r - ex < s) {
-        // The one thread whose bins hold rank r walks them again.
-        uint32_t c = r - ex;
-        for (int i = 0; i < PER; i++) {
-            const uint32_t h = hist[b0 + i];
-            if (c < h) {
-                sm.sel[0] = b0 + i;
-                sm.sel[1] = c;
-                sm.sel[2] = h;
-                break;
-            }
-            c -= h;
-        }
-    }
-    __syncthreads();
-}
-
-template <typename U, int T>
-__global__ void __launch_bounds__(T, T == 64 ? 12 : 1024 / T) tdw5(Seg one, const Seg* __restrict__ table, int nseg, RoundKeys rk) {
-    constexpr int VE = Ty<U>::VE, KB = Ty<U>::KB;
-    constexpr uint32_t KMASK = Ty<U>::KMASK;
-    constexpr uint32_t FULL = (1u << VE) - 1;
-    constexpr int CW = KB + 16;  // composite (key << 16 | local index) width
-    constexpr int BITW = T * NV * VE / 32 + 2;
-    __shared__ Smem<T> sm;
-    __shared__ uint32_t bits[BITW];
-    const int tid = threadIdx.x;
-
-    // 1. Segment and row of this block.
-    Seg sg;
-    if (nseg <= 1) {
-        sg = one;
-    } else {
-        int cnt = 0;
-        for (int b = 0; b < nseg; b += T) {
-            const int s = b + tid;
-            cnt += __syncthreads_count(s < nseg && table[s].first_block <= blockIdx.x);
-        }
-        sg = table[cnt - 1];
-    }
-    const uint32_t row = blockIdx.x - sg.first_block;
-    const uint32_t n = sg.n, k = sg.k, thr = sg.thr;
-    const uint64_t e0 = (uint64_t)row * n;
-    const uint64_t gv0 = e0 / VE;                       // first vector of the row (flat)
-    const uint32_t off = (uint32_t)(e0 - gv0 * VE);     // slot of local index 0
-    const uint32_t nvr = (off + n + VE - 1) / VE;       // vectors that hold row elements
-    const uint4* wv = reinterpret_cast<const uint4*>(reinterpret_cast<const U*>(sg.w) + gv0 * VE);
-    const U* ws = reinterpret_cast<const U*>(sg.w) + gv0 * VE;  // indexed by slot
-    uint4* ov = reinterpret_cast<uint4*>(reinterpret_cast<U*>(sg.out) + gv0 * VE);
-    U* os = reinterpret_cast<U*>(sg.out) + gv0 * VE;
-    const bool select = k > 0 && k < n && thr != 0;
-    const uint32_t a32 = (uint32_t)((gv0 * VE) & 31);   // bit of slot 0 in its mask word
-    const uint32_t nwords = (a32 + off + n - 1) / 32 + 1;
-
-    // 2. Zero the histogram (and the staged mask words), load the row: full vectors with one
-    //    16-byte load, the row's first and last vector element by element.
-    if (select) {
-        for (int i = tid; i < NBINS / 4; i += T) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
-        if (tid == 0) sm.ncand = 0;
-    }
-    if (sg.mask)
-        for (int i = tid; i < (int)nwords; i += T) bits[i] = 0;
-    uint4 x[NV];
-    uint32_t vb[NV];  // valid elements of each vector, one bit per element
-#pragma unroll
-    for (int v = 0; v < NV; v++) {
-        const uint32_t vi = v * T + tid, s0 = vi * VE;
-        x[v] = make_uint4(0, 0, 0, 0);
-        vb[v] = 0;
-        if (vi < nvr) {
-            if (s0 >= off && s0 + VE <= off + n) {
-                x[v] = __ldcs(wv + vi);
-                vb[v] = FULL;
-            } else {
-#pragma unroll
-                for (int q = 0; q < VE; q++)
-                    if (s0 + q >= off && s0 + q < off + n) {
-                        set_elem<U>(x[v], q, (uint32_t)ws[s0 + q]);
-                        vb[v] |= 1u << q;
-                    }
-            }
-        }
-    }
-    __syncthreads();
-
-    // Every valid element: f(key, slot).
-    auto each = [&](auto&& f) {
-#pragma unroll
-        for (int v = 0; v < NV; v++) {
-            const uint32_t s0 = (v * T + tid) * VE;
-            if (vb[v] == FULL) {
-#pragma unroll
-                for (int q = 0; q < VE; q++) f(key_of<U>(x[v], q), s0 + q);
-            } else if (vb[v]) {
-#pragma unroll
-                for (int q = 0; q < VE; q++)
-                    if ((vb[v] >> q) & 1) f(key_of<U>(x[v], q), s0 + q);
-            }
-        }
-    };
-
-    // 3. Selection: the composite (key << 16 | local index) of the rank-k element.
-    uint32_t Kk = 0, cs = 0;  // targeted iff key < Kk || (key == Kk && slot < cs)
-    if (select) {
-        each([&](uint32_t key, uint32_t) { atomicAdd(&sm.hist[key >> (KB - 11)], 1u); });
-        __syncthreads();
-        pick<T, NBINS>(sm.hist, k, sm);
-        uint64_t P = sm.sel[0];  // fixed top bits of the composite
-        int fixed = 11;
-        uint32_t r = sm.sel[1], cnt = sm.sel[2];
-        // Rare: more than CAP candidates (heavy ties): refine by 11-bit digits over the
-        // registers until the bin fits (composites are unique, so it ends).
-        while (cnt > CAP) {
-            const int D = min(11, CW - fixed);
-            __syncthreads();  // (pick ended with a barrier; kept for clarity of the hist reuse)
-            for (int i = tid; i < NBINS / 4; i += T) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
-            __syncthreads();
-            each([&](uint32_t key, uint32_t s) {
-                const uint64_t c = ((uint64_t)key << 16) | (s - off);
-                if ((c >> (CW - fixed)) == P) atomicAdd(&sm.hist[(uint32_t)(c >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
-            });
-            __syncthreads();
-            pick<T, NBINS>(sm.hist, r, sm);
-            P = (P << D) | sm.sel[0];
-            fixed += D;
-            r = sm.sel[1];
-            cnt = sm.sel[2];
-        }
-        // Compact the candidates (cnt of them) to shared memory.
-        if (fixed <= KB) {
-            const uint32_t klo = (uint32_t)(P << (KB - fixed)), kw = 1u << (KB - fixed);
-            each([&](uint32_t key, uint32_t s) {
-                if (key - klo < kw) sm.cand[atomicAdd(&sm.ncand, 1u)] = ((uint64_t)key << 16) | (s - off);
-            });
-        } else {
-            each([&](uint32_t key, uint32_t s) {
-                const uint64_t c = ((uint64_t)key << 16) | (s - off);
-                if ((c >> (CW - fixed)) == P) sm.cand[atomicAdd(&sm.ncand, 1u)] = c;
-            });
-        }
-        __syncthreads();
-        const uint32_t m = cnt;
-        // 8-bit passes over the candidates until at most 32 are left.
-        while (cnt > 32) {
-            const int D = min(8, CW - fixed);
-            if (tid < 256) sm.hist[tid] = 0;
-            if (T < 256)
-                for (int i = tid + T; i < 256; i += T) sm.hist[i] = 0;
-            __syncthreads();
-            for (uint32_t j = tid; j < m; j += T) {
-                const uint64_t c = sm.cand[j];
-                if ((c >> (CW - fixed)) == P) atomicAdd(&sm.hist[(uint32_t)(c >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
-            }
-            __syncthreads();
-            pick<T, 256>(sm.hist, r, sm);
-            P = (P << D) | sm.sel[0];
-            fixed += D;
-            r = sm.sel[1];
-            cnt = sm.sel[2];
-        }
-        // One warp: gather the <= 32 candidates that match P, rank them, keep rank r.
-        if (tid < 32) {
-            uint32_t base = 0;
-            for (uint32_t j0 = 0; j0 < m; j0 += 32) {
-                const uint32_t j = j0 + tid;
-                const uint64_t c = j < m ? sm.cand[j] : 0;
-                const bool hit = j < m && (c >> (CW - fixed)) == P;
-                const uint32_t b = __ballot_sync(0xffffffffu, hit);
-                if (hit) sm.small[base + __popc(b & ((1u << tid) - 1))] = c;
-                base += __popc(b);
-            }
-            __syncwarp();
-            const uint64_t mine = tid < (int)cnt ? sm.small[tid] : ~0ull;
-            uint32_t rank = 0;
-#pragma unroll
-            for (int l = 0; l < 32; l++) {
-                const uint64_t o = __shfl_sync(0xffffffffu, mine, l);
-                rank += o < mine;
-            }
-            if (tid < (int)cnt && rank == r) sm.sel_key = mine;
-        }
-        __syncthreads();
-        const uint64_t Kc = sm.sel_key;
-        Kk = (uint32_t)(Kc >> 16);
-        cs = (uint32_t)(Kc & 0xffffu) + off;
-    } else if (k == n && k > 0 && thr != 0) {
-        Kk = KMASK + 1;  // above every key: all targeted
-        cs = 0;
-    }
-
-    // 4. Targeting, draws, output (and mask bits) from the registers.
-    const bool draws = thr != 0 && thr != ALWAYS5;
-#pragma unroll
-    for (int v = 0; v < NV; v++) {
-        if (!vb[v]) continue;
-        const uint32_t vi = v * T + tid, s0 = vi * VE;
-        uint32_t tg = 0;
-#pragma unroll
-        for (int q = 0; q < VE; q++) {
-            const uint32_t key = key_of<U>(x[v], q);
-            tg |= (uint32_t)(key < Kk || (key == Kk && s0 + q < cs)) << q;
-        }
-        tg &= vb[v];
-        uint32_t dr = tg;
-        if (draws && tg) {
-            uint32_t hit = 0;
-#pragma unroll
-            for (int h = 0; h < VE / 4; h++) {
-                if ((tg >> (4 * h)) & 15) {
-                    const uint4 b = philox5((gv0 + vi) * (VE / 4) + h, sg.offset, rk);
-                    hit |= (uint32_t)((b.x >> 8) < thr) << (4 * h);
-                    hit |= (uint32_t)((b.y >> 8) < thr) << (4 * h + 1);
-                    hit |= (uint32_t)((b.z >> 8) < thr) << (4 * h + 2);
-                    hit |= (uint32_t)((b.w >> 8) < thr) << (4 * h + 3);
-                }
-            }
-            dr = tg & hit;
-        }
-        uint4 y = x[v];
-        if (sizeof(U) == 4) {
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                if ((dr >> q) & 1) set_word(y, q, 0);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const uint32_t m2 = ((dr >> (2 * j)) & 1 ? 0xffffu : 0u) | ((dr >> (2 * j + 1)) & 1 ? 0xffff0000u : 0u);
-                set_word(y, j, word_at(y, j) & ~m2);
-            }
-        }
-        if (vb[v] == FULL) {
-            __stcs(ov + vi, y);
-        } else {
-#pragma unroll
-            for (int q = 0; q < VE; q++)
-                if ((vb[v] >> q) & 1) os[s0 + q] = (U)elem<U>(y, q);
-        }
-        if (sg.mask && dr) atomicOr(&bits[(s0 + a32) / 32], dr << ((s0 + a32) & 31));
-    }
-    // 5. The row's mask words: whole words stored, the two shared with the neighbour rows
-    //    merged with atomics on this row's bits only.
-    if (sg.mask) {
-        __syncthreads();
-        const uint64_t fw0 = (gv0 * VE) / 32;
-        for (uint32_t j = tid; j < nwords; j += T) {
-            const uint64_t lo = (fw0 + j) * 32;  // flat index of bit 0 of the word
-            const uint64_t a = max(lo, e0), b = min(lo + 32, e0 + n);
-            const uint32_t len = (uint32_t)(b - a), sh = (uint32_t)(a - lo);
-            const uint32_t own = len >= 32 ? 0xffffffffu : (((1u << len) - 1) << sh);
-            if (own == 0xffffffffu) {
-                sg.mask[fw0 + j] = bits[j];
-            } else {
-                atomicAnd(&sg.mask[fw0 + j], ~own);
-                atomicOr(&sg.mask[fw0 + j], bits[j] & own);
-            }
-        }
-    }
-}
-
-// Backward: out[e] = mask bit e ? +0 : g[e]. g, out 16-byte aligned.
-template <typename U>
-__global__ void __launch_bounds__(256) bwd5(const U* g, U* out, const uint32_t* mask, uint64_t numel) {
-    constexpr int VE = Ty<U>::VE;
-    constexpr uint32_t FULL = (1u << VE) - 1;
-    const uint64_t nvec = numel / VE;
-    const uint4* gv = reinterpret_cast<const uint4*>(g);
-    uint4* ov = reinterpret_cast<uint4*>(out);
-    for (uint64_t v = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nvec; v += (uint64_t)gridDim.x * blockDim.x) {
-        const uint4 x = __ldcs(gv + v);
-        const uint32_t d = (__ldg(mask + (v * VE) / 32) >> ((v * VE) & 31)) & FULL;
-        uint4 y = x;
-        if (d) {
-            if (sizeof(U) == 4) {
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                    if ((d >> q) & 1) set_word(y, q, 0);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const uint32_t m2 = ((d >> (2 * j)) & 1 ? 0xffffu : 0u) | ((d >> (2 * j + 1)) & 1 ? 0xffff0000u : 0u);
-                    set_word(y, j, word_at(y, j) & ~m2);
-                }
-            }
-        }
-        __stcs(ov + v, y);
-    }
-    if (blockIdx.x == 0 && threadIdx.x < numel - nvec * VE) {
-        const uint64_t e = nvec * VE + threadIdx.x;
-        out[e] = ((mask[e / 32] >> (e & 31)) & 1) ? (U)0 : g[e];
-    }
-}
-
-}  // namespace v5
 
 // =======================================================================================
 // Launchers
@@ -592,6 +175,14 @@ static int g_sms = 0;
 
 // The library's launch of the block-per-row and tiny-row paths (src/cuda.rs: grid and shared
 // memory sized the same way), through the kernels' parameter struct.
+template <typename U> struct V4Fns;
+template <> struct V4Fns<uint16_t> { static void* tiny() { return (void*)tdw_tiny_u16; } static void* block() { return (void*)tdw_block_u16; } };
+template <> struct V4Fns<uint32_t> { static void* tiny() { return (void*)tdw_tiny_u32; } static void* block() { return (void*)tdw_block_u32; } };
+template <> struct V4Fns<uint64_t> { static void* tiny() { return (void*)tdw_tiny_u64; } static void* block() { return (void*)tdw_block_u64; } };
+
+// The library's launch of the block-per-row and tiny-row paths (as src/cuda.rs sizes grid and
+// shared memory), through the kernels' parameter struct; k = 0 or threshold 0 is a copy, as
+// in the library (the kernels need k >= 1, params.h).
 template <typename U>
 static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k, uint64_t seed,
                       uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
@@ -603,21 +194,27 @@ static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k,
         return;
     }
     const TdwRowsParams p = {rows, n, k, /*elem_base=*/0, {seed, offset, thr, 0}};
-    const bool wide = sizeof(U) == 4;
+    // Raw-bits views per width (the kernels of one width serve it), launched with <<<>>>: the
+    // emulator's build rewrites those lines.
+    const uint16_t* w16 = (const uint16_t*)w;
+    const uint32_t* w32 = (const uint32_t*)w;
+    const uint64_t* w64 = (const uint64_t*)w;
+    uint16_t* o16 = (uint16_t*)out;
+    uint32_t* o32 = (uint32_t*)out;
+    uint64_t* o64 = (uint64_t*)out;
     if (n <= TD_TINY_ROW) {
-        auto f = wide ? (void*)tdw_tiny_u32 : (void*)tdw_tiny_u16;
+        void* f = V4Fns<U>::tiny();
         const size_t smem = TD_BLOCK * (n | 1) * size;
         if (smem > 48 * 1024) CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         const uint32_t grid = (uint32_t)std::min<uint64_t>((rows + TD_BLOCK - 1) / TD_BLOCK, (uint64_t)g_sms * 8);
-        if (wide)
-            tdw_tiny_u32<<<grid, TD_BLOCK, smem, st>>>((const uint32_t*)w, nullptr, (uint32_t*)out, nullptr, p);
-        else
-            tdw_tiny_u16<<<grid, TD_BLOCK, smem, st>>>((const uint16_t*)w, nullptr, (uint16_t*)out, nullptr, p);
+        if (size == 2) tdw_tiny_u16<<<grid, TD_BLOCK, smem, st>>>(w16, nullptr, o16, nullptr, p);
+        else if (size == 4) tdw_tiny_u32<<<grid, TD_BLOCK, smem, st>>>(w32, nullptr, o32, nullptr, p);
+        else tdw_tiny_u64<<<grid, TD_BLOCK, smem, st>>>(w64, nullptr, o64, nullptr, p);
     } else {
-        auto f = wide ? (void*)tdw_block_u32 : (void*)tdw_block_u16;
+        void* f = V4Fns<U>::block();
         const size_t smem = ((n + 3) / 4) * 4 * size;
-        static size_t raised[2] = {0, 0};
-        size_t& rz = raised[wide];
+        static size_t raised[3] = {0, 0, 0};
+        size_t& rz = raised[size == 2 ? 0 : size == 4 ? 1 : 2];
         if (smem > 48 * 1024 && smem > rz) {
             CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
             rz = smem;
@@ -625,10 +222,9 @@ static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k,
         int per_sm = 0;
         CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, f, TD_BLOCK, smem));
         const uint32_t grid = (uint32_t)std::min<uint64_t>(rows, (uint64_t)g_sms * std::max(per_sm, 1));
-        if (wide)
-            tdw_block_u32<<<grid, TD_BLOCK, smem, st>>>((const uint32_t*)w, nullptr, (uint32_t*)out, nullptr, p);
-        else
-            tdw_block_u16<<<grid, TD_BLOCK, smem, st>>>((const uint16_t*)w, nullptr, (uint16_t*)out, nullptr, p);
+        if (size == 2) tdw_block_u16<<<grid, TD_BLOCK, smem, st>>>(w16, nullptr, o16, nullptr, p);
+        else if (size == 4) tdw_block_u32<<<grid, TD_BLOCK, smem, st>>>(w32, nullptr, o32, nullptr, p);
+        else tdw_block_u64<<<grid, TD_BLOCK, smem, st>>>(w64, nullptr, o64, nullptr, p);
     }
     CK(cudaGetLastError());
 }
@@ -642,43 +238,119 @@ template <typename U> static uint32_t max_vectors(uint32_t n) {
 template <typename U> static int v5_block_for(uint32_t max_n) {
     const uint32_t nv = max_vectors<U>(max_n);
     for (int t = 64; t <= 1024; t *= 2)
-        if ((uint32_t)t * v5::NV >= nv) return t;
+        if ((uint32_t)t * TD5_NV >= nv) return t;
     return 0;
 }
 
+// The Philox round keys of a seed, as the library's host code computes them.
+static void round_keys(uint64_t seed, uint32_t* keys) {
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int i = 0; i < 10; i++) {
+        keys[2 * i] = k0;
+        keys[2 * i + 1] = k1;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+}
+
+// One launch of tdw5_block for width U and block size t (spelled out, no token pasting: the
+// emulator's build rewrites each `kernel<<<...>>>(...)` line of this file).
+template <typename U> static void launch_t(const Td5Params& p, uint32_t blocks, int t, cudaStream_t st) {
+    if (sizeof(U) == 2) {
+        switch (t) {
+            case 64: tdw5_block_u16_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: tdw5_block_u16_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: tdw5_block_u16_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: tdw5_block_u16_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: tdw5_block_u16_t1024<<<blocks, 1024, 0, st>>>(p); break;
+        }
+    } else if (sizeof(U) == 4) {
+        switch (t) {
+            case 64: tdw5_block_u32_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: tdw5_block_u32_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: tdw5_block_u32_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: tdw5_block_u32_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: tdw5_block_u32_t1024<<<blocks, 1024, 0, st>>>(p); break;
+        }
+    } else {
+        switch (t) {
+            case 64: tdw5_block_u64_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: tdw5_block_u64_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: tdw5_block_u64_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: tdw5_block_u64_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: tdw5_block_u64_t1024<<<blocks, 1024, 0, st>>>(p); break;
+        }
+    }
+}
+
+// One call over many tensors: launches of at most TD5_GROUP segments, the table by value in
+// the parameters (no upload). table_dev and upload are unused (kept for the call sites).
 template <typename U>
-static void launch_v5_segs(const std::vector<v5::Seg>& segs_in, v5::Seg* table_dev, uint64_t seed,
+static void launch_v5_segs(const std::vector<V5Item>& segs_in, void* table_dev, uint64_t seed,
                            cudaStream_t st = 0, bool upload = true) {
-    std::vector<v5::Seg> segs;
-    uint32_t total = 0, max_n = 0;
+    (void)table_dev;
+    (void)upload;
+    std::vector<V5Item> segs;
     for (auto s : segs_in) {
         if (s.rows == 0 || s.n == 0) continue;
         if (((uintptr_t)s.w & 15) || ((uintptr_t)s.out & 15)) { fprintf(stderr, "v5: unaligned tensor\n"); exit(2); }
-        s.first_block = total;
-        total += s.rows;
-        max_n = std::max(max_n, s.n);
         segs.push_back(s);
     }
-    if (segs.empty()) return;
-    const int T = v5_block_for<U>(max_n);
-    if (T == 0) { fprintf(stderr, "v5: row of %u too long\n", max_n); exit(2); }
-    const int nseg = (int)segs.size();
-    if (nseg > 1 && upload) CK(cudaMemcpyAsync(table_dev, segs.data(), nseg * sizeof(v5::Seg), cudaMemcpyHostToDevice, st));
-    const v5::RoundKeys rk = v5::round_keys(seed);
-    switch (T) {
-        case 64: v5::tdw5<U, 64><<<total, 64, 0, st>>>(segs[0], table_dev, nseg, rk); break;
-        case 128: v5::tdw5<U, 128><<<total, 128, 0, st>>>(segs[0], table_dev, nseg, rk); break;
-        case 256: v5::tdw5<U, 256><<<total, 256, 0, st>>>(segs[0], table_dev, nseg, rk); break;
-        case 512: v5::tdw5<U, 512><<<total, 512, 0, st>>>(segs[0], table_dev, nseg, rk); break;
-        default: v5::tdw5<U, 1024><<<total, 1024, 0, st>>>(segs[0], table_dev, nseg, rk); break;
+    for (size_t g0 = 0; g0 < segs.size(); g0 += TD5_GROUP) {
+        const size_t g1 = std::min(segs.size(), g0 + TD5_GROUP);
+        Td5Params p;
+        memset(&p, 0, sizeof p);
+        round_keys(seed, p.keys);
+        uint32_t total = 0, max_n = 0;
+        for (size_t i = g0; i < g1; i++) {
+            Td5Seg& d = p.seg[i - g0];
+            d.w = (uint64_t)(uintptr_t)segs[i].w;
+            d.vals = 0;
+            d.out = (uint64_t)(uintptr_t)segs[i].out;
+            d.bits = (uint64_t)(uintptr_t)segs[i].mask;
+            d.elem_base = 0;
+            d.offset = segs[i].offset;
+            d.n = segs[i].n;
+            d.k = segs[i].k;
+            d.threshold = segs[i].thr;
+            d.first_block = total;
+            total += segs[i].rows;
+            max_n = std::max(max_n, segs[i].n);
+        }
+        p.nseg = (uint32_t)(g1 - g0);
+        const int T = v5_block_for<U>(max_n);
+        if (T == 0) { fprintf(stderr, "v5: row of %u too long\n", max_n); exit(2); }
+        launch_t<U>(p, total, T, st);
+        CK(cudaGetLastError());
     }
-    CK(cudaGetLastError());
 }
 
 template <typename U>
 static void launch_v5(const U* w, U* out, uint32_t* mask, uint64_t rows, uint32_t n, uint32_t k,
                       uint64_t seed, uint64_t offset, uint32_t thr, cudaStream_t st = 0) {
-    v5::Seg s = {w, out, mask, offset, n, k, thr, (uint32_t)rows, 0, 0};
+    if (n <= TD_TINY_ROW) {
+        // The library's tiny-row path: tiles of 256 rows (128 for 64-bit elements).
+        if (((uintptr_t)w & 15) || ((uintptr_t)out & 15)) { fprintf(stderr, "v5: unaligned tensor\n"); exit(2); }
+        Td5TinyParams p;
+        memset(&p, 0, sizeof p);
+        round_keys(seed, p.keys);
+        p.rows = rows;
+        p.seg.w = (uint64_t)(uintptr_t)w;
+        p.seg.out = (uint64_t)(uintptr_t)out;
+        p.seg.bits = (uint64_t)(uintptr_t)mask;
+        p.seg.offset = offset;
+        p.seg.n = n;
+        p.seg.k = k;
+        p.seg.threshold = thr;
+        const uint64_t t = sizeof(U) == 8 ? 128 : 256;
+        const uint32_t grid = (uint32_t)std::min<uint64_t>((rows + t - 1) / t, (uint64_t)g_sms * 8);
+        if (sizeof(U) == 2) tdw5_tiny_u16_t256<<<grid, 256, 0, st>>>(p);
+        else if (sizeof(U) == 4) tdw5_tiny_u32_t256<<<grid, 256, 0, st>>>(p);
+        else tdw5_tiny_u64_t128<<<grid, 128, 0, st>>>(p);
+        CK(cudaGetLastError());
+        return;
+    }
+    V5Item s = {w, out, mask, offset, n, k, thr, (uint32_t)rows, 0, 0};
     launch_v5_segs<U>({s}, nullptr, seed, st);
 }
 
@@ -686,7 +358,10 @@ template <typename U>
 static void launch_bwd(const U* g, U* out, const uint32_t* mask, uint64_t numel, cudaStream_t st = 0) {
     const uint64_t nvec = numel / v5::Ty<U>::VE;
     const uint32_t grid = (uint32_t)std::max<uint64_t>(1, std::min<uint64_t>((nvec + 255) / 256, (uint64_t)g_sms * 8));
-    v5::bwd5<U><<<grid, 256, 0, st>>>(g, out, mask, numel);
+    const Td5BwdParams p = {numel};
+    if (sizeof(U) == 2) td5_bwd_u16<<<grid, 256, 0, st>>>((const uint16_t*)g, (uint16_t*)out, mask, p);
+    else if (sizeof(U) == 4) td5_bwd_u32<<<grid, 256, 0, st>>>((const uint32_t*)g, (uint32_t*)out, mask, p);
+    else td5_bwd_u64<<<grid, 256, 0, st>>>((const uint64_t*)g, (uint64_t*)out, mask, p);
     CK(cudaGetLastError());
 }
 
@@ -711,8 +386,15 @@ static uint32_t f32_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
 // Data kinds: 0 randn, 1 few distinct values (ties), 2 edge values (+-0, subnormals, NaN,
 // +-Inf, max), 3 one value, 4 +-0 only, 5 randn with 30% zeros.
 template <typename U> static void fill(std::vector<U>& h, int kind) {
-    const bool f32 = sizeof(U) == 4;
-    auto from_f = [&](float f) -> U { uint32_t b = f32_bits(f); return f32 ? (U)b : (U)(b >> 16); };
+    const bool f32 = sizeof(U) == 4, f64 = sizeof(U) == 8;
+    auto from_f = [&](float f) -> U {
+        if (f64) { double d = (double)f * (1.0 + 1e-9 * (double)(rnd() % 1000)); uint64_t b; memcpy(&b, &d, 8); return (U)b; }
+        uint32_t b = f32_bits(f);
+        return f32 ? (U)b : (U)(b >> 16);
+    };
+    const uint64_t e64[] = {0ull, 0x8000000000000000ull, 1ull, 0x0008000000000000ull, 0x000fffffffffffffull,
+                            0x7ff8000000000000ull, 0x7ff0000000000001ull, 0xfff8000000000000ull, 0x7ff0000000000000ull,
+                            0xfff0000000000000ull, 0x7fefffffffffffffull, 0x8000000000000001ull, 0x7fffffffffffffffull};
     const uint32_t e32[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x00400000u, 0x007fffffu, 0x7fc00000u, 0x7f800001u,
                             0xffc00000u, 0x7f800000u, 0xff800000u, 0x7f7fffffu, 0x80000001u, 0x7fffffffu};
     const uint16_t e16[] = {0x0000, 0x8000, 0x0001, 0x0040, 0x007f, 0x7fc0, 0x7f81,
@@ -726,7 +408,7 @@ template <typename U> static void fill(std::vector<U>& h, int kind) {
             case 1: x = few[rnd() % 5] ^ (U)((rnd() & 1) << (8 * sizeof(U) - 1)); break;
             case 2: {
                 const uint64_t r = rnd() % 20;
-                x = r < 13 ? (f32 ? (U)e32[r] : (U)e16[r]) : from_f(randn());
+                x = r < 13 ? (f64 ? (U)e64[r] : f32 ? (U)e32[r] : (U)e16[r]) : from_f(randn());
                 break;
             }
             case 3: x = one; break;
@@ -765,7 +447,7 @@ template <typename U>
 static bool run_case(const char* name, uint64_t rows, uint32_t n, double gamma, double alpha, bool prune,
                      int kind, uint64_t seed, uint64_t offset, bool do_v4 = true) {
     const uint64_t numel = rows * n;
-    const uint32_t k = k_of(gamma, n), thr = prune ? v5::ALWAYS5 : threshold_of(alpha);
+    const uint32_t k = k_of(gamma, n), thr = prune ? (uint32_t)TD_ALWAYS : threshold_of(alpha);
     std::vector<U> h(numel), ref(numel), got(numel), g(numel);
     std::vector<uint8_t> dropped(numel);
     fill(h, kind);
@@ -787,7 +469,7 @@ static bool run_case(const char* name, uint64_t rows, uint32_t n, double gamma, 
             if (got[i] != want[i]) {
                 report<U>(tag, name, i, got[i], want[i], h[i], n);
                 fprintf(stderr, "  case: %s rows=%llu n=%u gamma=%.17g alpha=%.17g prune=%d kind=%d seed=%llx offset=%llx k=%u\n",
-                        sizeof(U) == 4 ? "f32" : "bf16", (unsigned long long)rows, n, gamma, alpha, prune, kind,
+                        sizeof(U) == 8 ? "f64" : sizeof(U) == 4 ? "f32" : "bf16", (unsigned long long)rows, n, gamma, alpha, prune, kind,
                         (unsigned long long)seed, (unsigned long long)offset, k);
                 return false;
             }
@@ -829,7 +511,7 @@ static bool run_case(const char* name, uint64_t rows, uint32_t n, double gamma, 
 template <typename U>
 static bool run_grouped(const char* name, const std::vector<std::pair<uint64_t, uint32_t>>& shapes, double gamma,
                         double alpha, bool random_gamma, uint64_t seed, uint64_t offset) {
-    std::vector<v5::Seg> segs;
+    std::vector<V5Item> segs;
     std::vector<std::vector<U>> hs, refs;
     std::vector<U*> dws, douts;
     std::vector<uint32_t*> dms;
@@ -855,8 +537,8 @@ static bool run_grouped(const char* name, const std::vector<std::pair<uint64_t, 
         hs.push_back(h); refs.push_back(ref); drops.push_back(dr);
         dws.push_back(dw); douts.push_back(dout); dms.push_back(dm);
     }
-    v5::Seg* table;
-    CK(cudaMalloc(&table, segs.size() * sizeof(v5::Seg)));
+    V5Item* table;
+    CK(cudaMalloc(&table, segs.size() * sizeof(V5Item)));
     launch_v5_segs<U>(segs, table, seed);
     CK(cudaDeviceSynchronize());
     bool ok = true;
@@ -938,7 +620,7 @@ static void add_row(const std::string& kernel, const std::string& shape, const s
 // against the CPU reference (first buffer) before timing.
 template <typename U>
 static void bench_shape(uint64_t rows, uint32_t n, bool check) {
-    const char* dt = sizeof(U) == 4 ? "f32" : "bf16";
+    const char* dt = sizeof(U) == 8 ? "f64" : sizeof(U) == 4 ? "f32" : "bf16";
     const std::string shape = "[" + std::to_string(rows) + "," + std::to_string(n) + "]";
     const uint64_t numel = rows * n, bytes = numel * sizeof(U);
     const int nb = (int)std::max<uint64_t>(2, (256ull << 20) / bytes + 1);
@@ -962,8 +644,8 @@ static void bench_shape(uint64_t rows, uint32_t n, bool check) {
             for (int ver = 4; ver <= 5; ver++) {
                 if (ver == 5 && !v5ok) continue;
                 CK(cudaMemset(out[0], 0xAB, bytes));
-                if (ver == 4) launch_v4<U>(in[0], out[0], rows, n, k, seed, offset, prune ? v5::ALWAYS5 : thr);
-                else launch_v5<U>(in[0], out[0], nullptr, rows, n, k, seed, offset, prune ? v5::ALWAYS5 : thr);
+                if (ver == 4) launch_v4<U>(in[0], out[0], rows, n, k, seed, offset, prune ? (uint32_t)TD_ALWAYS : thr);
+                else launch_v5<U>(in[0], out[0], nullptr, rows, n, k, seed, offset, prune ? (uint32_t)TD_ALWAYS : thr);
                 CK(cudaMemcpy(got.data(), out[0], bytes, cudaMemcpyDeviceToHost));
                 uint64_t bad = 0;
                 for (uint64_t i = 0; i < numel; i++) bad += got[i] != ref[i];
@@ -978,7 +660,7 @@ static void bench_shape(uint64_t rows, uint32_t n, bool check) {
     });
     add_row("copy (ceiling)", shape, dt, copy, 2.0 * bytes, copy, 0);
     for (int prune = 0; prune < 2; prune++) {
-        const uint32_t t = prune ? v5::ALWAYS5 : thr;
+        const uint32_t t = prune ? (uint32_t)TD_ALWAYS : thr;
         const std::string what = prune ? " prune" : " dropout";
         const double a = median_ms([&](int i) { launch_v4<U>(in[i % nb], out[i % nb], rows, n, k, seed, offset, t); });
         add_row("v4" + what, shape, dt, a, 2.0 * bytes, copy, a);
@@ -1011,8 +693,8 @@ static void bench_resnet() {
         CK(cudaMemcpy(in[i], h.data(), total * 4, cudaMemcpyHostToDevice));
     }
     // Tensors packed in one buffer per set, each 16-byte aligned.
-    std::vector<std::vector<v5::Seg>> segs(sets);
-    std::vector<v5::Seg*> tables(sets);
+    std::vector<std::vector<V5Item>> segs(sets);
+    std::vector<V5Item*> tables(sets);
     for (int s = 0; s < sets; s++) {
         uint64_t pos = 0;
         for (size_t i = 0; i < shapes.size(); i++) {
@@ -1021,7 +703,7 @@ static void bench_resnet() {
                                (uint32_t)shapes[i].first, 0, 0});
             pos += (shapes[i].first * n + 3) / 4 * 4;
         }
-        CK(cudaMalloc(&tables[s], shapes.size() * sizeof(v5::Seg)));
+        CK(cudaMalloc(&tables[s], shapes.size() * sizeof(V5Item)));
         launch_v5_segs<uint32_t>(segs[s], tables[s], 1234);  // uploads the table once
     }
     CK(cudaDeviceSynchronize());
@@ -1070,17 +752,19 @@ int main(int argc, char** argv) {
             const uint64_t rows = 1 + rnd() % (g_small ? 4 : 9);
             const bool prune = rnd() % 8 == 0;
             const uint64_t seed = rnd(), offset = rnd();
-            if (ni % 2) run_case<uint32_t>("edge", rows, n, g, a, prune, kind, seed, offset);
+            if (ni % 3 == 1) run_case<uint32_t>("edge", rows, n, g, a, prune, kind, seed, offset);
+            else if (ni % 3 == 2) run_case<uint64_t>("edge", rows, n, g, a, prune, kind, seed, offset);
             else run_case<uint16_t>("edge", rows, n, g, a, prune, kind, seed, offset);
             cases++;
         }
     // Random cases.
     const int nrand = g_small ? 24 : 1000;
     for (int c = 0; c < nrand; c++) {
-        const bool f32 = rnd() & 1;
+        const int width = (int)(rnd() % 5);  // 0, 1: 16-bit, 2, 3: 32-bit, 4: 64-bit
+        const bool f32 = width == 2 || width == 3, f64 = width == 4;
         uint32_t n;
         const uint64_t pick = rnd() % 10;
-        const uint32_t nmax = g_small ? 3000 : (f32 ? 16380 : 32760);
+        const uint32_t nmax = g_small ? 3000 : (f64 ? 8190 : f32 ? 16380 : 32760);
         if (pick < 3) n = 1 + rnd() % 64;
         else if (pick < 8) n = 1 + rnd() % std::min<uint32_t>(nmax, 5000);
         else n = nmax - rnd() % (nmax / 4);  // long rows
@@ -1091,7 +775,8 @@ int main(int argc, char** argv) {
         const int kind = (int)(rnd() % 6);
         const bool prune = rnd() % 8 == 0;
         const uint64_t seed = rnd(), offset = rnd();
-        if (f32) run_case<uint32_t>("random", rows, n, g, a, prune, kind, seed, offset);
+        if (f64) run_case<uint64_t>("random", rows, n, g, a, prune, kind, seed, offset);
+        else if (f32) run_case<uint32_t>("random", rows, n, g, a, prune, kind, seed, offset);
         else run_case<uint16_t>("random", rows, n, g, a, prune, kind, seed, offset);
         cases++;
     }
@@ -1105,8 +790,9 @@ int main(int argc, char** argv) {
         for (int i = 0; i < nseg; i++) s.push_back({1 + rnd() % 5, (uint32_t)(1 + rnd() % 700)});
         run_grouped<uint32_t>("random segments f32", s, 0, 0, true, rnd(), rnd());
         run_grouped<uint16_t>("random segments bf16", s, 0, 0, true, rnd(), rnd());
+        run_grouped<uint64_t>("random segments f64", s, 0, 0, true, rnd(), rnd());
     }
-    cases += 4;
+    cases += 5;
     printf("validation: %d cases (v4, v5 forward + bit mask, v5 backward, v5 grouped), %d failed\n", cases, g_fail);
     if (g_small) return g_fail ? 1 : 0;
 
@@ -1117,7 +803,8 @@ int main(int argc, char** argv) {
     bench_shape<uint32_t>(11008, 4096, true);
     bench_shape<uint16_t>(11008, 4096, true);
     if (!check_only) {
-        bench_shape<uint16_t>(1 << 20, 9, false);  // tiny rows: v4 tdw_tiny against v5 (not built for them)
+        bench_shape<uint16_t>(1 << 20, 9, true);   // tiny rows: v4 tdw_tiny against v5 tdw5_tiny
+        bench_shape<uint32_t>(1 << 20, 9, true);
         bench_resnet();
     }
     printf("\n== summary (one read + one write; %% of the copy measured in this run) ==\n");

@@ -25,14 +25,17 @@ build() { # variant
   $CXX $BASE $rt_san -c emu/emu.cpp -o "$o/emu.o" & pids+=($!)
   $CXX $BASE $san -c emu/dyn_shared.cpp -o "$o/dyn_shared.o" & pids+=($!)
   $CXX $BASE $san -c emu/kernels.cpp -o "$o/kernels.o" & pids+=($!)
-  for k in k_weight k_unit k_nm; do $CXX $BASE $san $KERN -c emu/$k.cpp -o "$o/$k.o" & pids+=($!); done
+  for k in k_weight k_unit k_nm k_weight_v5; do $CXX $BASE $san $KERN -c emu/$k.cpp -o "$o/$k.o" & pids+=($!); done
   $CXX $BASE $san $KERN -x c++ -c emu/test/faulty.cu -x none -o "$o/faulty.o" & pids+=($!)
   $CXX $BASE $san -c emu/test/driver.cpp -o "$o/driver.o" & pids+=($!)
   $CXX $BASE $san -c emu/test/nm_driver.cpp -o "$o/nm_driver.o" & pids+=($!)
+  $CXX $BASE $san -c emu/test/v5_driver.cpp -o "$o/v5_driver.o" & pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
-  $CXX $link -pthread -o "$o/driver" "$o"/{driver,faulty,kernels,k_weight,k_unit,k_nm,dyn_shared,emu}.o
-  $CXX $link -pthread -o "$o/nm_driver" "$o"/{nm_driver,kernels,k_weight,k_unit,k_nm,dyn_shared,emu}.o
-  echo "built $o/driver and $o/nm_driver"
+  local ks=kernels,k_weight,k_unit,k_nm,k_weight_v5,dyn_shared,emu
+  eval "$CXX $link -pthread -o \"$o/driver\" \"$o\"/{driver,faulty,$ks}.o"
+  eval "$CXX $link -pthread -o \"$o/nm_driver\" \"$o\"/{nm_driver,$ks}.o"
+  eval "$CXX $link -pthread -o \"$o/v5_driver\" \"$o\"/{v5_driver,faulty,$ks}.o"
+  echo "built $o/driver $o/nm_driver $o/v5_driver"
 }
 
 build_dev() {

@@ -26,6 +26,12 @@ unsafe impl DeviceRepr for crate::cuda_params::UnitScoresParams {}
 unsafe impl DeviceRepr for crate::cuda_params::UnitApplyParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::TdNmParams {}
+// SAFETY: as above (the device addresses inside are u64 fields).
+unsafe impl DeviceRepr for crate::cuda_params::Td5Params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for crate::cuda_params::Td5TinyParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for crate::cuda_params::Td5BwdParams {}
 
 /// The op's inputs: [`Buf::W`] and, in the backward pass, [`Buf::Vals`].
 pub(super) struct Inputs<'a, 'b, T> {
@@ -104,17 +110,31 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
                             Arg::Null => Ok(0),
                         })
                         .collect::<Result<Vec<u64>>>()?;
-                    let mut b = stream.launch_builder(kern.func(l.kernel));
+                    // The v5 kernels take their buffers' addresses in the params; the
+                    // buffers' guards above record their use on the stream like the others.
+                    let mut params = l.params.clone();
+                    for (i, seg) in l.segs.iter().enumerate() {
+                        params.set_seg(
+                            i,
+                            seg.resolve(|a| match a {
+                                Arg::Buf(b, off) => Ok(ptr(b)? + off),
+                                Arg::Null => Ok(0),
+                            })?,
+                        );
+                    }
+                    let mut b = stream.launch_builder(kern.func(l.kernel)?);
                     for a in &args {
                         b.arg(a);
                     }
-                    match &l.params {
+                    match &params {
                         Params::Rows(p) => b.arg(p),
                         Params::LongHist(p) => b.arg(p),
                         Params::LongApply(p) => b.arg(p),
                         Params::Scores(p) => b.arg(p),
                         Params::UnitApply(p) => b.arg(p),
                         Params::Nm(p) => b.arg(p),
+                        Params::Block5(p) => b.arg(&**p),
+                        Params::Tiny5(p) => b.arg(&**p),
                     };
                     let cfg = LaunchConfig {
                         grid_dim: l.grid,

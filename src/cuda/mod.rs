@@ -40,7 +40,14 @@ fn run<T: DeviceRepr>(
 ) -> Result<CudaStorageSlice> {
     let dev = storage.device();
     let dtype = Dtype::of(op.name(), storage.dtype())?;
-    let spec = OpSpec::new(op, dtype, w.1.shape(), vals.is_some());
+    let mut spec = OpSpec::new(op, dtype, w.1.shape(), vals.is_some());
+    // A CudaSlice is a whole allocation (aligned to at least 256 bytes): a view is 16-byte
+    // aligned when its first element's byte offset is.
+    let at16 = |l: &Layout| {
+        l.contiguous_offsets()
+            .is_some_and(|(start, _)| (start as u64 * dtype.size()) % 16 == 0)
+    };
+    spec.aligned16 = at16(w.1) && vals.is_none_or(|(_, vl)| at16(vl));
     // Limits, before anything is loaded, allocated or launched.
     spec.check()?;
     let wv = view(w.0, w.1, "w", op.name())?;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 const WEIGHT_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weight.fatbin"));
 const UNIT_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unit.fatbin"));
 const NM_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nm.fatbin"));
+const WEIGHT_V5_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weight_v5.fatbin"));
 /// The lowest compute capability the fatbins load on (major * 10 + minor), and their
 /// targets, as `build.rs` chose them.
 const MIN_CC: u32 = parse_u32(env!("TD_CUDA_MIN_CC"));
@@ -47,7 +48,9 @@ struct ScoreFns {
 
 /// The loaded modules of one device and everything a launch needs to know about it.
 pub(super) struct Kernels {
-    _modules: [Arc<CudaModule>; 3],
+    _modules: [Arc<CudaModule>; 4],
+    /// The kernels of `kernels/weight_v5.cu`, by kernel.
+    v5: HashMap<Kernel, CudaFunction>,
     /// By width: u16 (f16, bf16), u32, u64.
     weight: [WeightFns; 3],
     /// By score dtype: f32, f16, bf16, f64.
@@ -91,14 +94,14 @@ impl Kernels {
     }
 
     /// The function of a kernel of the plan.
-    pub fn func(&self, k: Kernel) -> &CudaFunction {
+    pub fn func(&self, k: Kernel) -> Result<&CudaFunction> {
         let score = |d: Dtype| match d {
             Dtype::F32 => &self.scores[0],
             Dtype::F16 => &self.scores[1],
             Dtype::Bf16 => &self.scores[2],
             Dtype::F64 => &self.scores[3],
         };
-        match k {
+        Ok(match k {
             Kernel::Tiny(w) => &self.weight[w.index()].tiny,
             Kernel::Block(w) => &self.weight[w.index()].block,
             Kernel::LongHist(w) => &self.weight[w.index()].long_hist,
@@ -107,7 +110,14 @@ impl Kernels {
             Kernel::ScoresTiny(d) => &score(d).tiny,
             Kernel::ScoresBlock(d) => &score(d).block,
             Kernel::Nm(w, maxm) => &self.nm[w.index()][maxm.trailing_zeros() as usize - 2],
-        }
+            Kernel::Block5(..) | Kernel::Tiny5(_) => match self.v5.get(&k) {
+                Some(f) => f,
+                None => bail!(
+                    "targeted dropout on CUDA: internal error, kernel {} is not loaded",
+                    k.name()
+                ),
+            },
+        })
     }
 
     fn load(stream: &Arc<CudaStream>) -> Result<Kernels> {
@@ -140,6 +150,7 @@ impl Kernels {
         let wm = load(WEIGHT_FATBIN, "weight")?;
         let um = load(UNIT_FATBIN, "unit")?;
         let nmm = load(NM_FATBIN, "N:M")?;
+        let vm = load(WEIGHT_V5_FATBIN, "v5 weight")?;
         let func = |m: &Arc<CudaModule>, k: Kernel| m.load_function(&k.name()).w();
         // The most dynamic shared memory `f` may use (what its static shared memory leaves of
         // the device's per-block limit, at most `want`), set as its attribute once.
@@ -199,6 +210,10 @@ impl Kernels {
                 func(&nmm, Kernel::Nm(w, 32))?,
             ])
         };
+        let v5 = Kernel::all_v5()
+            .into_iter()
+            .map(|k| Ok((k, func(&vm, k)?)))
+            .collect::<Result<HashMap<Kernel, CudaFunction>>>()?;
         let (w16, l16) = weight_fns(Width::U16)?;
         let (w32, l32) = weight_fns(Width::U32)?;
         let (w64, l64) = weight_fns(Width::U64)?;
@@ -215,7 +230,8 @@ impl Kernels {
                 nm_fns(Width::U32)?,
                 nm_fns(Width::U64)?,
             ],
-            _modules: [wm, um, nmm],
+            _modules: [wm, um, nmm, vm],
+            v5,
             limits: Limits {
                 sms,
                 l2_bytes,

@@ -5,6 +5,7 @@
 
 use super::ffi::{td_emu_launch, TdEmuSchedule};
 use super::{Context, Schedule, ThreadOrder};
+use crate::cuda_params::{Td5Params, Td5TinyParams};
 use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Arg, Buf, Dtype, Init, Launch, OpSpec, Params, Plan, Step};
 use candle_core::backend::BackendStorage;
@@ -205,7 +206,10 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         .iter()
         .map(|a| bufs.address(*a))
         .collect::<Result<Vec<u64>>>()?;
-    let mut params = l.params;
+    let mut params = l.params.clone();
+    for (i, seg) in l.segs.iter().enumerate() {
+        params.set_seg(i, seg.resolve(|a| bufs.address(a))?);
+    }
     let mut args: Vec<*mut c_void> = values
         .iter_mut()
         .map(|v| (v as *mut u64).cast::<c_void>())
@@ -217,6 +221,8 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         Params::Scores(p) => p as *mut _ as *mut c_void,
         Params::UnitApply(p) => p as *mut _ as *mut c_void,
         Params::Nm(p) => p as *mut _ as *mut c_void,
+        Params::Block5(p) => &mut **p as *mut Td5Params as *mut c_void,
+        Params::Tiny5(p) => &mut **p as *mut Td5TinyParams as *mut c_void,
     });
     let sched = schedule(ctx.schedule);
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");
@@ -322,15 +328,18 @@ pub(crate) fn forward(
             )
         }
     }
-    let spec = OpSpec::new(op, dtype, wl.shape(), vals.is_some());
+    let mut spec = OpSpec::new(op, dtype, wl.shape(), vals.is_some());
     spec.check()?;
-    let plan = plan::forward(&spec, &ctx.gpu.limits()?)?;
     let (wb, at) = input(name, "w", w, wl)?;
     let mut inputs = vec![(Buf::W, DevBuf::from_bytes(&wb, at)?)];
+    let mut aligned16 = at % 16 == 0;
     if let Some((v, vl)) = vals {
         let (vb, at) = input(name, "the gradient", v, vl)?;
+        aligned16 &= at % 16 == 0;
         inputs.push((Buf::Vals, DevBuf::from_bytes(&vb, at)?));
     }
+    spec.aligned16 = aligned16;
+    let plan = plan::forward(&spec, &ctx.gpu.limits()?)?;
     let mut bufs = execute(name, ctx, &plan, inputs)?;
     let out = match op.output {
         Output::Values => storage(dtype, bufs.take(Buf::Out)?.bytes()),
@@ -379,6 +388,7 @@ mod tests {
             smem: 0,
             args: vec![Arg::Null, Arg::Null],
             params: Params::UnitApply(UnitApplyParams { numel: 0, n: 1 }),
+            segs: Vec::new(),
         };
         let e = launch("targeted-unit-dropout", &ctx(), &Bufs(vec![]), &l)
             .unwrap_err()
@@ -428,6 +438,7 @@ mod tests {
                     pad0: 0,
                 },
             }),
+            segs: Vec::new(),
         };
         let e = launch("targeted-weight-dropout", &ctx(), &bufs, &l)
             .unwrap_err()

@@ -23,8 +23,8 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    TdDraws, TdNmParams, TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, UnitApplyParams,
-    UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
+    Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams, TdwLongHistParams,
+    TdwRowsParams, UnitApplyParams, UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};
@@ -92,7 +92,7 @@ pub(crate) enum Width {
 
 impl Width {
     /// The three widths, in the order of [`Limits::widths`].
-    #[cfg(test)]
+    #[cfg(any(test, feature = "cuda"))]
     pub const ALL: [Width; 3] = [Width::U16, Width::U32, Width::U64];
 
     /// Index into [`Limits::widths`].
@@ -130,6 +130,10 @@ pub(crate) enum Kernel {
     /// `kernels/nm.cu`: N:M dropout with register arrays for groups of up to `maxm` (4, 8,
     /// 16 or 32).
     Nm(Width, u32),
+    /// `kernels/weight_v5.cu`: the block path with this many threads per block (64 .. 1024).
+    Block5(Width, u32),
+    /// `kernels/weight_v5.cu`: rows of at most TD_TINY_ROW, tiles of [`tiny5_threads`] rows.
+    Tiny5(Width),
 }
 
 impl Kernel {
@@ -144,7 +148,22 @@ impl Kernel {
             Kernel::ScoresTiny(d) => format!("unit_scores_tiny_{}", d.suffix()),
             Kernel::ScoresBlock(d) => format!("unit_scores_block_{}", d.suffix()),
             Kernel::Nm(w, maxm) => format!("tdnm_{}_m{maxm}", w.suffix()),
+            Kernel::Block5(w, t) => format!("tdw5_block_{}_t{t}", w.suffix()),
+            Kernel::Tiny5(w) => format!("tdw5_tiny_{}_t{}", w.suffix(), tiny5_threads(w)),
         }
+    }
+
+    /// The kernels of `kernels/weight_v5.cu` (a module of their own).
+    #[cfg(any(test, feature = "cuda"))]
+    pub fn all_v5() -> Vec<Kernel> {
+        let mut v = Vec::new();
+        for w in Width::ALL {
+            for t in [64, 128, 256, 512, 1024] {
+                v.push(Kernel::Block5(w, t));
+            }
+            v.push(Kernel::Tiny5(w));
+        }
+        v
     }
 
     /// Every kernel that the library launches.
@@ -166,6 +185,7 @@ impl Kernel {
         for w in Width::ALL {
             v.extend(nm::MAXM.map(|maxm| Kernel::Nm(w, maxm)));
         }
+        v.extend(Kernel::all_v5());
         v
     }
 }
@@ -238,6 +258,18 @@ pub(crate) struct Alloc {
     pub init: Init,
 }
 
+/// Threads (rows per tile) of `tdw5_tiny_*`: 128 for u64 (32 KB of tile), 256 otherwise.
+pub(crate) fn tiny5_threads(w: Width) -> u32 {
+    match w {
+        Width::U64 => 128,
+        _ => 256,
+    }
+}
+
+/// Whether the v5 kernels (`kernels/weight_v5.cu`) serve the shapes they cover (feature
+/// `kernels-v5`); without it every launch is a v4 kernel of `kernels/weight.cu`.
+pub(crate) const V5: bool = cfg!(feature = "kernels-v5");
+
 /// A pointer argument of a kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Arg {
@@ -258,7 +290,7 @@ impl Arg {
 }
 
 /// The launch parameters (the kernel's last argument, by value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Params {
     Rows(TdwRowsParams),
     LongHist(TdwLongHistParams),
@@ -266,6 +298,57 @@ pub(crate) enum Params {
     Scores(UnitScoresParams),
     UnitApply(UnitApplyParams),
     Nm(TdNmParams),
+    /// The device addresses of its segments are set by the executor from [`Launch::segs`]
+    /// (boxed: the table of segments is 4 KB).
+    Block5(Box<Td5Params>),
+    /// As above, one segment (boxed: 152 bytes).
+    Tiny5(Box<Td5TinyParams>),
+}
+
+impl Params {
+    /// Sets the device addresses of segment `i` (the v5 kernels take their buffers in the
+    /// parameters, so that one launch serves many tensors).
+    pub fn set_seg(&mut self, i: usize, a: SegAddrs) {
+        let seg = match self {
+            Params::Block5(p) => &mut p.seg[i],
+            Params::Tiny5(p) => &mut p.seg,
+            _ => return,
+        };
+        seg.w = a.w;
+        seg.vals = a.vals;
+        seg.out = a.out;
+        seg.bits = a.bits;
+    }
+}
+
+/// The buffers of one segment of a v5 launch, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegArgs {
+    pub w: Arg,
+    pub vals: Arg,
+    pub out: Arg,
+    pub bits: Arg,
+}
+
+/// [`SegArgs`] resolved to device addresses (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegAddrs {
+    pub w: u64,
+    pub vals: u64,
+    pub out: u64,
+    pub bits: u64,
+}
+
+impl SegArgs {
+    /// The addresses of the four buffers through `addr`.
+    pub fn resolve(&self, mut addr: impl FnMut(Arg) -> Result<u64>) -> Result<SegAddrs> {
+        Ok(SegAddrs {
+            w: addr(self.w)?,
+            vals: addr(self.vals)?,
+            out: addr(self.out)?,
+            bits: addr(self.bits)?,
+        })
+    }
 }
 
 /// One kernel launch.
@@ -279,6 +362,8 @@ pub(crate) struct Launch {
     /// The pointer arguments, in the kernel's order; [`Launch::params`] follows them.
     pub args: Vec<Arg>,
     pub params: Params,
+    /// The buffers of the segments of a v5 launch (their addresses go into the params).
+    pub segs: Vec<SegArgs>,
 }
 
 impl Launch {
@@ -292,6 +377,21 @@ impl Launch {
             smem: smem as u32,
             args,
             params,
+            segs: Vec::new(),
+        }
+    }
+
+    /// A launch of a v5 kernel: `threads` per block, no dynamic shared memory, the buffers
+    /// of each segment in `segs` (the kernel takes only the params).
+    fn v5(kernel: Kernel, blocks: u64, threads: u32, params: Params, segs: Vec<SegArgs>) -> Self {
+        Launch {
+            kernel,
+            grid: (blocks.max(1) as u32, 1, 1),
+            block: (threads, 1, 1),
+            smem: 0,
+            args: Vec::new(),
+            params,
+            segs,
         }
     }
 }
@@ -364,6 +464,9 @@ pub(crate) struct OpSpec {
     pub draws: TdDraws,
     /// Whether the values come from [`Buf::Vals`] (the backward pass) rather than `w`.
     pub vals: bool,
+    /// Whether `w` (and the values) start at a 16-byte aligned address, as the v5 kernels
+    /// need; false until the executor, which knows the addresses, says so.
+    pub aligned16: bool,
 }
 
 impl OpSpec {
@@ -387,6 +490,7 @@ impl OpSpec {
                 pad0: 0,
             },
             vals,
+            aligned16: false,
         }
     }
 

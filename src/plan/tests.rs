@@ -463,7 +463,13 @@ fn worst_case_launch() {
     .unwrap();
     let mut worst: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
     for k in Kernel::all() {
-        worst.insert(k.name(), (TD_BLOCK, 0));
+        // The v5 kernels' block size is part of the kernel (its name).
+        let threads = match k {
+            Kernel::Block5(_, t) => t,
+            Kernel::Tiny5(w) => tiny5_threads(w),
+            _ => TD_BLOCK,
+        };
+        worst.insert(k.name(), (threads, 0));
     }
     for dt in [Dtype::F16, Dtype::F32, Dtype::F64] {
         let longest_block = TD_BLOCK_ROW_BYTES as usize / dt.size() as usize;
@@ -500,4 +506,45 @@ fn worst_case_launch() {
             println!("profile {arch} {block} {regs} {}", g.block_static_smem);
         }
     }
+}
+
+/// With `kernels-v5`: aligned weight dropout with values out takes the v5 tiny kernel for
+/// rows of at most 32 and the v5 block kernel (the smallest block that holds the row) up to
+/// its limit; unaligned tensors, the u8 mask, unit selection and longer rows stay on v4.
+#[cfg(feature = "kernels-v5")]
+#[test]
+fn v5_serves_the_shapes_it_covers() {
+    let lim = h200();
+    let plan_of = |dt: Dtype, dims: &[usize], aligned: bool| {
+        let mut s = spec(DropoutKind::Weight, dt, dims, 0.5);
+        s.aligned16 = aligned;
+        forward(&s, &lim).unwrap()
+    };
+    let p = plan_of(Dtype::Bf16, &[1 << 20, 9], true);
+    let l = only_launch(&p);
+    assert_eq!(l.kernel, Kernel::Tiny5(Width::U16));
+    assert_eq!((l.grid.0, l.block.0), (132 * 8, 256));
+    assert_eq!(l.segs.len(), 1);
+    let l = only_launch(&plan_of(Dtype::F32, &[4096, 4096], true)).clone();
+    assert_eq!(l.kernel, Kernel::Block5(Width::U32, 256));
+    assert_eq!((l.grid.0, l.block.0, l.smem), (4096, 256, 0));
+    match l.params {
+        Params::Block5(p) => {
+            assert_eq!((p.nseg, p.seg[0].n, p.seg[0].k), (1, 4096, 2048));
+            assert_eq!(p.keys[..2], [7, 0]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let l = only_launch(&plan_of(Dtype::F16, &[11008, 4096], true)).clone();
+    assert_eq!(l.kernel, Kernel::Block5(Width::U16, 128));
+    let l = only_launch(&plan_of(Dtype::F64, &[3, 8190], true)).clone();
+    assert_eq!(l.kernel, Kernel::Block5(Width::U64, 1024));
+    // Past the block: v4's long rows; unaligned: v4.
+    assert!(plan_of(Dtype::F64, &[3, 8193], true)
+        .launches()
+        .all(|l| matches!(l.kernel, Kernel::LongHist(_) | Kernel::LongApply(_))));
+    assert_eq!(
+        only_launch(&plan_of(Dtype::F32, &[4096, 4096], false)).kernel,
+        Kernel::Block(Width::U32)
+    );
 }

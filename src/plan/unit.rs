@@ -50,6 +50,7 @@ pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
             k,
             elem_base: 0,
             draws: spec.draws,
+            aligned16: false,
         };
         select_rows(&sel, lim, plan);
     }

@@ -2,12 +2,12 @@
 //! the device's shared memory (tiny rows, one row per block, long rows over many blocks).
 
 use super::{
-    block_smem, tiny_smem, Arg, Buf, Init, Kernel, Launch, Limits, OpSpec, Params, Plan, Step,
-    Width,
+    block_smem, tiny5_threads, tiny_smem, Arg, Buf, Init, Kernel, Launch, Limits, OpSpec, Params,
+    Plan, SegArgs, Step, Width, V5,
 };
 use crate::cuda_params::{
-    TdDraws, TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, TD_BLOCK, TD_LONG_CHUNK,
-    TD_MAX_ROW, TD_TINY_ROW,
+    Td5Params, Td5Seg, Td5TinyParams, TdDraws, TdwLongApplyParams, TdwLongHistParams,
+    TdwRowsParams, TD5_MAX_THREADS, TD5_NV, TD_BLOCK, TD_LONG_CHUNK, TD_MAX_ROW, TD_TINY_ROW,
 };
 use crate::op::Output;
 use crate::select::targeted_count;
@@ -26,6 +26,8 @@ pub(super) struct Select {
     pub k: u64,
     pub elem_base: u64,
     pub draws: TdDraws,
+    /// Whether `w`, `vals` and `out` start 16-byte aligned (the v5 kernels need it).
+    pub aligned16: bool,
 }
 
 /// Weight dropout of the whole op.
@@ -41,6 +43,7 @@ pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
         k: targeted_count(spec.gamma, spec.n as usize) as u64,
         elem_base: spec.elem_base,
         draws: spec.draws,
+        aligned16: spec.aligned16,
     };
     select_rows(&sel, lim, plan);
 }
@@ -63,6 +66,9 @@ pub(super) fn select_rows(s: &Select, lim: &Limits, plan: &mut Plan) {
         if let Some(buf) = s.mask {
             plan.steps.push(Step::Zero { buf, bytes });
         }
+        return;
+    }
+    if V5 && v5_rows(s, lim, plan) {
         return;
     }
     let fns = &lim.widths[s.width.index()];
@@ -155,4 +161,102 @@ fn long_rows(s: &Select, lim: &Limits, plan: &mut Plan) {
         ));
         row0 += g;
     }
+}
+
+/// The smallest block of `tdw5_block` (64 .. 1024 threads, TD5_NV 16-byte vectors each) that
+/// holds a row of `n` elements of `width` (a row that starts mid-vector spans one vector
+/// more); `None` past the largest.
+pub(super) fn v5_block_threads(width: Width, n: u64) -> Option<u32> {
+    let ve = 16 / width.size();
+    let vectors = if n.is_multiple_of(ve) {
+        n / ve
+    } else {
+        (n + 2 * ve - 2) / ve
+    };
+    [64u32, 128, 256, 512, TD5_MAX_THREADS]
+        .into_iter()
+        .find(|&t| t as u64 * TD5_NV as u64 >= vectors)
+}
+
+/// The Philox round keys of `seed` as the v5 kernels take them: round i's key words at 2 i
+/// and 2 i + 1 (DESIGN.md, "Random draws": key [seed as u32, seed >> 32], bumped by the
+/// Weyl constants each round).
+pub(super) fn round_keys(seed: u64) -> [u32; 20] {
+    let mut k = [0u32; 20];
+    let (mut k0, mut k1) = (seed as u32, (seed >> 32) as u32);
+    for i in 0..10 {
+        k[2 * i] = k0;
+        k[2 * i + 1] = k1;
+        k0 = k0.wrapping_add(0x9E37_79B9);
+        k1 = k1.wrapping_add(0xBB67_AE85);
+    }
+    k
+}
+
+/// The v5 segment of a selection (addresses left for the executor).
+fn v5_seg(s: &Select) -> (Td5Seg, SegArgs) {
+    let seg = Td5Seg {
+        w: 0,
+        vals: 0,
+        out: 0,
+        bits: 0,
+        elem_base: s.elem_base,
+        offset: s.draws.offset,
+        n: s.n as u32,
+        k: s.k as u32,
+        threshold: s.draws.threshold,
+        first_block: 0,
+    };
+    let args = SegArgs {
+        w: Arg::at(s.w),
+        vals: Arg::opt(s.vals),
+        out: Arg::opt(s.out),
+        bits: Arg::Null,
+    };
+    (seg, args)
+}
+
+/// The v5 launch of a selection where a v5 kernel covers it (values out, no u8 mask, aligned
+/// buffers, rows of at most TD_TINY_ROW or that a v5 block holds); false where none does.
+fn v5_rows(s: &Select, lim: &Limits, plan: &mut Plan) -> bool {
+    if !s.aligned16 || s.mask.is_some() || s.out.is_none() || s.rows > i32::MAX as u64 {
+        return false;
+    }
+    let (seg, args) = v5_seg(s);
+    if s.n <= TD_TINY_ROW as u64 {
+        let t = tiny5_threads(s.width);
+        let p = Td5TinyParams {
+            keys: round_keys(s.draws.seed),
+            rows: s.rows,
+            seg,
+        };
+        let blocks = s.rows.div_ceil(t as u64).min(lim.sms as u64 * 8);
+        let k = Kernel::Tiny5(s.width);
+        plan.launch(Launch::v5(
+            k,
+            blocks,
+            t,
+            Params::Tiny5(Box::new(p)),
+            vec![args],
+        ));
+        return true;
+    }
+    let Some(t) = v5_block_threads(s.width, s.n) else {
+        return false;
+    };
+    let mut p = Td5Params {
+        keys: round_keys(s.draws.seed),
+        nseg: 1,
+        ..Default::default()
+    };
+    p.seg[0] = seg;
+    let k = Kernel::Block5(s.width, t);
+    plan.launch(Launch::v5(
+        k,
+        s.rows,
+        t,
+        Params::Block5(Box::new(p)),
+        vec![args],
+    ));
+    true
 }

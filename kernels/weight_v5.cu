@@ -1,0 +1,646 @@
+// Targeted weight dropout, v5 block path: one block per row with the row held in registers,
+// and the bit-mask backward. Launch parameters (Td5*) and the limits in params.h; the terms
+// (key, digit, prefix, rank, K) are those of weight.cu's map.
+//
+// tdw5_block_<width>_t<T> (T = 64, 128, 256, 512, 1024 threads; the host takes the smallest
+// that holds the longest row of the launch, TD5_NV 16-byte vectors per thread):
+// 1. The block finds its segment (one tensor of a grouped call) among the launch's table by
+//    __syncthreads_count over the segments' first blocks, and its row in it.
+// 2. The row is loaded into registers by 16-byte vectors (the first and last vector of a row
+//    that does not start or end on a vector boundary element by element, so no byte outside
+//    the row is read or written) and the first 11-bit digit of every key (its top 11 bits) is
+//    counted into a 2048-bin shared histogram on the way.
+// 3. One block scan picks the bin that holds rank k (0-based: the smallest element that is not
+//    targeted; 0 < k < n here). Only that bin's elements are then
+//    compacted to shared memory, as composites (key << 16 | local index): unique, and ordered
+//    exactly as (key, flat index) within the row, so ties need no special case. 8-bit passes
+//    over that short list until at most 32 are left, then one warp ranks them by shuffles.
+//    The result is the composite of the rank-k element: the key K and the tie cut, an index;
+//    the targeted elements are those whose composite is below it. Heavy ties (more than TD5_CAP elements in the bin, e.g. an all-zero row) refine by
+//    11-bit digits of the composite over the registers first (always ends: composites are
+//    unique).
+// 4. The output pass from the registers: targeted iff key < K || (key == K && index < cut); a
+//    Philox block only for a group of four draws that holds a targeted element (none at all
+//    when alpha = 0 or for pruning), round keys from the parameters; one 16-byte store per
+//    vector; optionally the flat bit mask of the dropped elements (bit e % 32 of word e / 32),
+//    the row's whole words stored and the two shared with the neighbour rows merged by
+//    atomics on the row's own bits.
+// Traffic: one read of the row (two with `vals`, the recomputing backward), one write, and
+// n / 8 bytes of mask when asked.
+//
+// tdw5_tiny_<width>_t<T> (rows of at most TD_TINY_ROW): tiles of T rows per block, one read
+// and one write; see the kernel.
+//
+// td5_bwd_<width>: the backward from the mask: out[e] = bit e ? +0 : g[e]; one read of g,
+// 1/32, 1/16 or 1/8 (f32, 16-bit, f64) of it more for the mask, one write.
+
+#include "common.cuh"
+
+namespace v5 {
+
+static_assert(TD5_MAX_THREADS * TD5_NV * 8 <= 65536,
+              "a local index (at most TD5_MAX_THREADS * TD5_NV * 8 slots) fits the 16 low bits of a composite");
+static_assert(TD5_GROUP <= 64, "a block of the smallest size (64 threads) reads every segment's first block at once");
+static_assert(sizeof(Td5Params) <= 4096, "the launch parameters fit the 4 KB that every driver accepts");
+
+constexpr int NBINS = 2048;  // first digit: 11 bits
+constexpr int CAP = TD5_CAP; // candidates compacted to shared memory at most
+constexpr int NV = TD5_NV;   // 16-byte vectors per thread
+
+// Per element width: elements per 16-byte vector, key bits, the key and composite types.
+template <typename U> struct Ty;
+template <> struct Ty<uint16_t> {
+    static constexpr int VE = 8;
+    static constexpr int KB = 15;
+    typedef uint32_t Key;
+    typedef uint64_t Comp;
+};
+template <> struct Ty<uint32_t> {
+    static constexpr int VE = 4;
+    static constexpr int KB = 31;
+    typedef uint32_t Key;
+    typedef uint64_t Comp;
+};
+template <> struct Ty<uint64_t> {
+    static constexpr int VE = 2;
+    static constexpr int KB = 63;
+    typedef uint64_t Key;
+    typedef unsigned __int128 Comp;  // 63 key bits + 16 index bits
+};
+
+__device__ __forceinline__ uint32_t word_at(const uint4& v, int j) {
+    return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+__device__ __forceinline__ void set_word(uint4& v, int j, uint32_t x) {
+    if (j == 0) v.x = x;
+    else if (j == 1) v.y = x;
+    else if (j == 2) v.z = x;
+    else v.w = x;
+}
+// Raw bits of element q of a vector (q a compile-time constant after unrolling).
+template <typename U> __device__ __forceinline__ typename Ty<U>::Key elem(const uint4& v, int q) {
+    if (sizeof(U) == 8) return (uint64_t)word_at(v, 2 * q) | ((uint64_t)word_at(v, 2 * q + 1) << 32);
+    if (sizeof(U) == 4) return word_at(v, q);
+    return (q & 1) ? (word_at(v, q >> 1) >> 16) : (word_at(v, q >> 1) & 0xffffu);
+}
+template <typename U> __device__ __forceinline__ void set_elem(uint4& v, int q, typename Ty<U>::Key x) {
+    if (sizeof(U) == 8) {
+        set_word(v, 2 * q, (uint32_t)x);
+        set_word(v, 2 * q + 1, (uint32_t)((uint64_t)x >> 32));
+    } else if (sizeof(U) == 4) {
+        set_word(v, q, (uint32_t)x);
+    } else {
+        uint32_t w = word_at(v, q >> 1);
+        w = (q & 1) ? ((w & 0xffffu) | ((uint32_t)x << 16)) : ((w & 0xffff0000u) | ((uint32_t)x & 0xffffu));
+        set_word(v, q >> 1, w);
+    }
+}
+template <typename U> __device__ __forceinline__ typename Ty<U>::Key key_of(const uint4& v, int q) {
+    return elem<U>(v, q) & (typename Ty<U>::Key)Bits<U>::MASK;
+}
+// The vector with the elements whose bit is set in `dropped` zeroed (+0.0).
+template <typename U> __device__ __forceinline__ uint4 zero_dropped(uint4 y, uint32_t dropped) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        // The elements of word j: 2 of them (16-bit), 1 (32-bit), half of one (64-bit).
+        uint32_t m;
+        if (sizeof(U) == 2) {
+            m = ((dropped >> (2 * j)) & 1 ? 0xffffu : 0u) | ((dropped >> (2 * j + 1)) & 1 ? 0xffff0000u : 0u);
+        } else if (sizeof(U) == 4) {
+            m = (dropped >> j) & 1 ? 0xffffffffu : 0u;
+        } else {
+            m = (dropped >> (j >> 1)) & 1 ? 0xffffffffu : 0u;
+        }
+        set_word(y, j, word_at(y, j) & ~m);
+    }
+    return y;
+}
+
+// Philox4x32-10 of counter [g lo, g hi, offset lo, offset hi] with the round keys of the
+// parameters (keys[2 i], keys[2 i + 1]: round i). The same function as common.cuh's
+// philox_block with the key schedule precomputed by the host.
+__device__ __forceinline__ uint4 philox_rk(uint64_t g, uint64_t offset, const uint32_t* keys) {
+    uint32_t c0 = (uint32_t)g, c1 = (uint32_t)(g >> 32), c2 = (uint32_t)offset, c3 = (uint32_t)(offset >> 32);
+#pragma unroll
+    for (int i = 0; i < 10; i++) {
+        const uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        const uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        const uint32_t n0 = hi1 ^ c1 ^ keys[2 * i];
+        const uint32_t n2 = hi0 ^ c3 ^ keys[2 * i + 1];
+        c1 = lo1;
+        c3 = lo0;
+        c0 = n0;
+        c2 = n2;
+    }
+    return make_uint4(c0, c1, c2, c3);
+}
+
+// The dropped subset of `targeted` (bit q: element q of a vector of VE elements whose draw
+// indices are draw_first .. draw_first + VE - 1). Element q's draw falls in group
+// draw_first / 4 + (sh + q) / 4, word (sh + q) % 4, with sh = draw_first % 4; group h of the
+// vector covers the elements of bits (15 << 4 h) >> sh. One Philox block per group that holds
+// a targeted element.
+// sh is passed in so that the caller can hoist it (the same for every vector when VE >= 4).
+template <int VE>
+__device__ __forceinline__ uint32_t dropped_of(uint32_t targeted, uint64_t draw_first, uint32_t sh,
+                                               uint32_t threshold, uint64_t offset, const uint32_t* keys) {
+    constexpr int GROUPS = (VE + 3) / 4 + 1;  // groups a vector may touch
+    constexpr uint32_t ALL = (1u << VE) - 1;
+    const uint64_t g0 = draw_first / 4;
+    uint32_t hit = 0;
+#pragma unroll
+    for (int h = 0; h < GROUPS; h++) {
+        const uint32_t in_group = ((15u << (4 * h)) >> sh) & ALL;
+        if (targeted & in_group) {
+            const uint4 b = philox_rk(g0 + h, offset, keys);
+            const uint32_t r = (uint32_t)((b.x >> 8) < threshold) | ((uint32_t)((b.y >> 8) < threshold) << 1) |
+                               ((uint32_t)((b.z >> 8) < threshold) << 2) | ((uint32_t)((b.w >> 8) < threshold) << 3);
+            hit |= ((r << (4 * h)) >> sh) & in_group;
+        }
+    }
+    return targeted & hit;
+}
+
+template <int T> struct __align__(16) Smem {
+    uint32_t hist[NBINS];
+    uint32_t warp_tot[T / 32];
+    uint32_t sel[3];
+    uint32_t ncand;
+    int seg;
+};
+
+// Exclusive scan of one value per thread over the block. All threads call; it ends after a
+// barrier that follows every write of warp_tot, and the caller's next barrier follows its
+// reads.
+template <int T> __device__ __forceinline__ uint32_t block_excl_scan(uint32_t v, uint32_t* warp_tot) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    uint32_t x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) warp_tot[wid] = x;
+    __syncthreads();
+    uint32_t base = 0;
+    for (int i = 0; i < wid; i++) base += warp_tot[i];
+    return base + x - v;
+}
+
+// The bin of hist[0 .. NB) that holds rank r (0-based; r < the histogram's total): sel[0] =
+// bin, sel[1] = rank within it, sel[2] = its count. All threads call, after a barrier that
+// completes the histogram; returns after a barrier, so sel may be read at once.
+template <int T, int NB> __device__ __forceinline__ void pick(const uint32_t* hist, uint32_t r, Smem<T>& sm) {
+    constexpr int PER = NB >= T ? NB / T : 1;  // bins per thread
+    const int b0 = threadIdx.x * PER;
+    const bool owns = b0 < NB;
+    uint32_t s = 0;
+    if (owns) {
+#pragma unroll
+        for (int i = 0; i < PER; i++) s += hist[b0 + i];
+    }
+    const uint32_t ex = block_excl_scan<T>(s, sm.warp_tot);
+    if (owns && r >= ex && r - ex < s) {
+        // The one thread whose bins hold rank r walks them again.
+        uint32_t c = r - ex;
+        for (int i = 0; i < PER; i++) {
+            const uint32_t h = hist[b0 + i];
+            if (c < h) {
+                sm.sel[0] = b0 + i;
+                sm.sel[1] = c;
+                sm.sel[2] = h;
+                break;
+            }
+            c -= h;
+        }
+    }
+    __syncthreads();
+}
+
+// 64-bit halves of a composite, for the shuffles.
+__device__ __forceinline__ uint64_t shfl_comp(uint64_t c, int l) { return __shfl_sync(0xffffffffu, c, l); }
+__device__ __forceinline__ unsigned __int128 shfl_comp(unsigned __int128 c, int l) {
+    const uint64_t lo = __shfl_sync(0xffffffffu, (uint64_t)c, l);
+    const uint64_t hi = __shfl_sync(0xffffffffu, (uint64_t)(c >> 64), l);
+    return ((unsigned __int128)hi << 64) | lo;
+}
+
+// The staged mask words of flat elements e0 .. e0 + len - 1 (word j of the stage is word
+// fw0 + j of the tensor's mask) to the mask: whole words stored, the two shared with the
+// neighbours (other blocks' rows) merged with atomics on these elements' bits only. All
+// threads call, after a barrier that completes the stage.
+template <int T>
+__device__ __forceinline__ void flush_mask(uint32_t* mask, const uint32_t* staged, uint32_t nwords, uint64_t fw0,
+                                           uint64_t e0, uint64_t len) {
+    for (uint32_t j = threadIdx.x; j < nwords; j += T) {
+        const uint64_t lo = (fw0 + j) * 32;  // flat index of bit 0 of the word
+        const uint64_t a = max(lo, e0), b = min(lo + 32, e0 + len);
+        const uint32_t cnt = (uint32_t)(b - a), sh = (uint32_t)(a - lo);
+        const uint32_t own = cnt >= 32 ? 0xffffffffu : (((1u << cnt) - 1) << sh);
+        if (own == 0xffffffffu) {
+            mask[fw0 + j] = staged[j];
+        } else {
+            atomicAnd(&mask[fw0 + j], ~own);
+            atomicOr(&mask[fw0 + j], staged[j] & own);
+        }
+    }
+}
+
+template <typename U, int T>
+__device__ __forceinline__ void tdw5_block(const Td5Params& p) {
+    typedef typename Ty<U>::Key Key;
+    typedef typename Ty<U>::Comp Comp;
+    constexpr int VE = Ty<U>::VE, KB = Ty<U>::KB;
+    constexpr Key KMASK = (Key)Bits<U>::MASK;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    constexpr int CW = KB + 16;                   // composite width
+    constexpr int BITW = T * NV * VE / 32 + 2;    // mask words a row touches at most
+    __shared__ Smem<T> sm;
+    __shared__ Comp cand[CAP];
+    __shared__ Comp small[32];
+    __shared__ uint32_t bits[BITW];
+    const int tid = threadIdx.x;
+
+    // 1. Segment and row of this block: the last segment whose first block is <= blockIdx.x.
+    //    (nseg <= TD5_GROUP <= T: one count.)
+    {
+        const int s = __syncthreads_count(tid < (int)p.nseg && p.seg[tid].first_block <= blockIdx.x);
+        if (tid == 0) sm.seg = s - 1;
+    }
+    __syncthreads();
+    const Td5Seg& sg = p.seg[sm.seg];
+    const uint32_t row = blockIdx.x - sg.first_block;
+    const uint32_t n = sg.n, k = sg.k, thr = sg.threshold;
+    const U* w = reinterpret_cast<const U*>(sg.w);
+    const U* vals = reinterpret_cast<const U*>(sg.vals ? sg.vals : sg.w);
+    U* out = reinterpret_cast<U*>(sg.out);
+    uint32_t* mask = reinterpret_cast<uint32_t*>(sg.bits);
+    const uint64_t e0 = (uint64_t)row * n;           // flat index of the row's element 0
+    const uint64_t gv0 = e0 / VE;                    // the row's first vector (flat)
+    const uint32_t off = (uint32_t)(e0 - gv0 * VE);  // its slot of the row's element 0
+    const uint32_t nvr = (off + n + VE - 1) / VE;    // vectors that hold row elements
+    // Slot s of the row is flat index gv0 * VE + s, local index s - off.
+    const uint4* wv = reinterpret_cast<const uint4*>(w + gv0 * VE);
+    const uint4* vv = reinterpret_cast<const uint4*>(vals + gv0 * VE);
+    uint4* ov = reinterpret_cast<uint4*>(out + gv0 * VE);
+    const U* ws = w + gv0 * VE;
+    const U* vs = vals + gv0 * VE;
+    U* os = out + gv0 * VE;
+    // A selection seeks rank k, the first element not targeted: 0 < k < n (k = 0 or
+    // threshold 0: nothing is dropped; k = n: everything is targeted, no selection).
+    const bool select = k > 0 && k < n && thr != 0;
+    const uint32_t a32 = (uint32_t)((gv0 * VE) & 31);  // bit of slot 0 in its mask word
+    const uint32_t nwords = (a32 + off + n - 1) / 32 + 1;
+
+    // 2. Zero the histogram (and the staged mask words), load the row: whole vectors with one
+    //    16-byte load, the row's partial first and last vector element by element.
+    if (select) {
+        for (int i = tid; i < NBINS / 4; i += T) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
+        if (tid == 0) sm.ncand = 0;
+    }
+    if (mask)
+        for (int i = tid; i < (int)nwords; i += T) bits[i] = 0;
+    uint4 x[NV];
+    uint32_t valid[NV];  // the row's elements of each vector, one bit per element
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        const uint32_t vi = v * T + tid, s0 = vi * VE;
+        x[v] = make_uint4(0, 0, 0, 0);
+        valid[v] = 0;
+        if (vi < nvr) {
+            if (s0 >= off && s0 + VE <= off + n) {
+                x[v] = __ldcs(wv + vi);
+                valid[v] = FULL;
+            } else {
+#pragma unroll
+                for (int q = 0; q < VE; q++)
+                    if (s0 + q >= off && s0 + q < off + n) {
+                        set_elem<U>(x[v], q, (Key)ws[s0 + q]);
+                        valid[v] |= 1u << q;
+                    }
+            }
+        }
+    }
+    __syncthreads();
+
+    // f(key, slot) for every element of the row this thread holds.
+    auto each = [&](auto&& f) {
+#pragma unroll
+        for (int v = 0; v < NV; v++) {
+            const uint32_t s0 = (v * T + tid) * VE;
+            if (valid[v] == FULL) {
+#pragma unroll
+                for (int q = 0; q < VE; q++) f(key_of<U>(x[v], q), s0 + q);
+            } else if (valid[v]) {
+#pragma unroll
+                for (int q = 0; q < VE; q++)
+                    if ((valid[v] >> q) & 1) f(key_of<U>(x[v], q), s0 + q);
+            }
+        }
+    };
+
+    // 3. Selection: the composite (key << 16 | local index) of the rank-k element.
+    Key cut_key = 0;       // targeted iff key < cut_key || (key == cut_key && slot < cut_slot)
+    uint32_t cut_slot = 0;
+    if (select) {
+        each([&](Key key, uint32_t) { atomicAdd(&sm.hist[(uint32_t)(key >> (KB - 11))], 1u); });
+        __syncthreads();
+        pick<T, NBINS>(sm.hist, k, sm);
+        Comp prefix = sm.sel[0];  // the top `fixed` bits of the sought composite
+        int fixed = 11;
+        uint32_t r = sm.sel[1], cnt = sm.sel[2];
+        // Rare: more than CAP candidates (heavy ties): refine by 11-bit digits over the
+        // registers until the bin fits (composites are unique, so it ends).
+        while (cnt > CAP) {
+            const int D = min(11, CW - fixed);
+            for (int i = tid; i < NBINS / 4; i += T) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
+            __syncthreads();
+            each([&](Key key, uint32_t s) {
+                const Comp c = ((Comp)key << 16) | (s - off);
+                if ((c >> (CW - fixed)) == prefix)
+                    atomicAdd(&sm.hist[(uint32_t)(c >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
+            });
+            __syncthreads();
+            pick<T, NBINS>(sm.hist, r, sm);
+            prefix = (prefix << D) | sm.sel[0];
+            fixed += D;
+            r = sm.sel[1];
+            cnt = sm.sel[2];
+        }
+        // Compact the candidates (cnt of them) to shared memory.
+        if (fixed <= KB) {
+            const Key klo = (Key)(prefix << (KB - fixed)), kw = (Key)1 << (KB - fixed);
+            each([&](Key key, uint32_t s) {
+                if (key - klo < kw) cand[atomicAdd(&sm.ncand, 1u)] = ((Comp)key << 16) | (s - off);
+            });
+        } else {
+            each([&](Key key, uint32_t s) {
+                const Comp c = ((Comp)key << 16) | (s - off);
+                if ((c >> (CW - fixed)) == prefix) cand[atomicAdd(&sm.ncand, 1u)] = c;
+            });
+        }
+        __syncthreads();
+        const uint32_t m = cnt;
+        // 8-bit passes over the candidates until at most 32 are left.
+        while (cnt > 32) {
+            const int D = min(8, CW - fixed);
+            for (int i = tid; i < 256; i += T) sm.hist[i] = 0;
+            __syncthreads();
+            for (uint32_t j = tid; j < m; j += T) {
+                const Comp c = cand[j];
+                if ((c >> (CW - fixed)) == prefix)
+                    atomicAdd(&sm.hist[(uint32_t)(c >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
+            }
+            __syncthreads();
+            pick<T, 256>(sm.hist, r, sm);
+            prefix = (prefix << D) | sm.sel[0];
+            fixed += D;
+            r = sm.sel[1];
+            cnt = sm.sel[2];
+        }
+        // One warp: gather the <= 32 candidates under the prefix, rank them, keep rank r.
+        if (tid < 32) {
+            uint32_t base = 0;
+            for (uint32_t j0 = 0; j0 < m; j0 += 32) {
+                const uint32_t j = j0 + tid;
+                const Comp c = j < m ? cand[j] : (Comp)0;
+                const bool hit = j < m && (c >> (CW - fixed)) == prefix;
+                const uint32_t b = __ballot_sync(0xffffffffu, hit);
+                if (hit) small[base + __popc(b & ((1u << tid) - 1))] = c;
+                base += __popc(b);
+            }
+            __syncwarp();
+            const Comp mine = tid < (int)cnt ? small[tid] : ~(Comp)0;
+            uint32_t rank = 0;
+#pragma unroll
+            for (int l = 0; l < 32; l++) rank += shfl_comp(mine, l) < mine;
+            // small[] is reused as the result slot: every lane has read it (shuffles above).
+            __syncwarp();
+            if (tid < (int)cnt && rank == r) small[0] = mine;
+        }
+        __syncthreads();
+        const Comp kc = small[0];
+        cut_key = (Key)(kc >> 16);
+        cut_slot = (uint32_t)(kc & 0xffffu) + off;
+    } else if (k == n && k > 0 && thr != 0) {
+        // Everything targeted: the cut is past the last slot of the largest key.
+        cut_key = KMASK;
+        cut_slot = nvr * VE;
+    }
+
+    // 4. Targeting, draws, output (and mask bits) from the registers.
+    const bool draws = thr != 0 && thr != (uint32_t)TD_ALWAYS;
+    const uint64_t draw_slot0 = sg.elem_base + gv0 * VE;  // draw index of slot 0
+#pragma unroll
+    for (int v = 0; v < NV; v++) {
+        if (!valid[v]) continue;
+        const uint32_t vi = v * T + tid, s0 = vi * VE;
+        uint32_t tg = 0;
+#pragma unroll
+        for (int q = 0; q < VE; q++) {
+            const Key key = key_of<U>(x[v], q);
+            tg |= (uint32_t)(key < cut_key || (key == cut_key && s0 + q < cut_slot)) << q;
+        }
+        tg &= valid[v];
+        // draw_slot0 + s0 % 4: s0 is a multiple of 4 when VE >= 4.
+        const uint32_t sh = (uint32_t)((VE >= 4 ? draw_slot0 : draw_slot0 + s0) & 3);
+        const uint32_t dr = draws && tg ? dropped_of<VE>(tg, draw_slot0 + s0, sh, thr, sg.offset, p.keys) : tg;
+        if (out) {
+            uint4 y = x[v];
+            if (sg.vals) {
+                if (valid[v] == FULL) {
+                    y = __ldcs(vv + vi);
+                } else {
+#pragma unroll
+                    for (int q = 0; q < VE; q++)
+                        if ((valid[v] >> q) & 1) set_elem<U>(y, q, (Key)vs[s0 + q]);
+                }
+            }
+            y = zero_dropped<U>(y, dr);
+            if (valid[v] == FULL) {
+                __stcs(ov + vi, y);
+            } else {
+#pragma unroll
+                for (int q = 0; q < VE; q++)
+                    if ((valid[v] >> q) & 1) os[s0 + q] = (U)elem<U>(y, q);
+            }
+        }
+        if (mask && dr) atomicOr(&bits[(s0 + a32) / 32], dr << ((s0 + a32) & 31));
+    }
+    // 5. The row's mask words.
+    if (mask) {
+        __syncthreads();
+        flush_mask<T>(mask, bits, nwords, (gv0 * VE) / 32, e0, n);
+    }
+}
+
+// Tiny rows (n <= TD_TINY_ROW): tiles of T rows (T * n contiguous elements) per block, a grid
+// that loops over the tiles. The tile is read once by 16-byte vectors into shared memory;
+// thread t ranks row t there (rank of element j: the elements before it with a key <= its
+// key plus those after it with a key < its key, i.e. its place in (key, index) order),
+// keeping a 32-bit targeted mask per row; the tile is written back by 16-byte vectors from
+// shared memory, one Philox block per group of four draws with a targeted element.
+// Traffic: one read, one write (and n / 8 bytes of mask when asked).
+template <typename U, int T>
+__device__ __forceinline__ void tdw5_tiny(const Td5TinyParams& p) {
+    typedef typename Ty<U>::Key Key;
+    constexpr int VE = Ty<U>::VE;
+    constexpr Key KMASK = (Key)Bits<U>::MASK;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    constexpr uint32_t SLOTS = T * TD_TINY_ROW + VE;  // a tile may start mid-vector
+    static_assert(T * TD_TINY_ROW <= 8192, "the 20-bit reciprocal below divides exactly below 8192");
+    __shared__ __align__(16) U tile[SLOTS];
+    __shared__ uint32_t targeted[T];
+    __shared__ uint32_t staged[T * TD_TINY_ROW / 32 + 2];
+    const Td5Seg& sg = p.seg;
+    const int tid = threadIdx.x;
+    const uint32_t n = sg.n, k = sg.k, thr = sg.threshold;
+    const U* w = reinterpret_cast<const U*>(sg.w);
+    const U* vals = reinterpret_cast<const U*>(sg.vals);
+    U* out = reinterpret_cast<U*>(sg.out);
+    uint32_t* mask = reinterpret_cast<uint32_t*>(sg.bits);
+    const bool draws = thr != 0 && thr != (uint32_t)TD_ALWAYS;
+    // Targeted flags of a row of n: all of them at k = n, none without a selection.
+    const uint32_t all = n >= 32 ? 0xffffffffu : (1u << n) - 1;
+    const bool select = k > 0 && k < n && thr != 0;
+    const uint32_t fixed_tm = (k >= n && k > 0 && thr != 0) ? all : 0u;
+    // l / n for l < 8192 and n <= 32: exact with a 20-bit reciprocal.
+    const uint32_t magic = ((1u << 20) + n - 1) / n;
+    for (uint64_t r0 = (uint64_t)blockIdx.x * T; r0 < p.rows; r0 += (uint64_t)gridDim.x * T) {
+        const uint32_t nrows = (uint32_t)min((uint64_t)T, p.rows - r0);
+        const uint32_t cnt = nrows * n;
+        const uint64_t e0 = r0 * n;                      // flat index of the tile's element 0
+        const uint64_t gv0 = e0 / VE;                    // its vector
+        const uint32_t off = (uint32_t)(e0 - gv0 * VE);  // its slot
+        const uint32_t nv = (off + cnt + VE - 1) / VE;   // vectors of the tile
+        const uint4* wv = reinterpret_cast<const uint4*>(w + gv0 * VE);
+        const U* ws = w + gv0 * VE;
+        // 1. Load the tile.
+        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny load, VE
+            const uint32_t s0 = v * VE;
+            if (s0 >= off && s0 + VE <= off + cnt) {
+                *reinterpret_cast<uint4*>(tile + s0) = __ldcs(wv + v);
+            } else {
+#pragma unroll
+                for (int q = 0; q < VE; q++)
+                    if (s0 + q >= off && s0 + q < off + cnt) tile[s0 + q] = ws[s0 + q];
+            }
+        }
+        const uint32_t a32 = (uint32_t)((gv0 * VE) & 31);  // bit of slot 0 in its mask word
+        const uint32_t nwords = (a32 + off + cnt - 1) / 32 + 1;
+        if (mask)
+            for (uint32_t i = tid; i < nwords; i += T) staged[i] = 0;
+        __syncthreads();
+        // 2. Rank each row.
+        if (tid < (int)nrows) {
+            uint32_t tm = fixed_tm;
+            if (select) {
+                const U* rs = tile + off + tid * n;
+                for (uint32_t j = 0; j < n; j++) {
+                    const Key kj = (Key)rs[j] & KMASK;
+                    uint32_t rank = 0;
+                    for (uint32_t i = 0; i < j; i++) rank += ((Key)rs[i] & KMASK) <= kj;  // hot-loop: rank, 1/n
+                    for (uint32_t i = j + 1; i < n; i++) rank += ((Key)rs[i] & KMASK) < kj;
+                    tm |= (uint32_t)(rank < k) << j;
+                }
+            }
+            targeted[tid] = tm;
+        }
+        __syncthreads();
+        // 3. Output by vectors from the tile.
+        const uint64_t draw_slot0 = sg.elem_base + gv0 * VE;
+        const uint4* vv = reinterpret_cast<const uint4*>(vals + gv0 * VE);
+        uint4* ov = reinterpret_cast<uint4*>(out + gv0 * VE);
+        for (uint32_t v = tid; v < nv; v += T) {  // hot-loop: tiny output, VE
+            const uint32_t s0 = v * VE;
+            uint32_t valid = 0, tg = 0;
+#pragma unroll
+            for (int q = 0; q < VE; q++) {
+                const uint32_t s = s0 + q;
+                if (s >= off && s < off + cnt) {
+                    const uint32_t l = s - off, r = (l * magic) >> 20, c = l - r * n;
+                    valid |= 1u << q;
+                    tg |= ((targeted[r] >> c) & 1u) << q;
+                }
+            }
+            const uint32_t sh = (uint32_t)((VE >= 4 ? draw_slot0 : draw_slot0 + s0) & 3);
+            const uint32_t dr = draws && tg ? dropped_of<VE>(tg, draw_slot0 + s0, sh, thr, sg.offset, p.keys) : tg;
+            if (out) {
+                if (valid == FULL) {
+                    const uint4 x = vals ? __ldcs(vv + v) : *reinterpret_cast<const uint4*>(tile + s0);
+                    __stcs(ov + v, zero_dropped<U>(x, dr));
+                } else {
+#pragma unroll
+                    for (int q = 0; q < VE; q++)
+                        if ((valid >> q) & 1) {
+                            const U x = vals ? vals[gv0 * VE + s0 + q] : tile[s0 + q];
+                            out[gv0 * VE + s0 + q] = ((dr >> q) & 1) ? (U)0 : x;
+                        }
+                }
+            }
+            if (mask && dr) atomicOr(&staged[(s0 + a32) / 32], dr << ((s0 + a32) & 31));
+        }
+        if (mask) {
+            __syncthreads();
+            flush_mask<T>(mask, staged, nwords, (gv0 * VE) / 32, e0, cnt);
+        }
+        __syncthreads();
+    }
+}
+
+// Backward: out[e] = bit e of the mask ? +0 : g[e], e < numel. g and out 16-byte aligned.
+template <typename U>
+__device__ __forceinline__ void td5_bwd(const U* g, U* out, const uint32_t* mask, const Td5BwdParams& p) {
+    constexpr int VE = Ty<U>::VE;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    const uint64_t numel = p.numel, nvec = numel / VE;
+    const uint4* gv = reinterpret_cast<const uint4*>(g);
+    uint4* ov = reinterpret_cast<uint4*>(out);
+    for (uint64_t v = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nvec;
+         v += (uint64_t)gridDim.x * blockDim.x) {  // hot-loop: backward, VE
+        const uint4 x = __ldcs(gv + v);
+        const uint32_t d = (__ldg(mask + (v * VE) / 32) >> ((v * VE) & 31)) & FULL;
+        __stcs(ov + v, d ? zero_dropped<U>(x, d) : x);
+    }
+    // The last numel % VE elements.
+    if (blockIdx.x == 0 && threadIdx.x < numel - nvec * VE) {
+        const uint64_t e = nvec * VE + threadIdx.x;
+        out[e] = ((mask[e / 32] >> (e & 31)) & 1) ? (U)0 : g[e];
+    }
+}
+
+}  // namespace v5
+
+// ---------------------------------------------------------------------------------------
+// extern "C" entry points: the block path per width and block size, the backward per width.
+// Registers: __launch_bounds__(T, 1024 / T) asks for full occupancy in threads (64 registers);
+// T = 64 asks for 12 blocks, the most that its shared memory allows; T = 128 asks for 7 (73
+// registers): 8 (64) made the u32 kernel spill 8 bytes.
+
+#define TDW5_BLOCK(NAME, U, T)                                                                 \
+    extern "C" __global__ void __launch_bounds__(T, T == 64 ? 12 : T == 128 ? 7 : 1024 / T)  \
+        tdw5_block_##NAME##_t##T(const Td5Params p) {                                         \
+        v5::tdw5_block<U, T>(p);                                                              \
+    }
+#define TDW5_TINY(NAME, U, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(T) tdw5_tiny_##NAME##_t##T(const Td5TinyParams p) { \
+        v5::tdw5_tiny<U, T>(p);                                                               \
+    }
+#define TDW5_WIDTH(NAME, U)                                                                    \
+    TDW5_BLOCK(NAME, U, 64)                                                                   \
+    TDW5_BLOCK(NAME, U, 128)                                                                  \
+    TDW5_BLOCK(NAME, U, 256)                                                                  \
+    TDW5_BLOCK(NAME, U, 512)                                                                  \
+    TDW5_BLOCK(NAME, U, 1024)                                                                 \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK)                                    \
+        td5_bwd_##NAME(const U* g, U* out, const uint32_t* mask, const Td5BwdParams p) {      \
+        v5::td5_bwd<U>(g, out, mask, p);                                                      \
+    }
+
+TDW5_WIDTH(u16, uint16_t)
+TDW5_WIDTH(u32, uint32_t)
+TDW5_WIDTH(u64, uint64_t)
+// Tiles of 256 rows (16 and 32 KB of shared memory), 128 for u64 (32 KB).
+TDW5_TINY(u16, uint16_t, 256)
+TDW5_TINY(u32, uint32_t, 256)
+TDW5_TINY(u64, uint64_t, 128)
