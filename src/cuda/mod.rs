@@ -16,7 +16,7 @@ mod module;
 use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Buf, Dtype, OpSpec};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 use exec::{execute, Inputs};
@@ -31,7 +31,7 @@ fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout, what: &str, op: &str) -> Result<
 }
 
 /// The op on one dtype: the values (`T`) or the mask.
-fn run<T: DeviceRepr>(
+fn run<T: DeviceRepr + ValidAsZeroBits>(
     op: &TargetedOp,
     storage: &CudaStorage,
     w: (&CudaSlice<T>, &Layout),
