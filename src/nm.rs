@@ -32,18 +32,27 @@ const TASK_ELEMS: usize = 1 << 14;
 /// One tile: `lanes` groups whose element `j` of lane `l` is at `base + l * ls + j * js` of
 /// `x`; sets `flags` at the same places to 1 where the element is among the `targeted`
 /// smallest `(key, j)` of its group, 0 elsewhere.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn flag_tile<T: Element>(
-    x: &[T],
-    flags: &mut [u8],
+#[derive(Clone, Copy)]
+struct Tile {
     base: usize,
     ls: usize,
     js: usize,
     lanes: usize,
     m: usize,
     targeted: usize,
-) {
+}
+
+/// Flags one [`Tile`] of `x` (see [`Tile`]).
+#[inline(always)]
+fn flag_tile<T: Element>(x: &[T], flags: &mut [u8], tile: Tile) {
+    let Tile {
+        base,
+        ls,
+        js,
+        lanes,
+        m,
+        targeted,
+    } = tile;
     let mut keys = [[T::Key::default(); LANES]; MAX_M];
     for (j, kj) in keys[..m].iter_mut().enumerate() {
         for (l, k) in kj[..lanes].iter_mut().enumerate() {
@@ -80,14 +89,36 @@ fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
         let groups = x.len() / m;
         for g0 in (0..groups).step_by(LANES) {
             let lanes = LANES.min(groups - g0);
-            flag_tile(x, flags, g0 * m, m, 1, lanes, m, t);
+            flag_tile(
+                x,
+                flags,
+                Tile {
+                    base: g0 * m,
+                    ls: m,
+                    js: 1,
+                    lanes,
+                    m,
+                    targeted: t,
+                },
+            );
         }
     } else {
         // Lanes are consecutive positions x of one slab.
         for slab in (0..x.len()).step_by(m * s) {
             for x0 in (0..s).step_by(LANES) {
                 let lanes = LANES.min(s - x0);
-                flag_tile(x, flags, slab + x0, 1, s, lanes, m, t);
+                flag_tile(
+                    x,
+                    flags,
+                    Tile {
+                        base: slab + x0,
+                        ls: 1,
+                        js: s,
+                        lanes,
+                        m,
+                        targeted: t,
+                    },
+                );
             }
         }
     }
@@ -99,21 +130,26 @@ fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
 #[inline]
 fn write_flagged<O: Copy>(
     out: &mut [MaybeUninit<O>],
-    flags: &[u8],
-    kept: &[O],
-    dropped: O,
-    first_e: u64,
+    part: Flagged<'_, O>,
     draws: &Bernoulli,
     words: &mut Vec<u32>,
 ) {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the processor has AVX2, the only feature the function enables.
-        return unsafe { write_flagged_avx2(out, flags, kept, dropped, first_e, draws, words) };
+        return unsafe { write_flagged_avx2(out, part, draws, words) };
     }
-    write_flagged_body(out, flags, kept, dropped, first_e, draws, words, |c| {
-        draws.blocks8_scalar(c)
-    })
+    write_flagged_body(out, part, draws, words, |c| draws.blocks8_scalar(c))
+}
+
+/// What [`write_flagged`] writes from: the targeted flags, the kept values and the dropped
+/// value of the part, and the flat index of its first element.
+#[derive(Clone, Copy)]
+struct Flagged<'a, O> {
+    flags: &'a [u8],
+    kept: &'a [O],
+    dropped: O,
+    first_e: u64,
 }
 
 /// [`write_flagged`] compiled for AVX2.
@@ -124,14 +160,11 @@ fn write_flagged<O: Copy>(
 #[target_feature(enable = "avx2")]
 unsafe fn write_flagged_avx2<O: Copy>(
     out: &mut [MaybeUninit<O>],
-    flags: &[u8],
-    kept: &[O],
-    dropped: O,
-    first_e: u64,
+    part: Flagged<'_, O>,
     draws: &Bernoulli,
     words: &mut Vec<u32>,
 ) {
-    write_flagged_body(out, flags, kept, dropped, first_e, draws, words, |c| {
+    write_flagged_body(out, part, draws, words, |c| {
         // SAFETY: this function only runs on processors with AVX2.
         unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
     })
@@ -139,17 +172,19 @@ unsafe fn write_flagged_avx2<O: Copy>(
 
 /// The body of [`write_flagged`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn write_flagged_body<O: Copy>(
     out: &mut [MaybeUninit<O>],
-    flags: &[u8],
-    kept: &[O],
-    dropped: O,
-    first_e: u64,
+    part: Flagged<'_, O>,
     draws: &Bernoulli,
     words: &mut Vec<u32>,
     blocks8: impl Fn(u64) -> [u32; 32],
 ) {
+    let Flagged {
+        flags,
+        kept,
+        dropped,
+        first_e,
+    } = part;
     let len = out.len();
     let (flags, kept) = (&flags[..len], &kept[..len]);
     let t = draws.threshold;
@@ -250,7 +285,17 @@ pub(crate) fn nm_into<T: Element, O: Copy + Send + Sync + Default>(
                 } else {
                     flag_slabs(x, flags, p, s);
                 }
-                write_flagged(o, flags, kept, dropped, start as u64, draws, words);
+                write_flagged(
+                    o,
+                    Flagged {
+                        flags,
+                        kept,
+                        dropped,
+                        first_e: start as u64,
+                    },
+                    draws,
+                    words,
+                );
             },
         );
 }
