@@ -45,7 +45,7 @@ fn run<T: DeviceRepr + ValidAsZeroBits>(
     // aligned when its first element's byte offset is.
     let at16 = |l: &Layout| {
         l.contiguous_offsets()
-            .is_some_and(|(start, _)| (start as u64 * dtype.size()) % 16 == 0)
+            .is_some_and(|(start, _)| (start as u64 * dtype.size()).is_multiple_of(16))
     };
     spec.aligned16 = at16(w.1) && vals.is_none_or(|(_, vl)| at16(vl));
     // Limits, before anything is loaded, allocated or launched.
