@@ -124,6 +124,53 @@ unsafe fn write_segment_avx2<T: Element, O: Copy>(
     })
 }
 
+/// Fills `words[..len]` (returned) with the Philox words of flat indices `first_e ..
+/// first_e + len` where they are needed: the elements before the first aligned group of four
+/// and after the last one a draw each, whole groups eight blocks (32 elements) at a time, the
+/// groups left one block at a time, each only when `targeted(range)` says one of its
+/// elements is targeted (the words of the others are left as they were and must not be
+/// looked at). `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
+#[inline(always)]
+pub(crate) fn draw_targeted<'w>(
+    words: &'w mut Vec<u32>,
+    first_e: u64,
+    len: usize,
+    draws: &Bernoulli,
+    blocks8: &impl Fn(u64) -> [u32; 32],
+    targeted: impl Fn(std::ops::Range<usize>) -> bool,
+) -> &'w mut [u32] {
+    if words.len() < len {
+        words.resize(len, 0);
+    }
+    let words = &mut words[..len];
+    let head = (((4 - first_e % 4) % 4) as usize).min(len);
+    let g0 = (first_e + head as u64) / 4;
+    let groups = (len - head) / 4;
+    let body = head + 4 * groups;
+    for i in (0..head).chain(body..len) {
+        if targeted(i..i + 1) {
+            words[i] = draws.draw(first_e + i as u64);
+        }
+    }
+    let batches = groups / 8;
+    for (b, w) in words[head..head + 32 * batches]
+        .chunks_exact_mut(32)
+        .enumerate()
+    {
+        let i = head + 32 * b;
+        if targeted(i..i + 32) {
+            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
+        }
+    }
+    for g in 8 * batches..groups {
+        let i = head + 4 * g;
+        if targeted(i..i + 4) {
+            words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
+        }
+    }
+    words
+}
+
 /// The body of [`write_segment`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
 /// Every loop loads `kept` unconditionally, so that the compiler vectorises the selects.
 #[inline(always)]
@@ -156,39 +203,10 @@ fn write_segment_body<T: Element, O: Copy>(
         }
         return;
     }
-    // The draws first, into `words` (element `i` of the segment at `words[i]`): the elements
-    // before the first aligned group of four and after the last one at a time, whole groups
-    // eight blocks (32 elements) at a time, the groups left one block at a time; each batch
-    // of blocks only when one of its elements is targeted (the words of the others are never
-    // looked at: `key < lim` is false for all of them). Then one select per element, which
-    // the compiler vectorises.
-    if words.len() < len {
-        words.resize(len, 0);
-    }
-    let words = &mut words[..len];
-    let head = (((4 - first_e % 4) % 4) as usize).min(len);
-    let g0 = (first_e + head as u64) / 4;
-    let groups = (len - head) / 4;
-    let body = head + 4 * groups;
-    for i in (0..head).chain(body..len) {
-        words[i] = draws.draw(first_e + i as u64);
-    }
-    let batches = groups / 8;
-    for (b, (w, r)) in words[head..head + 32 * batches]
-        .chunks_exact_mut(32)
-        .zip(row[head..head + 32 * batches].chunks_exact(32))
-        .enumerate()
-    {
-        if r.iter().fold(false, |a, x| a | (x.key() < lim)) {
-            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
-        }
-    }
-    for g in 8 * batches..groups {
-        let i = head + 4 * g;
-        if row[i..i + 4].iter().any(|x| x.key() < lim) {
-            words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
-        }
-    }
+    // The draws first, then one select per element, which the compiler vectorises.
+    let words = draw_targeted(words, first_e, len, draws, &blocks8, |r| {
+        row[r].iter().fold(false, |a, x| a | (x.key() < lim))
+    });
     for (((o, x), &v), &w) in out.iter_mut().zip(row).zip(kept).zip(&*words) {
         let d = (x.key() < lim) & ((w >> 8) < t);
         o.write(if d { dropped } else { v });

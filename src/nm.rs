@@ -200,39 +200,10 @@ fn write_flagged_body<O: Copy>(
         }
         return;
     }
-    // The draws first (element i's at words[i]): the elements before the first aligned
-    // group of four and after the last one at a time, eight blocks at a time in between,
-    // the groups left one block at a time; a batch only when it holds a targeted element
-    // (the other words are never looked at).
-    if words.len() < len {
-        words.resize(len, 0);
-    }
-    let words = &mut words[..len];
-    let head = (((4 - first_e % 4) % 4) as usize).min(len);
-    let g0 = (first_e + head as u64) / 4;
-    let groups = (len - head) / 4;
-    let body = head + 4 * groups;
-    for i in (0..head).chain(body..len) {
-        if flags[i] != 0 {
-            words[i] = draws.draw(first_e + i as u64);
-        }
-    }
-    let batches = groups / 8;
-    for (b, (w, f)) in words[head..head + 32 * batches]
-        .chunks_exact_mut(32)
-        .zip(flags[head..head + 32 * batches].chunks_exact(32))
-        .enumerate()
-    {
-        if f.iter().fold(0u8, |a, &x| a | x) != 0 {
-            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
-        }
-    }
-    for g in 8 * batches..groups {
-        let i = head + 4 * g;
-        if flags[i..i + 4].iter().any(|&x| x != 0) {
-            words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
-        }
-    }
+    // The draws first (only for batches that hold a targeted element), then one select each.
+    let words = crate::cpu::draw_targeted(words, first_e, len, draws, &blocks8, |r| {
+        flags[r].iter().fold(0u8, |a, &x| a | x) != 0
+    });
     for (((o, &f), &v), &w) in out.iter_mut().zip(flags).zip(kept).zip(&*words) {
         let d = (f != 0) & ((w >> 8) < t);
         o.write(if d { dropped } else { v });
