@@ -788,6 +788,10 @@ void trap(const char* what) {
     abort();
 }
 
+// The traffic of the last launch made on this OS thread (td_emu_last_traffic). The counters
+// themselves are filled by the traffic accounting (zeros until a launch counts them).
+thread_local TdEmuTraffic t_last_traffic{};
+
 bool launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
             unsigned dyn_smem, const std::function<void()>& body, const TdEmuSchedule& s, std::string* err) {
     const uint64_t nthreads = (uint64_t)bx * by * bz, nblocks = (uint64_t)gx * gy * gz;
@@ -804,6 +808,7 @@ bool launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx
                    dyn_smem, kMaxDynSmem);
         return false;
     }
+    t_last_traffic = TdEmuTraffic{};
     Launch L;
     L.name = name;
     L.grid = dim3(gx, gy, gz);
@@ -921,3 +926,7 @@ TdEmuSchedule schedule_from_env(uint64_t call) {
 }
 
 }  // namespace emu
+
+extern "C" void td_emu_last_traffic(TdEmuTraffic* out) {
+    if (out) *out = emu::t_last_traffic;
+}

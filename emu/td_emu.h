@@ -31,6 +31,20 @@ int td_emu_launch(const char* name, uint32_t grid_x, uint32_t grid_y, uint32_t g
                   void** args, uint32_t nargs, const TdEmuSchedule* schedule, char* err,
                   size_t err_len);
 
+/* The global-memory traffic of one launch, as the hardware's coalescer would see it: per warp
+ * and per instruction instance, the bytes the lanes asked for and the distinct 32-byte sectors
+ * they touched, loads and stores apart (an atomic counts as both). */
+typedef struct TdEmuTraffic {
+    uint64_t load_bytes;
+    uint64_t store_bytes;
+    uint64_t load_sectors;
+    uint64_t store_sectors;
+} TdEmuTraffic;
+
+/* The traffic of the last launch that the calling OS thread made (through td_emu_launch or
+ * emu::launch); all zeros before its first launch. */
+void td_emu_last_traffic(TdEmuTraffic* out);
+
 /* The number of kernels in the table and the name of kernel i (null past the end). */
 uint32_t td_emu_kernel_count(void);
 const char* td_emu_kernel_name(uint32_t i);

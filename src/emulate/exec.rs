@@ -3,7 +3,7 @@
 //! ones poisoned, so that an element no kernel writes shows), its launches run through
 //! `td_emu_launch` and its result returned as CPU storage.
 
-use super::ffi::{td_emu_launch, TdEmuSchedule};
+use super::ffi::{td_emu_last_traffic, td_emu_launch, TdEmuSchedule, TdEmuTraffic};
 use super::{Context, Schedule, ThreadOrder};
 use crate::cuda_params::{Td5Params, Td5TinyParams};
 use crate::op::{filters, Output, TargetedOp};
@@ -260,6 +260,24 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
             String::from_utf8_lossy(&err[..end])
         )
     }
+    if let Some(trace) = ctx.trace {
+        let mut t = TdEmuTraffic::default();
+        // SAFETY: t is a valid TdEmuTraffic to write; the launch above ran on this thread.
+        unsafe { td_emu_last_traffic(&mut t) };
+        super::record(
+            trace,
+            super::Launch {
+                kernel: name,
+                grid: [l.grid.0, l.grid.1, l.grid.2],
+                block: [l.block.0, l.block.1, l.block.2],
+                dynamic_smem: l.smem,
+                load_bytes: t.load_bytes,
+                store_bytes: t.store_bytes,
+                load_sectors: t.load_sectors,
+                store_sectors: t.store_sectors,
+            },
+        );
+    }
     Ok(())
 }
 
@@ -375,6 +393,7 @@ mod tests {
         Context {
             gpu: crate::plan::Gpu::sm86(),
             schedule: Schedule::Rotate,
+            trace: None,
         }
     }
 

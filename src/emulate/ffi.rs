@@ -17,7 +17,20 @@ pub(super) struct TdEmuSchedule {
     pub barrier_timeout_ms: u64,
 }
 
+/// `TdEmuTraffic` of `emu/td_emu.h`: one launch's global-memory traffic.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct TdEmuTraffic {
+    pub load_bytes: u64,
+    pub store_bytes: u64,
+    pub load_sectors: u64,
+    pub store_sectors: u64,
+}
+
 extern "C" {
+    /// The traffic of the last launch the calling OS thread made.
+    pub(super) fn td_emu_last_traffic(out: *mut TdEmuTraffic);
+
     /// Launches kernel `name` on the emulator like `cuLaunchKernel` (blocking); 0 on success,
     /// otherwise nonzero with a message in `err`.
     pub(super) fn td_emu_launch(

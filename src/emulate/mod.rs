@@ -44,6 +44,9 @@ pub(crate) use exec::{forward, unit_scores};
 
 use candle_core::Result;
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The order in which the emulator runs the threads of a block between two barriers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,43 @@ pub enum Schedule {
 pub(crate) struct Context {
     pub gpu: Gpu,
     pub schedule: Schedule,
+    /// The trace of [`run_traced`] that records this context's launches, if any.
+    pub trace: Option<u64>,
+}
+
+/// One kernel launch made under [`run_traced`]: what a GPU of the profile would launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Launch {
+    /// The kernel's `extern "C"` name (as in the fatbin).
+    pub kernel: String,
+    /// The grid, in blocks.
+    pub grid: [u32; 3],
+    /// The block, in threads.
+    pub block: [u32; 3],
+    /// Dynamic shared memory, in bytes.
+    pub dynamic_smem: u32,
+    /// Global-memory bytes the launch's threads loaded (as requested by the lanes).
+    pub load_bytes: u64,
+    /// Global-memory bytes the launch's threads stored.
+    pub store_bytes: u64,
+    /// Distinct 32-byte sectors loaded, counted per warp and per instruction instance as the
+    /// hardware coalesces them.
+    pub load_sectors: u64,
+    /// Distinct 32-byte sectors stored, counted as `load_sectors`.
+    pub store_sectors: u64,
+}
+
+/// The launches recorded per live trace of [`run_traced`].
+static TRACES: Mutex<Option<HashMap<u64, Vec<Launch>>>> = Mutex::new(None);
+static NEXT_TRACE: AtomicU64 = AtomicU64::new(1);
+
+/// Records `l` in `trace` (a launch made under [`run_traced`]).
+pub(crate) fn record(trace: u64, l: Launch) {
+    let mut g = TRACES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = g.get_or_insert_with(HashMap::new).get_mut(&trace) {
+        v.push(l);
+    }
 }
 
 thread_local! {
@@ -123,7 +163,58 @@ pub fn run_with<T>(gpu: &Gpu, schedule: Schedule, f: impl FnOnce() -> Result<T>)
         Some(Context {
             gpu: *gpu,
             schedule,
+            trace: None,
         }),
         f,
     )
+}
+
+/// [`run`], and every kernel launch the closure made, in order: on its own thread and on the
+/// worker threads the crate's ops use inside it (the grouped call's pool). A test asserts a
+/// launch plan with it, e.g. that a grouped call is one launch:
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use candle_targeted_dropout::emulate::{self, Gpu};
+/// use candle_targeted_dropout::targeted_weight_dropout_seeded;
+/// # fn main() -> candle_core::Result<()> {
+/// let w = Tensor::randn(0f32, 1.0, (64, 300), &Device::Cpu)?;
+/// let (_, launches) =
+///     emulate::run_traced(&Gpu::h200(), || targeted_weight_dropout_seeded(&w, 0.5, 0.5, 7, 0))?;
+/// assert!(!launches.is_empty());
+/// # Ok(()) }
+/// ```
+pub fn run_traced<T>(gpu: &Gpu, f: impl FnOnce() -> Result<T>) -> Result<(T, Vec<Launch>)> {
+    let id = NEXT_TRACE.fetch_add(1, Ordering::Relaxed);
+    TRACES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(id, Vec::new());
+    struct Take(u64);
+    impl Drop for Take {
+        fn drop(&mut self) {
+            let mut g = TRACES.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = g.as_mut() {
+                m.remove(&self.0);
+            }
+        }
+    }
+    let take = Take(id);
+    let out = within(
+        Some(Context {
+            gpu: *gpu,
+            schedule: Schedule::Rotate,
+            trace: Some(id),
+        }),
+        f,
+    )?;
+    let launches = TRACES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .and_then(|m| m.remove(&id))
+        .unwrap_or_default();
+    drop(take);
+    Ok((out, launches))
 }
