@@ -154,14 +154,18 @@ pub(crate) fn check_kind_args(
 /// assert_eq!(td.apply(&w, false)?.to_vec2::<f32>()?, [[1.0, 0.0, 0.0, -3.0]]);
 /// # Ok(()) }
 /// ```
+///
+/// Its fields are private: a `TargetedDropout` comes only from its validating constructors
+/// ([`new`](Self::new), [`weight`](Self::weight), [`unit`](Self::unit), [`nm`](Self::nm)), so
+/// every one a function receives holds a valid gamma and alpha.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TargetedDropout {
-    /// Weights or whole units.
-    pub kind: DropoutKind,
+    /// Weights, whole units or N:M groups.
+    pub(crate) kind: DropoutKind,
     /// The targeted fraction of each filter (weights) or of the filters (units), in [0, 1].
-    pub gamma: f64,
+    pub(crate) gamma: f64,
     /// The drop rate among the targeted, in [0, 1].
-    pub alpha: f64,
+    pub(crate) alpha: f64,
 }
 
 impl TargetedDropout {
@@ -171,6 +175,22 @@ impl TargetedDropout {
         check_kind("TargetedDropout", kind, gamma)?;
         check_fractions("TargetedDropout", gamma, alpha)?;
         Ok(Self { kind, gamma, alpha })
+    }
+
+    /// Weights, whole units or N:M groups.
+    pub fn kind(&self) -> DropoutKind {
+        self.kind
+    }
+
+    /// The targeted fraction: of each filter (weights), of the filters (units), or an N:M
+    /// pattern's `(m - n) / m`.
+    pub fn gamma(&self) -> f64 {
+        self.gamma
+    }
+
+    /// The drop rate among the targeted.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
     }
 
     /// Targeted weight dropout at `gamma` and `alpha`.

@@ -133,16 +133,16 @@ pub fn targeted_weight_dropout_rows(
     alpha: f64,
     seed: u64,
     offset: u64,
-    first_row: u64,
+    first_row: usize,
 ) -> Result<Tensor> {
     let op = "targeted_weight_dropout_rows";
     let s = Some((seed, offset));
     let td = config(DropoutKind::Weight, gamma, alpha);
     let mut o = validated(op, w, td, s, Output::Values)?;
     let (d0, n) = crate::op::filters(w.shape());
-    let last = first_row.checked_add(d0 as u64);
+    let last = (first_row as u64).checked_add(d0 as u64);
     match last.and_then(|l| l.checked_mul(n as u64)) {
-        Some(_) => o.elem_base = first_row * n as u64,
+        Some(_) => o.elem_base = first_row as u64 * n as u64,
         None => bail!(
             "{op}: rows {first_row}.. of {n} elements are past the 2^64 draw indices of Philox"
         ),
@@ -193,18 +193,17 @@ fn prune(op: &str, w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Tensor> 
     apply(w, o)
 }
 
-/// The mask of [`targeted_weight_dropout_seeded`] or [`targeted_unit_dropout_seeded`] as a
-/// `u8` tensor of `w`'s shape, 1 where an element is dropped. Not differentiable.
+/// The mask that `td` draws on `w` at `seed` and `offset` (that of
+/// [`targeted_weight_dropout_seeded`], [`targeted_unit_dropout_seeded`] or
+/// [`targeted_nm_dropout_seeded`]) as a `u8` tensor of `w`'s shape, 1 where an element is
+/// dropped. Not differentiable.
 pub fn targeted_dropout_mask(
     w: &Tensor,
-    kind: DropoutKind,
-    gamma: f64,
-    alpha: f64,
+    td: TargetedDropout,
     seed: u64,
     offset: u64,
 ) -> Result<Tensor> {
     let s = Some((seed, offset));
-    let td = config(kind, gamma, alpha);
     let o = validated("targeted_dropout_mask", w, td, s, Output::Mask)?;
     apply(w, o)
 }
@@ -268,18 +267,18 @@ pub fn unit_scores(w: &Tensor) -> Result<Tensor> {
 /// let whole = targeted_unit_dropout_seeded(&w, 0.5, 1.0, 9, 0)?;
 /// let (top, bottom) = (w.narrow(0, 0, 2)?, w.narrow(0, 2, 2)?);
 /// let scores = Tensor::cat(&[unit_scores(&top)?, unit_scores(&bottom)?], 0)?;
-/// let shard = targeted_unit_dropout_from_scores(&bottom, &scores, 2, 0.5, 1.0, 9, 0)?;
+/// let shard = targeted_unit_dropout_from_scores(&bottom, &scores, 0.5, 1.0, 9, 0, 2)?;
 /// assert_eq!(shard.to_vec2::<f32>()?, whole.narrow(0, 2, 2)?.to_vec2::<f32>()?);
 /// # Ok(()) }
 /// ```
 pub fn targeted_unit_dropout_from_scores(
     w: &Tensor,
     scores: &Tensor,
-    first_unit: usize,
     gamma: f64,
     alpha: f64,
     seed: u64,
     offset: u64,
+    first_unit: usize,
 ) -> Result<Tensor> {
     let op = "targeted_unit_dropout_from_scores";
     check_args(op, w, gamma, alpha)?;
@@ -315,8 +314,13 @@ pub fn targeted_unit_dropout_from_scores(
     )?;
     // The scores as one filter: the weight selection over it, with draw index = unit index,
     // is the unit selection (non-negative floats order like their bits).
-    let mask = targeted_dropout_mask(&scores, DropoutKind::Weight, gamma, alpha, seed, offset)?
-        .narrow(0, first_unit, d0)?;
+    let mask = targeted_dropout_mask(
+        &scores,
+        config(DropoutKind::Weight, gamma, alpha),
+        seed,
+        offset,
+    )?
+    .narrow(0, first_unit, d0)?;
     let mut dims = vec![1usize; w.rank()];
     dims[0] = d0;
     let mask = mask.reshape(dims)?.broadcast_as(w.shape())?;

@@ -90,3 +90,9 @@ pub use op::DropoutKind;
 pub use schedule::RampSchedule;
 pub use thin::{thin_units, Thinned};
 pub use varmap::{DropoutStep, NmCheck, SparsityReport, VarMapDropout, VarSparsity};
+
+/// The README's Rust blocks, compiled and run by `cargo test` as doc-tests (so the README's
+/// examples cannot rot); only built when rustdoc collects doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,5 +1,5 @@
 //! The op that the CPU and the CUDA paths both implement: what one application of targeted
-//! dropout selects, draws and writes. `cpu.rs` and `cuda.rs` compute it; `custom_op.rs`
+//! dropout selects, draws and writes. `cpu.rs` and `cuda/` compute it; `custom_op.rs`
 //! hands it to candle.
 
 use crate::philox::Bernoulli;

@@ -3,7 +3,7 @@
 //! their gradients afterwards, prunes them for evaluation, and reports the sparsity
 //! ([`SparsityReport`]). The model's code does not change.
 
-use crate::config::{check_kind, check_kind_args, TargetedDropout};
+use crate::config::{check_kind_args, TargetedDropout};
 use crate::functions::{
     is_nm_sparse, masked_gradient, prune_nm, prune_units, prune_weights,
     targeted_dropout_many_seeded, zero_count,
@@ -222,17 +222,16 @@ impl VarMapDropout {
         self.report()
     }
 
-    /// Prunes every selected variable temporarily at `kind` and `gamma` (e.g. to measure
-    /// accuracy at several rates), calls `f` with the report, and restores the original
-    /// weights, also when `f` fails. For an N:M kind gamma is its `(m - n) / m`, and the
-    /// report says whether each variable is exactly that N:M.
+    /// Prunes every selected variable temporarily as `td` prunes in evaluation (its kind and
+    /// gamma; its alpha plays no part), e.g. to measure accuracy at several rates, calls `f`
+    /// with the report, and restores the original weights, also when `f` fails. For an N:M
+    /// config the report says whether each variable is exactly that N:M.
     pub fn with_pruned<R>(
         &self,
-        kind: DropoutKind,
-        gamma: f64,
+        td: TargetedDropout,
         f: impl FnOnce(&SparsityReport) -> Result<R>,
     ) -> Result<R> {
-        check_kind("VarMapDropout::with_pruned", kind, gamma)?;
+        let (kind, gamma) = (td.kind, td.gamma);
         // Held until the weights are back (it drops after `restore`, declared later).
         let _reserved = Reservation::take(self, "with_pruned")?;
         let originals: Vec<Tensor> = self

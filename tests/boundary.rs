@@ -61,9 +61,8 @@ fn weight_boundary(t: &Target) -> Result<()> {
             assert_same_bits(&got, &want, &what)?;
             // A shard holding row r alone draws at the same index.
             let shard = wd.narrow(0, r, 1)?;
-            let got = t.run(|| {
-                targeted_weight_dropout_rows(&shard, gamma, alpha, SEED, OFFSET, r as u64)
-            })?;
+            let got =
+                t.run(|| targeted_weight_dropout_rows(&shard, gamma, alpha, SEED, OFFSET, r))?;
             assert_eq!(bit(&got, j)? == 0, dropped, "{what}, row shard");
         }
     }
@@ -105,7 +104,7 @@ fn unit_boundary(t: &Target) -> Result<()> {
             let got = t.run(|| {
                 let scores = unit_scores(&wd)?;
                 let shard = wd.narrow(0, u, 1)?;
-                targeted_unit_dropout_from_scores(&shard, &scores, u, gamma, alpha, SEED, OFFSET)
+                targeted_unit_dropout_from_scores(&shard, &scores, gamma, alpha, SEED, OFFSET, u)
             })?;
             assert_eq!(
                 bits(&got)?.iter().all(|&x| x == 0),

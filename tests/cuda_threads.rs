@@ -46,8 +46,8 @@ fn check_all_ops(w: &Tensor, dev: &Device, seed: u64, what: &str) -> Result<()> 
         ),
         (
             "weight mask",
-            targeted_dropout_mask(w, DropoutKind::Weight, gamma, alpha, seed, 5)?,
-            targeted_dropout_mask(&g, DropoutKind::Weight, gamma, alpha, seed, 5)?,
+            targeted_dropout_mask(w, TargetedDropout::weight(gamma, alpha)?, seed, 5)?,
+            targeted_dropout_mask(&g, TargetedDropout::weight(gamma, alpha)?, seed, 5)?,
         ),
     ];
     for (op, cpu, gpu) in pairs {

@@ -11,16 +11,10 @@ use candle_targeted_dropout::reference::Draws;
 use candle_targeted_dropout::*;
 use common::*;
 
-/// Number of random cases per device (at least 1,000 by default; `TD_CASES` overrides).
+/// Random cases per target, CPU, CUDA and each emulated profile alike (1,000 unless
+/// `TD_CASES` says otherwise).
 fn cases() -> usize {
-    std::env::var("TD_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000)
-}
-
-fn pick<T: Copy>(rng: &mut Rng, xs: &[T]) -> T {
-    xs[rng.below(xs.len() as u64) as usize]
+    common::cases("TD_CASES", 1000)
 }
 
 /// A random shape: rows from 1 to ~2^17 elements, mostly small tensors, a few large. `small`
@@ -245,8 +239,10 @@ fn offsets_and_views() -> Result<()> {
             ] {
                 let c = v.contiguous()?;
                 for kind in [DropoutKind::Weight, DropoutKind::Unit] {
-                    let a = targeted_dropout_mask(&v, kind, 0.45, 0.6, 5, 6)?;
-                    let b = targeted_dropout_mask(&c, kind, 0.45, 0.6, 5, 6)?;
+                    let a =
+                        targeted_dropout_mask(&v, TargetedDropout::new(kind, 0.45, 0.6)?, 5, 6)?;
+                    let b =
+                        targeted_dropout_mask(&c, TargetedDropout::new(kind, 0.45, 0.6)?, 5, 6)?;
                     assert_same_bits(&a, &b, "mask of a view")?;
                 }
                 let a = targeted_weight_dropout_seeded(&v, 0.45, 0.6, 5, 6)?;

@@ -76,7 +76,7 @@ fn layers_train_and_eval() -> Result<()> {
     assert_same_bits(&y, &want, "train forward")?;
     let grads = y.sum_all()?.backward()?;
     let gw = grads.get(lin.weight()).expect("the weight has a gradient");
-    let mask = targeted_dropout_mask(lin.weight(), DropoutKind::Weight, 0.5, 0.5, 21, 0)?;
+    let mask = targeted_dropout_mask(lin.weight(), TargetedDropout::weight(0.5, 0.5)?, 21, 0)?;
     let two = Tensor::full(2f32, (4, 6), &Device::Cpu)?;
     assert_same_bits(gw, &mask.where_cond(&two.zeros_like()?, &two)?, "gradient")?;
     let m = mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;

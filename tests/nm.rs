@@ -221,9 +221,11 @@ fn random_against_the_oracle() -> Result<()> {
                         let mask = t.run(|| {
                             targeted_dropout_mask(
                                 &w.to_device(&dev)?,
-                                DropoutKind::Nm { n, m },
-                                (m - n) as f64 / m as f64,
-                                alpha,
+                                TargetedDropout::new(
+                                    DropoutKind::Nm { n, m },
+                                    (m - n) as f64 / m as f64,
+                                    alpha,
+                                )?,
                                 seed,
                                 offset,
                             )
@@ -336,7 +338,8 @@ fn backward_masks_the_gradient() -> Result<()> {
         })?;
         let g = grads.get(v.as_tensor()).expect("a gradient");
         let kind = DropoutKind::Nm { n: 2, m: 4 };
-        let mask = t.run(|| targeted_dropout_mask(&w, kind, 0.5, 0.5, 8, 1))?;
+        let mask =
+            t.run(|| targeted_dropout_mask(&w, TargetedDropout::new(kind, 0.5, 0.5)?, 8, 1))?;
         let want = mask.where_cond(&c.zeros_like()?, &c)?;
         assert_same_bits(g, &want, &format!("{t:?} gradient"))?;
         let dropped = mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
@@ -467,14 +470,14 @@ fn layers_ramp_and_config() -> Result<()> {
     let _g = lock();
     let dev = Device::Cpu;
     let td = TargetedDropout::nm(2, 4, 0.5)?;
-    assert_eq!(td.kind, DropoutKind::Nm { n: 2, m: 4 });
-    assert_eq!(td.gamma, 0.5);
+    assert_eq!(td.kind(), DropoutKind::Nm { n: 2, m: 4 });
+    assert_eq!(td.gamma(), 0.5);
     // The ramp moves alpha only: the pattern stays 2:4.
     let ramp = RampSchedule::with_steps(0.9, 0.8, 10, 20)?;
     let at = td.at_step(&ramp, 10)?;
-    assert_eq!((at.kind, at.gamma, at.alpha), (td.kind, 0.5, 0.4));
-    assert_eq!(td.at_step(&ramp, 0)?.alpha, 0.0);
-    assert_eq!(td.at_step(&ramp, 100)?.alpha, 0.8);
+    assert_eq!((at.kind(), at.gamma(), at.alpha()), (td.kind(), 0.5, 0.4));
+    assert_eq!(td.at_step(&ramp, 0)?.alpha(), 0.0);
+    assert_eq!(td.at_step(&ramp, 100)?.alpha(), 0.8);
     // A layer: evaluation prunes to 2:4, training drops at random.
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
@@ -531,9 +534,7 @@ fn varmap_trains_reports_and_exports_two_four() -> Result<()> {
         .clone();
     let mask = targeted_dropout_mask(
         &before,
-        DropoutKind::Nm { n: 2, m: 4 },
-        0.5,
-        0.5,
+        TargetedDropout::new(DropoutKind::Nm { n: 2, m: 4 }, 0.5, 0.5)?,
         seed,
         offset,
     )?;
@@ -568,15 +569,18 @@ fn varmap_trains_reports_and_exports_two_four() -> Result<()> {
     let shown = report.to_string();
     assert!(shown.contains("2:4") && shown.contains("yes"), "{shown}");
     // with_pruned at another pattern reports that pattern and restores.
-    vd.with_pruned(DropoutKind::Nm { n: 1, m: 4 }, 0.75, |r| {
-        assert!(r.vars.iter().all(|v| v.nm
-            == Some(NmCheck {
-                n: 1,
-                m: 4,
-                holds: true
-            })));
-        Ok(())
-    })?;
+    vd.with_pruned(
+        TargetedDropout::new(DropoutKind::Nm { n: 1, m: 4 }, 0.75, 1.0)?,
+        |r| {
+            assert!(r.vars.iter().all(|v| v.nm
+                == Some(NmCheck {
+                    n: 1,
+                    m: 4,
+                    holds: true
+                })));
+            Ok(())
+        },
+    )?;
     // The pruned model as ordinary safetensors: loaded back, every weight exactly 2:4, the
     // same bits.
     let dir = std::env::temp_dir().join(format!("td-nm-{}", std::process::id()));

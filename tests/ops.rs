@@ -98,21 +98,26 @@ test_device!(odd_shapes, odd_shapes_match_the_oracle, devices);
 fn ties_and_zeros(dev: &Device) -> Result<()> {
     // An all-zero filter still targets exactly k (the paper's code would target none).
     let w = Tensor::zeros((3, 10), DType::F32, &Device::Cpu)?;
-    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.3, 1.0, 0, 0)?;
+    let m = targeted_dropout_mask(&w.to_device(dev)?, TargetedDropout::weight(0.3, 1.0)?, 0, 0)?;
     let m = m.to_dtype(DType::F32)?.sum(D::Minus1)?.to_vec1::<f32>()?;
     assert_eq!(m, [3.0, 3.0, 3.0]);
     // -0.0 and +0.0 tie: the lower index goes first.
     let w = Tensor::new(&[-0.0f32, 0.0, 1.0, -0.0], &Device::Cpu)?;
-    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.5, 1.0, 0, 0)?;
+    let m = targeted_dropout_mask(&w.to_device(dev)?, TargetedDropout::weight(0.5, 1.0)?, 0, 0)?;
     assert_eq!(m.to_vec1::<u8>()?, [1, 1, 0, 0]);
     // +Inf ranks above every finite value and NaN above +Inf; +Inf and -Inf tie.
     let w = Tensor::new(
         &[f32::NAN, f32::INFINITY, 1e30, -f32::INFINITY],
         &Device::Cpu,
     )?;
-    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.5, 1.0, 0, 0)?;
+    let m = targeted_dropout_mask(&w.to_device(dev)?, TargetedDropout::weight(0.5, 1.0)?, 0, 0)?;
     assert_eq!(m.to_vec1::<u8>()?, [0, 1, 1, 0]);
-    let m = targeted_dropout_mask(&w.to_device(dev)?, DropoutKind::Weight, 0.75, 1.0, 0, 0)?;
+    let m = targeted_dropout_mask(
+        &w.to_device(dev)?,
+        TargetedDropout::weight(0.75, 1.0)?,
+        0,
+        0,
+    )?;
     assert_eq!(m.to_vec1::<u8>()?, [0, 1, 1, 1]);
     // Dropped elements are +0.0 even where the input was -0.0; kept ones keep their bits.
     let w = Tensor::new(&[-0.0f32, 2.0], &Device::Cpu)?;
@@ -141,8 +146,8 @@ fn non_contiguous(dev: &Device) -> Result<()> {
         for v in views {
             let c = v.contiguous()?;
             for kind in [DropoutKind::Weight, DropoutKind::Unit] {
-                let a = targeted_dropout_mask(&v, kind, 0.6, 0.5, 9, 9)?;
-                let b = targeted_dropout_mask(&c, kind, 0.6, 0.5, 9, 9)?;
+                let a = targeted_dropout_mask(&v, TargetedDropout::new(kind, 0.6, 0.5)?, 9, 9)?;
+                let b = targeted_dropout_mask(&c, TargetedDropout::new(kind, 0.6, 0.5)?, 9, 9)?;
                 assert_same_bits(&a, &b, "mask of a view vs its copy")?;
             }
             let a = targeted_weight_dropout_seeded(&v, 0.6, 0.5, 9, 9)?;
@@ -198,7 +203,7 @@ fn gradients(dev: &Device) -> Result<()> {
                 DropoutKind::Nm { n, m } => (m - n) as f64 / m as f64,
                 _ => 0.5,
             };
-            let mask = targeted_dropout_mask(&w0, kind, gamma, 0.5, 11, 5)?;
+            let mask = targeted_dropout_mask(&w0, TargetedDropout::new(kind, gamma, 0.5)?, 11, 5)?;
             let gwv = bits(gw)?;
             let gv = bits(&g)?;
             for (i, m) in bits(&mask)?.into_iter().enumerate() {
@@ -292,7 +297,7 @@ fn drop_rate(dev: &Device) -> Result<()> {
     let mut rng = Rng(7);
     let w = tensor(&mut rng, &[512, 2048], DType::F32, Data::Plain)?.to_device(dev)?;
     for alpha in [0.1, 0.5, 0.9] {
-        let m = targeted_dropout_mask(&w, DropoutKind::Weight, 0.5, alpha, 3, 1)?;
+        let m = targeted_dropout_mask(&w, TargetedDropout::weight(0.5, alpha)?, 3, 1)?;
         let dropped = m.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         let targeted = 512.0 * 1024.0;
         let rate = dropped / targeted;
@@ -304,7 +309,7 @@ fn drop_rate(dev: &Device) -> Result<()> {
     }
     // Units: 4096 units of 4, half targeted.
     let w = tensor(&mut rng, &[4096, 4], DType::F32, Data::Plain)?.to_device(dev)?;
-    let m = targeted_dropout_mask(&w, DropoutKind::Unit, 0.5, 0.5, 3, 1)?;
+    let m = targeted_dropout_mask(&w, TargetedDropout::unit(0.5, 0.5)?, 3, 1)?;
     let rate = m.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? / 4.0 / 2048.0;
     assert!(
         (rate - 0.5).abs() < 4.0 * (0.25f64 / 2048.0).sqrt(),
@@ -349,7 +354,7 @@ fn schedule_ramps_like_the_paper() -> Result<()> {
     let td = TargetedDropout::weight(0.0, 0.0)?;
     let full = RampSchedule::with_steps(1.0, 1.0, 10, 20)?;
     let at = td.at_step(&full, 20)?;
-    assert_eq!((at.gamma, at.alpha), (1.0, 1.0));
+    assert_eq!((at.gamma(), at.alpha()), (1.0, 1.0));
     // Bad ranges are errors that name them.
     for (t1, t2) in [(20, 20), (30, 20), (0, 20)] {
         let e = RampSchedule::with_steps(0.5, 0.5, t1, t2)
@@ -492,7 +497,7 @@ fn draw_boundary(dev: &Device) -> Result<()> {
                     out[e as usize]
                 );
                 let mask =
-                    targeted_dropout_mask(&w, DropoutKind::Weight, 0.5, alpha, seed, offset)?
+                    targeted_dropout_mask(&w, TargetedDropout::weight(0.5, alpha)?, seed, offset)?
                         .flatten_all()?
                         .to_vec1::<u8>()?;
                 assert_eq!(mask[e as usize] == 1, dropped, "{what}: mask");
@@ -532,13 +537,13 @@ fn draw_boundary(dev: &Device) -> Result<()> {
             let out = row(targeted_unit_dropout_seeded(&w, 0.5, alpha, seed, offset)?)?;
             assert_eq!(out.iter().all(|&x| x == 0.0), dropped, "{what}: {out:?}");
             assert!(out.iter().all(|&x| x == 0.0) || out.iter().all(|&x| x != 0.0));
-            let mask = targeted_dropout_mask(&w, DropoutKind::Unit, 0.5, alpha, seed, offset)?
+            let mask = targeted_dropout_mask(&w, TargetedDropout::unit(0.5, alpha)?, seed, offset)?
                 .get(u as usize)?
                 .to_vec1::<u8>()?;
             assert_eq!(mask, vec![dropped as u8; len], "{what}: mask");
             // The unit path of a shard (the scores selected like a row of weights).
             let shard =
-                targeted_unit_dropout_from_scores(&w, &scores, 0, 0.5, alpha, seed, offset)?;
+                targeted_unit_dropout_from_scores(&w, &scores, 0.5, alpha, seed, offset, 0)?;
             assert_eq!(row(shard)?, out, "{what}: from scores");
         }
     }

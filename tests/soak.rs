@@ -12,7 +12,7 @@ use candle_core::{backprop::GradStore, DType, Device, Module, Result, Tensor, Va
 use candle_nn::{linear, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use candle_targeted_dropout::{
     prune_weights, set_seed, targeted_dropout_many, targeted_unit_dropout, targeted_weight_dropout,
-    DropoutKind, TargetedDropout, VarMapDropout,
+    TargetedDropout, VarMapDropout,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -214,7 +214,7 @@ fn varmap_dropout_with_candle_adamw_does_not_grow() -> Result<()> {
         let mut grads = loss.backward()?;
         step.finish(&mut grads)?;
         opt.step(&grads)?;
-        vd.with_pruned(DropoutKind::Weight, 0.9, |_| {
+        vd.with_pruned(TargetedDropout::weight(0.9, 1.0)?, |_| {
             net.forward(&x)?.sum_all()?.to_scalar::<f32>()
         })?;
         Ok(())

@@ -194,15 +194,9 @@ fn bad_selections_are_errors_naming_the_variable() -> Result<()> {
     let none = |_: &str, _: &Tensor| None;
     let e = VarMapDropout::new(&vm, none).unwrap_err().to_string();
     assert!(e.contains("matched none of the 2 variables"), "{e}");
-    let bad = |n: &str, _: &Tensor| {
-        (n == "steps").then_some(TargetedDropout {
-            kind: DropoutKind::Weight,
-            gamma: 1.5,
-            alpha: 0.5,
-        })
-    };
-    let e = VarMapDropout::new(&vm, bad).unwrap_err().to_string();
-    assert!(e.contains("steps") && e.contains("1.5"), "{e}");
+    // A bad config cannot reach `new`: its constructor is the error, naming the value.
+    let e = TargetedDropout::weight(1.5, 0.5).unwrap_err().to_string();
+    assert!(e.contains("gamma") && e.contains("1.5"), "{e}");
     Ok(())
 }
 
@@ -213,14 +207,16 @@ fn prune_reports_saves_and_restores() -> Result<()> {
     let (w1, w2) = (var(&m.varmap, "fc1.weight"), var(&m.varmap, "fc2.weight"));
     let (o1, o2) = (w1.as_tensor().copy()?, w2.as_tensor().copy()?);
     // Temporary pruning at another rate restores the weights, also when the closure fails.
-    let acc = vd.with_pruned(DropoutKind::Weight, 0.75, |r| {
+    let acc = vd.with_pruned(TargetedDropout::weight(0.75, 1.0)?, |r| {
         assert_eq!(r.vars[0].zeros, 16 * 9);
         assert_same_bits(w1.as_tensor(), &prune_weights(&o1, 0.75)?, "temporary")?;
         Ok(r.total().fraction())
     })?;
     assert!((acc - 0.75).abs() < 0.02, "{acc}");
     assert_same_bits(w1.as_tensor(), &o1, "restored after with_pruned")?;
-    let failed: Result<()> = vd.with_pruned(DropoutKind::Unit, 0.5, |_| candle_core::bail!("boom"));
+    let failed: Result<()> = vd.with_pruned(TargetedDropout::unit(0.5, 1.0)?, |_| {
+        candle_core::bail!("boom")
+    });
     let e = failed.unwrap_err().to_string();
     assert!(e.contains("boom"), "{e}");
     assert_same_bits(w2.as_tensor(), &o2, "restored after a failing closure")?;
@@ -352,11 +348,11 @@ fn unit_shards(dev: &Device) -> Result<()> {
         )?;
         assert_same_bits(&scores, &unit_scores(&w)?, "gathered scores")?;
         for (c, p) in cuts.windows(2).zip(&parts) {
-            let got = targeted_unit_dropout_from_scores(p, &scores, c[0], 0.6, 0.5, 3, 9)?;
+            let got = targeted_unit_dropout_from_scores(p, &scores, 0.6, 0.5, 3, 9, c[0])?;
             let want = whole.narrow(0, c[0], c[1] - c[0])?;
             assert_same_bits(&got, &want, &format!("{dt:?} units {}..{}", c[0], c[1]))?;
         }
-        let e = targeted_unit_dropout_from_scores(&parts[3], &scores, 31, 0.6, 0.5, 3, 9)
+        let e = targeted_unit_dropout_from_scores(&parts[3], &scores, 0.6, 0.5, 3, 9, 31)
             .unwrap_err()
             .to_string();
         assert!(e.contains("31") && e.contains("37"), "{e}");
@@ -397,32 +393,22 @@ fn grouped(dev: &Device) -> Result<()> {
     let many = targeted_dropout_many_seeded(&items, 77, 100)?;
     for (i, ((w, c), got)) in items.iter().zip(&many).enumerate() {
         let off = 100 + i as u64;
-        let want = match c.kind {
-            DropoutKind::Weight => targeted_weight_dropout_seeded(w, c.gamma, c.alpha, 77, off)?,
-            DropoutKind::Unit => targeted_unit_dropout_seeded(w, c.gamma, c.alpha, 77, off)?,
-            DropoutKind::Nm { n, m } => targeted_nm_dropout_seeded(w, n, m, c.alpha, 77, off)?,
+        let want = match c.kind() {
+            DropoutKind::Weight => {
+                targeted_weight_dropout_seeded(w, c.gamma(), c.alpha(), 77, off)?
+            }
+            DropoutKind::Unit => targeted_unit_dropout_seeded(w, c.gamma(), c.alpha(), 77, off)?,
+            DropoutKind::Nm { n, m } => targeted_nm_dropout_seeded(w, n, m, c.alpha(), 77, off)?,
         };
         assert_same_bits(got, &want, &format!("tensor {i}"))?;
     }
     // Bad input anywhere: an error naming the tensor, before any draw.
-    let bad = [
-        (&ws[0], cfgs[0]),
-        (
-            &ws[1],
-            TargetedDropout {
-                kind: DropoutKind::Unit,
-                gamma: 0.5,
-                alpha: -1.0,
-            },
-        ),
-    ];
+    let ints = Tensor::zeros((3, 4), DType::U32, ws[0].device())?;
+    let bad = [(&ws[0], cfgs[0]), (&ints, cfgs[1])];
     let e = targeted_dropout_many_seeded(&bad, 0, 0)
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("tensor 1") && e.contains("alpha") && e.contains("-1"),
-        "{e}"
-    );
+    assert!(e.contains("tensor 1") && e.contains("U32"), "{e}");
     Ok(())
 }
 
@@ -453,24 +439,17 @@ fn grouped_call_takes_consecutive_offsets_and_keeps_autograd() -> Result<()> {
         assert_same_bits(m, o, "grouped vs single")?;
     }
     let grads = (many[0].sum_all()? + many[1].sum_all()?)?.backward()?;
-    let mask = targeted_dropout_mask(&b, DropoutKind::Weight, 0.5, 0.5, 3, 1)?;
+    let mask = targeted_dropout_mask(&b, TargetedDropout::weight(0.5, 0.5)?, 3, 1)?;
     let gb = grads.get(&b).expect("b has a gradient");
     let want = mask.where_cond(&b.zeros_like()?, &b.ones_like()?)?;
     assert_same_bits(gb, &want, "gradient through the grouped call")?;
     // A failing call leaves the generator where it was.
     set_seed(3);
-    let bad = TargetedDropout {
-        kind: DropoutKind::Weight,
-        gamma: f64::NAN,
-        alpha: 0.5,
-    };
-    let e = targeted_dropout_many(&[(&a, cfg), (&b, bad)])
+    let scalar = Tensor::new(1f32, &Device::Cpu)?;
+    let e = targeted_dropout_many(&[(&a, cfg), (&scalar, cfg)])
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("tensor 1") && e.contains("gamma") && e.contains("NaN"),
-        "{e}"
-    );
+    assert!(e.contains("tensor 1") && e.contains("rank"), "{e}");
     assert_eq!(generator_state(), (3, 0));
     Ok(())
 }
@@ -491,14 +470,14 @@ fn weight_shards(dev: &Device, small: bool) -> Result<()> {
             let d0 = shape[0];
             for (r0, r1) in [(0, d0), (1, d0 / 2), (d0 / 2, d0), (d0 - 1, d0)] {
                 let part = w.narrow(0, r0, r1 - r0)?;
-                let got = targeted_weight_dropout_rows(&part, 0.6, 0.5, 3, 9, r0 as u64)?;
+                let got = targeted_weight_dropout_rows(&part, 0.6, 0.5, 3, 9, r0)?;
                 let want = whole.narrow(0, r0, r1 - r0)?;
                 assert_same_bits(&got, &want, &format!("{dt:?} {shape:?} rows {r0}..{r1}"))?;
             }
         }
     }
     let w = Tensor::ones((4, 8), DType::F32, dev)?;
-    let e = targeted_weight_dropout_rows(&w, 0.5, 0.5, 0, 0, u64::MAX / 8)
+    let e = targeted_weight_dropout_rows(&w, 0.5, 0.5, 0, 0, usize::MAX / 8)
         .unwrap_err()
         .to_string();
     assert!(e.contains("2^64"), "{e}");
@@ -525,7 +504,7 @@ fn one_step_at_a_time_and_empty_variables() -> Result<()> {
         vd.apply().err().map(|e| e.to_string()),
         vd.apply_seeded(1, 2).err().map(|e| e.to_string()),
         vd.prune().err().map(|e| e.to_string()),
-        vd.with_pruned(DropoutKind::Weight, 0.5, |_| Ok(()))
+        vd.with_pruned(TargetedDropout::weight(0.5, 1.0)?, |_| Ok(()))
             .err()
             .map(|e| e.to_string()),
     ] {
@@ -567,7 +546,7 @@ fn select_all(_: &str, _: &Tensor) -> Option<TargetedDropout> {
 fn scores_are_checked_and_nans_canonical() -> Result<()> {
     let w = Tensor::ones((3, 2), DType::F32, &Device::Cpu)?;
     let bad = Tensor::new(&[1f32, -1.0, 2.0], &Device::Cpu)?;
-    let e = targeted_unit_dropout_from_scores(&w, &bad, 0, 0.5, 1.0, 0, 0)
+    let e = targeted_unit_dropout_from_scores(&w, &bad, 0.5, 1.0, 0, 0, 0)
         .unwrap_err()
         .to_string();
     assert!(e.contains("negative"), "{e}");
@@ -580,7 +559,7 @@ fn scores_are_checked_and_nans_canonical() -> Result<()> {
         ],
         &Device::Cpu,
     )?;
-    let got = targeted_unit_dropout_from_scores(&w, &nans, 0, 0.67, 1.0, 0, 0)?;
+    let got = targeted_unit_dropout_from_scores(&w, &nans, 0.67, 1.0, 0, 0, 0)?;
     assert_eq!(got.to_vec2::<f32>()?, [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]);
     Ok(())
 }
@@ -605,7 +584,8 @@ fn two_varmap_dropouts_over_one_varmap_do_not_step_at_once() -> Result<()> {
         (b.apply_seeded(0, 0).err(), "apply_seeded"),
         (b.prune().err(), "prune"),
         (
-            b.with_pruned(DropoutKind::Weight, 0.5, |_| Ok(())).err(),
+            b.with_pruned(TargetedDropout::weight(0.5, 1.0)?, |_| Ok(()))
+                .err(),
             "with_pruned",
         ),
     ] {
@@ -707,14 +687,13 @@ fn finish_masks_each_gradient_at_its_own_offset() -> Result<()> {
         {
             let c = vd.config(name).expect("selected");
             let off = first.wrapping_add(i as u64);
-            let mask = targeted_dropout_mask(o, c.kind, c.gamma, c.alpha, seed, off)?;
+            let mask = targeted_dropout_mask(o, c, seed, off)?;
             let want = mask.where_cond(&g.zeros_like()?, g)?;
             let got = grads.get(v.as_tensor()).expect("a gradient");
             let what = format!("{name}, seed {seed}, offset {off}");
             assert_same_bits(got, &want, &what)?;
             // Not the mask of a neighbouring offset (the masks differ there).
-            let other =
-                targeted_dropout_mask(o, c.kind, c.gamma, c.alpha, seed, off.wrapping_add(1))?;
+            let other = targeted_dropout_mask(o, c, seed, off.wrapping_add(1))?;
             if bits(&other)? != bits(&mask)? {
                 let wrong = other.where_cond(&g.zeros_like()?, g)?;
                 assert_ne!(bits(got)?, bits(&wrong)?, "{what}: the next offset's mask");

@@ -11,17 +11,17 @@
 //! change to the model's code. Then the unit-dropout model, 70% of its units pruned, is
 //! thinned (the dead units removed) and timed. Everything is seeded: the same command prints
 //! the same tables. `--help` lists the flags.
+#[path = "../common/mod.rs"]
+mod common;
 mod idx;
-mod plot;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{backprop::GradStore, DType, Device, Module, Tensor, Var, D};
 use candle_nn::{conv2d, linear, loss::cross_entropy, Conv2d, Linear, VarBuilder, VarMap};
-use candle_targeted_dropout::{
-    set_seed, thin_units, DropoutKind, RampSchedule, TargetedDropout, VarMapDropout,
-};
+use candle_targeted_dropout::{set_seed, thin_units, DropoutKind, TargetedDropout, VarMapDropout};
 use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use common::{DeviceArg, Recipe, Rng, Row, UNIT_RATES, WEIGHT_RATES};
+use plotters::prelude::SeriesLabelPosition;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -48,12 +48,6 @@ impl Dataset {
             Dataset::Fashion => "Fashion-MNIST",
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
 }
 
 #[derive(Parser, Debug)]
@@ -100,21 +94,8 @@ struct Args {
     out: PathBuf,
 }
 
-const WEIGHT_RATES: [u32; 13] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99];
-const UNIT_RATES: [u32; 10] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90];
-
 /// The N:M patterns of the N:M table: 2:4 (sparse tensor cores), and 1:4 and 4:8 to compare.
 const NM_PATTERNS: [(usize, usize); 3] = [(2, 4), (1, 4), (4, 8)];
-
-/// One training recipe: a name and the targeted dropout its hidden layers get.
-#[derive(Clone, Copy)]
-enum Recipe {
-    None,
-    Fixed(TargetedDropout),
-    /// The schedule's gamma and alpha on a config of this one's kind (an N:M config takes
-    /// the alpha only).
-    Ramp(RampSchedule, TargetedDropout),
-}
 
 /// The network, plain candle_nn layers: convolutions, hidden layers and the logits layer.
 struct Net {
@@ -163,7 +144,7 @@ impl Net {
     fn dropout(model: Model, vm: &VarMap, td: TargetedDropout) -> Result<VarMapDropout> {
         let names = Net::prunable(model);
         Ok(VarMapDropout::new(vm, |name, w| {
-            let fits = match td.kind {
+            let fits = match td.kind() {
                 DropoutKind::Nm { m, .. } => w.dim(1).is_ok_and(|c| c % m == 0),
                 _ => true,
             };
@@ -221,25 +202,6 @@ impl Net {
             hidden: rest,
             logits,
         })
-    }
-}
-
-/// splitmix64, for the seeded initialisation and shuffling.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit(), self.unit());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
 }
 
@@ -367,20 +329,11 @@ fn train(
     };
     let steps_per_epoch = train_set.count.div_ceil(args.batch_size);
     let total = (steps_per_epoch * args.epochs) as u64;
-    let pb = ProgressBar::new(args.epochs as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>15} [{bar:30}] {pos}/{len} epochs {elapsed:>4} {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_prefix(name.to_string());
+    let pb = common::progress(name, args.epochs as u64, "epochs");
     // Targeted dropout on the model's variables; the model itself is plain candle_nn.
-    let mut dropout = match recipe {
-        Recipe::None => None,
-        Recipe::Fixed(td) => Some(Net::dropout(args.model, &vm, td)?),
-        Recipe::Ramp(s, td) => Some(Net::dropout(args.model, &vm, td.at_step(&s, 0)?)?),
+    let mut dropout = match recipe.at(0)? {
+        None => None,
+        Some(td) => Some(Net::dropout(args.model, &vm, td)?),
     };
     let mut rng = Rng(args.seed ^ 0xda7a);
     let mut ids: Vec<usize> = (0..train_set.count).collect();
@@ -418,21 +371,6 @@ fn train(
     Ok((net, vm))
 }
 
-/// Test accuracy after pruning every prunable layer at each rate; the weights are restored.
-fn pruned_accuracy(
-    net: &Net,
-    vd: &VarMapDropout,
-    kind: DropoutKind,
-    rates: &[u32],
-    test: &idx::Split,
-    dev: &Device,
-) -> Result<Vec<f64>> {
-    rates
-        .iter()
-        .map(|&r| Ok(vd.with_pruned(kind, r as f64 / 100.0, |_| accuracy(net, test, dev))?))
-        .collect()
-}
-
 /// Test accuracy with the prunable layers dense, then pruned to each N:M pattern (the layers
 /// whose input axis the pattern's m divides; the others stay dense); the weights are
 /// restored.
@@ -445,10 +383,9 @@ fn nm_accuracy(
 ) -> Result<Vec<f64>> {
     let mut acc = vec![accuracy(net, test, dev)?];
     for (n, m) in NM_PATTERNS {
-        let vd = Net::dropout(model, vm, TargetedDropout::nm(n, m, 0.0)?)?;
-        let kind = DropoutKind::Nm { n, m };
-        let frac = (m - n) as f64 / m as f64;
-        acc.push(vd.with_pruned(kind, frac, |report| {
+        let td = TargetedDropout::nm(n, m, 0.0)?;
+        let vd = Net::dropout(model, vm, td)?;
+        acc.push(vd.with_pruned(td, |report| {
             // Pruning leaves every selected weight exactly N:M.
             if !report.vars.iter().all(|v| v.nm.is_some_and(|c| c.holds)) {
                 candle_core::bail!("pruning at {n}:{m} left a weight that is not {n}:{m}")
@@ -479,7 +416,7 @@ fn thinning(
     test: &idx::Split,
     dev: &Device,
 ) -> Result<String> {
-    vd.with_pruned(DropoutKind::Unit, unit_rate as f64 / 100.0, |_| {
+    vd.with_pruned(TargetedDropout::unit(unit_rate as f64 / 100.0, 1.0)?, |_| {
         let thin = net.thinned().map_err(candle_core::Error::msg)?;
         let params = |n: &Net| -> usize {
             n.convs.iter().map(|c| c.weight().elem_count()).sum::<usize>()
@@ -526,66 +463,15 @@ fn thinning(
     .map_err(Into::into)
 }
 
-fn table(title: &str, rates: &[u32], rows: &[(String, Vec<f64>)]) -> String {
-    let cols: Vec<String> = rates.iter().map(|r| format!("{r}%")).collect();
-    table_cols(title, &cols, rows)
-}
-
-fn table_cols(title: &str, cols: &[String], rows: &[(String, Vec<f64>)]) -> String {
-    let mut s = format!("{title}\n{:>15}", "model \\ pruned");
-    for c in cols {
-        s += &format!("{c:>7}");
-    }
-    for (name, acc) in rows {
-        s += &format!("\n{name:>15}");
-        for a in acc {
-            s += &format!("{a:>7.2}");
-        }
-    }
-    s
-}
-
-fn csv(path: &std::path::Path, rates: &[u32], rows: &[(String, Vec<f64>)]) -> Result<()> {
-    let cols: Vec<String> = rates.iter().map(|r| r.to_string()).collect();
-    csv_cols(path, &cols, rows)
-}
-
-fn csv_cols(path: &std::path::Path, cols: &[String], rows: &[(String, Vec<f64>)]) -> Result<()> {
-    let mut s = String::from("model");
-    for c in cols {
-        s += &format!(",{c}");
-    }
-    for (name, acc) in rows {
-        s += &format!("\n{name}");
-        for a in acc {
-            s += &format!(",{a:.2}");
-        }
-    }
-    s.push('\n');
-    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
-    let dev = match args.device {
-        DeviceArg::Cpu => Device::Cpu,
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda => Device::new_cuda(0)?,
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda => bail!("--device cuda needs a build with `--features cuda`"),
-    };
-    for (name, v) in [
+    let dev = args.device.open()?;
+    common::check_fractions(&[
         ("--gamma", args.gamma),
         ("--alpha", args.alpha),
         ("--ramp-to", args.ramp_to),
-    ] {
-        if !(0.0..=1.0).contains(&v) {
-            bail!("{name} must be in [0, 1], got {v}")
-        }
-    }
-    if args.epochs == 0 || args.batch_size == 0 {
-        bail!("--epochs and --batch-size must be at least 1")
-    }
+    ])?;
+    common::check_counts(&[("--epochs", args.epochs), ("--batch-size", args.batch_size)])?;
     let data = (
         idx::load(&args.data_dir, "train")?,
         idx::load(&args.data_dir, "t10k")?,
@@ -595,27 +481,10 @@ fn main() -> Result<()> {
         args.model, args.device, args.dataset.name(), data.0.count, data.1.count, args.data_dir.display(), args.epochs, args.lr, args.momentum, args.weight_decay, args.seed
     );
     let steps = (data.0.count.div_ceil(args.batch_size) * args.epochs) as u64;
-    let ramp = RampSchedule::with_steps(
-        args.ramp_to,
-        args.ramp_to,
-        (steps / 5).max(1),
-        (2 * steps / 5).max(2),
-    )?;
-    let recipes = [
-        ("none", Recipe::None),
-        (
-            "td_weight",
-            Recipe::Fixed(TargetedDropout::weight(args.gamma, args.alpha)?),
-        ),
-        (
-            "td_unit",
-            Recipe::Fixed(TargetedDropout::unit(args.gamma, args.alpha)?),
-        ),
-        (
-            "td_weight_ramp",
-            // The paper ramps over 20k and 40k of ~100k steps: the same shares of this run.
-            Recipe::Ramp(ramp, TargetedDropout::weight(0.0, 0.0)?),
-        ),
+    // The paper ramps over 20k and 40k of ~100k steps: the same shares of this run.
+    let ramp = common::paper_ramp(args.ramp_to, steps)?;
+    let mut recipes = common::four_recipes(args.gamma, args.alpha, ramp)?;
+    recipes.extend([
         (
             "td_2:4",
             Recipe::Fixed(TargetedDropout::nm(2, 4, args.alpha)?),
@@ -625,10 +494,9 @@ fn main() -> Result<()> {
             "td_2:4_ramp",
             Recipe::Ramp(ramp, TargetedDropout::nm(2, 4, 0.0)?),
         ),
-    ];
+    ]);
     let start = std::time::Instant::now();
-    let mut weight_rows = Vec::new();
-    let mut unit_rows = Vec::new();
+    let mut results = common::Results::default();
     let mut nm_rows = Vec::new();
     let mut nm_pruned = String::new();
     let mut thin_report = String::new();
@@ -636,8 +504,9 @@ fn main() -> Result<()> {
         let (net, vm) = train(&args, recipe, name, &data, &dev)?;
         // Pruning reaches the plain model through its VarMap too (the config is not used).
         let vd = Net::dropout(args.model, &vm, TargetedDropout::weight(0.0, 0.0)?)?;
-        let w = pruned_accuracy(&net, &vd, DropoutKind::Weight, &WEIGHT_RATES, &data.1, &dev)?;
-        let u = pruned_accuracy(&net, &vd, DropoutKind::Unit, &UNIT_RATES, &data.1, &dev)?;
+        let acc = || accuracy(&net, &data.1, &dev);
+        let w = common::pruned_at(&vd, DropoutKind::Weight, &WEIGHT_RATES, acc)?;
+        let u = common::pruned_at(&vd, DropoutKind::Unit, &UNIT_RATES, acc)?;
         let nm = nm_accuracy(args.model, &net, &vm, &data.1, &dev)?;
         if name == "td_unit" {
             thin_report = thinning(&net, &vd, 70, &data.1, &dev)?;
@@ -645,31 +514,15 @@ fn main() -> Result<()> {
         if nm_pruned.is_empty() {
             nm_pruned = nm_layers(args.model, &vm)?;
         }
-        weight_rows.push((name.to_string(), w));
-        unit_rows.push((name.to_string(), u));
+        results.weight.push((name.to_string(), w));
+        results.unit.push((name.to_string(), u));
         nm_rows.push((name.to_string(), nm));
     }
-    println!(
-        "\n{}",
-        table(
-            &format!(
-                "{} test accuracy (%) after per-filter weight pruning",
-                args.dataset.name()
-            ),
-            &WEIGHT_RATES,
-            &weight_rows
-        )
-    );
-    println!(
-        "\n{}",
-        table(
-            &format!(
-                "{} test accuracy (%) after unit pruning",
-                args.dataset.name()
-            ),
-            &UNIT_RATES,
-            &unit_rows
-        )
+    let ds = args.dataset.name();
+    results.print(
+        &format!("{ds} test accuracy (%) after per-filter weight pruning"),
+        &format!("{ds} test accuracy (%) after unit pruning"),
+        2,
     );
     let nm_cols: Vec<String> = ["dense".to_string()]
         .into_iter()
@@ -677,43 +530,24 @@ fn main() -> Result<()> {
         .collect();
     println!(
         "\n{}{nm_pruned}",
-        table_cols(
+        common::table(
             "Test accuracy (%) after N:M pruning (at most n non-zeros in every m inputs)",
             &nm_cols,
-            &nm_rows
+            &nm_rows,
+            2
         )
     );
     println!("\n{thin_report}");
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    csv(
-        &args.out.join("weight_pruning.csv"),
-        &WEIGHT_RATES,
-        &weight_rows,
-    )?;
-    csv(&args.out.join("unit_pruning.csv"), &UNIT_RATES, &unit_rows)?;
-    csv_cols(&args.out.join("nm_pruning.csv"), &nm_cols, &nm_rows)?;
-    let wr: Vec<f64> = WEIGHT_RATES.iter().map(|&r| r as f64).collect();
-    let ur: Vec<f64> = UNIT_RATES.iter().map(|&r| r as f64).collect();
-    let png = args.out.join("pruning.png");
-    let drawn = plot::draw(
-        &png,
-        &[
-            ("Per-filter weight pruning", &wr, &weight_rows),
-            ("Unit pruning", &ur, &unit_rows),
-        ],
-    )?;
-    println!(
-        "\nwrote {}, {}, {}{} in {:.0} s",
-        args.out.join("weight_pruning.csv").display(),
-        args.out.join("unit_pruning.csv").display(),
-        args.out.join("nm_pruning.csv").display(),
-        if drawn {
-            format!(" and {}", png.display())
-        } else {
-            String::new()
-        },
-        start.elapsed().as_secs_f64()
-    );
+    let axis = common::Axis {
+        label: "test accuracy (%)",
+        range: Some((0.0, 100.0)),
+        cap: 100.0,
+        legend: SeriesLabelPosition::LowerLeft,
+        size: (1200, 500),
+    };
+    let nm: &[Row] = &nm_rows;
+    let extra = [("nm_pruning.csv", &nm_cols[..], nm)];
+    let wrote = results.save(&args.out, "", 2, &extra, (None, axis))?;
+    println!("\n{wrote} in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
 }

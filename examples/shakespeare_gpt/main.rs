@@ -8,26 +8,20 @@
 //! loss in bits per byte (per character: the shipped text is ASCII). Targeted dropout reaches
 //! the model through its `VarMap` ([`VarMapDropout`]), with no change to the model's code.
 //! Everything is seeded: the same command prints the same tables. `--help` lists the flags.
+#[path = "../common/mod.rs"]
+mod common;
 mod data;
 mod model;
-mod plot;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use candle_targeted_dropout::{
-    set_seed, DropoutKind, RampSchedule, TargetedDropout, VarMapDropout,
-};
-use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use candle_targeted_dropout::{set_seed, DropoutKind, TargetedDropout, VarMapDropout};
+use clap::Parser;
+use common::{DeviceArg, Recipe, Rng, UNIT_RATES, WEIGHT_RATES};
 use model::{Config, Gpt};
+use plotters::prelude::SeriesLabelPosition;
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-}
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a byte-level GPT with targeted dropout, prune it, compare")]
@@ -79,36 +73,6 @@ struct Args {
     /// Output folder for the CSV files and the plot.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/shakespeare_gpt"))]
     out: PathBuf,
-}
-
-const WEIGHT_RATES: [u32; 13] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99];
-const UNIT_RATES: [u32; 10] = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90];
-
-/// One training recipe: the targeted dropout the projection matrices get.
-#[derive(Clone, Copy)]
-enum Recipe {
-    None,
-    Fixed(TargetedDropout),
-    Ramp(RampSchedule),
-}
-
-/// splitmix64, for the seeded initialisation and the batches.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit(), self.unit());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
 }
 
 /// GPT-2's initialisation from `seed`, set in name order so that the run repeats itself
@@ -258,26 +222,17 @@ fn train(
             weight_decay: args.weight_decay,
         },
     )?;
-    let pb = ProgressBar::new(args.steps as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>15} [{bar:30}] {pos}/{len} steps {elapsed:>4} {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_prefix(name.to_string());
-    let mut dropout = match recipe {
-        Recipe::None => None,
-        Recipe::Fixed(td) => Some(projections(&vm, td)?),
-        Recipe::Ramp(_) => Some(projections(&vm, TargetedDropout::weight(0.0, 0.0)?)?),
+    let pb = common::progress(name, args.steps as u64, "steps");
+    let mut dropout = match recipe.at(0)? {
+        None => None,
+        Some(td) => Some(projections(&vm, td)?),
     };
     let mut rng = Rng(args.seed ^ 0xda7a);
     let start = std::time::Instant::now();
     let mut recent = Vec::new();
     for step in 0..args.steps {
-        if let (Recipe::Ramp(s), Some(vd)) = (recipe, dropout.as_mut()) {
-            vd.set_all(TargetedDropout::weight(0.0, 0.0)?.at_step(&s, step as u64)?)?;
+        if let (Recipe::Ramp(s, td), Some(vd)) = (recipe, dropout.as_mut()) {
+            vd.set_all(td.at_step(&s, step as u64)?)?;
         }
         opt.set_learning_rate(learning_rate(args.lr, step, args.steps));
         let ids = sample(
@@ -313,66 +268,13 @@ fn train(
     Ok((model, vm, secs))
 }
 
-/// Validation bits per byte after pruning every projection at each rate; weights restored.
-fn pruned_loss(
-    model: &Gpt,
-    vd: &VarMapDropout,
-    kind: DropoutKind,
-    rates: &[u32],
-    args: &Args,
-    valid: &[u8],
-    dev: &Device,
-) -> Result<Vec<f64>> {
-    rates
-        .iter()
-        .map(|&r| {
-            Ok(vd.with_pruned(kind, r as f64 / 100.0, |_| {
-                bits_per_byte(model, valid, args.eval_bytes, dev)
-            })?)
-        })
-        .collect()
-}
-
-fn table(title: &str, rates: &[u32], rows: &[(String, Vec<f64>)]) -> String {
-    let mut s = format!("{title}\n{:>15}", "model \\ pruned");
-    for r in rates {
-        s += &format!("{:>7}", format!("{r}%"));
-    }
-    for (name, v) in rows {
-        s += &format!("\n{name:>15}");
-        for a in v {
-            s += &format!("{a:>7.3}");
-        }
-    }
-    s
-}
-
-fn csv(path: &std::path::Path, rates: &[u32], rows: &[(String, Vec<f64>)]) -> Result<()> {
-    let mut s = String::from("model");
-    for r in rates {
-        s += &format!(",{r}");
-    }
-    for (name, v) in rows {
-        s += &format!("\n{name}");
-        for a in v {
-            s += &format!(",{a:.4}");
-        }
-    }
-    s.push('\n');
-    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
-}
-
 fn check_args(args: &Args) -> Result<()> {
-    for (name, v) in [
+    common::check_fractions(&[
         ("--gamma", args.gamma),
         ("--alpha", args.alpha),
         ("--ramp-to", args.ramp_to),
-    ] {
-        if !(0.0..=1.0).contains(&v) {
-            bail!("{name} must be in [0, 1], got {v}")
-        }
-    }
-    for (name, v) in [
+    ])?;
+    common::check_counts(&[
         ("--steps", args.steps),
         ("--batch-size", args.batch_size),
         ("--context", args.context),
@@ -380,11 +282,7 @@ fn check_args(args: &Args) -> Result<()> {
         ("--layers", args.layers),
         ("--heads", args.heads),
         ("--eval-bytes", args.eval_bytes),
-    ] {
-        if v == 0 {
-            bail!("{name} must be at least 1")
-        }
-    }
+    ])?;
     if !args.d_model.is_multiple_of(args.heads) {
         bail!(
             "--d-model {} must be a multiple of --heads {}",
@@ -401,13 +299,7 @@ fn check_args(args: &Args) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     check_args(&args)?;
-    let dev = match args.device {
-        DeviceArg::Cpu => Device::Cpu,
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda => Device::new_cuda(0)?,
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda => bail!("--device cuda needs a build with `--features cuda`"),
-    };
+    let dev = args.device.open()?;
     let corpus = data::load(&args.data_dir, args.valid_file.as_deref(), args.context + 1)?;
     let cfg = config(&args);
     let params = 2 * cfg.vocab * cfg.d_model
@@ -434,109 +326,46 @@ fn main() -> Result<()> {
         args.lr,
         args.seed
     );
-    let recipes = [
-        ("none", Recipe::None),
-        (
-            "td_weight",
-            Recipe::Fixed(TargetedDropout::weight(args.gamma, args.alpha)?),
-        ),
-        (
-            "td_unit",
-            Recipe::Fixed(TargetedDropout::unit(args.gamma, args.alpha)?),
-        ),
-        (
-            "td_weight_ramp",
-            // The paper ramps over 20k and 40k of ~100k steps: the same shares of this run.
-            Recipe::Ramp(RampSchedule::with_steps(
-                args.ramp_to,
-                args.ramp_to,
-                (args.steps as u64 / 5).max(1),
-                (2 * args.steps as u64 / 5).max(2),
-            )?),
-        ),
-    ];
+    // The paper ramps over 20k and 40k of ~100k steps: the same shares of this run.
+    let ramp = common::paper_ramp(args.ramp_to, args.steps as u64)?;
+    let recipes = common::four_recipes(args.gamma, args.alpha, ramp)?;
     let start = std::time::Instant::now();
-    let mut weight_rows = Vec::new();
-    let mut unit_rows = Vec::new();
+    let mut results = common::Results::default();
     for (name, recipe) in recipes {
         let (model, vm, secs) = train(&args, recipe, name, &corpus, &dev)?;
         let t = std::time::Instant::now();
         // Pruning reaches the plain model through its VarMap too (the config is not used).
         let vd = projections(&vm, TargetedDropout::weight(0.0, 0.0)?)?;
-        let w = pruned_loss(
-            &model,
-            &vd,
-            DropoutKind::Weight,
-            &WEIGHT_RATES,
-            &args,
-            &corpus.valid,
-            &dev,
-        )?;
-        let u = pruned_loss(
-            &model,
-            &vd,
-            DropoutKind::Unit,
-            &UNIT_RATES,
-            &args,
-            &corpus.valid,
-            &dev,
-        )?;
+        let loss = || bits_per_byte(&model, &corpus.valid, args.eval_bytes, &dev);
+        let w = common::pruned_at(&vd, DropoutKind::Weight, &WEIGHT_RATES, loss)?;
+        let u = common::pruned_at(&vd, DropoutKind::Unit, &UNIT_RATES, loss)?;
         println!(
             "{name:>15}: validation {:.3} bits/byte unpruned; trained in {secs:.0} s, pruned and evaluated in {:.0} s",
             w[0],
             t.elapsed().as_secs_f64()
         );
-        weight_rows.push((name.to_string(), w));
-        unit_rows.push((name.to_string(), u));
+        results.weight.push((name.to_string(), w));
+        results.unit.push((name.to_string(), u));
     }
-    println!(
-        "\n{}",
-        table(
-            "Validation bits per byte after per-filter weight pruning of every projection",
-            &WEIGHT_RATES,
-            &weight_rows
-        )
+    results.print(
+        "Validation bits per byte after per-filter weight pruning of every projection",
+        "Validation bits per byte after unit pruning of every projection",
+        3,
     );
-    println!(
-        "\n{}",
-        table(
-            "Validation bits per byte after unit pruning of every projection",
-            &UNIT_RATES,
-            &unit_rows
-        )
+    let title = format!(
+        "Byte-level GPT ({} layers, d {}), {} steps, validation: {}",
+        cfg.layers, cfg.d_model, args.steps, corpus.valid_file
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let (wcsv, ucsv) = (
-        args.out.join("gpt_weight_pruning.csv"),
-        args.out.join("gpt_unit_pruning.csv"),
-    );
-    csv(&wcsv, &WEIGHT_RATES, &weight_rows)?;
-    csv(&ucsv, &UNIT_RATES, &unit_rows)?;
-    let wr: Vec<f64> = WEIGHT_RATES.iter().map(|&r| r as f64).collect();
-    let ur: Vec<f64> = UNIT_RATES.iter().map(|&r| r as f64).collect();
-    let png = args.out.join("gpt_pruning.png");
-    let drawn = plot::draw(
-        &png,
-        &format!(
-            "Byte-level GPT ({} layers, d {}), {} steps, validation: {}",
-            cfg.layers, cfg.d_model, args.steps, corpus.valid_file
-        ),
-        &[
-            ("Per-filter weight pruning", &wr, &weight_rows),
-            ("Unit pruning", &ur, &unit_rows),
-        ],
-    )?;
-    println!(
-        "\nwrote {}, {}{} in {:.0} s",
-        wcsv.display(),
-        ucsv.display(),
-        if drawn {
-            format!(" and {}", png.display())
-        } else {
-            String::new()
-        },
-        start.elapsed().as_secs_f64()
-    );
+    // The y axis spans every value of every panel, capped at 8 bits (a uniform guess over
+    // the bytes), so that one collapsed model does not flatten the rest.
+    let axis = common::Axis {
+        label: "validation bits per byte",
+        range: None,
+        cap: 8.0,
+        legend: SeriesLabelPosition::UpperLeft,
+        size: (1200, 540),
+    };
+    let wrote = results.save(&args.out, "gpt_", 4, &[], (Some(&title), axis))?;
+    println!("\n{wrote} in {:.0} s", start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # The CUDA kernels on the CPU emulator (emu/, issue 14), C++ only: the emulator's self-tests
-# (planted faults it must report), the library's kernels launched as src/cuda.rs launches them
+# (planted faults it must report), the library's kernels launched as the plan (src/plan/) launches them
 # against a CPU reference under ASan + UBSan and under TSan (a reduced case set), the large
 # shapes, and the dev harness's own validation. A mismatch, an emulator report or a sanitizer
 # report fails. Each step prints its time (about 5 minutes in all on 2 cores).
@@ -39,6 +39,7 @@ step "dev harness on the emulator" target/emu/dev/td --emu
 # it correct meanwhile).
 step "v5 kernels, ASan + UBSan, 40 cases" target/emu/asan/v5_driver --cases 40
 step "v5 kernels, TSan, 20 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/v5_driver --cases 20
-step "library with kernels-v5 on the emulator" env TD_CASES=200 \
-  cargo test --release --features emulate,kernels-v5 --test emulated_kernels --test equivalence
+# TD_CASES: equivalence.rs's random cases per target; TD_EMU_CASES: emulated.rs's per profile.
+step "library with kernels-v5 on the emulator" env TD_CASES=200 TD_EMU_CASES=40 \
+  cargo test --release --features emulate,kernels-v5 --test emulated --test equivalence
 

@@ -1,7 +1,7 @@
 //! The launch plan, branch by branch, on the two profiles the emulator runs (an H200 and a
 //! small sm_86 GPU) and on made-up devices that force the shared-memory fallbacks: the
-//! kernels, grids, shared memory, buffers and parameters that `src/cuda.rs` launched before
-//! the plan was separated from its execution.
+//! kernels, grids, shared memory, buffers and parameters that the CUDA path launched before
+//! the plan was separated from its execution (`src/cuda/`).
 
 use super::*;
 use crate::cuda_params::{TD_BLOCK_ROW_BYTES, TD_LONG_CHUNK};

@@ -29,6 +29,24 @@ impl Rng {
     }
 }
 
+/// One of `xs`, uniformly.
+pub fn pick<T: Copy>(rng: &mut Rng, xs: &[T]) -> T {
+    xs[rng.below(xs.len() as u64) as usize]
+}
+
+/// The number of random cases: the environment variable `var` when it is set, else
+/// `default`. A value that is not a whole number fails the test, naming the variable and the
+/// value: a knob that fell back to its default unseen would let CI run what it does not say.
+pub fn cases(var: &str, default: usize) -> usize {
+    match std::env::var(var) {
+        Err(_) => default,
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={s:?} is not a number of cases")),
+    }
+}
+
 /// The devices this build can run on: the CPU always, CUDA device 0 when the build has the
 /// feature and a device opens (otherwise a message says the GPU cases are skipped).
 ///
