@@ -2,6 +2,7 @@
 //! it, every parameter of the model receives a gradient (no op without a backward on the way),
 //! and a training step through `VarMapDropout` masks the dropped weights' gradients and
 //! restores the weights.
+mod common;
 #[path = "../examples/shakespeare_gpt/data.rs"]
 #[allow(dead_code)]
 mod data;
@@ -126,13 +127,8 @@ fn tiny() -> candle_core::Result<(VarMap, Gpt, Tensor)> {
     let model = Gpt::new(TINY, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
     let mut named: Vec<_> = vm.data().lock().unwrap().clone().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut state = 7u64;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    };
+    let mut rng = common::Rng(7);
+    let mut next = move || rng.unit() as f32 - 0.5;
     for (name, var) in &named {
         let n = var.elem_count();
         let base = if name.contains("norm") { 1.0 } else { 0.0 };

@@ -57,14 +57,60 @@ impl Rng {
     }
 }
 
-/// `--gamma`, `--alpha`, `--ramp-to` and the like: each a number in [0, 1].
-pub fn check_fractions(args: &[(&str, f64)]) -> Result<()> {
-    for &(name, v) in args {
-        if !(0.0..=1.0).contains(&v) {
-            bail!("{name} must be in [0, 1], got {v}")
+/// The targeted dropout of the compared models, as both examples take it.
+#[derive(clap::Args, Debug)]
+pub struct TdArgs {
+    /// gamma of the targeted weight and unit dropout models.
+    #[arg(long, default_value_t = 0.5)]
+    pub gamma: f64,
+    /// alpha of the targeted weight and unit dropout models.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f64,
+    /// Final gamma = alpha of the ramped model (reached at 40% of training).
+    #[arg(long, default_value_t = 0.99)]
+    pub ramp_to: f64,
+}
+
+impl TdArgs {
+    /// Each a number in [0, 1], or an error naming the flag and the value.
+    pub fn check(&self) -> Result<()> {
+        for (name, v) in [
+            ("--gamma", self.gamma),
+            ("--alpha", self.alpha),
+            ("--ramp-to", self.ramp_to),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{name} must be in [0, 1], got {v}")
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// The paper's ramp (over 20k and 40k of ~100k steps) at the same shares of a run of
+    /// `steps`, to `--ramp-to` for both gamma and alpha.
+    pub fn ramp(&self, steps: u64) -> Result<RampSchedule> {
+        Ok(RampSchedule::with_steps(
+            self.ramp_to,
+            self.ramp_to,
+            (steps / 5).max(1),
+            (2 * steps / 5).max(2),
+        )?)
+    }
+
+    /// The four recipes both examples compare: no dropout, targeted weight and unit dropout
+    /// at `--gamma` and `--alpha`, and weight dropout on `ramp`.
+    pub fn four_recipes(&self, ramp: RampSchedule) -> Result<Vec<(&'static str, Recipe)>> {
+        let (g, a) = (self.gamma, self.alpha);
+        Ok(vec![
+            ("none", Recipe::None),
+            ("td_weight", Recipe::Fixed(TargetedDropout::weight(g, a)?)),
+            ("td_unit", Recipe::Fixed(TargetedDropout::unit(g, a)?)),
+            (
+                "td_weight_ramp",
+                Recipe::Ramp(ramp, TargetedDropout::weight(0.0, 0.0)?),
+            ),
+        ])
+    }
 }
 
 /// `--steps`, `--batch-size` and the like: each at least 1.
@@ -96,41 +142,6 @@ impl Recipe {
             Recipe::Ramp(s, td) => Some(td.at_step(s, step)?),
         })
     }
-}
-
-/// The paper's ramp (over 20k and 40k of ~100k steps) at the same shares of a run of
-/// `steps`, to `to` for both gamma and alpha.
-pub fn paper_ramp(to: f64, steps: u64) -> Result<RampSchedule> {
-    Ok(RampSchedule::with_steps(
-        to,
-        to,
-        (steps / 5).max(1),
-        (2 * steps / 5).max(2),
-    )?)
-}
-
-/// The four recipes both examples compare: no dropout, targeted weight and unit dropout at
-/// `gamma` and `alpha`, and weight dropout on `ramp`.
-pub fn four_recipes(
-    gamma: f64,
-    alpha: f64,
-    ramp: RampSchedule,
-) -> Result<Vec<(&'static str, Recipe)>> {
-    Ok(vec![
-        ("none", Recipe::None),
-        (
-            "td_weight",
-            Recipe::Fixed(TargetedDropout::weight(gamma, alpha)?),
-        ),
-        (
-            "td_unit",
-            Recipe::Fixed(TargetedDropout::unit(gamma, alpha)?),
-        ),
-        (
-            "td_weight_ramp",
-            Recipe::Ramp(ramp, TargetedDropout::weight(0.0, 0.0)?),
-        ),
-    ])
 }
 
 /// A progress bar of `len` `what` (epochs, steps) for the model `name`.
@@ -171,33 +182,51 @@ pub fn rate_cols(rates: &[u32], suffix: &str) -> Vec<String> {
 
 /// A text table: the title, a header of `cols`, a row per model with `decimals` digits.
 pub fn table(title: &str, cols: &[String], rows: &[Row], decimals: usize) -> String {
-    let mut s = format!("{title}\n{:>15}", "model \\ pruned");
-    for c in cols {
-        s += &format!("{c:>7}");
-    }
-    for (name, v) in rows {
-        s += &format!("\n{name:>15}");
-        for a in v {
-            s += &format!("{a:>7.decimals$}");
-        }
-    }
-    s
+    let head = format!("{title}\n{:>15}", "model \\ pruned");
+    grid(
+        head,
+        cols,
+        rows,
+        |c| format!("{c:>7}"),
+        |n| format!("\n{n:>15}"),
+        |a| format!("{a:>7.decimals$}"),
+    )
 }
 
 /// The same as a CSV file: `model,<cols>`, a line per model with `decimals` digits.
 pub fn csv(path: &Path, cols: &[String], rows: &[Row], decimals: usize) -> Result<()> {
-    let mut s = String::from("model");
-    for c in cols {
-        s += &format!(",{c}");
-    }
-    for (name, v) in rows {
-        s += &format!("\n{name}");
-        for a in v {
-            s += &format!(",{a:.decimals$}");
-        }
-    }
+    let mut s = grid(
+        "model".into(),
+        cols,
+        rows,
+        |c| format!(",{c}"),
+        |n| format!("\n{n}"),
+        |a| format!(",{a:.decimals$}"),
+    );
     s.push('\n');
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `head`, then each column name, then per row its name and its cells, each as formatted.
+fn grid(
+    head: String,
+    cols: &[String],
+    rows: &[Row],
+    col: impl Fn(&str) -> String,
+    name: impl Fn(&str) -> String,
+    cell: impl Fn(f64) -> String,
+) -> String {
+    let mut s = head;
+    for c in cols {
+        s += &col(c);
+    }
+    for (n, v) in rows {
+        s += &name(n);
+        for &a in v {
+            s += &cell(a);
+        }
+    }
+    s
 }
 
 const FONTS: [&str; 3] = [

@@ -76,15 +76,8 @@ struct Args {
     /// Clip the gradient's global L2 norm to this value (0: no clipping).
     #[arg(long, default_value_t = 0.0)]
     clip: f64,
-    /// gamma of the targeted weight and unit dropout models.
-    #[arg(long, default_value_t = 0.5)]
-    gamma: f64,
-    /// alpha of the targeted weight and unit dropout models.
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
-    /// Final gamma = alpha of the ramped model (reached at 40% of training).
-    #[arg(long, default_value_t = 0.99)]
-    ramp_to: f64,
+    #[command(flatten)]
+    td: common::TdArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
@@ -466,11 +459,7 @@ fn thinning(
 fn main() -> Result<()> {
     let args = Args::parse();
     let dev = args.device.open()?;
-    common::check_fractions(&[
-        ("--gamma", args.gamma),
-        ("--alpha", args.alpha),
-        ("--ramp-to", args.ramp_to),
-    ])?;
+    args.td.check()?;
     common::check_counts(&[("--epochs", args.epochs), ("--batch-size", args.batch_size)])?;
     let data = (
         idx::load(&args.data_dir, "train")?,
@@ -482,12 +471,12 @@ fn main() -> Result<()> {
     );
     let steps = (data.0.count.div_ceil(args.batch_size) * args.epochs) as u64;
     // The paper ramps over 20k and 40k of ~100k steps: the same shares of this run.
-    let ramp = common::paper_ramp(args.ramp_to, steps)?;
-    let mut recipes = common::four_recipes(args.gamma, args.alpha, ramp)?;
+    let ramp = args.td.ramp(steps)?;
+    let mut recipes = args.td.four_recipes(ramp)?;
     recipes.extend([
         (
             "td_2:4",
-            Recipe::Fixed(TargetedDropout::nm(2, 4, args.alpha)?),
+            Recipe::Fixed(TargetedDropout::nm(2, 4, args.td.alpha)?),
         ),
         // 2:4 with alpha ramped to --ramp-to (the pattern is fixed).
         (

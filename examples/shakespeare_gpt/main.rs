@@ -54,15 +54,8 @@ struct Args {
     /// Clip the gradient's global L2 norm to this value (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
-    /// gamma of the targeted weight and unit dropout models.
-    #[arg(long, default_value_t = 0.5)]
-    gamma: f64,
-    /// alpha of the targeted weight and unit dropout models.
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
-    /// Final gamma = alpha of the ramped model (reached at 40% of training).
-    #[arg(long, default_value_t = 0.99)]
-    ramp_to: f64,
+    #[command(flatten)]
+    td: common::TdArgs,
     /// Bytes of the held-out text the validation loss is measured on (windows spread evenly).
     #[arg(long, default_value_t = 4096)]
     eval_bytes: usize,
@@ -269,11 +262,7 @@ fn train(
 }
 
 fn check_args(args: &Args) -> Result<()> {
-    common::check_fractions(&[
-        ("--gamma", args.gamma),
-        ("--alpha", args.alpha),
-        ("--ramp-to", args.ramp_to),
-    ])?;
+    args.td.check()?;
     common::check_counts(&[
         ("--steps", args.steps),
         ("--batch-size", args.batch_size),
@@ -327,8 +316,8 @@ fn main() -> Result<()> {
         args.seed
     );
     // The paper ramps over 20k and 40k of ~100k steps: the same shares of this run.
-    let ramp = common::paper_ramp(args.ramp_to, args.steps as u64)?;
-    let recipes = common::four_recipes(args.gamma, args.alpha, ramp)?;
+    let ramp = args.td.ramp(args.steps as u64)?;
+    let recipes = args.td.four_recipes(ramp)?;
     let start = std::time::Instant::now();
     let mut results = common::Results::default();
     for (name, recipe) in recipes {
