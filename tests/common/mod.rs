@@ -183,34 +183,21 @@ pub fn tensor(rng: &mut Rng, shape: &[usize], dt: DType, data: Data) -> Result<T
         .map(|_| edge_bits(rng, dt, data, &pool))
         .collect();
     match dt {
-        DType::F32 => Tensor::from_vec(
-            bits.iter()
-                .map(|&b| f32::from_bits(b as u32))
-                .collect::<Vec<_>>(),
-            shape,
-            &Device::Cpu,
-        ),
-        DType::F64 => Tensor::from_vec(
-            bits.iter().map(|&b| f64::from_bits(b)).collect::<Vec<_>>(),
-            shape,
-            &Device::Cpu,
-        ),
-        DType::F16 => Tensor::from_vec(
-            bits.iter()
-                .map(|&b| f16::from_bits(b as u16))
-                .collect::<Vec<_>>(),
-            shape,
-            &Device::Cpu,
-        ),
-        DType::BF16 => Tensor::from_vec(
-            bits.iter()
-                .map(|&b| bf16::from_bits(b as u16))
-                .collect::<Vec<_>>(),
-            shape,
-            &Device::Cpu,
-        ),
-        _ => unreachable!(),
+        DType::F32 => from_bits(&bits, |b| f32::from_bits(b as u32), shape),
+        DType::F64 => from_bits(&bits, f64::from_bits, shape),
+        DType::F16 => from_bits(&bits, |b| f16::from_bits(b as u16), shape),
+        DType::BF16 => from_bits(&bits, |b| bf16::from_bits(b as u16), shape),
+        dt => candle_core::bail!("tensor: {dt:?} is not a float dtype"),
     }
+}
+
+/// The CPU tensor of `shape` whose elements are `f` of each of `bits`.
+fn from_bits<T: WithDType>(bits: &[u64], f: impl Fn(u64) -> T, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(
+        bits.iter().map(|&b| f(b)).collect::<Vec<_>>(),
+        shape,
+        &Device::Cpu,
+    )
 }
 
 /// The raw bits of every element, in logical order.
