@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
 use candle_targeted_dropout::{DropoutKind, RampSchedule, TargetedDropout, VarMapDropout};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -55,6 +56,39 @@ impl Rng {
         let (u, v) = (self.unit(), self.unit());
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
+}
+
+/// How [`init_vars`] sets one variable: a constant, or normal draws of this deviation.
+pub enum Init {
+    Const(f32),
+    Normal(f64),
+}
+
+/// Sets every variable of `vm` as `init(name, dims)` says, drawing from `seed`, in name order
+/// so that the run repeats itself (candle's own CPU generator cannot be seeded); returns the
+/// variables in that order.
+pub fn init_vars(
+    vm: &VarMap,
+    seed: u64,
+    dev: &Device,
+    init: impl Fn(&str, &[usize]) -> Init,
+) -> Result<Vec<Var>> {
+    let mut named: Vec<(String, Var)> = {
+        let data = vm.data().lock().expect("the var map lock");
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rng = Rng(seed ^ 0x5eed);
+    for (name, var) in &named {
+        let dims = var.dims().to_vec();
+        let numel: usize = dims.iter().product();
+        let values: Vec<f32> = match init(name, &dims) {
+            Init::Const(c) => vec![c; numel],
+            Init::Normal(std) => (0..numel).map(|_| (rng.normal() * std) as f32).collect(),
+        };
+        var.set(&Tensor::from_vec(values, dims, dev)?)?;
+    }
+    Ok(named.into_iter().map(|(_, v)| v).collect())
 }
 
 /// The targeted dropout of the compared models, as both examples take it.

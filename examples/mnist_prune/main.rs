@@ -20,7 +20,7 @@ use candle_core::{backprop::GradStore, DType, Device, Module, Tensor, Var, D};
 use candle_nn::{conv2d, linear, loss::cross_entropy, Conv2d, Linear, VarBuilder, VarMap};
 use candle_targeted_dropout::{set_seed, thin_units, DropoutKind, TargetedDropout, VarMapDropout};
 use clap::{Parser, ValueEnum};
-use common::{DeviceArg, Recipe, Rng, Row, UNIT_RATES, WEIGHT_RATES};
+use common::{DeviceArg, Init, Recipe, Rng, Row, UNIT_RATES, WEIGHT_RATES};
 use plotters::prelude::SeriesLabelPosition;
 use std::path::PathBuf;
 
@@ -201,22 +201,14 @@ impl Net {
 /// He-normal weights and zero biases from `seed` (candle's own CPU generator cannot be
 /// seeded), set in name order so that the run repeats itself.
 fn init(vm: &VarMap, seed: u64, dev: &Device) -> Result<Vec<Var>> {
-    let data = vm.data().lock().expect("the var map lock");
-    let mut named: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut rng = Rng(seed ^ 0x5eed);
-    for (name, var) in &named {
-        let dims = var.dims().to_vec();
-        let numel: usize = dims.iter().product();
-        let values: Vec<f32> = if name.ends_with("weight") {
-            let std = (2.0 / (numel / dims[0]) as f64).sqrt();
-            (0..numel).map(|_| (rng.normal() * std) as f32).collect()
+    common::init_vars(vm, seed, dev, |name, dims| {
+        if name.ends_with("weight") {
+            let numel: usize = dims.iter().product();
+            Init::Normal((2.0 / (numel / dims[0]) as f64).sqrt())
         } else {
-            vec![0.0; numel]
-        };
-        var.set(&Tensor::from_vec(values, dims, dev)?)?;
-    }
-    Ok(named.into_iter().map(|(_, v)| v).collect())
+            Init::Const(0.0)
+        }
+    })
 }
 
 fn batch(split: &idx::Split, ids: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {

@@ -18,7 +18,7 @@ use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use candle_targeted_dropout::{set_seed, DropoutKind, TargetedDropout, VarMapDropout};
 use clap::Parser;
-use common::{DeviceArg, Recipe, Rng, UNIT_RATES, WEIGHT_RATES};
+use common::{DeviceArg, Init, Recipe, Rng, UNIT_RATES, WEIGHT_RATES};
 use model::{Config, Gpt};
 use plotters::prelude::SeriesLabelPosition;
 use std::path::PathBuf;
@@ -73,30 +73,17 @@ struct Args {
 /// the residual branches' output projections scaled by 1/sqrt(2 layers), norms at one,
 /// biases at zero.
 fn init(vm: &VarMap, layers: usize, seed: u64, dev: &Device) -> Result<()> {
-    let mut named: Vec<(String, Var)> = {
-        let data = vm.data().lock().expect("the var map lock");
-        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    };
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut rng = Rng(seed ^ 0x5eed);
-    for (name, var) in &named {
-        let dims = var.dims().to_vec();
-        let numel: usize = dims.iter().product();
-        let values: Vec<f32> = if name.contains("norm") {
-            vec![1.0; numel]
+    common::init_vars(vm, seed, dev, |name, _| {
+        if name.contains("norm") {
+            Init::Const(1.0)
         } else if name.ends_with("bias") {
-            vec![0.0; numel]
+            Init::Const(0.0)
+        } else if name.ends_with("attn.o.weight") || name.ends_with("mlp.fc2.weight") {
+            Init::Normal(0.02 / ((2 * layers) as f64).sqrt()) // a residual branch's output
         } else {
-            let residual = name.ends_with("attn.o.weight") || name.ends_with("mlp.fc2.weight");
-            let std = if residual {
-                0.02 / ((2 * layers) as f64).sqrt()
-            } else {
-                0.02
-            };
-            (0..numel).map(|_| (rng.normal() * std) as f32).collect()
-        };
-        var.set(&Tensor::from_vec(values, dims, dev)?)?;
-    }
+            Init::Normal(0.02)
+        }
+    })?;
     Ok(())
 }
 
