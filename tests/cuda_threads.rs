@@ -10,7 +10,7 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_targeted_dropout::{
     prune_units, prune_weights, targeted_dropout_mask, targeted_unit_dropout_seeded,
-    targeted_weight_dropout_seeded, DropoutKind,
+    targeted_weight_dropout_seeded, TargetedDropout,
 };
 use common::{assert_same_bits, Data, Rng};
 use half::bf16;
