@@ -18,18 +18,28 @@
 //! copy on [16384, 64] and [512, 2304]; dropout within 1.3x of pruning on every shape; both at
 //! least 8x the one-thread full sort.
 //!
+//! On a loaded machine (other builds running), wall-clock times of the pool's ops stretch with
+//! every preemption while a sub-millisecond copy fits in one time slice: `TD_BENCH_CLOCK=cpu`
+//! times each op by the process's CPU time instead (user + system of all its threads; run it
+//! with `RAYON_NUM_THREADS=1` so that no idle worker spins), the work an op costs whatever the
+//! load.
+//!
 //! Regressions: with `TD_BENCH_BASELINE=<path>` (the same benchmark built from the previous
 //! release, see `.ci/run`), each shape is also timed against that binary, the two taking
 //! turns `TD_BENCH_BASELINE_TURNS` times (default 3; each turn the baseline in its own process
 //! with `TD_BENCH_QUICK=1`, then this build in quick mode), and the medians of the turns'
-//! medians are printed side by side with their ratio.
+//! medians are printed side by side with their ratio, and the fastest rounds with theirs (on
+//! a loaded machine an op longer than the scheduler's slice, ~3 ms, is preempted in most
+//! rounds: the fastest round is then the better estimate of its own cost).
 use candle_core::{Device, Tensor};
 use candle_targeted_dropout::reference::{self, Draws};
 use candle_targeted_dropout::{
     prune_nm, prune_weights, targeted_nm_dropout_seeded, targeted_weight_dropout_seeded,
 };
 use std::hint::black_box;
-use std::time::Instant;
+#[path = "common/clock.rs"]
+mod clock;
+use clock::now;
 
 fn data(numel: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -58,25 +68,31 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 type Op<'a> = Box<dyn Fn() + 'a>;
 
-/// The median of each op's rounds (see the module), in the order of `ops`.
-fn time_rounds(ops: &[(&str, Op)], rounds: usize) -> Vec<f64> {
+/// The median and the fastest of each op's rounds (see the module), in the order of `ops`.
+fn time_rounds(ops: &[(&str, Op)], rounds: usize) -> Vec<(f64, f64)> {
     let mut times = vec![Vec::new(); ops.len()];
     for round in 0..rounds + 2 {
         for (t, (_, op)) in times.iter_mut().zip(ops) {
-            let start = Instant::now();
+            let start = now();
             op();
-            let s = start.elapsed().as_secs_f64();
+            let s = now() - start;
             if round >= 2 {
                 t.push(s);
             }
         }
     }
-    times.into_iter().map(median).collect()
+    times
+        .into_iter()
+        .map(|t| {
+            let min = t.iter().cloned().fold(f64::INFINITY, f64::min);
+            (median(t), min)
+        })
+        .collect()
 }
 
-/// The quick medians (ms) a baseline binary prints for one shape: lines `"R x N op: median
-/// T ms, min T ms"`.
-fn baseline_run(bin: &str, rows: usize, n: usize, rounds: usize) -> Vec<(String, f64)> {
+/// The quick medians and minima (ms) a baseline binary prints for one shape: lines `"R x N
+/// op: median T ms, min T ms"`.
+fn baseline_run(bin: &str, rows: usize, n: usize, rounds: usize) -> Vec<(String, (f64, f64))> {
     let out = std::process::Command::new(bin)
         .arg("--bench")
         .env("TD_BENCH_QUICK", "1")
@@ -96,7 +112,14 @@ fn baseline_run(bin: &str, rows: usize, n: usize, rounds: usize) -> Vec<(String,
             let rest = l.strip_prefix(&prefix)?;
             let (name, t) = rest.split_once(": median ")?;
             let ms: f64 = t.split_whitespace().next()?.parse().ok()?;
-            Some((name.to_string(), ms))
+            let min: f64 = t
+                .split_once("min ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), (ms, min)))
         })
         .collect()
 }
@@ -115,15 +138,18 @@ fn main() {
         .unwrap_or(3);
     let shapes: [(usize, usize); 4] = [(512, 2304), (64, 65536), (16384, 64), (4096, 4096)];
     println!(
-        "{} threads in the rayon pool; medians of {rounds} alternating rounds after 2 warm-up rounds",
-        rayon::current_num_threads()
+        "{} threads in the rayon pool; medians of {rounds} alternating rounds after 2 warm-up rounds; {}",
+        rayon::current_num_threads(),
+        clock::clock_name()
     );
     if baseline.is_some() {
         println!(
             "this build against TD_BENCH_BASELINE, {turns} turns each; medians of the turns' medians"
         );
-        println!("| | shape | op | baseline | this build | this / baseline |");
-        println!("| --- | --- | --- | --- | --- | --- |");
+        println!(
+            "| | shape | op | baseline: median, fastest | this build | this / baseline, medians | fastest |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
     } else if !quick {
         println!(
             "| op | shape | radix select | full sort, 1 thread | ratio | full sort, rayon | ratio | copy | / copy |"
@@ -245,36 +271,48 @@ fn main() {
                 .filter(|(name, _)| !name.contains("sort"))
                 .map(|(name, op)| (*name, Box::new(op) as Op))
                 .collect();
-            let mut base: Vec<Vec<(String, f64)>> = Vec::new();
-            let mut now: Vec<Vec<f64>> = Vec::new();
+            let mut base: Vec<Vec<(String, (f64, f64))>> = Vec::new();
+            let mut now: Vec<Vec<(f64, f64)>> = Vec::new();
             for _ in 0..turns {
                 base.push(baseline_run(bin, rows, n, rounds));
                 now.push(time_rounds(&ours, rounds));
             }
             for (i, (name, _)) in ours.iter().enumerate() {
-                let b: Vec<f64> = base
+                let b: Vec<(f64, f64)> = base
                     .iter()
                     .filter_map(|run| run.iter().find(|(o, _)| o == name).map(|x| x.1))
                     .collect();
                 if b.is_empty() {
-                    println!("| baseline | {id} | {name} | (not in the baseline) |  |  |");
+                    println!("| baseline | {id} | {name} | (not in the baseline) |  |  |  |");
                     continue;
                 }
-                let (b, o) = (median(b), median(now.iter().map(|t| t[i] * 1e3).collect()));
+                let bm = median(b.iter().map(|x| x.0).collect());
+                let bf = b.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
+                let om = median(now.iter().map(|t| t[i].0 * 1e3).collect());
+                let of = now
+                    .iter()
+                    .map(|t| t[i].1 * 1e3)
+                    .fold(f64::INFINITY, f64::min);
                 println!(
-                    "| baseline | {id} | {name} | {b:.3} ms | {o:.3} ms | {:.2}x |",
-                    o / b
+                    "| baseline | {id} | {name} | {bm:.3} ms, min {bf:.3} | {om:.3} ms, min {of:.3} | {:.2}x | {:.2}x |",
+                    om / bm,
+                    of / bf
                 );
             }
             continue;
         }
-        let med = time_rounds(&ops, rounds);
+        let times = time_rounds(&ops, rounds);
         if quick {
-            for ((name, _), t) in ops.iter().zip(&med) {
-                println!("{id} {name}: median {:.3} ms", t * 1e3);
+            for ((name, _), (t, min)) in ops.iter().zip(&times) {
+                println!(
+                    "{id} {name}: median {:.3} ms, min {:.3} ms",
+                    t * 1e3,
+                    min * 1e3
+                );
             }
             continue;
         }
+        let med: Vec<f64> = times.iter().map(|t| t.0).collect();
         let t = |name: &str| med[ops.iter().position(|(o, _)| *o == name).expect("an op")];
         let gbs = |s: f64| (2 * rows * n * 4) as f64 / s / 1e9;
         let copy = t("copy");

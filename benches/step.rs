@@ -20,14 +20,17 @@
 //! no draws), `draws` (dropout minus pruning), `held copy` (a copy of every selected weight,
 //! what `VarMapDropout` holds), `set` (writing the variables), `grad mask` (finish minus
 //! restore) and `restore` (setting the variables back from the copies).
-//! `TD_STEP_MODELS=proj` (a substring filter) picks models.
+//! `TD_STEP_MODELS=proj` (a substring filter) picks models; `TD_BENCH_CLOCK=cpu` (with
+//! `RAYON_NUM_THREADS=1`) times by the process's CPU time, for a loaded machine.
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{linear, loss, Linear, Optimizer, VarBuilder, VarMap, SGD};
 use candle_targeted_dropout::{
     targeted_dropout_many_seeded, DropoutKind, TargetedDropout, VarMapDropout,
 };
+#[path = "common/clock.rs"]
+mod clock;
+use clock::now;
 use std::hint::black_box;
-use std::time::Instant;
 
 /// A model: its layers, how a batch's loss is computed, and which weights get dropout.
 struct Model {
@@ -135,22 +138,22 @@ struct Parts {
 }
 
 fn step(m: &Model, opt: &mut SGD, vd: Option<&VarMapDropout>) -> Result<StepTimes> {
-    let t0 = Instant::now();
+    let t0 = now();
     let s = vd.map(|v| v.apply()).transpose()?;
-    let t1 = Instant::now();
+    let t1 = now();
     let loss = m.loss()?;
     let mut grads = loss.backward()?;
-    let t2 = Instant::now();
+    let t2 = now();
     if let Some(s) = s {
         s.finish(&mut grads)?;
     }
-    let t3 = Instant::now();
+    let t3 = now();
     opt.step(&grads)?;
-    let t4 = Instant::now();
+    let t4 = now();
     Ok(StepTimes {
-        total: (t4 - t0).as_secs_f64(),
-        apply: (t1 - t0).as_secs_f64(),
-        finish: (t3 - t2).as_secs_f64(),
+        total: t4 - t0,
+        apply: t1 - t0,
+        finish: t3 - t2,
     })
 }
 
@@ -160,9 +163,9 @@ fn parts(m: &Model, td: TargetedDropout) -> Result<Parts> {
     let prune_cfg = TargetedDropout::new(td.kind, td.gamma, 1.0)?;
     let items = |c: TargetedDropout| ws.iter().map(|w| (w, c)).collect::<Vec<_>>();
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        let t = Instant::now();
+        let t = now();
         f()?;
-        Ok(t.elapsed().as_secs_f64())
+        Ok(now() - t)
     };
     let select = time(&mut || {
         black_box(targeted_dropout_many_seeded(&items(prune_cfg), 1, 2)?);
@@ -212,8 +215,9 @@ fn main() -> Result<()> {
     let filter = std::env::var("TD_STEP_MODELS").unwrap_or_default();
     let dev = Device::Cpu;
     println!(
-        "{} threads in the rayon pool; medians of {rounds} interleaved rounds after 2 warm-up rounds; ms",
-        rayon::current_num_threads()
+        "{} threads in the rayon pool; medians of {rounds} interleaved rounds after 2 warm-up rounds; ms of {}",
+        rayon::current_num_threads(),
+        clock::clock_name()
     );
     println!(
         "| model | dropout | plain step | step | overhead | apply | finish | select | draws | held copy | set | grad mask | restore |"

@@ -16,10 +16,13 @@ use std::ops::Range;
 
 /// The value each element of a part keeps when it is not dropped.
 pub(crate) trait Kept<O>: Copy + Send + Sync {
-    /// The `len` values from `start` on.
+    /// The `len` values from `start` on (a slice panics when they are not there).
     fn part(self, start: usize, len: usize) -> Self;
-    /// The value of element `i`.
-    fn at(&self, i: usize) -> O;
+    /// The value of element `i`, unchecked, so that the writer's loops vectorise.
+    ///
+    /// # Safety
+    /// `i` is below the `len` of the last [`Kept::part`] that made `self`.
+    unsafe fn at(&self, i: usize) -> O;
 }
 
 impl<O: Copy + Send + Sync> Kept<O> for &[O] {
@@ -28,8 +31,10 @@ impl<O: Copy + Send + Sync> Kept<O> for &[O] {
         &self[start..start + len]
     }
     #[inline(always)]
-    fn at(&self, i: usize) -> O {
-        self[i]
+    unsafe fn at(&self, i: usize) -> O {
+        debug_assert!(i < self.len());
+        // SAFETY: `i < self.len()` (the caller's contract).
+        unsafe { *self.get_unchecked(i) }
     }
 }
 
@@ -43,22 +48,28 @@ impl<O: Copy + Send + Sync> Kept<O> for Fill<O> {
         self
     }
     #[inline(always)]
-    fn at(&self, _: usize) -> O {
+    unsafe fn at(&self, _: usize) -> O {
         self.0
     }
 }
 
 /// Which elements of a part are targeted.
 pub(crate) trait Targets: Copy {
-    /// The first `len` elements (the writer slices once, so that the loops need no bounds
-    /// checks).
+    /// The first `len` elements (a slice panics when they are not there).
     fn prefix(self, len: usize) -> Self;
-    /// Whether element `i` is targeted.
-    fn at(&self, i: usize) -> bool;
+    /// Whether element `i` is targeted, unchecked, so that the writer's loops vectorise.
+    ///
+    /// # Safety
+    /// `i` is below the `len` of the last [`Targets::prefix`] that made `self`.
+    unsafe fn at(&self, i: usize) -> bool;
     /// Whether any element of `r` is targeted (a fold, which vectorises).
+    ///
+    /// # Safety
+    /// As [`Targets::at`], for every index of `r`.
     #[inline(always)]
-    fn any(&self, r: Range<usize>) -> bool {
-        r.fold(false, |a, i| a | self.at(i))
+    unsafe fn any(&self, r: Range<usize>) -> bool {
+        // SAFETY: every index of `r` is in range (the caller's contract).
+        r.fold(false, |a, i| a | unsafe { self.at(i) })
     }
 }
 
@@ -79,8 +90,10 @@ impl<T: Element> Targets for Below<'_, T> {
         }
     }
     #[inline(always)]
-    fn at(&self, i: usize) -> bool {
-        self.row[i].key() < self.lim
+    unsafe fn at(&self, i: usize) -> bool {
+        debug_assert!(i < self.row.len());
+        // SAFETY: `i < self.row.len()` (the caller's contract).
+        unsafe { self.row.get_unchecked(i) }.key() < self.lim
     }
 }
 
@@ -94,8 +107,10 @@ impl Targets for Flags<'_> {
         Flags(&self.0[..len])
     }
     #[inline(always)]
-    fn at(&self, i: usize) -> bool {
-        self.0[i] != 0
+    unsafe fn at(&self, i: usize) -> bool {
+        debug_assert!(i < self.0.len());
+        // SAFETY: `i < self.0.len()` (the caller's contract).
+        unsafe { *self.0.get_unchecked(i) != 0 }
     }
 }
 
@@ -109,7 +124,7 @@ impl Targets for All {
         self
     }
     #[inline(always)]
-    fn at(&self, _: usize) -> bool {
+    unsafe fn at(&self, _: usize) -> bool {
         self.0
     }
 }
@@ -167,7 +182,8 @@ unsafe fn write_masked_avx2<O: Copy, K: Kept<O>, G: Targets>(
 /// and after the last one a draw each, whole groups eight blocks (32 elements) at a time, the
 /// groups left one block at a time, each only when `targets.any(range)` says one of its
 /// elements is targeted (the words of the others are left as they were and must not be
-/// looked at). `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
+/// looked at). `blocks8(c)` gives the words of Philox blocks `c .. c + 8`. `targets` is a
+/// prefix of `len` elements.
 #[inline(always)]
 fn draw_targeted<'w, G: Targets>(
     words: &'w mut Vec<u32>,
@@ -186,7 +202,8 @@ fn draw_targeted<'w, G: Targets>(
     let groups = (len - head) / 4;
     let body = head + 4 * groups;
     for i in (0..head).chain(body..len) {
-        if targets.at(i) {
+        // SAFETY: i < len, the prefix's length.
+        if unsafe { targets.at(i) } {
             words[i] = draws.draw(first_e + i as u64);
         }
     }
@@ -196,13 +213,15 @@ fn draw_targeted<'w, G: Targets>(
         .enumerate()
     {
         let i = head + 32 * b;
-        if targets.any(i..i + 32) {
+        // SAFETY: i + 32 <= head + 32 * batches <= len.
+        if unsafe { targets.any(i..i + 32) } {
             w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
         }
     }
     for g in 8 * batches..groups {
         let i = head + 4 * g;
-        if targets.any(i..i + 4) {
+        // SAFETY: i + 4 <= body <= len.
+        if unsafe { targets.any(i..i + 4) } {
             words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
         }
     }
@@ -225,23 +244,24 @@ fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
     let targets = part.targets.prefix(len);
     let dropped = part.dropped;
     let t = draws.threshold;
+    // SAFETY (every `at` below): `i < len = out.len()`, the length of both prefixes.
     if t == 0 {
         for (i, o) in out.iter_mut().enumerate() {
-            o.write(kept.at(i));
+            o.write(unsafe { kept.at(i) });
         }
         return;
     }
     if t == THRESHOLD_ALWAYS {
         for (i, o) in out.iter_mut().enumerate() {
-            let v = kept.at(i);
-            o.write(if targets.at(i) { dropped } else { v });
+            let (v, d) = unsafe { (kept.at(i), targets.at(i)) };
+            o.write(if d { dropped } else { v });
         }
         return;
     }
     let words = draw_targeted(words, part.first_e, len, draws, &blocks8, targets);
     for ((i, o), &w) in out.iter_mut().enumerate().zip(&*words) {
-        let v = kept.at(i);
-        let d = targets.at(i) & ((w >> 8) < t);
+        let (v, f) = unsafe { (kept.at(i), targets.at(i)) };
+        let d = f & ((w >> 8) < t);
         o.write(if d { dropped } else { v });
     }
 }

@@ -3,11 +3,11 @@
 //!
 //! Each op finds which elements are targeted, its own way, and hands them to the one
 //! masked-output writer, `mask`, which draws and writes every output element once:
-//! - `weight`: rows of at most 64 ranked 16 rows side by side by comparisons
-//!   (`select::flag_groups_dispatch`), longer rows by the radix select (`select::row_cut`:
-//!   the k-th key and the tie cut as an index), a few long rows over the whole pool;
+//! - `weight`: each row's cut (`select::row_cut`: the k-th key and the tie cut as an index;
+//!   rows of at most 64 by ranks in AVX2 lanes, longer ones by the radix select), a few long
+//!   rows over the whole pool;
 //! - `unit`: the unit scores, the radix select over the row of scores, a draw per unit;
-//! - `nm`: every group of `m` ranked side by side by comparisons, as the short rows.
+//! - `nm`: 16 groups of `m` side by side, each element's rank counted by comparisons.
 //!
 //! The modules import `mask` and `select`, never each other.
 
@@ -18,15 +18,12 @@ mod weight;
 
 pub(crate) use unit::unit_scores;
 
+use crate::config::NmPattern;
 use crate::element::Scored;
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
-use crate::{config::NmPattern, select::MAX_GROUP};
 use candle_core::{bail, CpuStorage, Layout, Result};
 use mask::{Fill, Kept};
 use std::mem::MaybeUninit;
-
-// The N:M groups are ranked by the short-row tiles.
-const _: () = assert!(crate::config::MAX_M <= MAX_GROUP);
 
 /// The contiguous elements of a layout (the public functions make `w` contiguous first, the
 /// backward pass its gradient).

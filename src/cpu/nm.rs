@@ -4,22 +4,123 @@
 //! `(o, c0 + j, x)`, `j = 0 .. m`, `s` apart in memory. The `m * s` elements of one
 //! `(o, c0)` are contiguous (a *slab*), and the tensor is its slabs in order, so the work
 //! splits over the rayon pool by slabs. Each task:
-//! 1. flags the targeted elements of its slabs into a per-task buffer
-//!    ([`flag_groups_dispatch`]: 16 groups side by side, each element's rank within its group
-//!    counted by `m - 1` comparisons over all the lanes at once; no sort, no allocation per
-//!    group);
+//! 1. flags the targeted elements of its slabs into a per-task buffer: tiles of
+//!    [`LANES`] groups side by side (consecutive groups when `s = 1`, consecutive `x` of one
+//!    slab otherwise), their keys transposed into a stack array, each element's rank within
+//!    its group counted by `m - 1` comparisons over all the lanes at once (no sort, no
+//!    allocation per group);
 //! 2. writes its output once, in memory order, through the masked-output writer.
 
 use super::mask::{write_masked, Flags, Kept, Part};
 use crate::config::NmPattern;
 use crate::element::Element;
 use crate::philox::Bernoulli;
-use crate::select::flag_groups_dispatch;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+/// The largest group: ranks fit a `u8` and a tile's keys the stack.
+const MAX_M: usize = crate::config::MAX_M;
+
+/// Groups ranked side by side in one tile.
+const LANES: usize = 16;
+
 /// Elements per rayon task (whole slabs, at least one).
 const TASK_ELEMS: usize = 1 << 14;
+
+/// One tile: `lanes` groups whose element `j` of lane `l` is at `base + l * ls + j * js` of
+/// `x`; sets `flags` at the same places to 1 where the element is among the `targeted`
+/// smallest `(key, j)` of its group, 0 elsewhere.
+#[derive(Clone, Copy)]
+struct Tile {
+    base: usize,
+    ls: usize,
+    js: usize,
+    lanes: usize,
+    m: usize,
+    targeted: usize,
+}
+
+/// Flags one [`Tile`] of `x` (see [`Tile`]).
+#[inline(always)]
+fn flag_tile<T: Element>(x: &[T], flags: &mut [u8], tile: Tile) {
+    let Tile {
+        base,
+        ls,
+        js,
+        lanes,
+        m,
+        targeted,
+    } = tile;
+    let mut keys = [[T::Key::default(); LANES]; MAX_M];
+    for (j, kj) in keys[..m].iter_mut().enumerate() {
+        for (l, k) in kj[..lanes].iter_mut().enumerate() {
+            *k = x[base + l * ls + j * js].key();
+        }
+    }
+    let targeted = targeted as u8;
+    for j in 0..m {
+        // rank = how many of the group order before element j: smaller keys, and equal keys
+        // at lower indices (flat indices grow with j within a group).
+        let mut rank = [0u8; LANES];
+        let kj = keys[j];
+        for ki in &keys[..j] {
+            for l in 0..LANES {
+                rank[l] += (ki[l] <= kj[l]) as u8;
+            }
+        }
+        for ki in &keys[j + 1..m] {
+            for l in 0..LANES {
+                rank[l] += (ki[l] < kj[l]) as u8;
+            }
+        }
+        for (l, r) in rank[..lanes].iter().enumerate() {
+            flags[base + l * ls + j * js] = (*r < targeted) as u8;
+        }
+    }
+}
+
+/// The targeted flags of whole slabs `x` (`m * s` elements each) into `flags`.
+fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
+    let (m, t) = (p.m, p.targeted());
+    if s == 1 {
+        // Groups are contiguous: lanes are consecutive groups.
+        let groups = x.len() / m;
+        for g0 in (0..groups).step_by(LANES) {
+            let lanes = LANES.min(groups - g0);
+            flag_tile(
+                x,
+                flags,
+                Tile {
+                    base: g0 * m,
+                    ls: m,
+                    js: 1,
+                    lanes,
+                    m,
+                    targeted: t,
+                },
+            );
+        }
+    } else {
+        // Lanes are consecutive positions x of one slab.
+        for slab in (0..x.len()).step_by(m * s) {
+            for x0 in (0..s).step_by(LANES) {
+                let lanes = LANES.min(s - x0);
+                flag_tile(
+                    x,
+                    flags,
+                    Tile {
+                        base: slab + x0,
+                        ls: 1,
+                        js: s,
+                        lanes,
+                        m,
+                        targeted: t,
+                    },
+                );
+            }
+        }
+    }
+}
 
 /// N:M targeted dropout of `w` (`[outer, c, s]` row-major, `c` a multiple of `m`) into every
 /// element of `out`: `dropped` where an element is dropped, its kept value elsewhere.
@@ -54,7 +155,7 @@ pub(super) fn nm_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>(
                 if copy_only {
                     flags.fill(0);
                 } else {
-                    flag_groups_dispatch(x, flags, p.m, s, p.targeted());
+                    flag_slabs(x, flags, p, s);
                 }
                 let part = Part {
                     kept: kept.part(start, len),
@@ -70,7 +171,6 @@ pub(super) fn nm_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MAX_M;
     use crate::cpu::mask::Fill;
 
     /// The mask of every pattern (alpha = 1: the targeted set itself) against a sort of each

@@ -1,28 +1,18 @@
 //! Targeted weight dropout on the host: per row (filter), the `k = floor(gamma * n)`
 //! smallest `(key, index)` are targeted, then written through the masked-output writer.
 //!
-//! Three row paths, by length:
-//! - rows of at most [`MAX_GROUP`] (64): no per-row work at all. A task takes many rows;
-//!   [`flag_groups_dispatch`] ranks 16 rows side by side by comparisons and flags their
-//!   targeted elements, then the task's output is written in one part (one dispatch, one
-//!   run of draws over the task's contiguous elements);
-//! - longer rows, one a task: [`row_cut`] (the radix select) gives the cut, the row is
-//!   written as its two segments below the cut's two limits;
+//! - rows over the pool: [`row_cut`] gives each row's cut (rows of at most 64 by ranks in
+//!   AVX2 lanes, longer ones by the radix select), and the row is written as its two
+//!   segments below the cut's two limits;
 //! - a few rows of at least [`LONG_ROW`]: each row's selection and writing split over the pool.
 
-use super::mask::{write_masked, Below, Flags, Kept, Part};
+use super::mask::{write_masked, Below, Kept, Part};
 use crate::element::Element;
 use crate::op::TargetedOp;
 use crate::philox::Bernoulli;
-use crate::select::{
-    flag_groups_dispatch, row_cut, row_cut_par, targeted_count, Cut, Scratch, LONG_ROW, MAX_GROUP,
-    PAR_CHUNK,
-};
+use crate::select::{row_cut, row_cut_par, targeted_count, Cut, Scratch, LONG_ROW, PAR_CHUNK};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-
-/// Elements per task of the short-row path (whole rows).
-const SHORT_TASK: usize = 1 << 14;
 
 /// A part of a row that starts at index `start` of the row: `row` and `kept` are that part,
 /// `first_e` the flat index of its first element.
@@ -81,36 +71,6 @@ pub(super) fn weight_dropout_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>
     // Nothing is dropped at alpha = 0, so nothing needs selecting.
     let k = if op.draws.threshold == 0 { 0 } else { k };
     let rows = w.len() / n;
-    if n <= MAX_GROUP {
-        // Whole rows a task, a multiple of 16 where there are that many.
-        let task = (SHORT_TASK / n).max(1) * n;
-        out.par_chunks_mut(task)
-            .zip(w.par_chunks(task))
-            .enumerate()
-            .for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(flags, words): &mut (Vec<u8>, Vec<u32>), (c, (o, x))| {
-                    let (start, len) = (c * task, o.len());
-                    if flags.len() < len {
-                        flags.resize(len, 0);
-                    }
-                    let flags = &mut flags[..len];
-                    if k == 0 {
-                        flags.fill(0);
-                    } else {
-                        flag_groups_dispatch(x, flags, n, 1, k);
-                    }
-                    let part = Part {
-                        kept: kept.part(start, len),
-                        dropped,
-                        targets: Flags(flags),
-                        first_e: elem_base + start as u64,
-                    };
-                    write_masked(o, part, &op.draws, words);
-                },
-            );
-        return;
-    }
     if n >= LONG_ROW && rows < 2 * rayon::current_num_threads() {
         // Few long rows: split each row over the pool instead.
         for (r, (wr, or)) in w.chunks(n).zip(out.chunks_mut(n)).enumerate() {

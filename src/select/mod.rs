@@ -15,15 +15,10 @@
 //! AVX2 lanes instead, rows up to 256 use `select_nth_unstable` on a copy of their keys.
 //! After the first digit, `radix::pass` is the one radix pass that every path runs.
 //!
-//! Short groups skip all that: [`flag_groups_dispatch`] ranks up to 16 groups of at most 64 elements
-//! side by side by comparisons and flags the targeted elements directly (the weight path's
-//! rows of at most [`MAX_GROUP`], every N:M group).
-//!
 //! The files: `radix` (the radix pass, the in-place select, and [`prefix_histogram`]: one
 //! pass of a row given a prefix, for callers that split a row themselves), `cut` (the row's
 //! targeted set as a cut), `row` (the one-thread row dispatch), `par` (a long row over the
-//! rayon pool), `rank` (short groups side by side) and `simd` (the unsafe AVX2 rank counting,
-//! alone).
+//! rayon pool) and `simd` (the unsafe AVX2 rank counting, alone).
 //!
 //! The runtime dispatch to AVX2 (`row_cut` here, `write_masked` in `cpu/mask.rs`, the Philox
 //! blocks in `philox.rs`) is written by hand rather than with the `multiversion` crate: there
@@ -37,7 +32,6 @@
 mod cut;
 mod par;
 mod radix;
-mod rank;
 mod row;
 mod simd;
 
@@ -45,7 +39,6 @@ pub(crate) use cut::Cut;
 pub(crate) use par::row_cut_par;
 #[allow(unused_imports)] // the sharded ops' entry point (a row split over parts)
 pub(crate) use radix::prefix_histogram;
-pub(crate) use rank::{flag_groups_dispatch, MAX_GROUP};
 pub(crate) use row::{row_cut, Scratch};
 
 /// Rows at least this long are selected with all the pool's threads.
