@@ -10,16 +10,16 @@
 //! - `element`: the float types and their magnitude keys; `select`: the per-filter radix
 //!   select that finds the k smallest magnitudes in linear time, the algorithm the CUDA
 //!   kernels share;
-//! - `nm`: N:M targeted dropout on the CPU ([`targeted_nm_dropout`], [`prune_nm`],
-//!   [`is_nm_sparse`]): every group of `m` consecutive weights along the input axis keeps at
-//!   most `n`, the 2:4 pattern of sparse tensor cores;
+//! - N:M targeted dropout ([`targeted_nm_dropout`], [`prune_nm`], [`is_nm_sparse`]): every
+//!   group of `m` consecutive weights along the input axis keeps at most `n`, the 2:4 pattern
+//!   of sparse tensor cores;
 //! - [`philox`]: the counter-based generator whose draw for element `e` depends only on
 //!   `(seed, offset, e)`, so that every device draws the same mask; `generator`: the
 //!   process-wide `(seed, offset)` of the plain functions;
 //! - `config`: [`TargetedDropout`] (kind, gamma, alpha) and the one place that checks gamma,
 //!   alpha and the weight's dtype and rank;
-//! - `op`: the op that both paths implement, `cpu` and `cuda` (feature `cuda`) its two
-//!   implementations; `plan`: which kernels the CUDA path launches, with which grids, shared
+//! - `op`: the op that both paths implement, `cpu` (weight, unit and N:M, one masked-output
+//!   writer) and `cuda` (feature `cuda`) its two implementations; `plan`: which kernels the CUDA path launches, with which grids, shared
 //!   memory and parameters (`cuda_params`: the kernels' launch parameters, generated from
 //!   `kernels/params.h`), executed by `cuda` on a GPU and by `emulate` (feature
 //!   `emulate`) on the CPU; `custom_op` the candle glue with autograd;
@@ -60,7 +60,6 @@ pub mod emulate;
 mod functions;
 mod generator;
 mod layers;
-mod nm;
 mod op;
 pub mod philox;
 // The launch plan is executed by the `cuda` and `emulate` backends; without either, only its

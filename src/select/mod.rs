@@ -15,11 +15,12 @@
 //! AVX2 lanes instead, rows up to 256 use `select_nth_unstable` on a copy of their keys.
 //! After the first digit, `radix::pass` is the one radix pass that every path runs.
 //!
-//! The files: `radix` (the radix pass and the in-place select), `cut` (the row's targeted set
-//! as a cut), `row` (the one-thread row dispatch), `par` (a long row over the rayon pool) and
-//! `simd` (the unsafe AVX2 rank counting, alone).
+//! The files: `radix` (the radix pass, the in-place select, and [`prefix_histogram`]: one
+//! pass of a row given a prefix, for callers that split a row themselves), `cut` (the row's
+//! targeted set as a cut), `row` (the one-thread row dispatch), `par` (a long row over the
+//! rayon pool) and `simd` (the unsafe AVX2 rank counting, alone).
 //!
-//! The runtime dispatch to AVX2 (`row_cut` here, `write_segment` in `cpu.rs`, the Philox
+//! The runtime dispatch to AVX2 (`row_cut` here, `write_masked` in `cpu/mask.rs`, the Philox
 //! blocks in `philox.rs`) is written by hand rather than with the `multiversion` crate: there
 //! is one target (x86 AVX2) and three call sites, each an `is_x86_feature_detected!` (std
 //! caches the answer) and a `#[target_feature(enable = "avx2")]` copy of a safe body; the AVX2
@@ -36,6 +37,8 @@ mod simd;
 
 pub(crate) use cut::Cut;
 pub(crate) use par::row_cut_par;
+#[allow(unused_imports)] // the sharded ops' entry point (a row split over parts)
+pub(crate) use radix::prefix_histogram;
 pub(crate) use row::{row_cut, Scratch};
 
 /// Rows at least this long are selected with all the pool's threads.

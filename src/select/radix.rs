@@ -126,6 +126,48 @@ pub(super) fn histogram<I, K: RadixKey>(
     }
 }
 
+/// One radix pass of a row given a prefix, for callers that split a row's selection
+/// themselves (the sharded ops, a row split over devices or tasks): the histogram of the digit
+/// `(key >> shift) & (2^bits - 1)` of the elements of `row` whose key agrees with `prefix` on
+/// every bit above the digit (bits `shift + bits ..`; `prefix`'s bits below that are
+/// ignored). `hist[..2^bits]` is cleared, then counted; `1 <= bits <= 16`, `shift + bits <=
+/// 64`. Returns how many elements matched the prefix (the histogram's total).
+///
+/// The MSB-first select is this pass repeated: start with `prefix = 0` and the top digit
+/// window, find the bin holding the wanted rank (summing the histograms of every part), put
+/// that bin into the prefix, move the window down. With `shift + bits = Key::BITS` every
+/// element matches (the first pass).
+// The sharded ops' entry point; until they call it, only its test does.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn prefix_histogram<T: crate::element::Element>(
+    row: &[T],
+    prefix: u64,
+    shift: u32,
+    bits: u32,
+    hist: &mut [u32],
+) -> usize {
+    assert!(
+        (1..=16).contains(&bits) && shift + bits <= 64 && hist.len() >= 1 << bits,
+        "prefix_histogram: a digit of {bits} bits at {shift} into {} bins",
+        hist.len()
+    );
+    let mask = (1u64 << bits) - 1;
+    let top = shift + bits;
+    let above = |k: u64| if top >= 64 { 0 } else { k >> top };
+    let want = above(prefix);
+    let hist = &mut hist[..1 << bits];
+    hist.fill(0);
+    let mut matched = 0;
+    for x in row {
+        let k = x.key().to_u64();
+        if above(k) == want {
+            hist[((k >> shift) & mask) as usize] += 1;
+            matched += 1;
+        }
+    }
+    matched
+}
+
 /// The key of rank `r` among a few candidates, by counting.
 fn finish_by_counting<K: RadixKey>(cand: &[K], r: usize) -> Threshold<K> {
     for &c in cand {
@@ -205,6 +247,47 @@ mod tests {
             }
         );
         assert_eq!(radix_select(&keys, 1).kth, 0);
+    }
+
+    /// The prefix histogram against a direct count, and the select it builds (two 8-bit
+    /// passes below a prefix, summed over two halves of a row) against a sort.
+    #[test]
+    fn prefix_histogram_counts_the_prefix_only() {
+        let row: Vec<f32> = (0..3000u32)
+            .map(|i| f32::from_bits(0x3f80_0000 | (i.wrapping_mul(2654435761) & 0x3ffff)))
+            .collect();
+        let mut sorted: Vec<u32> = row.iter().map(|x| x.to_bits() & 0x7fff_ffff).collect();
+        sorted.sort();
+        let r = 1234;
+        // Every key shares bits 31..18; find the digit of bits 17..10, then 9..2, then 1..0.
+        let (mut prefix, mut r_left) = (0x3f80_0000u64, r);
+        for (shift, bits) in [(10u32, 8u32), (2, 8), (0, 2)] {
+            let mut total = [0u32; 256];
+            for half in row.chunks(1500) {
+                let mut h = [0u32; 256];
+                let m = prefix_histogram(half, prefix, shift, bits, &mut h);
+                let direct = half
+                    .iter()
+                    .filter(|x| (x.to_bits() as u64 >> (shift + bits)) == prefix >> (shift + bits))
+                    .count();
+                assert_eq!(m, direct, "shift {shift}");
+                total.iter_mut().zip(h).for_each(|(t, c)| *t += c);
+            }
+            let mut below = 0;
+            let bin = (0..1usize << bits)
+                .find(|&b| {
+                    let c = total[b] as usize;
+                    let hit = r_left < below + c;
+                    if !hit {
+                        below += c;
+                    }
+                    hit
+                })
+                .expect("a bin");
+            r_left -= below;
+            prefix = (prefix & !(((1u64 << bits) - 1) << shift)) | ((bin as u64) << shift);
+        }
+        assert_eq!(prefix as u32, sorted[r]);
     }
 
     #[test]

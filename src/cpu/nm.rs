@@ -1,5 +1,4 @@
-//! N:M targeted dropout on the host (DESIGN.md, "N:M targeted dropout"): the group geometry,
-//! the argument checks and the CPU op.
+//! N:M targeted dropout on the host (DESIGN.md, "N:M targeted dropout").
 //!
 //! A weight is seen as `[outer, c, s]`, `c` the group axis: a group is `m` elements
 //! `(o, c0 + j, x)`, `j = 0 .. m`, `s` apart in memory. The `m * s` elements of one
@@ -10,13 +9,12 @@
 //!    slab otherwise), their keys transposed into a stack array, each element's rank within
 //!    its group counted by `m - 1` comparisons over all the lanes at once (no sort, no
 //!    allocation per group);
-//! 2. writes its output once, in memory order: Philox blocks only for the 32-element batches
-//!    that hold a targeted element (eight blocks in AVX2 lanes where the processor has
-//!    AVX2), then one vectorised select per element.
+//! 2. writes its output once, in memory order, through the masked-output writer.
 
+use super::mask::{write_masked, Flags, Kept, Part};
 use crate::config::NmPattern;
 use crate::element::Element;
-use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
+use crate::philox::Bernoulli;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -124,98 +122,11 @@ fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
     }
 }
 
-/// Writes a part of the output: element `i` becomes `dropped` when `flags[i]` is set and its
-/// draw (flat index `first_e + i`) falls under alpha, `kept[i]` otherwise. Each output
-/// element is written once.
-#[inline]
-fn write_flagged<O: Copy>(
-    out: &mut [MaybeUninit<O>],
-    part: Flagged<'_, O>,
-    draws: &Bernoulli,
-    words: &mut Vec<u32>,
-) {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the processor has AVX2, the only feature the function enables.
-        return unsafe { write_flagged_avx2(out, part, draws, words) };
-    }
-    write_flagged_body(out, part, draws, words, |c| draws.blocks8_scalar(c))
-}
-
-/// What [`write_flagged`] writes from: the targeted flags, the kept values and the dropped
-/// value of the part, and the flat index of its first element.
-#[derive(Clone, Copy)]
-struct Flagged<'a, O> {
-    flags: &'a [u8],
-    kept: &'a [O],
-    dropped: O,
-    first_e: u64,
-}
-
-/// [`write_flagged`] compiled for AVX2.
-///
-/// # Safety
-/// The processor must support AVX2.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn write_flagged_avx2<O: Copy>(
-    out: &mut [MaybeUninit<O>],
-    part: Flagged<'_, O>,
-    draws: &Bernoulli,
-    words: &mut Vec<u32>,
-) {
-    write_flagged_body(out, part, draws, words, |c| {
-        // SAFETY: this function only runs on processors with AVX2.
-        unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
-    })
-}
-
-/// The body of [`write_flagged`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
-#[inline(always)]
-fn write_flagged_body<O: Copy>(
-    out: &mut [MaybeUninit<O>],
-    part: Flagged<'_, O>,
-    draws: &Bernoulli,
-    words: &mut Vec<u32>,
-    blocks8: impl Fn(u64) -> [u32; 32],
-) {
-    let Flagged {
-        flags,
-        kept,
-        dropped,
-        first_e,
-    } = part;
-    let len = out.len();
-    let (flags, kept) = (&flags[..len], &kept[..len]);
-    let t = draws.threshold;
-    if t == 0 {
-        for (o, &v) in out.iter_mut().zip(kept) {
-            o.write(v);
-        }
-        return;
-    }
-    if t == THRESHOLD_ALWAYS {
-        for ((o, &f), &v) in out.iter_mut().zip(flags).zip(kept) {
-            o.write(if f != 0 { dropped } else { v });
-        }
-        return;
-    }
-    // The draws first (only for batches that hold a targeted element), then one select each.
-    let words = crate::cpu::draw_targeted(words, first_e, len, draws, &blocks8, |r| {
-        flags[r].iter().fold(0u8, |a, &x| a | x) != 0
-    });
-    for (((o, &f), &v), &w) in out.iter_mut().zip(flags).zip(kept).zip(&*words) {
-        let d = (f != 0) & ((w >> 8) < t);
-        o.write(if d { dropped } else { v });
-    }
-}
-
 /// N:M targeted dropout of `w` (`[outer, c, s]` row-major, `c` a multiple of `m`) into every
-/// element of `out`: `dropped` where an element is dropped, `kept[e]` elsewhere (or the
-/// default: a mask).
-pub(crate) fn nm_into<T: Element, O: Copy + Send + Sync + Default>(
+/// element of `out`: `dropped` where an element is dropped, its kept value elsewhere.
+pub(super) fn nm_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>(
     w: &[T],
-    kept: Option<&[O]>,
+    kept: K,
     out: &mut [MaybeUninit<O>],
     dropped: O,
     p: NmPattern,
@@ -234,19 +145,9 @@ pub(crate) fn nm_into<T: Element, O: Copy + Send + Sync + Default>(
         .zip(w.par_chunks(task))
         .enumerate()
         .for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(flags, words, defaults): &mut (Vec<u8>, Vec<u32>, Vec<O>), (c, (o, x))| {
-                let start = c * task;
-                let len = o.len();
-                let kept = match kept {
-                    Some(k) => &k[start..start + len],
-                    None => {
-                        if defaults.len() < len {
-                            defaults.resize(len, O::default());
-                        }
-                        &defaults[..len]
-                    }
-                };
+            || (Vec::new(), Vec::new()),
+            |(flags, words): &mut (Vec<u8>, Vec<u32>), (c, (o, x))| {
+                let (start, len) = (c * task, o.len());
                 if flags.len() < len {
                     flags.resize(len, 0);
                 }
@@ -256,17 +157,13 @@ pub(crate) fn nm_into<T: Element, O: Copy + Send + Sync + Default>(
                 } else {
                     flag_slabs(x, flags, p, s);
                 }
-                write_flagged(
-                    o,
-                    Flagged {
-                        flags,
-                        kept,
-                        dropped,
-                        first_e: start as u64,
-                    },
-                    draws,
-                    words,
-                );
+                let part = Part {
+                    kept: kept.part(start, len),
+                    dropped,
+                    targets: Flags(flags),
+                    first_e: start as u64,
+                };
+                write_masked(o, part, draws, words);
             },
         );
 }
@@ -274,11 +171,13 @@ pub(crate) fn nm_into<T: Element, O: Copy + Send + Sync + Default>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::mask::Fill;
 
-    /// The flags of one group against a sort by `(key, index)`, over every pattern and
-    /// every group of keys drawn from a few values (ties everywhere).
+    /// The mask of every pattern (alpha = 1: the targeted set itself) against a sort of each
+    /// group by `(key, index)`, over group strides 1, 3 and 17 and keys drawn from a few
+    /// values (ties everywhere).
     #[test]
-    fn tile_ranks_match_a_sort() {
+    fn groups_match_a_sort() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             x ^= x << 13;
@@ -296,8 +195,10 @@ mod tests {
                     let w: Vec<f32> = (0..len)
                         .map(|_| values[(next() % values.len() as u64) as usize])
                         .collect();
-                    let mut flags = vec![9u8; len];
-                    flag_slabs(&w, &mut flags, p, s);
+                    let mut out = vec![MaybeUninit::new(9u8); len];
+                    nm_into(&w, Fill(0u8), &mut out, 1u8, p, s, &Bernoulli::always());
+                    // SAFETY: every element was initialised (to 9, then written).
+                    let flags: Vec<u8> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
                     for sl in 0..slabs {
                         for i in 0..s {
                             let idx: Vec<usize> = (0..m).map(|j| sl * m * s + j * s + i).collect();

@@ -1,0 +1,354 @@
+//! The one masked-output writer of the CPU path: every op (weight, unit, N:M; values, their
+//! gradient, or the `u8` mask) writes its output here, from which elements are targeted
+//! ([`Targets`]), the values kept ([`Kept`]) and the draws.
+//!
+//! Element `i` of a part becomes `dropped` when it is targeted and its draw (flat index
+//! `first_e + i`) falls under alpha, `kept[i]` otherwise; each output element is written once,
+//! into uninitialised memory. At alpha = 0 the part is a copy and at alpha = 1 a select with
+//! no draws; otherwise the Philox words come first, only for the 32-element batches that hold
+//! a targeted element (eight blocks in AVX2 lanes where the processor has AVX2), then one
+//! vectorised select per element.
+
+use crate::element::Element;
+use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+/// The value each element of a part keeps when it is not dropped.
+pub(crate) trait Kept<O>: Copy + Send + Sync {
+    /// The `len` values from `start` on (a slice panics when they are not there).
+    fn part(self, start: usize, len: usize) -> Self;
+    /// The value of element `i`, unchecked, so that the writer's loops vectorise.
+    ///
+    /// # Safety
+    /// `i` is below the `len` of the last [`Kept::part`] that made `self`.
+    unsafe fn at(&self, i: usize) -> O;
+}
+
+impl<O: Copy + Send + Sync> Kept<O> for &[O] {
+    #[inline(always)]
+    fn part(self, start: usize, len: usize) -> Self {
+        &self[start..start + len]
+    }
+    #[inline(always)]
+    unsafe fn at(&self, i: usize) -> O {
+        debug_assert!(i < self.len());
+        // SAFETY: `i < self.len()` (the caller's contract).
+        unsafe { *self.get_unchecked(i) }
+    }
+}
+
+/// One value for every element (a mask's 0).
+#[derive(Clone, Copy)]
+pub(crate) struct Fill<O>(pub O);
+
+impl<O: Copy + Send + Sync> Kept<O> for Fill<O> {
+    #[inline(always)]
+    fn part(self, _: usize, _: usize) -> Self {
+        self
+    }
+    #[inline(always)]
+    unsafe fn at(&self, _: usize) -> O {
+        self.0
+    }
+}
+
+/// Which elements of a part are targeted.
+pub(crate) trait Targets: Copy {
+    /// The first `len` elements (a slice panics when they are not there).
+    fn prefix(self, len: usize) -> Self;
+    /// Whether element `i` is targeted, unchecked, so that the writer's loops vectorise.
+    ///
+    /// # Safety
+    /// `i` is below the `len` of the last [`Targets::prefix`] that made `self`.
+    unsafe fn at(&self, i: usize) -> bool;
+    /// Whether any element of `r` is targeted (a fold, which vectorises).
+    ///
+    /// # Safety
+    /// As [`Targets::at`], for every index of `r`.
+    #[inline(always)]
+    unsafe fn any(&self, r: Range<usize>) -> bool {
+        // SAFETY: every index of `r` is in range (the caller's contract).
+        r.fold(false, |a, i| a | unsafe { self.at(i) })
+    }
+}
+
+/// A segment of a row below a limit: element `i` is targeted iff `row[i].key() < lim` (a
+/// row's [`crate::select::Cut`] is two such segments).
+#[derive(Clone, Copy)]
+pub(crate) struct Below<'a, T: Element> {
+    pub row: &'a [T],
+    pub lim: T::Key,
+}
+
+impl<T: Element> Targets for Below<'_, T> {
+    #[inline(always)]
+    fn prefix(self, len: usize) -> Self {
+        Below {
+            row: &self.row[..len],
+            lim: self.lim,
+        }
+    }
+    #[inline(always)]
+    unsafe fn at(&self, i: usize) -> bool {
+        debug_assert!(i < self.row.len());
+        // SAFETY: `i < self.row.len()` (the caller's contract).
+        unsafe { self.row.get_unchecked(i) }.key() < self.lim
+    }
+}
+
+/// Flags, one byte an element (non-zero: targeted), as the rank tiles write them.
+#[derive(Clone, Copy)]
+pub(crate) struct Flags<'a>(pub &'a [u8]);
+
+impl Targets for Flags<'_> {
+    #[inline(always)]
+    fn prefix(self, len: usize) -> Self {
+        Flags(&self.0[..len])
+    }
+    #[inline(always)]
+    unsafe fn at(&self, i: usize) -> bool {
+        debug_assert!(i < self.0.len());
+        // SAFETY: `i < self.0.len()` (the caller's contract).
+        unsafe { *self.0.get_unchecked(i) != 0 }
+    }
+}
+
+/// Every element or none (a unit, whose draw is decided already; nothing targeted).
+#[derive(Clone, Copy)]
+pub(crate) struct All(pub bool);
+
+impl Targets for All {
+    #[inline(always)]
+    fn prefix(self, _: usize) -> Self {
+        self
+    }
+    #[inline(always)]
+    unsafe fn at(&self, _: usize) -> bool {
+        self.0
+    }
+}
+
+/// What a part writes: the values kept, the value of a dropped element (+0 or the mask's 1),
+/// which elements are targeted and the flat index (draw index) of the first.
+#[derive(Clone, Copy)]
+pub(crate) struct Part<O, K, G> {
+    pub kept: K,
+    pub dropped: O,
+    pub targets: G,
+    pub first_e: u64,
+}
+
+/// Writes every element of `out` (see the module): targeted elements whose draw falls under
+/// alpha become `part.dropped`, the others `part.kept`. `words` is the caller's scratch for
+/// the draws, reused across parts. With AVX2 the same code is compiled for AVX2 (the selects
+/// in 256-bit vectors, the Philox blocks eight lanes at a time, inlined); elsewhere for the
+/// baseline with scalar Philox.
+#[inline]
+pub(crate) fn write_masked<O: Copy, K: Kept<O>, G: Targets>(
+    out: &mut [MaybeUninit<O>],
+    part: Part<O, K, G>,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2, the only feature the function enables.
+        return unsafe { write_masked_avx2(out, part, draws, words) };
+    }
+    write_masked_body(out, part, draws, words, |c| draws.blocks8_scalar(c))
+}
+
+/// [`write_masked`] compiled for AVX2.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn write_masked_avx2<O: Copy, K: Kept<O>, G: Targets>(
+    out: &mut [MaybeUninit<O>],
+    part: Part<O, K, G>,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    write_masked_body(out, part, draws, words, |c| {
+        // SAFETY: this function only runs on processors with AVX2.
+        unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
+    })
+}
+
+/// Fills `words[..len]` (returned) with the Philox words of flat indices `first_e ..
+/// first_e + len` where they are needed: the elements before the first aligned group of four
+/// and after the last one a draw each, whole groups eight blocks (32 elements) at a time, the
+/// groups left one block at a time, each only when `targets.any(range)` says one of its
+/// elements is targeted (the words of the others are left as they were and must not be
+/// looked at). `blocks8(c)` gives the words of Philox blocks `c .. c + 8`. `targets` is a
+/// prefix of `len` elements.
+#[inline(always)]
+fn draw_targeted<'w, G: Targets>(
+    words: &'w mut Vec<u32>,
+    first_e: u64,
+    len: usize,
+    draws: &Bernoulli,
+    blocks8: &impl Fn(u64) -> [u32; 32],
+    targets: G,
+) -> &'w mut [u32] {
+    if words.len() < len {
+        words.resize(len, 0);
+    }
+    let words = &mut words[..len];
+    let head = (((4 - first_e % 4) % 4) as usize).min(len);
+    let g0 = (first_e + head as u64) / 4;
+    let groups = (len - head) / 4;
+    let body = head + 4 * groups;
+    for i in (0..head).chain(body..len) {
+        // SAFETY: i < len, the prefix's length.
+        if unsafe { targets.at(i) } {
+            words[i] = draws.draw(first_e + i as u64);
+        }
+    }
+    let batches = groups / 8;
+    for (b, w) in words[head..head + 32 * batches]
+        .chunks_exact_mut(32)
+        .enumerate()
+    {
+        let i = head + 32 * b;
+        // SAFETY: i + 32 <= head + 32 * batches <= len.
+        if unsafe { targets.any(i..i + 32) } {
+            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
+        }
+    }
+    for g in 8 * batches..groups {
+        let i = head + 4 * g;
+        // SAFETY: i + 4 <= body <= len.
+        if unsafe { targets.any(i..i + 4) } {
+            words[i..i + 4].copy_from_slice(&draws.block(g0 + g as u64));
+        }
+    }
+    words
+}
+
+/// The body of [`write_masked`]; `blocks8(c)` gives the words of Philox blocks `c .. c + 8`.
+/// Every loop loads the kept value unconditionally, so that the compiler vectorises the
+/// selects.
+#[inline(always)]
+fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
+    out: &mut [MaybeUninit<O>],
+    part: Part<O, K, G>,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+    blocks8: impl Fn(u64) -> [u32; 32],
+) {
+    let len = out.len();
+    let kept = part.kept.part(0, len);
+    let targets = part.targets.prefix(len);
+    let dropped = part.dropped;
+    let t = draws.threshold;
+    // SAFETY (every `at` below): `i < len = out.len()`, the length of both prefixes.
+    if t == 0 {
+        for (i, o) in out.iter_mut().enumerate() {
+            o.write(unsafe { kept.at(i) });
+        }
+        return;
+    }
+    if t == THRESHOLD_ALWAYS {
+        for (i, o) in out.iter_mut().enumerate() {
+            let (v, d) = unsafe { (kept.at(i), targets.at(i)) };
+            o.write(if d { dropped } else { v });
+        }
+        return;
+    }
+    let words = draw_targeted(words, part.first_e, len, draws, &blocks8, targets);
+    for ((i, o), &w) in out.iter_mut().enumerate().zip(&*words) {
+        let (v, f) = unsafe { (kept.at(i), targets.at(i)) };
+        let d = f & ((w >> 8) < t);
+        o.write(if d { dropped } else { v });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init<O: Copy>(v: Vec<MaybeUninit<O>>) -> Vec<O> {
+        // SAFETY: every element was initialised (to a marker, then written).
+        v.iter().map(|x| unsafe { x.assume_init() }).collect()
+    }
+
+    /// The portable writer (scalar Philox) and the dispatching one (AVX2 here) against a
+    /// direct evaluation of the contract, over part starts of every alignment, lengths around
+    /// the 32-element batches, limits at the row's own keys, flags, and thresholds 0, 2^24 and
+    /// in between; kept values from a slice and a fill.
+    #[test]
+    fn parts_match_the_contract() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in [0usize, 1, 3, 4, 5, 31, 32, 33, 35, 36, 64, 67, 100, 257] {
+            for first_e in [0u64, 1, 2, 3, 4, 29, (1 << 34) - 3, u64::MAX / 2 - 70] {
+                let row: Vec<f32> = (0..len).map(|_| (next() % 200) as f32 - 100.0).collect();
+                let kept: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
+                // The limit is a key of the row (the `kth` of a cut) or one above it.
+                let lim = match len {
+                    0 => 0,
+                    _ => row[(next() % len as u64) as usize].key() + (next() % 2) as u32,
+                };
+                let flags: Vec<u8> = (0..len).map(|_| (next() % 3 == 0) as u8).collect();
+                for alpha in [0.0, 1.0, 0.5, 0.1] {
+                    let draws = Bernoulli::new(next(), next(), alpha);
+                    let what = format!("len {len} first_e {first_e} lim {lim} alpha {alpha}");
+                    let contract = |t: &dyn Fn(usize) -> bool, kept: &dyn Fn(usize) -> f32| {
+                        (0..len)
+                            .map(|i| {
+                                if t(i) && draws.drops(first_e + i as u64) {
+                                    -7.0
+                                } else {
+                                    kept(i)
+                                }
+                            })
+                            .collect::<Vec<f32>>()
+                    };
+                    let mut words = Vec::new();
+                    let mut run = |part: Part<f32, &[f32], Below<f32>>, portable: bool| {
+                        let mut o = vec![MaybeUninit::new(-1.0f32); len];
+                        if portable {
+                            write_masked_body(&mut o, part, &draws, &mut words, |c| {
+                                draws.blocks8_scalar(c)
+                            });
+                        } else {
+                            write_masked(&mut o, part, &draws, &mut words);
+                        }
+                        init(o)
+                    };
+                    let below = Below { row: &row, lim };
+                    let part = Part {
+                        kept: &kept[..],
+                        dropped: -7.0,
+                        targets: below,
+                        first_e,
+                    };
+                    let want = contract(&|i| row[i].key() < lim, &|i| kept[i]);
+                    assert_eq!(run(part, false), want, "below, {what}");
+                    assert_eq!(run(part, true), want, "below, portable, {what}");
+                    // Flags and a fill (a mask: 0 kept, 1 dropped).
+                    let mut o = vec![MaybeUninit::new(9u8); len];
+                    let part = Part {
+                        kept: Fill(0u8),
+                        dropped: 1u8,
+                        targets: Flags(&flags),
+                        first_e,
+                    };
+                    write_masked(&mut o, part, &draws, &mut Vec::new());
+                    let want: Vec<u8> = (0..len)
+                        .map(|i| (flags[i] != 0 && draws.drops(first_e + i as u64)) as u8)
+                        .collect();
+                    assert_eq!(init(o), want, "flags, {what}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The host implementation of [`TargetedOp`], generic over the element type: the CPU custom
+//! ops call [`TargetedOp::cpu`]; the CUDA kernels compute the same bits.
+//!
+//! Each op finds which elements are targeted, its own way, and hands them to the one
+//! masked-output writer, `mask`, which draws and writes every output element once:
+//! - `weight`: each row's cut (`select::row_cut`: the k-th key and the tie cut as an index;
+//!   rows of at most 64 by ranks in AVX2 lanes, longer ones by the radix select), a few long
+//!   rows over the whole pool;
+//! - `unit`: the unit scores, the radix select over the row of scores, a draw per unit;
+//! - `nm`: 16 groups of `m` side by side, each element's rank counted by comparisons.
+//!
+//! The modules import `mask` and `select`, never each other.
+
+mod mask;
+mod nm;
+mod unit;
+mod weight;
+
+pub(crate) use unit::unit_scores;
+
+use crate::config::NmPattern;
+use crate::element::Scored;
+use crate::op::{filters, DropoutKind, Output, TargetedOp};
+use candle_core::{bail, CpuStorage, Layout, Result};
+use mask::{Fill, Kept};
+use std::mem::MaybeUninit;
+
+/// The contiguous elements of a layout (the public functions make `w` contiguous first, the
+/// backward pass its gradient).
+fn contiguous<'a, T>(op: &TargetedOp, data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{}: internal error, an input is not contiguous", op.name()),
+    }
+}
+
+impl TargetedOp {
+    /// The selection on `w` (rows of `n`, N:M groups `s` apart) written into `out`: the kept
+    /// values, or `dropped` where an element is dropped.
+    fn write<T: Scored, O: Copy + Send + Sync, K: Kept<O>>(
+        &self,
+        w: &[T],
+        out: &mut [MaybeUninit<O>],
+        kept: K,
+        dropped: O,
+        (n, s): (usize, usize),
+    ) {
+        match self.kind {
+            DropoutKind::Weight => weight::weight_dropout_into(w, out, kept, dropped, n, self),
+            DropoutKind::Unit => {
+                let units = unit::unit_dropped(w, n, self.gamma, &self.draws);
+                unit::unit_dropout_into(out, kept, dropped, n, &units)
+            }
+            DropoutKind::Nm { n, m } => {
+                nm::nm_into(w, kept, out, dropped, NmPattern { n, m }, s, &self.draws)
+            }
+        }
+    }
+
+    /// The selection on `w` (rows of `n`), written over `kept` (the values) or as a mask
+    /// (`O = u8`, 1 = dropped) when `kept` is `None`.
+    fn run<T: Scored, O: Copy + Send + Sync + Default>(
+        &self,
+        w: &[T],
+        kept: Option<&[O]>,
+        dropped: O,
+        n: usize,
+        s: usize,
+    ) -> Vec<O> {
+        let len = w.len();
+        let mut out: Vec<O> = Vec::with_capacity(len);
+        if n == 0 {
+            // No filter of any length: no element.
+            return out;
+        }
+        debug_assert_eq!(len % n, 0, "rows of {n}");
+        let spare = &mut out.spare_capacity_mut()[..len];
+        match kept {
+            Some(v) => self.write(w, spare, &v[..len], dropped, (n, s)),
+            None => self.write(w, spare, Fill(O::default()), dropped, (n, s)),
+        }
+        // SAFETY: the capacity is at least `len`, and every path writes every one of the
+        // `len` elements of `spare` (every row of `n` elements, `len` a multiple of `n`)
+        // before this.
+        unsafe { out.set_len(len) };
+        out
+    }
+
+    /// The op on the CPU: selection on `w`, values from `vals` (the backward pass) or `w`,
+    /// or the mask; `wrap` makes the values a storage of `T`.
+    pub(crate) fn cpu<T: Scored>(
+        &self,
+        w: &[T],
+        wl: &Layout,
+        vals: Option<(&[T], &Layout)>,
+        wrap: fn(Vec<T>) -> CpuStorage,
+    ) -> Result<CpuStorage> {
+        let w = contiguous(self, w, wl)?;
+        let (_, n) = filters(wl.shape());
+        // The N:M groups' stride (DESIGN.md, "N:M targeted dropout"); the functions have
+        // checked the rank.
+        let (_, _, s) = crate::op::nm_geometry(wl.dims()).unwrap_or((0, 0, 1));
+        Ok(match (self.output, vals) {
+            (Output::Mask, _) => CpuStorage::U8(self.run::<T, u8>(w, None, 1, n, s)),
+            (Output::Values, None) => wrap(self.run(w, Some(w), T::ZERO, n, s)),
+            (Output::Values, Some((v, vl))) => {
+                let v = contiguous(self, v, vl)?;
+                wrap(self.run(w, Some(v), T::ZERO, n, s))
+            }
+        })
+    }
+}
