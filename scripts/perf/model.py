@@ -41,7 +41,7 @@ L2_BW = 10e12          # L2 re-reads (the long-row passes after the first): an a
 L2_BYTES = 60 * 1024 * 1024  # run 4's row groups of 7 rows of 4 MiB imply 56..64 MB
 REGS_SM, SMEM_SM, THREADS_SM, BLOCKS_SM = 65536, 228 * 1024, 2048, 32
 # Calibrated on run 4 (see calibrate()); printed with every run.
-PARAMS = {"c": 3.0, "h0": 5.0e-6, "h1": 3.0e-6, "g": 1.0e-6, "lat": 1.0e-6}
+PARAMS = {"c": 14.0, "h0": 0.0, "h1": 5.0e-6, "g": 2.0e-6, "lat": 2.0e-6, "kmin": 5.0e-6}
 
 WIDTH = {"f32": ("u32", 4, "f32"), "bf16": ("u16", 2, "bf16"), "f16": ("u16", 2, "f16"),
          "f64": ("u64", 8, "f64")}
@@ -57,6 +57,7 @@ class Kernels:
         self.cache = cache
         self._src = {}
         self._fig = {}
+        self._inc_src = {}
 
     def source(self, name):
         if name not in self._src:
@@ -83,7 +84,7 @@ class Kernels:
                                               tuple(s.get("defines", [])))
             src = sass.Source(path, text)
             self._src[name] = (src, sass.disasm(cubin), sass.resources(cubin), fname,
-                               s.get("marks", {}))
+                               s.get("marks", {}), inc)
         return self._src[name]
 
     def figures(self, path, dtype, env, t=None):
@@ -95,45 +96,65 @@ class Kernels:
 
     def _figures(self, path, dtype, env, t):
         k = self.t["kernels"][path]
-        src, funcs, res, fname, marks = self.source(k["source"])
+        src, funcs, res, fname, marks, inc = self.source(k["source"])
         w, _, s = WIDTH[dtype]
-        name = k["name"].format(w=w, s=s, t=t)
+        name = t if isinstance(t, str) else k["name"].format(w=w, s=s, t=t)
         if name not in funcs:
             raise LookupError(f"{path}: no kernel {name} in {k['source']} for sm_{self.arch} "
                               f"(update scripts/perf/paths.toml)")
         fn = funcs[name]
 
         def line(m):
+            """(file basename as the line info names it, line number) of mark m."""
             v = marks[m]
-            return src.find(*v) if isinstance(v, list) else src.find(v)
+            if isinstance(v, dict):
+                f = v["file"]
+                if (inc, f) not in self._inc_src:
+                    self._inc_src[(inc, f)] = sass.Source(os.path.join(inc, f))
+                s2 = self._inc_src[(inc, f)]
+                return f, s2.find(v["text"], v.get("after"))
+            return fname, (src.find(*v) if isinstance(v, list) else src.find(v))
 
         def loops(m):
-            ls = fn.loops_of(fname, line(m))
+            ls = fn.loops_of(*line(m))
             if not ls:
                 raise LookupError(f"{name}: no SASS loop holds mark {m!r} (line {line(m)})")
             return ls
 
         def pick_loop(m, pick="max"):
-            ls = loops(m)
-            sizes = [(e - s + 1, (s, e)) for s, e in ls]
+            sizes = [(e - s + 1, (s, e)) for s, e in loops(m)]
             return (min if pick == "min" else max)(sizes)[1]
 
         def L(m, pick="max"):
-            s, e = pick_loop(m, pick)
-            return fn.count(within=(s, e))
+            return fn.count(within=pick_loop(m, pick))
 
-        def C(m, *ms, pick="max"):
+        def C(m, *ms, but=(), pick="max"):
             within = pick_loop(m, pick) if m else None
-            lines = {(fname, line(x)) for x in ms}
-            if not ms:
-                return fn.count(within=within)
-            return fn.count(lambda locs: bool(locs & lines), within=within)
+            yes = {line(x) for x in ms}
+            no = {line(x) for x in ([but] if isinstance(but, str) else but)}
+            return fn.count(lambda locs: (not yes or bool(locs & yes)) and not (locs & no),
+                            within=within)
+
+        def R(a, b, but=()):
+            """Instructions whose chain touches a line of [mark a, mark b) of the kernel file."""
+            (f, la), (_, lb) = line(a), line(b)
+            rng = {(f, x) for x in range(la, lb)}
+            no = {line(x) for x in ([but] if isinstance(but, str) else but)}
+            return fn.count(lambda locs: bool(locs & rng) and not (locs & no))
+
+        def I(m, pick="max"):
+            """Instructions of loop m outside the loops nested in it (its own per-iteration work)."""
+            s, e = pick_loop(m, pick)
+            inner = [(a, b) for (a, b) in fn.loops if s <= a and b <= e and (a, b) != (s, e)]
+            return sum(1 for i in range(s, e + 1)
+                       if not fn.ins[i][0].startswith("NOP")
+                       and not any(a <= i <= b for a, b in inner))
 
         def N(m, op, pick="max"):
             s, e = pick_loop(m, pick)
             return sum(1 for o, _ in fn.ins[s:e + 1] if o.split(".")[0] == op)
 
-        g = dict(env, L=L, C=C, N=N, size=WIDTH[dtype][1], ve=16 // WIDTH[dtype][1])
+        g = dict(env, L=L, C=C, N=N, R=R, I=I, size=WIDTH[dtype][1], ve=16 // WIDTH[dtype][1])
         elem = eval("(" + k["elem"] + ")", {}, g)
         row = eval("(" + k.get("row", "0") + ")", {}, g)
         inflight = eval("(" + k.get("inflight", "16") + ")", {}, g)
@@ -316,7 +337,7 @@ def kernel_time(l, kern, dtype, p):
     per_sm = math.ceil(l.items / SMS)            # the busiest SM's blocks (wave quantisation)
     resident = min(b, per_sm)
     w = resident * l.threads / 32 / SCHED        # warps per scheduler
-    eff = w / (w + p["c"])
+    eff = min(1.0, w / p["c"])  # a warp issues once per c cycles (ncu, run 4: ~10)
     warp_instr = per_elem * l.elems / 32 / l.items * per_sm  # on the busiest SM
     t_issue = warp_instr / (SCHED * CLOCK * eff)
     t_mem = l.dram / BW + l.l2 / L2_BW
@@ -324,9 +345,11 @@ def kernel_time(l, kern, dtype, p):
     # outstanding per memory latency.
     sms = min(SMS, l.items)
     t_lat = l.rd / (sms * resident * l.threads * inflight / p["lat"])
-    t = max(t_issue, t_mem, t_lat)
+    # A launch takes at least kmin on the device (start, ramp, drain).
+    t = max(t_issue, t_mem, t_lat, p["kmin"])
     return t, dict(name=name, per_elem=per_elem, blocks=b, t_issue=t_issue, t_mem=t_mem,
-                   t_lat=t_lat, bound=["issue", "memory", "latency"][[t_issue, t_mem, t_lat].index(t)])
+                   t_lat=t_lat, bound=["issue", "memory", "latency", "launch"][
+                       [t_issue, t_mem, t_lat, p["kmin"]].index(t)])
 
 
 def op_time(launches, host, kern, dtype, p):
@@ -379,12 +402,13 @@ def fit(kern):
     best = None
     rows = run4_rows()
     # the per-launch figures do not depend on the parameters except through c: precompute
-    grid = [dict(c=c, h0=h0, h1=h1, g=g, lat=lat)
-            for c in [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0]
-            for h0 in [2e-6, 4e-6, 6e-6, 8e-6]
+    grid = [dict(c=c, h0=h0, h1=h1, g=g, lat=lat, kmin=kmin)
+            for c in [10.0, 12.0, 14.0, 16.0, 18.0]
+            for h0 in [0.0, 2e-6, 4e-6, 6e-6]
             for h1 in [1e-6, 2e-6, 3e-6, 4e-6, 5e-6, 6e-6]
-            for g in [0.0, 0.5e-6, 1e-6, 2e-6]
-            for lat in [0.5e-6, 0.75e-6, 1e-6, 1.5e-6, 2e-6]]
+            for g in [0.0, 1e-6, 2e-6]
+            for lat in [1.5e-6, 2e-6, 2.5e-6]
+            for kmin in [0.0, 2e-6, 3e-6, 4e-6, 5e-6]]
     ops = [(run4_op(op, shape_of(shape), dt), dt, meas) for op, shape, dt, meas in rows]
     for p in grid:
         worst = 0
@@ -398,20 +422,264 @@ def fit(kern):
     return best
 
 
+# ---------------------------------------------------------------------------------------
+# The library's kernels: the launches the plan makes (examples/perf_traffic.rs), predicted
+
+OPS = ["weight_dropout", "prune", "unit_dropout", "nm_2:4_dropout", "backward",
+       "grouped_resnet32"]
+SHAPES = ["[4096,4096]", "[11008,4096]", "[128,2^20]", "[2^20,9]"]
+RESNET32 = [[16, 3, 3, 3]] + [s for (ci, c) in [(16, 16), (16, 32), (32, 64)] for b in range(5)
+                              for s in ([c, ci if b == 0 else c, 3, 3], [c, c, 3, 3])] + [[10, 64]]
+
+
+def parse_shape(t):
+    return [2 ** int(x[2:]) if x.startswith("2^") else int(x) for x in t.strip("[]").split(",")]
+
+
+def read_traffic(path):
+    """{(op, shape, dtype): {"scaled", "elems", "launches": [dict]}} from perf_traffic lines."""
+    out = {}
+    for line in open(path):
+        if not line.startswith("launch "):
+            continue
+        f = line.split()
+        op, shape, dt = f[1], f[2], f[3]
+        kv = dict(x.split("=", 1) for x in f[4:])
+        rec = out.setdefault((op, shape, dt), {"scaled": kv["scaled"], "elems": int(kv["elems"]),
+                                               "launches": []})
+        rec["launches"].append(dict(
+            kernel=kv["kernel"], grid=[int(x) for x in kv["grid"].split(",")],
+            block=[int(x) for x in kv["block"].split(",")], smem=int(kv["smem"]),
+            ld=int(kv["ld"]), st=int(kv["st"]), lds=int(kv["lds"]), sts=int(kv["sts"])))
+    return out
+
+
+def path_of(kern, kernel):
+    import re
+    hits = [p for p, k in kern.t["kernels"].items() if re.search(k.get("match", "^$"), kernel)]
+    if not hits:
+        raise LookupError(f"kernel {kernel}: no path in scripts/perf/paths.toml matches it "
+                          f"(add one, with its marks)")
+    return hits[0]
+
+
+def lib_launches(kern, op, shape, dt, rec):
+    """Model launches at the full shape from the traced launches at the scaled one."""
+    _, size, _ = WIDTH[dt]
+    if op == "grouped_resnet32":
+        full_elems = sum(math.prod(s) for s in RESNET32)
+        rows = sum(s[0] for s in RESNET32)
+        d0, n = rows, full_elems / rows
+    else:
+        d0, n = filters(parse_shape(shape))
+        full_elems = d0 * n
+    scale = full_elems / rec["elems"]
+    pf = 0.0 if op == "prune" else 1 - 0.5 ** 4
+    ls, counted, planned = [], 0.0, 0.0
+    sel_done = False
+    for r in rec["launches"]:
+        path = path_of(kern, r["kernel"])
+        k = kern.t["kernels"][path]
+        threads = r["block"][0] * r["block"][1] * r["block"][2]
+        grid = r["grid"][0] * r["grid"][1] * r["grid"][2]
+        ldt = dt
+        env = dict(n=n, T=threads, pf=pf, gamma=0.5, passes=0, single=0, scan=0)
+        m = __import__("re").search(r"_m(\d+)$", r["kernel"])
+        if m:
+            env["m"] = int(m.group(1))
+            env["pf"] = 1.0  # 2:4: every group of four holds targeted elements
+        elems, rl = full_elems, n
+        if op == "unit_dropout" and r["kernel"].startswith(("tdw", "td5")):
+            # the select over one row of d0 f32 scores (modelled at the full d0)
+            if sel_done:
+                continue
+            sel_done = True
+            sub, _ = run4_select("f32", 1, d0, 0.5, pf)
+            for s2 in sub:
+                s2.path = s2.path.replace("run4_", "lib_")
+                s2.dtype = "f32"
+                s2.dram = s2.dram * 5 // 8
+                ls.append(s2)
+            continue
+        if path in ("lib_block",):
+            p_, s_, t_ = v4_select_stats(dt, int(n), targeted(0.5, int(n)))
+            env.update(passes=p_ if op != "backward" else p_, single=s_, scan=t_)
+        if path in ("lib_long_hist", "lib_long_apply"):
+            env.update(passes=size, scan=1 if dt == "bf16" else 0)
+        if op == "unit_dropout":
+            rl = n
+        g = {**env, "size": size, "ve": 16 // size}
+        plan_b = eval("(" + k.get("bytes", "2 * size") + ")", {}, g)
+        l2_b = eval("(" + k.get("l2", "0") + ")", {}, g)
+        rd_b = eval("(" + k.get("rd", "(" + k.get("bytes", "2 * size") + ") / 2") + ")", {}, g)
+        if op == "backward" and path.startswith("lib_"):
+            plan_b += size  # the recomputing backward reads the gradient too
+            rd_b += size
+        cnt_b = (r["ld"] + r["st"]) / rec["elems"]
+        l = Launch(path, max(1, round(grid * scale)), threads, r["smem"], elems,
+                   plan_b * elems, l2=l2_b * elems, env=env, t=r["kernel"], row_len=rl,
+                   rd=rd_b * elems)
+        if cnt_b > 0:
+            # the counted traffic, less what the plan serves from the L2
+            l.dram = max(cnt_b * elems - l.l2, 0)
+            l.rd = max(r["ld"] / rec["elems"] * elems - l.l2, 0)
+        counted += cnt_b
+        planned += plan_b + l2_b
+        ls.append(l)
+    return ls, counted, planned, full_elems
+
+
+def predict(kern, traffic, p, budgets_out=None):
+    lines, figs = [], []
+    for op in OPS:
+        for shape in (SHAPES if op != "grouped_resnet32" else ["resnet32"]):
+            for dt in ["f32", "bf16"]:
+                rec = traffic.get((op, shape, dt))
+                if rec is None:
+                    continue
+                _, size, _ = WIDTH[dt]
+                ls, counted, planned, elems = lib_launches(kern, op, shape, dt, rec)
+                host = len(rec["launches"]) + 1
+                t, info = op_time(ls, host, kern, dt, p)
+                instr = sum(i["per_elem"] * l.elems for i, l in zip(info, ls)) / elems
+                moved = counted if counted > 0 else planned
+                passes = moved / size
+                copy = 2 * size * elems / BW
+                sh = shape if shape != "resnet32" else "[resnet32]"
+                note = f" (scaled: {rec['scaled']})" if rec["scaled"] != "full" else ""
+                if counted > 0:
+                    note += f" [counted {counted:.2f} B/elem, plan {planned:.2f}]"
+                else:
+                    note += " [plan bytes: the emulator counted none]"
+                lines.append(f"predict {op} {sh} {dt}: {moved:.2f} B/elem moved ({passes:.1f} "
+                             f"passes), {instr:.1f} instr/elem, predicted {t * 1e6:.1f} us = "
+                             f"{100 * copy / t:.0f}% of copy{note}")
+                figs.append((op, sh, dt, ls, info, moved, passes, instr))
+    return lines, figs
+
+
+# ---------------------------------------------------------------------------------------
+# Budgets (benches/budgets.toml): per kernel of each case, bytes and instructions per element
+
+def budget_rows(figs, kern80=None):
+    """[(key, kernel, path, bytes/elem, instr/elem sm_90, instr/elem sm_80)] per case and kernel."""
+    rows = {}
+    for op, sh, dt, ls, info, moved, passes, instr in figs:
+        elems = max(l.elems for l in ls)
+        for l, i in zip(ls, info):
+            key = f"{op} {sh} {dt} {i['name']}"
+            b = (l.dram + l.l2) / elems
+            i80 = None
+            if kern80 is not None:
+                _, e80, r80, _, _ = kern80.figures(l.path, l.dtype or dt, l.env, l.t)
+                i80 = (e80 + r80 * l.threads / l.row_len) * l.elems / elems
+            r = rows.setdefault(key, [i["name"], l.path, 0.0, 0.0, 0.0 if i80 is not None else None])
+            r[2] += b
+            r[3] += i["per_elem"] * l.elems / elems
+            if i80 is not None:
+                r[4] += i80
+    return [(k, *v) for k, v in rows.items()]
+
+
+def write_budgets(path, rows, reason):
+    with open(path, "w") as f:
+        f.write("# Budgets of the kernel paths (issue 23), checked by scripts/perf-model.sh in CI:\n"
+                "# per case (op, shape, dtype) and kernel, the bytes per element it moves (counted\n"
+                "# by the emulator where it counts, else what the launch plan must move) and the\n"
+                "# SASS instructions per element on its main path (sm_90, sm_80). CI fails when a\n"
+                "# change moves more bytes than the budget or grows instructions per element by\n"
+                "# more than 10%. Regenerate deliberately, in its own commit with the reason:\n"
+                "#   scripts/perf-model.sh --update-budgets \"why\"\n")
+        f.write(f"reason = {reason!r}\n\n")
+        for key, kernel, pth, b, i90, i80 in sorted(rows):
+            f.write(f"[budget.{key!r}]\n".replace("'", '"'))
+            f.write(f'kernel = "{kernel}"\npath = "{pth}"\nbytes_per_elem = {b:.4f}\n'
+                    f"passes = {b / WIDTH[key.split()[2]][1]:.2f}\n"
+                    f"instr_per_elem_sm90 = {i90:.2f}\n")
+            if i80 is not None:
+                f.write(f"instr_per_elem_sm80 = {i80:.2f}\n")
+            f.write("\n")
+
+
+def check_budgets(path, rows):
+    """Failures (strings) of rows against the committed budgets."""
+    bud = tomllib.load(open(path, "rb")).get("budget", {})
+    fails, seen = [], set()
+    for key, kernel, pth, b, i90, i80 in rows:
+        seen.add(key)
+        bb = bud.get(key)
+        if bb is None:
+            fails.append(f"budget: {kernel} in {key.rsplit(' ', 1)[0]}: no budget in "
+                         f"benches/budgets.toml (a new or renamed kernel: regenerate the budgets)")
+            continue
+        if b > bb["bytes_per_elem"] * (1 + 1e-6) + 1e-9:
+            fails.append(f"budget: {kernel} in {key.rsplit(' ', 1)[0]}: moves {b:.3f} B/elem, over "
+                         f"its budget of {bb['bytes_per_elem']:.3f} B/elem "
+                         f"({b / WIDTH[key.split()[2]][1]:.2f} passes over the tensor, budget "
+                         f"{bb['passes']:.2f})")
+        for arch, v in (("sm90", i90), ("sm80", i80)):
+            lim = bb.get(f"instr_per_elem_{arch}")
+            if v is None or lim is None:
+                continue
+            if v > 1.10 * lim:
+                fails.append(f"budget: {kernel} in {key.rsplit(' ', 1)[0]}: {v:.1f} SASS "
+                             f"instructions per element on {arch}, {100 * (v / lim - 1):.0f}% over "
+                             f"its budget of {lim:.1f} (+10% allowed)")
+    for key in sorted(set(bud) - seen):
+        fails.append(f"budget: {bud[key]['kernel']} in {key.rsplit(' ', 1)[0]}: budgeted but not "
+                     f"launched any more (a renamed or removed kernel: regenerate the budgets)")
+    return fails
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="90")
     ap.add_argument("--cache", default=os.path.join(ROOT, "target", "perf"))
     ap.add_argument("--fit", action="store_true", help="search the calibration parameters")
+    ap.add_argument("--traffic", help="examples/perf_traffic.rs output: predict the library")
+    ap.add_argument("--prebuild", action="store_true", help="compile every source, both targets")
+    ap.add_argument("--budgets", default=os.path.join(ROOT, "benches/budgets.toml"))
+    ap.add_argument("--check", action="store_true", help="fail on a budget overrun")
+    ap.add_argument("--update-budgets", metavar="REASON", help="write the budgets")
     a = ap.parse_args()
-    kern = Kernels(os.path.join(ROOT, "scripts/perf/paths.toml"), a.arch, a.cache)
+    table = os.path.join(ROOT, "scripts/perf/paths.toml")
+    kern = Kernels(table, a.arch, a.cache)
+    if a.prebuild:
+        from concurrent.futures import ThreadPoolExecutor
+        ks = [kern, Kernels(table, "80", a.cache)]
+        jobs = [(k, s) for k in ks for s in kern.t["sources"] if not (k.arch == "80" and s == "run4")]
+        with ThreadPoolExecutor(max_workers=4) as ex:
+            list(ex.map(lambda j: j[0].source(j[1]), jobs))
+        return
     p = dict(PARAMS)
     if a.fit:
         worst, p = fit(kern)
         print(f"fit: {p} worst ratio {math.exp(worst):.2f}")
+    print("model: H200 %d SMs x %d schedulers x %.2f GHz, copy %d GB/s, L2 re-reads %d GB/s; "
+          "calibrated on run 4: issue efficiency min(1, w / %.1f) at w warps per scheduler, host "
+          "%.0f us + %.0f us per launch, %.1f us between launches, %.1f us the shortest kernel, "
+          "memory latency %.2f us"
+          % (SMS, SCHED, CLOCK / 1e9, BW / 1e9, L2_BW / 1e9, p["c"], p["h0"] * 1e6,
+             p["h1"] * 1e6, p["g"] * 1e6, p["kmin"] * 1e6, p["lat"] * 1e6))
     for op, shape, dt, t, meas in calibration(kern, p):
         print(f"calibration {op} {shape} {dt}: predicted {t:.1f} us, measured {meas:.1f} us "
               f"(run 4), ratio {t / meas:.2f}")
+    if a.traffic:
+        lines, figs = predict(kern, read_traffic(a.traffic), p)
+        print("\n".join(lines))
+        if a.check or a.update_budgets:
+            kern80 = Kernels(table, "80", a.cache)
+            rows = budget_rows(figs, kern80)
+            if a.update_budgets:
+                write_budgets(a.budgets, rows, a.update_budgets)
+                print(f"budgets: {len(rows)} written to {a.budgets}")
+            fails = check_budgets(a.budgets, rows)
+            for f in fails:
+                print(f)
+            if fails:
+                print(f"budgets: FAILED ({len(fails)})")
+                sys.exit(1)
+            print(f"budgets: {len(rows)} kernel x case figures within benches/budgets.toml")
 
 
 if __name__ == "__main__":
