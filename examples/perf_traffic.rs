@@ -81,27 +81,36 @@ fn main() -> candle_core::Result<()> {
             } else {
                 let w = Tensor::randn(0f32, 1.0, run.as_slice(), &Device::Cpu)?.to_dtype(dt)?;
                 let elems = w.elem_count();
-                let (_, l) = match op {
-                    "weight_dropout" => emulate::run_traced(&gpu, || {
-                        targeted_weight_dropout_seeded(&w, 0.5, 0.5, 7, 0)
-                    })?,
-                    "prune" => emulate::run_traced(&gpu, || prune_weights(&w, 0.5))?,
-                    "unit_dropout" => emulate::run_traced(&gpu, || {
-                        targeted_unit_dropout_seeded(&w, 0.5, 0.5, 7, 0)
-                    })?,
-                    "nm_2:4_dropout" => emulate::run_traced(&gpu, || {
-                        targeted_nm_dropout_seeded(&w, 2, 4, 0.5, 7, 0)
-                    })?,
+                let l = match op {
+                    "weight_dropout" => {
+                        emulate::run_traced(&gpu, || {
+                            targeted_weight_dropout_seeded(&w, 0.5, 0.5, 7, 0)
+                        })?
+                        .1
+                    }
+                    "prune" => emulate::run_traced(&gpu, || prune_weights(&w, 0.5))?.1,
+                    "unit_dropout" => {
+                        emulate::run_traced(&gpu, || {
+                            targeted_unit_dropout_seeded(&w, 0.5, 0.5, 7, 0)
+                        })?
+                        .1
+                    }
+                    "nm_2:4_dropout" => {
+                        emulate::run_traced(&gpu, || {
+                            targeted_nm_dropout_seeded(&w, 2, 4, 0.5, 7, 0)
+                        })?
+                        .1
+                    }
                     "backward" => {
                         // The forward outside the trace; the backward's launches only.
                         let v = Var::from_tensor(&w)?;
-                        let g = Tensor::randn(0f32, 1.0, run.as_slice(), &Device::Cpu)?
-                            .to_dtype(dt)?;
+                        let g =
+                            Tensor::randn(0f32, 1.0, run.as_slice(), &Device::Cpu)?.to_dtype(dt)?;
                         let y = emulate::run(&gpu, || {
                             targeted_weight_dropout_seeded(&v, 0.5, 0.5, 7, 0)
                         })?;
                         let loss = (y * g)?.sum_all()?;
-                        emulate::run_traced(&gpu, || loss.backward().map(drop))?
+                        emulate::run_traced(&gpu, || loss.backward().map(drop))?.1
                     }
                     _ => unreachable!(),
                 };

@@ -51,7 +51,8 @@ WIDTH = {"f32": ("u32", 4, "f32"), "bf16": ("u16", 2, "bf16"), "f16": ("u16", 2,
 # SASS figures per kernel
 
 class Kernels:
-    def __init__(self, table, arch, cache):
+    def __init__(self, table, arch, cache, root=ROOT):
+        self.root = root  # where the `file` sources are read (a scratch copy for a planted bug)
         self.t = tomllib.load(open(table, "rb"))
         self.arch = arch
         self.cache = cache
@@ -76,7 +77,7 @@ class Kernels:
                             subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{f}"],
                                            capture_output=True, text=True).stdout)
             else:
-                path = os.path.join(ROOT, s["file"])
+                path = os.path.join(self.root, s["file"])
                 text = open(path).read()
                 inc = os.path.dirname(path)
             stem = name + "-" + os.path.basename(path).replace(".cu", "")
@@ -477,18 +478,33 @@ def lib_launches(kern, op, shape, dt, rec):
     pf = 0.0 if op == "prune" else 1 - 0.5 ** 4
     ls, counted, planned = [], 0.0, 0.0
     sel_done = False
+    nl = len(rec["launches"])
     for r in rec["launches"]:
         path = path_of(kern, r["kernel"])
         k = kern.t["kernels"][path]
         threads = r["block"][0] * r["block"][1] * r["block"][2]
         grid = r["grid"][0] * r["grid"][1] * r["grid"][2]
-        ldt = dt
         env = dict(n=n, T=threads, pf=pf, gamma=0.5, passes=0, single=0, scan=0)
         m = __import__("re").search(r"_m(\d+)$", r["kernel"])
         if m:
             env["m"] = int(m.group(1))
             env["pf"] = 1.0  # 2:4: every group of four holds targeted elements
-        elems, rl = full_elems, n
+        elems, rl, items = full_elems, n, max(1, round(grid * scale))
+        if op == "grouped_resnet32":
+            items = max(1, grid)
+            if nl > 1:
+                # one launch per tensor: the tensor of the list whose row length the launch's
+                # shared memory holds (v4: the row for tdw_block, 256 rows of n | 1 for tdw_tiny)
+                tn = {math.prod(x[1:]): x[0] * math.prod(x[1:]) for x in RESNET32}
+                guess = r["smem"] / size / (256 if "tiny" in r["kernel"] else 1)
+                match = [t for t in tn if t == round(guess) or t | 1 == round(guess)
+                         or math.ceil(t / 4) * 4 == round(guess)]
+                if match:
+                    n = match[0]
+                    elems = tn[n] if "tiny" in r["kernel"] else grid * n
+                else:
+                    elems = full_elems / nl
+                env["n"] = n
         if op == "unit_dropout" and r["kernel"].startswith(("tdw", "td5")):
             # the select over one row of d0 f32 scores (modelled at the full d0)
             if sel_done:
@@ -501,32 +517,46 @@ def lib_launches(kern, op, shape, dt, rec):
                 s2.dram = s2.dram * 5 // 8
                 ls.append(s2)
             continue
-        if path in ("lib_block",):
+        if path == "lib_block":
             p_, s_, t_ = v4_select_stats(dt, int(n), targeted(0.5, int(n)))
-            env.update(passes=p_ if op != "backward" else p_, single=s_, scan=t_)
-        if path in ("lib_long_hist", "lib_long_apply"):
+            env.update(passes=p_, single=s_, scan=t_)
+        long_row = path in ("lib_long_hist", "lib_long_apply")
+        if long_row:
             env.update(passes=size, scan=1 if dt == "bf16" else 0)
-        if op == "unit_dropout":
-            rl = n
         g = {**env, "size": size, "ve": 16 // size}
         plan_b = eval("(" + k.get("bytes", "2 * size") + ")", {}, g)
         l2_b = eval("(" + k.get("l2", "0") + ")", {}, g)
         rd_b = eval("(" + k.get("rd", "(" + k.get("bytes", "2 * size") + ") / 2") + ")", {}, g)
-        if op == "backward" and path.startswith("lib_"):
-            plan_b += size  # the recomputing backward reads the gradient too
+        if op == "backward" and path.startswith("lib_") and path != "lib_long_hist":
+            plan_b += size  # the recomputing backward's output pass reads the gradient too
             rd_b += size
         cnt_b = (r["ld"] + r["st"]) / rec["elems"]
-        l = Launch(path, max(1, round(grid * scale)), threads, r["smem"], elems,
-                   plan_b * elems, l2=l2_b * elems, env=env, t=r["kernel"], row_len=rl,
-                   rd=rd_b * elems)
+        rl = elems / items  # the elements of one block's work item (a row, a tile, a chunk)
+        l = Launch(path, items, threads, r["smem"], elems, plan_b * elems, l2=l2_b * elems,
+                   env=env, t=r["kernel"], row_len=rl, rd=rd_b * elems)
         if cnt_b > 0:
             # the counted traffic, less what the plan serves from the L2
             l.dram = max(cnt_b * elems - l.l2, 0)
             l.rd = max(r["ld"] / rec["elems"] * elems - l.l2, 0)
-        counted += cnt_b
-        planned += plan_b + l2_b
+        counted += cnt_b * elems / full_elems
+        planned += (plan_b + l2_b) * elems / full_elems
+        if long_row:
+            # the plan processes the rows in groups that fit in half the L2: a launch per pass
+            # and group (the scaled run has one group)
+            group = max(1, min((L2_BYTES // 2) // (n * size), d0))
+            ng = math.ceil(d0 / group)
+            for _ in range(ng):
+                c = Launch(path, max(1, round(items / ng)), threads, l.dyn, elems / ng,
+                           l.dram / ng, l2=l.l2 / ng, env=env, t=r["kernel"], row_len=rl,
+                           rd=l.rd / ng)
+                ls.append(c)
+            continue
         ls.append(l)
     return ls, counted, planned, full_elems
+
+
+def pct(x):
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
 
 
 def predict(kern, traffic, p, budgets_out=None):
@@ -539,7 +569,7 @@ def predict(kern, traffic, p, budgets_out=None):
                     continue
                 _, size, _ = WIDTH[dt]
                 ls, counted, planned, elems = lib_launches(kern, op, shape, dt, rec)
-                host = len(rec["launches"]) + 1
+                host = len(ls) + 1
                 t, info = op_time(ls, host, kern, dt, p)
                 instr = sum(i["per_elem"] * l.elems for i, l in zip(info, ls)) / elems
                 moved = counted if counted > 0 else planned
@@ -553,8 +583,8 @@ def predict(kern, traffic, p, budgets_out=None):
                     note += " [plan bytes: the emulator counted none]"
                 lines.append(f"predict {op} {sh} {dt}: {moved:.2f} B/elem moved ({passes:.1f} "
                              f"passes), {instr:.1f} instr/elem, predicted {t * 1e6:.1f} us = "
-                             f"{100 * copy / t:.0f}% of copy{note}")
-                figs.append((op, sh, dt, ls, info, moved, passes, instr))
+                             f"{pct(100 * copy / t)}% of copy{note}")
+                figs.append((op, sh, dt, ls, info, moved, passes, instr, elems))
     return lines, figs
 
 
@@ -562,23 +592,23 @@ def predict(kern, traffic, p, budgets_out=None):
 # Budgets (benches/budgets.toml): per kernel of each case, bytes and instructions per element
 
 def budget_rows(figs, kern80=None):
-    """[(key, kernel, path, bytes/elem, instr/elem sm_90, instr/elem sm_80)] per case and kernel."""
-    rows = {}
-    for op, sh, dt, ls, info, moved, passes, instr in figs:
-        elems = max(l.elems for l in ls)
+    """[(key, kernel, path, bytes per element of the op, instr per element of the kernel's own
+    elements on sm_90, on sm_80)] per case and kernel."""
+    acc = {}
+    for op, sh, dt, ls, info, moved, passes, instr, elems in figs:
         for l, i in zip(ls, info):
             key = f"{op} {sh} {dt} {i['name']}"
-            b = (l.dram + l.l2) / elems
             i80 = None
             if kern80 is not None:
                 _, e80, r80, _, _ = kern80.figures(l.path, l.dtype or dt, l.env, l.t)
-                i80 = (e80 + r80 * l.threads / l.row_len) * l.elems / elems
-            r = rows.setdefault(key, [i["name"], l.path, 0.0, 0.0, 0.0 if i80 is not None else None])
-            r[2] += b
-            r[3] += i["per_elem"] * l.elems / elems
-            if i80 is not None:
-                r[4] += i80
-    return [(k, *v) for k, v in rows.items()]
+                i80 = e80 + r80 * l.threads / l.row_len
+            a = acc.setdefault(key, [i["name"], l.path, 0.0, 0.0, 0.0, 0.0])
+            a[2] += (l.dram + l.l2) / elems
+            a[3] += i["per_elem"] * l.elems
+            a[4] += (i80 or 0.0) * l.elems
+            a[5] += l.elems
+    return [(k, v[0], v[1], v[2], v[3] / v[5], v[4] / v[5] if kern80 is not None else None)
+            for k, v in acc.items()]
 
 
 def write_budgets(path, rows, reason):
@@ -595,9 +625,9 @@ def write_budgets(path, rows, reason):
             f.write(f"[budget.{key!r}]\n".replace("'", '"'))
             f.write(f'kernel = "{kernel}"\npath = "{pth}"\nbytes_per_elem = {b:.4f}\n'
                     f"passes = {b / WIDTH[key.split()[2]][1]:.2f}\n"
-                    f"instr_per_elem_sm90 = {i90:.2f}\n")
+                    f"instr_per_elem_sm90 = {i90:.3f}\n")
             if i80 is not None:
-                f.write(f"instr_per_elem_sm80 = {i80:.2f}\n")
+                f.write(f"instr_per_elem_sm80 = {i80:.3f}\n")
             f.write("\n")
 
 
@@ -612,14 +642,14 @@ def check_budgets(path, rows):
             fails.append(f"budget: {kernel} in {key.rsplit(' ', 1)[0]}: no budget in "
                          f"benches/budgets.toml (a new or renamed kernel: regenerate the budgets)")
             continue
-        if b > bb["bytes_per_elem"] * (1 + 1e-6) + 1e-9:
+        if b > bb["bytes_per_elem"] * (1 + 1e-3) + 1e-4:
             fails.append(f"budget: {kernel} in {key.rsplit(' ', 1)[0]}: moves {b:.3f} B/elem, over "
                          f"its budget of {bb['bytes_per_elem']:.3f} B/elem "
                          f"({b / WIDTH[key.split()[2]][1]:.2f} passes over the tensor, budget "
                          f"{bb['passes']:.2f})")
         for arch, v in (("sm90", i90), ("sm80", i80)):
             lim = bb.get(f"instr_per_elem_{arch}")
-            if v is None or lim is None:
+            if v is None or lim is None or lim <= 0:
                 continue
             if v > 1.10 * lim:
                 fails.append(f"budget: {kernel} in {key.rsplit(' ', 1)[0]}: {v:.1f} SASS "
@@ -638,15 +668,16 @@ def main():
     ap.add_argument("--fit", action="store_true", help="search the calibration parameters")
     ap.add_argument("--traffic", help="examples/perf_traffic.rs output: predict the library")
     ap.add_argument("--prebuild", action="store_true", help="compile every source, both targets")
+    ap.add_argument("--kernels-root", default=ROOT, help="read kernels/ from this copy")
     ap.add_argument("--budgets", default=os.path.join(ROOT, "benches/budgets.toml"))
     ap.add_argument("--check", action="store_true", help="fail on a budget overrun")
     ap.add_argument("--update-budgets", metavar="REASON", help="write the budgets")
     a = ap.parse_args()
     table = os.path.join(ROOT, "scripts/perf/paths.toml")
-    kern = Kernels(table, a.arch, a.cache)
+    kern = Kernels(table, a.arch, a.cache, a.kernels_root)
     if a.prebuild:
         from concurrent.futures import ThreadPoolExecutor
-        ks = [kern, Kernels(table, "80", a.cache)]
+        ks = [kern, Kernels(table, "80", a.cache, a.kernels_root)]
         jobs = [(k, s) for k in ks for s in kern.t["sources"] if not (k.arch == "80" and s == "run4")]
         with ThreadPoolExecutor(max_workers=4) as ex:
             list(ex.map(lambda j: j[0].source(j[1]), jobs))
@@ -668,7 +699,7 @@ def main():
         lines, figs = predict(kern, read_traffic(a.traffic), p)
         print("\n".join(lines))
         if a.check or a.update_budgets:
-            kern80 = Kernels(table, "80", a.cache)
+            kern80 = Kernels(table, "80", a.cache, a.kernels_root)
             rows = budget_rows(figs, kern80)
             if a.update_budgets:
                 write_budgets(a.budgets, rows, a.update_budgets)

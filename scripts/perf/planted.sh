@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The budget check's own test: plant a regression in a scratch copy of kernels/ and require
+# that scripts/perf/model.py fails on it, naming the kernel, the figure and the budget.
+#   philox: drop4 draws a Philox block for every element instead of one per group of four
+#   reread: tdw_block's output pass reads the row from global memory again (a second read;
+#           caught by the emulator's counted bytes only: needs the traffic counters)
+# usage: scripts/perf/planted.sh [philox|reread] (after scripts/perf-model.sh, whose
+# target/perf/traffic.txt it reuses for philox; reread runs the emulator on the copy)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what=${1:-philox}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -r kernels "$tmp/kernels"
+case "$what" in
+  philox)
+    python3 - "$tmp/kernels/common.cuh" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = "for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < d.threshold;"
+new = ("for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(philox_block(4 * g + q, d.seed, "
+       "d.offset ^ b.x), q) >> 8) < d.threshold;")
+assert s.count(old) == 1, "the plant's line is not in common.cuh: update scripts/perf/planted.sh"
+open(p, "w").write(s.replace(old, new))
+PY
+    traffic=target/perf/traffic.txt ;;
+  reread)
+    echo "reread: not wired yet (needs the emulator's traffic counters)" >&2; exit 2 ;;
+  *) echo "usage: $0 [philox|reread]" >&2; exit 2 ;;
+esac
+[ -f "$traffic" ] || { echo "planted: run scripts/perf-model.sh first ($traffic)" >&2; exit 2; }
+set +e
+out=$(python3 scripts/perf/model.py --kernels-root "$tmp" --traffic "$traffic" --check 2>&1)
+rc=$?
+set -e
+grep '^budget' <<< "$out" || true
+if [ "$rc" -eq 1 ] && grep -q '^budget: .* over its budget' <<< "$out"; then
+  echo "planted ($what): the budget check fails, as it must"
+else
+  echo "planted ($what): the budget check did NOT fail (rc $rc)" >&2
+  exit 1
+fi
