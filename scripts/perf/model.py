@@ -499,9 +499,16 @@ def lib_launches(kern, op, shape, dt, rec):
                 guess = r["smem"] / size / (256 if "tiny" in r["kernel"] else 1)
                 match = [t for t in tn if t == round(guess) or t | 1 == round(guess)
                          or math.ceil(t / 4) * 4 == round(guess)]
+                tiny = "tiny" in r["kernel"]
+                cands = [x for x in RESNET32 if (math.prod(x[1:]) <= 32) == tiny
+                         and (tiny or x[0] == grid)]
                 if match:
                     n = match[0]
-                    elems = tn[n] if "tiny" in r["kernel"] else grid * n
+                    elems = tn[n] if tiny else grid * n
+                elif cands:
+                    # no row in dynamic shared memory (v5): the tensors of its kind and rows
+                    n = sum(math.prod(x[1:]) for x in cands) / len(cands)
+                    elems = sum(math.prod(x) for x in cands) / len(cands)
                 else:
                     elems = full_elems / nl
                 env["n"] = n
@@ -527,7 +534,7 @@ def lib_launches(kern, op, shape, dt, rec):
         plan_b = eval("(" + k.get("bytes", "2 * size") + ")", {}, g)
         l2_b = eval("(" + k.get("l2", "0") + ")", {}, g)
         rd_b = eval("(" + k.get("rd", "(" + k.get("bytes", "2 * size") + ") / 2") + ")", {}, g)
-        if op == "backward" and path.startswith("lib_") and path != "lib_long_hist":
+        if op == "backward" and path != "lib_long_hist":
             plan_b += size  # the recomputing backward's output pass reads the gradient too
             rd_b += size
         cnt_b = (r["ld"] + r["st"]) / rec["elems"]
@@ -667,6 +674,8 @@ def main():
     ap.add_argument("--cache", default=os.path.join(ROOT, "target", "perf"))
     ap.add_argument("--fit", action="store_true", help="search the calibration parameters")
     ap.add_argument("--traffic", help="examples/perf_traffic.rs output: predict the library")
+    ap.add_argument("--traffic-v5", help="the same with --features kernels-v5 (information only, "
+                    "no budgets)")
     ap.add_argument("--prebuild", action="store_true", help="compile every source, both targets")
     ap.add_argument("--kernels-root", default=ROOT, help="read kernels/ from this copy")
     ap.add_argument("--budgets", default=os.path.join(ROOT, "benches/budgets.toml"))
@@ -695,6 +704,9 @@ def main():
     for op, shape, dt, t, meas in calibration(kern, p):
         print(f"calibration {op} {shape} {dt}: predicted {t:.1f} us, measured {meas:.1f} us "
               f"(run 4), ratio {t / meas:.2f}")
+    if a.traffic_v5:
+        lines, _ = predict(kern, read_traffic(a.traffic_v5), p)
+        print("\n".join(l + " [build with kernels-v5]" for l in lines))
     if a.traffic:
         lines, figs = predict(kern, read_traffic(a.traffic), p)
         print("\n".join(lines))
