@@ -2,18 +2,19 @@
 # The budget check's own test: plant a regression in a scratch copy of kernels/ and require
 # that scripts/perf/model.py fails on it, naming the kernel, the figure and the budget.
 #   philox: drop4 draws a Philox block for every element instead of one per group of four
-#   reread: tdw_block's output pass reads the row from global memory again (a second read;
-#           caught by the emulator's counted bytes only: needs the traffic counters)
+#   reread: tdw_block's output pass reads the row from global memory again instead of shared
+#           memory (a second read of the row: the emulator's counted bytes catch it; the
+#           scratch copy of the crate is built and run under the emulator, a few minutes)
 # usage: scripts/perf/planted.sh [philox|reread] (after scripts/perf-model.sh, whose
-# target/perf/traffic.txt it reuses for philox; reread runs the emulator on the copy)
+# target/perf/traffic.txt philox reuses)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-philox}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cp -r kernels "$tmp/kernels"
 case "$what" in
   philox)
+    cp -r kernels "$tmp/kernels"
     python3 - "$tmp/kernels/common.cuh" <<'PY'
 import sys
 p = sys.argv[1]
@@ -26,11 +27,24 @@ open(p, "w").write(s.replace(old, new))
 PY
     traffic=target/perf/traffic.txt ;;
   reread)
-    echo "reread: not wired yet (needs the emulator's traffic counters)" >&2; exit 2 ;;
+    git archive HEAD | tar -x -C "$tmp"
+    python3 - "$tmp/kernels/weight.cu" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = "apply_range<U>(s, vals ? vals + e0 : nullptr,"
+new = "apply_range<U>(w + e0, vals ? vals + e0 : nullptr,"
+assert s.count(old) == 1, "the plant's line is not in weight.cu: update scripts/perf/planted.sh"
+open(p, "w").write(s.replace(old, new))
+PY
+    traffic=$tmp/traffic.txt
+    (cd "$tmp" && CARGO_TARGET_DIR="$OLDPWD/target" cargo run -q --release --features emulate \
+       --example perf_traffic weight_dropout prune > "$traffic") ;;
   *) echo "usage: $0 [philox|reread]" >&2; exit 2 ;;
 esac
 [ -f "$traffic" ] || { echo "planted: run scripts/perf-model.sh first ($traffic)" >&2; exit 2; }
 set +e
+[ -d "$tmp/kernels" ] || cp -r kernels "$tmp/kernels"
 out=$(python3 scripts/perf/model.py --kernels-root "$tmp" --traffic "$traffic" --check 2>&1)
 rc=$?
 set -e
