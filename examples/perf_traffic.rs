@@ -13,8 +13,9 @@
 //!
 //! Shapes are scaled down where the emulator is slow (fewer rows, the same row length, so the
 //! same kernel and per-row work; unit dropout on [128,2^20] keeps 2 units): the per-element
-//! figures carry to the full shape, and `scaled=` says what ran. Data: randn, as the GPU
-//! benchmark (`examples/gpu_bench.rs`); gamma = alpha = 0.5.
+//! figures carry to the full shape, and `scaled=` says what ran. Data: seeded normal values (as
+//! the GPU benchmark's randn, `examples/gpu_bench.rs`, but the same on every run); gamma =
+//! alpha = 0.5.
 
 #[cfg(feature = "emulate")]
 fn main() -> candle_core::Result<()> {
@@ -23,6 +24,26 @@ fn main() -> candle_core::Result<()> {
     use candle_targeted_dropout::*;
 
     let only: Vec<String> = std::env::args().skip(1).collect();
+    // Seeded normal data (splitmix64 + Box-Muller): the same bits, and so the same unit
+    // selection and the same counted bytes, on every run.
+    let mut state = 0x5eed_2026_u64;
+    let mut randn = |shape: &[usize], dt: DType| -> candle_core::Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let v: Vec<f32> = (0..numel)
+            .map(|_| {
+                let (u, w) = (next().max(1e-300), next());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * w).cos()) as f32
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dt)
+    };
     let gpu = Gpu::h200();
     // (op, full shape as spelled in the model's lines, the shape run)
     let big: [(&str, Vec<usize>); 4] = [
@@ -70,7 +91,7 @@ fn main() -> candle_core::Result<()> {
                 shapes.push(vec![10, 64]);
                 let ws = shapes
                     .iter()
-                    .map(|s| Tensor::randn(0f32, 1.0, s.as_slice(), &Device::Cpu)?.to_dtype(dt))
+                    .map(|s| randn(s, dt))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 let td = TargetedDropout::weight(0.5, 0.5)?;
                 let items: Vec<(&Tensor, TargetedDropout)> = ws.iter().map(|w| (w, td)).collect();
@@ -79,7 +100,7 @@ fn main() -> candle_core::Result<()> {
                     emulate::run_traced(&gpu, || targeted_dropout_many_seeded(&items, 7, 0))?;
                 (elems, l)
             } else {
-                let w = Tensor::randn(0f32, 1.0, run.as_slice(), &Device::Cpu)?.to_dtype(dt)?;
+                let w = randn(&run, dt)?;
                 let elems = w.elem_count();
                 let l = match op {
                     "weight_dropout" => {
@@ -104,8 +125,7 @@ fn main() -> candle_core::Result<()> {
                     "backward" => {
                         // The forward outside the trace; the backward's launches only.
                         let v = Var::from_tensor(&w)?;
-                        let g =
-                            Tensor::randn(0f32, 1.0, run.as_slice(), &Device::Cpu)?.to_dtype(dt)?;
+                        let g = randn(&run, dt)?;
                         let y = emulate::run(&gpu, || {
                             targeted_weight_dropout_seeded(&v, 0.5, 0.5, 7, 0)
                         })?;

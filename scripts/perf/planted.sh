@@ -38,8 +38,13 @@ assert s.count(old) == 1, "the plant's line is not in weight.cu: update scripts/
 open(p, "w").write(s.replace(old, new))
 PY
     traffic=$tmp/traffic.txt
+    # The scratch crate shares the target dir (its dependencies are built there): under
+    # another package and example name, so that none of its artifacts (the build script's
+    # emulated kernels, the example binary) replaces the tree's.
+    sed -i 's/^name = "candle-targeted-dropout"/name = "td-planted-copy"/' "$tmp/Cargo.toml"
+    mv "$tmp/examples/perf_traffic.rs" "$tmp/examples/perf_traffic_planted.rs"
     (cd "$tmp" && CARGO_TARGET_DIR="$OLDPWD/target" cargo run -q --release --features emulate \
-       --example perf_traffic weight_dropout prune > "$traffic") ;;
+       --example perf_traffic_planted weight_dropout prune > "$traffic") ;;
   *) echo "usage: $0 [philox|reread]" >&2; exit 2 ;;
 esac
 [ -f "$traffic" ] || { echo "planted: run scripts/perf-model.sh first ($traffic)" >&2; exit 2; }
