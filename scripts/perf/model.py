@@ -541,11 +541,12 @@ def lib_launches(kern, op, shape, dt, rec):
         rl = elems / items  # the elements of one block's work item (a row, a tile, a chunk)
         l = Launch(path, items, threads, r["smem"], elems, plan_b * elems, l2=l2_b * elems,
                    env=env, t=r["kernel"], row_len=rl, rd=rd_b * elems)
+        cnt_abs = (r["ld"] + r["st"]) * scale  # this launch's counted bytes at the full shape
         if cnt_b > 0:
             # the counted traffic, less what the plan serves from the L2
-            l.dram = max(cnt_b * elems - l.l2, 0)
-            l.rd = max(r["ld"] / rec["elems"] * elems - l.l2, 0)
-        counted += cnt_b * elems / full_elems
+            l.dram = max(cnt_abs - l.l2, 0)
+            l.rd = max(r["ld"] * scale - l.l2, 0)
+        counted += cnt_abs / full_elems
         planned += (plan_b + l2_b) * elems / full_elems
         if long_row:
             # the plan processes the rows in groups that fit in half the L2: a launch per pass
