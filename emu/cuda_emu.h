@@ -5,7 +5,7 @@
  * A CUDA thread is a fiber of the emulator (emu/emu.cpp); the built-in indices read the
  * running fiber's context. `__shared__` variables are thread_local: one OS worker runs one
  * block at a time, so each block in flight has its own copy, and the runtime fills them with
- * garbage at every block start. Barriers and warp intrinsics switch fibers. */
+ * garbage at every block start and guards the padding after each (EMU_SHARED_ALIGN). Barriers and warp intrinsics switch fibers. */
 #ifndef TD_CUDA_EMU_H
 #define TD_CUDA_EMU_H
 
@@ -21,7 +21,11 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ thread_local
+/* Every __shared__ variable starts on a 64-byte boundary, so that the bytes from its end to
+ * the next boundary are padding: a red zone that the runtime poisons under ASan and checks in
+ * the access hook (an array one element short, used through a pointer, overflows into it). */
+#define EMU_SHARED_ALIGN 64
+#define __shared__ thread_local __attribute__((aligned(EMU_SHARED_ALIGN)))
 #define __constant__ const
 #define __CUDACC_EMU__ 1
 

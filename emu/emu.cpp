@@ -33,7 +33,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cxxabi.h>
 #include <elf.h>
+#include <link.h>
 #include <fcntl.h>
 #include <mutex>
 #include <sys/mman.h>
@@ -129,9 +131,37 @@ struct Thr {
     char* stack = nullptr;
     void* tsan_fiber = nullptr;
     void* asan_fake = nullptr;
+    // Traffic counting: how often this lane has executed each global-access site since its
+    // warp last converged (the instruction instance of an access is (site, occurrence)).
+    struct Occ {
+        uintptr_t pc;
+        uint32_t n, gen;
+    };
+    Occ occ[16] = {};
+    uint32_t occ_gen = 1, occ_spill = 0;
+    // TSan: the parity of the barrier / __syncwarp generation this thread waits at.
+    int bar_parity = 0, warp_parity = 0;
+};
+
+// One global access of a lane, for the coalescing count: its instruction instance and the
+// 32-byte sector it touched.
+struct Rec {
+    uintptr_t pc;
+    uint32_t occ, store;
+    uint64_t sector;
+    bool operator<(const Rec& o) const {
+        if (pc != o.pc) return pc < o.pc;
+        if (occ != o.occ) return occ < o.occ;
+        if (store != o.store) return store < o.store;
+        return sector < o.sector;
+    }
+    bool operator==(const Rec& o) const {
+        return pc == o.pc && occ == o.occ && store == o.store && sector == o.sector;
+    }
 };
 
 struct Launch;
+struct StaticShared;
 
 // One worker: runs blocks one at a time on its fibers.
 struct Worker {
@@ -150,8 +180,27 @@ struct Worker {
     uint3 block{0, 0, 0};
     Thr* cur = nullptr;
     int bar_arrived = 0, done = 0;
-    int bar_sync = 0, warp_sync[32] = {};  // TSan sync addresses
+    // TSan sync addresses: one per barrier generation parity, per warp and __syncwarp
+    // generation parity (a fiber that is resumed late acquires only its own generation's
+    // releases, not those of the fibers that already ran on to the next barrier).
+    int bar_sync[2] = {}, warp_sync[32][2] = {};
+    unsigned bar_gen = 0, warp_gen[32] = {};
     int start_sync = 0, end_sync = 0;
+    // The access hook: the ranges that are not global memory (this worker's fiber stacks,
+    // its thread-local storage, which holds the __shared__ variables), what to do at an
+    // access, the per-warp access records and the counted traffic.
+    uintptr_t stk_lo = 0, stk_span = 0, thr_lo = 0, thr_span = 0;
+    uintptr_t tls_lo[8] = {}, tls_span[8] = {};
+    int ntls = 0;
+    // The red zones of the static __shared__ variables in this thread (absolute, sorted).
+    struct Zone {
+        uintptr_t lo, hi;
+        const StaticShared* var;
+    };
+    std::vector<Zone> zones;
+    bool count = false, interleave = false, guards = false;
+    std::vector<Rec> recs[32];
+    TdEmuTraffic traffic{};
     std::atomic<unsigned long long> progress{0};
     std::atomic<const Thr*> running{nullptr};
     bool failed = false;
@@ -170,9 +219,12 @@ struct Launch {
     std::atomic<bool> stop{false};
     std::mutex mu;
     std::string err;
+    TdEmuTraffic traffic{};
 };
 
-thread_local Worker* t_worker = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local Worker* t_worker = nullptr;
+// The CUDA thread running on this OS thread (null outside a fiber): the access hook's test.
+__attribute__((tls_model("initial-exec"))) thread_local Thr* t_cur = nullptr;
 
 uint64_t splitmix(uint64_t& s) {
     uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -213,8 +265,11 @@ std::vector<unsigned char* (*)()>& dyn_regs() {
     return v;
 }
 
+// A static __shared__ variable: its offset in the TLS block, its size, the end of the padding
+// after it (its red zone: up to the next 64-byte boundary or the next TLS symbol), its name.
 struct StaticShared {
-    uint64_t off, size;
+    uint64_t off, size, pad_end;
+    std::string name;
 };
 std::vector<StaticShared> g_static;
 uint64_t g_anchor_off = 0;
@@ -238,6 +293,7 @@ void find_static_shared() {
         return;
     }
     bool anchor = false;
+    std::vector<uint64_t> starts;  // every TLS symbol's offset
     for (auto& s : sh) {
         if (s.sh_type != SHT_SYMTAB || s.sh_link >= sh.size()) continue;
         const Elf64_Shdr& strs = sh[s.sh_link];
@@ -249,16 +305,28 @@ void find_static_shared() {
         for (auto& y : syms) {
             if (ELF64_ST_TYPE(y.st_info) != STT_TLS || y.st_name >= strs.sh_size) continue;
             const char* nm = names.data() + y.st_name;
+            starts.push_back(y.st_value);
             if (!strcmp(nm, "td_emu_tls_anchor")) {
                 g_anchor_off = y.st_value;
                 anchor = true;
             } else if (!strncmp(nm, "_ZZ", 3) && y.st_size > 0 && !strstr(nm, "sanitizer") && !strstr(nm, "tsan") &&
                        !strstr(nm, "asan")) {
-                g_static.push_back({y.st_value, y.st_size});
+                int st = 0;
+                char* dm = abi::__cxa_demangle(nm, nullptr, nullptr, &st);
+                g_static.push_back({y.st_value, y.st_size, 0, dm && st == 0 ? dm : nm});
+                free(dm);
             }
         }
     }
     close(fd);
+    std::sort(starts.begin(), starts.end());
+    for (auto& v : g_static) {
+        const uint64_t end = v.off + v.size;
+        uint64_t pad = (end + 63) / 64 * 64;
+        auto nx = std::lower_bound(starts.begin(), starts.end(), end);
+        if (nx != starts.end()) pad = std::min(pad, *nx);
+        v.pad_end = std::max(pad, end);
+    }
     g_static_ok = anchor;
     if (getenv("TD_EMU_VERBOSE"))
         fprintf(stderr, "td_emu: %zu static __shared__ variables found in the symbol table%s\n", g_static.size(),
@@ -278,12 +346,22 @@ void fill_garbage(unsigned char* p, size_t n, uint64_t& rng) {
 
 constexpr unsigned char kCanary = 0xC5;
 
-void block_shared_begin(Worker& w) {
+void static_shared_once() {
     static std::once_flag once;
     std::call_once(once, find_static_shared);
+}
+
+void block_shared_begin(Worker& w) {
+    static_shared_once();
     if (g_static_ok) {
         char* base = (char*)((uintptr_t)&td_emu_tls_anchor - g_anchor_off);
-        for (auto& v : g_static) fill_garbage((unsigned char*)base + v.off, v.size, w.rng);
+        for (auto& v : g_static) {
+            fill_garbage((unsigned char*)base + v.off, v.size, w.rng);
+#ifdef EMU_ASAN
+            // The red zone after the variable (unpoisoned at the block's end).
+            if (v.pad_end > v.off + v.size) __asan_poison_memory_region(base + v.off + v.size, v.pad_end - v.off - v.size);
+#endif
+        }
     }
     for (auto f : dyn_regs()) {
         unsigned char* p = f();
@@ -300,6 +378,13 @@ void block_shared_begin(Worker& w) {
 }
 
 void block_shared_end(Worker& w) {
+#ifdef EMU_ASAN
+    if (g_static_ok) {
+        char* base = (char*)((uintptr_t)&td_emu_tls_anchor - g_anchor_off);
+        for (auto& v : g_static)
+            if (v.pad_end > v.off + v.size) __asan_unpoison_memory_region(base + v.off + v.size, v.pad_end - v.off - v.size);
+    }
+#endif
     for (auto f : dyn_regs()) {
         unsigned char* p = f();
 #ifdef EMU_ASAN
@@ -338,6 +423,7 @@ void switch_to_sched(Worker& w, Thr& t, bool exiting) {
 
 void switch_to_fiber(Worker& w, Thr& t) {
     w.cur = &t;
+    t_cur = &t;
     w.running.store(&t, std::memory_order_relaxed);
     w.progress.fetch_add(1, std::memory_order_relaxed);
     g_idx = &t.idx;
@@ -358,6 +444,7 @@ void switch_to_fiber(Worker& w, Thr& t) {
 #endif
     (void)fake;
     w.cur = nullptr;
+    t_cur = nullptr;
     g_idx = nullptr;
 }
 
@@ -378,6 +465,188 @@ void fiber_main(unsigned i, unsigned) {
     w.done++;
     switch_to_sched(w, t, true);
     abort();  // a finished fiber is never resumed
+}
+
+// ---------------------------------------------------------------------------------------
+// The memory-access hook. The kernel sources are compiled with GCC's ThreadSanitizer
+// instrumentation (-fsanitize=thread) but, outside the TSan build, linked without the TSan
+// runtime: every load, store and atomic of kernel code calls one of the __tsan_* functions
+// at the end of this file, which land here. An access to this worker's fiber stacks (local
+// memory), to the fibers' contexts (the built-in indices) or to the executable's image
+// (constants) is ignored; one to this thread's TLS (the
+// __shared__ variables) is shared memory; anything else is global memory. With the schedule's
+// TD_EMU_COUNT_TRAFFIC a global access is recorded for the coalescing count; with
+// TD_EMU_INTERLEAVE the fiber yields at every shared or global access.
+
+uintptr_t g_img_lo = 0, g_img_span = 0;
+
+// Guard regions (td_emu_guard_add): changed only between launches.
+struct Guard {
+    uintptr_t lo, span;
+};
+std::mutex g_guard_mu;
+std::vector<Guard> g_guards;
+
+void guard_hit(Worker& w, Thr& t, uintptr_t x, size_t n, int kind, void* pc, const Guard& g) {
+    fail(w, fmt("%s: %s of %zu bytes at %p, byte %zu of a guard region of %zu bytes around a buffer (an access "
+                "before or past the buffer or segment; code address %p)",
+                where(w, &t).c_str(), kind == 0 ? "load" : kind == 1 ? "store" : "atomic", n, (void*)x,
+                (size_t)(x - g.lo), (size_t)g.span, pc));
+}
+
+int image_range_cb(struct dl_phdr_info* info, size_t, void*) {
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        if (ph.p_type != PT_LOAD) continue;
+        lo = std::min<uintptr_t>(lo, info->dlpi_addr + ph.p_vaddr);
+        hi = std::max<uintptr_t>(hi, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
+    }
+    if (hi > lo) {
+        g_img_lo = lo;
+        g_img_span = hi - lo;
+    }
+    return 1;  // the first entry is the executable
+}
+
+int tls_range_cb(struct dl_phdr_info* info, size_t, void* data) {
+    Worker& w = *(Worker*)data;
+    if (!info->dlpi_tls_data || w.ntls >= 8) return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        if (ph.p_type != PT_TLS) continue;
+        w.tls_lo[w.ntls] = (uintptr_t)info->dlpi_tls_data;
+        w.tls_span[w.ntls] = ph.p_memsz;
+        w.ntls++;
+    }
+    return 0;
+}
+
+// The ranges of this OS thread that are not global memory (called on the worker's thread).
+void hook_ranges(Worker& w) {
+    static std::once_flag once;
+    std::call_once(once, [] { dl_iterate_phdr(image_range_cb, nullptr); });
+    w.stk_lo = (uintptr_t)w.stacks;
+    w.stk_span = w.map_size;
+    // The fibers' contexts (threadIdx, blockIdx, ... are read from there: registers on a GPU).
+    w.thr_lo = (uintptr_t)w.th.data();
+    w.thr_span = w.th.size() * sizeof(Thr);
+    w.ntls = 0;
+    dl_iterate_phdr(tls_range_cb, &w);
+    w.zones.clear();
+    static_shared_once();
+    if (g_static_ok) {
+        const uintptr_t base = (uintptr_t)&td_emu_tls_anchor - g_anchor_off;
+        for (auto& v : g_static)
+            if (v.pad_end > v.off + v.size) w.zones.push_back({base + v.off + v.size, base + v.pad_end, &v});
+        std::sort(w.zones.begin(), w.zones.end(), [](const Worker::Zone& a, const Worker::Zone& b) { return a.lo < b.lo; });
+    }
+}
+
+// A shared access that touches the red zone after a static __shared__ variable.
+void check_zones(Worker& w, Thr& t, uintptr_t x, size_t n, int kind, void* pc) {
+    auto it = std::upper_bound(w.zones.begin(), w.zones.end(), x,
+                               [](uintptr_t a, const Worker::Zone& z) { return a < z.lo; });
+    // The zone starting at or before x, and the one after (an access may straddle into it).
+    for (int k = 0; k < 2; k++) {
+        const Worker::Zone* z = nullptr;
+        if (k == 0 && it != w.zones.begin()) z = &*(it - 1);
+        if (k == 1 && it != w.zones.end()) z = &*it;
+        if (z && x < z->hi && x + n > z->lo) {
+            fail(w, fmt("%s: %s of %zu bytes at byte %zu past the end of __shared__ %s (%zu bytes; code address %p)",
+                        where(w, &t).c_str(), kind == 0 ? "load" : kind == 1 ? "store" : "atomic", n,
+                        (size_t)(std::max(x, z->lo) - z->lo), z->var->name.c_str(), (size_t)z->var->size, pc));
+            return;
+        }
+    }
+}
+
+// The occurrence of site pc in lane t since its warp last converged.
+uint32_t occurrence(Thr& t, uintptr_t pc) {
+    const unsigned h = (unsigned)((pc * 0x9E3779B97F4A7C15ull) >> 60);
+    for (unsigned i = 0; i < 16; i++) {
+        Thr::Occ& o = t.occ[(h + i) & 15];
+        if (o.gen != t.occ_gen) {
+            o.pc = pc;
+            o.n = 1;
+            o.gen = t.occ_gen;
+            return 0;
+        }
+        if (o.pc == pc) return o.n++;
+    }
+    return 0x80000000u + t.occ_spill++;  // more than 16 sites: by order of execution
+}
+
+// Counts the distinct (instruction instance, sector) pairs of a warp's records.
+void count_sectors(Worker& w, std::vector<Rec>& v) {
+    std::sort(v.begin(), v.end());
+    for (size_t i = 0; i < v.size(); i++)
+        if (i == 0 || !(v[i] == v[i - 1])) (v[i].store ? w.traffic.store_sectors : w.traffic.load_sectors)++;
+    v.clear();
+}
+
+// The lanes of `warp` have converged (a warp intrinsic of all of them, a barrier, the block's
+// end): their instruction instances are complete.
+void flush_warp(Worker& w, unsigned warp) {
+    std::vector<Rec>& v = w.recs[warp];
+    if (v.empty()) return;
+    count_sectors(w, v);
+    const unsigned hi = std::min(w.L->nthreads, warp * 32 + 32);
+    for (unsigned i = warp * 32; i < hi; i++) {
+        w.th[i].occ_gen++;
+        w.th[i].occ_spill = 0;
+    }
+}
+
+void flush_all(Worker& w) {
+    for (unsigned wp = 0; wp * 32 < w.L->nthreads; wp++) flush_warp(w, wp);
+}
+
+constexpr size_t kRecCap = 1 << 16;
+
+// kind: 0 load, 1 store, 2 atomic (a load and a store).
+void record(Worker& w, Thr& t, uintptr_t x, size_t n, int kind, uintptr_t pc) {
+    if (n == 0) return;
+    const uint32_t occ = occurrence(t, pc);
+    std::vector<Rec>& v = w.recs[t.lin / 32];
+    for (uint64_t sec = x >> 5, last = (x + n - 1) >> 5; sec <= last; sec++) {
+        if (kind != 1) v.push_back(Rec{pc, occ, 0, sec});
+        if (kind != 0) v.push_back(Rec{pc, occ, 1, sec});
+    }
+    if (kind != 1) w.traffic.load_bytes += n;
+    if (kind != 0) w.traffic.store_bytes += n;
+    if (v.size() > kRecCap) {
+        // A warp that runs long without converging: merge its duplicates; if that is not
+        // enough, count what there is (an instance split here may count a sector twice).
+        std::sort(v.begin(), v.end());
+        v.erase(std::unique(v.begin(), v.end()), v.end());
+        if (v.size() > kRecCap / 2) count_sectors(w, v);
+    }
+}
+
+inline void on_access(const void* a, size_t n, int kind, void* pc) {
+    Thr* t = t_cur;
+    if (!t) return;
+    Worker& w = *t_worker;
+    if (!(w.count | w.interleave | w.guards)) return;
+    const uintptr_t x = (uintptr_t)a;
+    if (x - w.stk_lo < w.stk_span || x - w.thr_lo < w.thr_span) return;  // local memory, built-ins
+    bool shared = false;
+    for (int i = 0; i < w.ntls; i++)
+        if (x - w.tls_lo[i] < w.tls_span[i]) {
+            shared = true;
+            break;
+        }
+    if (shared) {
+        if (!w.zones.empty()) check_zones(w, *t, x, n, kind, pc);
+    } else {
+        if (x - g_img_lo < g_img_span) return;  // constants
+        if (w.guards)
+            for (const Guard& g : g_guards)
+                if (x + n > g.lo && x < g.lo + g.span) guard_hit(w, *t, x, n, kind, pc, g);
+        if (w.count) record(w, *t, x, n, kind, (uintptr_t)pc);
+    }
+    if (w.interleave) switch_to_sched(w, *t, false);
 }
 
 Thr& me() {
@@ -471,6 +740,12 @@ void try_warp(Worker& w, Thr& t) {
     }
     for (unsigned l = 0; l < 32; l++)
         if (lanes[l]) lanes[l]->st = St::Ready;
+    // Every lane of the warp that has not exited took part: the warp has converged.
+    bool all = true;
+    for (unsigned l = 0; l < 32 && all; l++)
+        if (!lanes[l] && lane_exists(w, warp, l) && w.th[warp * 32 + l].st != St::Done) all = false;
+    if (all) flush_warp(w, warp);
+    if (t.wkind == kSyncwarp) w.warp_gen[warp]++;
 }
 
 void try_barrier(Worker& w) {
@@ -511,6 +786,8 @@ void try_barrier(Worker& w) {
         }
     }
     w.bar_arrived = 0;
+    w.bar_gen++;
+    flush_all(w);
 }
 
 void wait_here(Thr& t) {
@@ -521,8 +798,9 @@ void wait_here(Thr& t) {
 int barrier(int pred, int op, Site s) {
     Thr& t = me();
     Worker& w = *t_worker;
+    t.bar_parity = (int)(w.bar_gen & 1);
 #ifdef EMU_TSAN
-    __tsan_release(&w.bar_sync);
+    __tsan_release(&w.bar_sync[t.bar_parity]);
 #endif
     t.st = St::Barrier;
     t.site = s;
@@ -531,7 +809,7 @@ int barrier(int pred, int op, Site s) {
     w.bar_arrived++;
     wait_here(t);
 #ifdef EMU_TSAN
-    __tsan_acquire(&w.bar_sync);
+    __tsan_acquire(&w.bar_sync[t.bar_parity]);
 #endif
     return (int)t.res;
 }
@@ -548,8 +826,9 @@ unsigned long long warp_op(int kind, unsigned mask, unsigned long long v, int sh
         fail(w, fmt("%s: shuffle at %s:%d with width %d (a power of two up to 32 is required)", where(w, &t).c_str(),
                     s.file, s.line, width));
     }
+    t.warp_parity = (int)(w.warp_gen[t.lin / 32] & 1);
 #ifdef EMU_TSAN
-    if (kind == kSyncwarp) __tsan_release(&w.warp_sync[t.lin / 32]);
+    if (kind == kSyncwarp) __tsan_release(&w.warp_sync[t.lin / 32][t.warp_parity]);
 #endif
     t.st = St::Warp;
     t.wkind = kind;
@@ -562,7 +841,7 @@ unsigned long long warp_op(int kind, unsigned mask, unsigned long long v, int sh
     t.site = s;
     wait_here(t);
 #ifdef EMU_TSAN
-    if (kind == kSyncwarp) __tsan_acquire(&w.warp_sync[t.lin / 32]);
+    if (kind == kSyncwarp) __tsan_acquire(&w.warp_sync[t.lin / 32][t.warp_parity]);
 #endif
     return t.res;
 }
@@ -692,6 +971,7 @@ void run_block(Worker& w, unsigned lin_block) {
     __tsan_acquire(&w.end_sync);
 #endif
     w.running.store(nullptr, std::memory_order_relaxed);
+    flush_all(w);
     block_shared_end(w);
 }
 
@@ -711,10 +991,11 @@ std::mutex g_tsan_mu;
 std::vector<void*> g_tsan_pool;
 #endif
 
-void worker_main(Worker* wp) {
+void worker_main(Worker* wp, unsigned index, unsigned nworkers) {
     Worker& w = *wp;
     t_worker = &w;
     Launch& L = *w.L;
+    hook_ranges(w);
 #ifdef EMU_TSAN
     w.sched_tsan = __tsan_get_current_fiber();
     {
@@ -729,9 +1010,19 @@ void worker_main(Worker* wp) {
         }
     }
 #endif
-    for (;;) {
+    for (size_t n = 0;; n++) {
         if (L.stop.load()) break;
+#ifdef EMU_TSAN
+        // Under TSan the blocks alternate between the workers (block i on worker i mod n), so
+        // that neighbouring blocks always run on different OS threads: blocks on one worker
+        // are ordered, and a race between them would go unseen.
+        const size_t i = n * nworkers + index;
+        (void)L.next;
+#else
+        (void)index;
+        (void)nworkers;
         const size_t i = L.next.fetch_add(1);
+#endif
         if (i >= L.order.size()) break;
         run_block(w, L.order[i]);
         if (w.failed) {
@@ -750,6 +1041,13 @@ void worker_main(Worker* wp) {
         }
     }
 #endif
+    {
+        std::lock_guard<std::mutex> g(L.mu);
+        L.traffic.load_bytes += w.traffic.load_bytes;
+        L.traffic.store_bytes += w.traffic.store_bytes;
+        L.traffic.load_sectors += w.traffic.load_sectors;
+        L.traffic.store_sectors += w.traffic.store_sectors;
+    }
     t_worker = nullptr;
 }
 
@@ -823,7 +1121,12 @@ bool launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx
     if (s.thread_order == 1) std::reverse(L.order.begin(), L.order.end());
     else if (s.thread_order == 2)
         for (size_t i = L.order.size(); i > 1; i--) std::swap(L.order[i - 1], L.order[splitmix(rng) % i]);
-    const unsigned nw = (unsigned)std::min<uint64_t>(std::max<uint32_t>(1, s.block_workers), nblocks);
+#ifdef EMU_TSAN
+    const uint32_t min_workers = 2;
+#else
+    const uint32_t min_workers = 1;
+#endif
+    const unsigned nw = (unsigned)std::min<uint64_t>(std::max<uint32_t>(min_workers, s.block_workers), nblocks);
     const size_t ss = stack_size();
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     std::vector<Worker> ws(nw);
@@ -842,6 +1145,9 @@ bool launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx
             return false;
         }
         w.stacks = (char*)m;
+        w.count = (s.flags & TD_EMU_COUNT_TRAFFIC) != 0;
+        w.interleave = (s.flags & TD_EMU_INTERLEAVE) != 0;
+        w.guards = !g_guards.empty();
         for (unsigned t = 0; t < L.nthreads; t++) {
             char* g = w.stacks + (ss + page) * t;
             mprotect(g, page, PROT_NONE);
@@ -849,7 +1155,7 @@ bool launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx
         }
     }
     std::vector<std::thread> threads;
-    for (auto& w : ws) threads.emplace_back(worker_main, &w);
+    for (unsigned i = 0; i < nw; i++) threads.emplace_back(worker_main, &ws[i], i, nw);
     // Watchdog: a block that makes no progress (no fiber switch) for the timeout.
     const uint64_t timeout_ms = s.barrier_timeout_ms ? s.barrier_timeout_ms : 60000;
     std::vector<unsigned long long> last(nw, ~0ull);
@@ -889,6 +1195,7 @@ bool launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx
     }
     dog_cv.notify_all();
     dog.join();
+    t_last_traffic = L.traffic;
     for (auto& w : ws) {
 #ifdef EMU_ASAN
         // Fibers left in the middle of a frame (a failed block) leave poisoned stack shadow.
@@ -922,11 +1229,131 @@ TdEmuSchedule schedule_from_env(uint64_t call) {
     s.block_workers = wk ? (uint32_t)atoi(wk) : 3;
     s.seed = seed + call * 0x9E3779B97F4A7C15ull;
     s.barrier_timeout_ms = to ? strtoull(to, nullptr, 0) : 0;
+    // TD_EMU_TRAFFIC=1 counts traffic; TD_EMU_INTERLEAVE=1 switches at every access,
+    // =rotate (the default with TD_EMU_ORDER=rotate) on every fourth call.
+    const char* tr = getenv("TD_EMU_TRAFFIC");
+    const char* il = getenv("TD_EMU_INTERLEAVE");
+    if (tr && atoi(tr)) s.flags |= TD_EMU_COUNT_TRAFFIC;
+    if (il ? (!strcmp(il, "rotate") ? call % 4 == 3 : atoi(il) != 0) : ((!o || !strcmp(o, "rotate")) && call % 4 == 3))
+        s.flags |= TD_EMU_INTERLEAVE;
     return s;
 }
 
 }  // namespace emu
 
+extern "C" void td_emu_guard_add(const void* p, size_t n) {
+    std::lock_guard<std::mutex> g(emu::g_guard_mu);
+    emu::g_guards.push_back(emu::Guard{(uintptr_t)p, n});
+}
+extern "C" void td_emu_guard_remove(const void* p) {
+    std::lock_guard<std::mutex> g(emu::g_guard_mu);
+    auto& v = emu::g_guards;
+    for (size_t i = 0; i < v.size(); i++)
+        if (v[i].lo == (uintptr_t)p) {
+            v[i] = v.back();
+            v.pop_back();
+            break;
+        }
+}
+
+// Whether this runtime answers the access hook (everything but the TSan build, where the
+// instrumented kernel code calls TSan itself).
+extern "C" int td_emu_access_hook(void) {
+#ifdef EMU_TSAN
+    return 0;
+#else
+    return 1;
+#endif
+}
+
 extern "C" void td_emu_last_traffic(TdEmuTraffic* out) {
     if (out) *out = emu::t_last_traffic;
 }
+
+#ifndef EMU_TSAN
+// The entry points of GCC's ThreadSanitizer instrumentation, for kernel code compiled with
+// -fsanitize=thread and linked without the TSan runtime (everything but the TSan build): each
+// access goes to emu::on_access; atomics are performed here, as real atomics.
+namespace {
+inline void acc(const volatile void* a, size_t n, int kind, void* pc) { emu::on_access((const void*)a, n, kind, pc); }
+}  // namespace
+extern "C" {
+#define EMU_RW(N)                                                                                   \
+    void __tsan_read##N(void* a) { acc(a, N, 0, __builtin_return_address(0)); }                      \
+    void __tsan_write##N(void* a) { acc(a, N, 1, __builtin_return_address(0)); }                     \
+    void __tsan_unaligned_read##N(void* a) { acc(a, N, 0, __builtin_return_address(0)); }            \
+    void __tsan_unaligned_write##N(void* a) { acc(a, N, 1, __builtin_return_address(0)); }           \
+    void __tsan_volatile_read##N(void* a) { acc(a, N, 0, __builtin_return_address(0)); }             \
+    void __tsan_volatile_write##N(void* a) { acc(a, N, 1, __builtin_return_address(0)); }
+EMU_RW(1)
+EMU_RW(2)
+EMU_RW(4)
+EMU_RW(8)
+EMU_RW(16)
+#undef EMU_RW
+void __tsan_read_range(void* a, unsigned long n) { acc(a, n, 0, __builtin_return_address(0)); }
+void __tsan_write_range(void* a, unsigned long n) { acc(a, n, 1, __builtin_return_address(0)); }
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_init() {}
+void __tsan_vptr_update(void**, void*) {}
+void __tsan_vptr_read(void**) {}
+void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+#define EMU_ATOMIC(N, T)                                                                                  \
+    T __tsan_atomic##N##_load(const volatile T* a, int) {                                                 \
+        acc(a, sizeof(T), 0, __builtin_return_address(0));                                                \
+        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                      \
+    }                                                                                                     \
+    void __tsan_atomic##N##_store(volatile T* a, T v, int) {                                              \
+        acc(a, sizeof(T), 1, __builtin_return_address(0));                                                \
+        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                         \
+    }                                                                                                     \
+    T __tsan_atomic##N##_exchange(volatile T* a, T v, int) {                                              \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                               \
+    }                                                                                                     \
+    T __tsan_atomic##N##_fetch_add(volatile T* a, T v, int) {                                             \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                \
+    }                                                                                                     \
+    T __tsan_atomic##N##_fetch_sub(volatile T* a, T v, int) {                                             \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                \
+    }                                                                                                     \
+    T __tsan_atomic##N##_fetch_and(volatile T* a, T v, int) {                                             \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                \
+    }                                                                                                     \
+    T __tsan_atomic##N##_fetch_or(volatile T* a, T v, int) {                                              \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                 \
+    }                                                                                                     \
+    T __tsan_atomic##N##_fetch_xor(volatile T* a, T v, int) {                                             \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                \
+    }                                                                                                     \
+    T __tsan_atomic##N##_fetch_nand(volatile T* a, T v, int) {                                            \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                               \
+    }                                                                                                     \
+    int __tsan_atomic##N##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {                  \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);           \
+    }                                                                                                     \
+    int __tsan_atomic##N##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {                    \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);            \
+    }                                                                                                     \
+    T __tsan_atomic##N##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                        \
+        acc(a, sizeof(T), 2, __builtin_return_address(0));                                                \
+        __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                 \
+        return c;                                                                                         \
+    }
+EMU_ATOMIC(8, uint8_t)
+EMU_ATOMIC(16, uint16_t)
+EMU_ATOMIC(32, uint32_t)
+EMU_ATOMIC(64, uint64_t)
+#undef EMU_ATOMIC
+}
+#endif

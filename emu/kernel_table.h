@@ -17,11 +17,14 @@ struct KernelEntry {
     const void* fn;
 };
 
+// Not instrumented by the access hook: reading the arguments is not the kernel's traffic (a
+// GPU passes them in the constant bank). The kernel itself is not inlined here (GCC does not
+// inline across different sanitizer attributes), so its accesses stay instrumented.
 template <class... A, size_t... I>
-void call_with(void (*f)(A...), void** a, std::index_sequence<I...>) {
+__attribute__((no_sanitize_thread)) void call_with(void (*f)(A...), void** a, std::index_sequence<I...>) {
     f(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(a[I])...);
 }
-template <class... A> void call_erased(const void* fn, void** a) {
+template <class... A> __attribute__((no_sanitize_thread)) void call_erased(const void* fn, void** a) {
     call_with(reinterpret_cast<void (*)(A...)>(const_cast<void*>(fn)), a, std::index_sequence_for<A...>{});
 }
 

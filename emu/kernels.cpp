@@ -10,6 +10,7 @@ EMU_KERNELS(weight);
 EMU_KERNELS(unit);
 EMU_KERNELS(nm);
 EMU_KERNELS(weight_v5);
+EMU_KERNELS(test);  // emu/test/traffic.cu: the emulator's own test kernels
 
 static const emu::KernelTable& table() {
     static emu::KernelTable t;
@@ -19,6 +20,7 @@ static const emu::KernelTable& table() {
         emu_kernels_unit(t);
         emu_kernels_nm(t);
         emu_kernels_weight_v5(t);
+        emu_kernels_test(t);
     });
     return t;
 }

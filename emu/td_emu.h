@@ -14,10 +14,20 @@ typedef struct TdEmuSchedule {
     uint32_t thread_order;       /* 0 forward, 1 reverse, 2 random (seeded) */
     uint32_t block_workers;      /* OS threads that run blocks concurrently (>= 1) */
     uint32_t warp_runahead;      /* 1: warps may run ahead of each other up to the next barrier */
-    uint32_t pad0;
+    uint32_t flags;              /* TD_EMU_COUNT_TRAFFIC | TD_EMU_INTERLEAVE (0: neither) */
     uint64_t seed;               /* for the random order and the shared-memory garbage */
     uint64_t barrier_timeout_ms; /* a block that makes no progress this long fails (0: 60 s) */
 } TdEmuSchedule;
+
+/* TdEmuSchedule.flags. COUNT_TRAFFIC: count the launch's global-memory traffic (see
+ * td_emu_last_traffic; about 1.5x the time of a launch that does not count). INTERLEAVE: switch
+ * fibers at every shared- and global-memory access and atomic of the kernel code, not only at
+ * barriers and warp intrinsics, so that a non-atomic read-modify-write of two threads is torn
+ * as a GPU may tear it (several times slower). Both need the kernel sources compiled with the
+ * access hook (-fsanitize=thread instrumentation without the TSan runtime, emu/README.md);
+ * the ASan and TSan builds have no hook and ignore them. */
+#define TD_EMU_COUNT_TRAFFIC 1u
+#define TD_EMU_INTERLEAVE 2u
 
 /* Launches kernel `name` like cuLaunchKernel: args[i] points at the value of kernel argument i
  * (device pointers are host pointers here). dyn_smem: dynamic shared memory in bytes.
@@ -42,8 +52,17 @@ typedef struct TdEmuTraffic {
 } TdEmuTraffic;
 
 /* The traffic of the last launch that the calling OS thread made (through td_emu_launch or
- * emu::launch); all zeros before its first launch. */
+ * emu::launch); all zeros before its first launch, and for a launch whose schedule did not
+ * ask for TD_EMU_COUNT_TRAFFIC or whose kernels were compiled without the access hook. */
 void td_emu_last_traffic(TdEmuTraffic* out);
+
+/* Guard regions: a kernel's access to [p, p + n) is an emulator report (the launch fails,
+ * naming kernel, block, thread and the address). The drivers put them around the buffers a
+ * launch treats as separate (emu/test/harness.h). Checked by the access hook (builds whose
+ * kernel code has it: not ASan, which has its own poisoning, nor TSan). remove takes the p
+ * of an add. Not for use while a launch runs. */
+void td_emu_guard_add(const void* p, size_t n);
+void td_emu_guard_remove(const void* p);
 
 /* The number of kernels in the table and the name of kernel i (null past the end). */
 uint32_t td_emu_kernel_count(void);
@@ -79,7 +98,7 @@ struct DynSharedReg {
 
 /* `extern __shared__ T name[]` of a kernel: defines the array behind it (one line per name). */
 #define EMU_DYNAMIC_SHARED(name)                                                              \
-    thread_local __attribute__((aligned(16))) unsigned char name[::emu::kMaxDynSmem];        \
+    thread_local __attribute__((aligned(64))) unsigned char name[::emu::kMaxDynSmem];        \
     static unsigned char* emu_dyn_addr_##name() { return name; }                              \
     static ::emu::DynSharedReg emu_dyn_reg_##name(emu_dyn_addr_##name);
 #endif

@@ -4,14 +4,17 @@
 // build this with the emulator (scripts/emu/build.sh) and run it; any mismatch, emulator
 // report or sanitizer report fails (exit code != 0).
 //
-//   driver [--cases N] [--seed S]   random cases (default 160, seed 0x5eed)
+//   driver [--cases N] [--min-per-class Q] [--seed S]
+//                                     N random cases (default 160), then more until each
+//                                     dtype x path has Q (default 0); a fresh seed per run
+//                                     unless --seed (printed first: the replay command)
 //   driver --large                    large shapes ([4096, 4096], [4, 2^20], ...), once each
-//   driver --selftest                 kernels with planted faults must be reported
-//   driver --selftest-hang            must end with a report and exit code 124 (watchdog)
-//   driver --selftest-asan            (ASan build) must end with an ASan report
+//   driver --selftest[-hang|-asan N|-tsan N]   the emulator's self-tests (harness.h)
 //
 // Every launch goes through the C ABI td_emu_launch with a schedule that rotates over thread
-// order (forward, reverse, random), warp run-ahead (off, on) and 1..3 block workers.
+// order (forward, reverse, random), warp run-ahead (off, on), fibers interleaved at memory
+// accesses (every fourth launch) and 1..3 block workers. Every buffer has guard regions
+// (harness.h), and the long rows' row groups each their own allocations.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +28,9 @@
 
 #include "../../kernels/params.h"
 #include "../td_emu.h"
+#include "harness.h"
+
+using harness::GuardedBuf;
 
 static int g_fail = 0;
 static uint64_t g_launches = 0;
@@ -166,8 +172,6 @@ static bool launch(const char* name, uint32_t gx, uint32_t gy, uint32_t dyn, std
 
 static const char* wname(unsigned size) { return size == 2 ? "u16" : size == 4 ? "u32" : "u64"; }
 
-static uint64_t garbage_word() { return 0xABABABABABABABABull; }
-
 // select_rows of src/cuda.rs.
 static bool select_rows(const Profile& pf, unsigned size, const void* w, const void* vals, void* out, uint8_t* mask,
                         uint64_t rows, uint64_t n, uint64_t k, uint64_t elem_base, TdDraws draws) {
@@ -201,25 +205,41 @@ static bool select_rows(const Profile& pf, unsigned size, const void* w, const v
     const uint32_t passes = size;
     const uint64_t chunks = (n + TD_LONG_CHUNK - 1) / TD_LONG_CHUNK;
     const uint64_t group = std::max<uint64_t>(1, std::min((pf.l2 / 2) / (n * size), std::min<uint64_t>(rows, 65535)));
-    std::vector<uint32_t> hist(rows * passes * 256, 0);
-    std::vector<uint32_t> chunk_hist(group * chunks * 256, (uint32_t)garbage_word());
     for (uint64_t row0 = 0; row0 < rows; row0 += group) {
         const uint64_t g = std::min(group, rows - row0);
-        uint32_t* hist_g = hist.data() + row0 * passes * 256;
-        uint32_t* ch = chunk_hist.data();
+        // The row group's rows, histograms and outputs in their own guarded allocations: the
+        // kernels index w, values, out and mask from row 0 of the tensor, so those pointers
+        // are the allocations less row0 rows (the histograms are the group's own), and an
+        // access outside the group lands in a guard.
+        const size_t gb = g * n * size, off = row0 * n * size;
+        GuardedBuf wg(gb), vg(vals ? gb : 0), og(out ? gb : 0), mg(mask ? g * n : 0, 0, 0xAB);
+        GuardedBuf hist(g * passes * 256 * 4), chunk_hist(g * chunks * 256 * 4, 0, 0xAB);
+        memcpy(wg.data(), (const char*)w + off, gb);
+        if (vals) memcpy(vg.data(), (const char*)vals + off, gb);
+        const void* wb = wg.data() - off;
+        const void* vb = vals ? (const void*)(vg.data() - off) : nullptr;
+        void* ob = out ? (void*)(og.data() - off) : nullptr;
+        uint8_t* mb = mask ? mg.data() - row0 * n : nullptr;
+        uint32_t* hist_g = hist.as<uint32_t>();  // (indexed by blockIdx.y: the group's own)
+        uint32_t* ch = chunk_hist.as<uint32_t>();
         for (uint32_t pass = 0; pass < passes; pass++) {
             TdwLongHistParams hp = {row0, n, k, pass, 0};
             nm = std::string("tdw_long_hist_") + wname(size);
-            if (!launch(nm.c_str(), (uint32_t)chunks, (uint32_t)g, 0, {&w, &hist_g, &ch, &hp})) return false;
+            if (!launch(nm.c_str(), (uint32_t)chunks, (uint32_t)g, 0, {&wb, &hist_g, &ch, &hp})) return false;
         }
         TdwLongApplyParams ap = {row0, n, k, elem_base, draws};
         const uint32_t* hist_c = hist_g;
         const uint32_t* ch_c = ch;
         nm = std::string("tdw_long_apply_") + wname(size);
         if (!launch(nm.c_str(), (uint32_t)chunks, (uint32_t)g, 0,
-                    {&w, vals ? (void*)&vp : (void*)&nul, out ? (void*)&out : (void*)&nul,
-                     mask ? (void*)&mask : (void*)&nul, &hist_c, &ch_c, &ap}))
+                    {&wb, vals ? (void*)&vb : (void*)&nul, out ? (void*)&ob : (void*)&nul,
+                     mask ? (void*)&mb : (void*)&nul, &hist_c, &ch_c, &ap}))
             return false;
+        if (!wg.check("row group of w") || !vg.check("row group of values") || !og.check("row group of out") ||
+            !mg.check("row group of mask") || !hist.check("histograms") || !chunk_hist.check("chunk histograms"))
+            return false;
+        if (out) memcpy((char*)out + off, og.data(), gb);
+        if (mask) memcpy(mask + row0 * n, mg.data(), g * n);
     }
     return true;
 }
@@ -306,13 +326,13 @@ static std::string describe(const Case& c) {
     return b;
 }
 
-// An exact-size allocation at `misalign` elements past an aligned address (ASan sees the end).
+// A guarded allocation at `misalign` elements past an aligned address.
 struct Buf {
-    std::vector<uint8_t> raw;
+    GuardedBuf b;
     uint8_t* p = nullptr;
     void init(const std::vector<uint8_t>& src, unsigned sz, unsigned misalign) {
-        raw.resize(src.size() + (size_t)misalign * sz);
-        p = raw.data() + (size_t)misalign * sz;
+        b.alloc(src.size(), (size_t)misalign * sz);
+        p = b.data();
         memcpy(p, src.data(), src.size());
     }
 };
@@ -327,7 +347,7 @@ static bool run_case(const Case& c) {
     Buf w, g;
     w.init(wb, sz, c.misalign);
     if (c.grad) g.init(gb, sz, c.misalign);
-    std::vector<uint8_t> out(c.values ? numel * sz : 0, 0xAB), mask(c.values ? 0 : numel, 0xAB);
+    GuardedBuf out(c.values ? numel * sz : 0, 0, 0xAB), mask(c.values ? 0 : numel, 0, 0xAB);
     // Reference.
     std::vector<uint8_t> want_drop(numel);
     if (!c.unit) {
@@ -345,16 +365,20 @@ static bool run_case(const Case& c) {
     bool ok = true;
     const void* vals = c.grad ? g.p : nullptr;
     void* outp = c.values ? (void*)out.data() : nullptr;
+    const auto guards_hold = [&] {
+        return w.b.check("w") && g.b.check("values") && out.check("out") && mask.check("mask");
+    };
     uint8_t* maskp = c.values ? nullptr : mask.data();
     if (!c.unit) {
         ok = select_rows(pf, sz, w.p, vals, outp, maskp, c.d0, c.n, c.k, c.elem_base, c.draws);
     } else {
         const unsigned asz = c.dt == 3 ? 8 : 4;
-        std::vector<uint8_t> umask(c.d0, 0);
+        GuardedBuf umask(c.d0, 0, 0);
         if (c.k > 0 && c.draws.threshold != 0) {
-            std::vector<uint8_t> scores(c.d0 * asz, 0);
-            ok = launch_scores(pf, c.dt, w.p, scores.data(), c.d0, c.n) &&
-                 select_rows(pf, asz, scores.data(), nullptr, nullptr, umask.data(), 1, c.d0, c.k, 0, c.draws);
+            GuardedBuf scores(c.d0 * asz, 0, 0);
+            ok = launch_scores(pf, c.dt, w.p, scores.data(), c.d0, c.n) && scores.check("scores") &&
+                 select_rows(pf, asz, scores.data(), nullptr, nullptr, umask.data(), 1, c.d0, c.k, 0, c.draws) &&
+                 umask.check("unit mask");
         }
         if (ok) {
             const uint64_t groups = (numel + 3) / 4;
@@ -368,6 +392,7 @@ static bool run_case(const Case& c) {
                         {&v, outp ? (void*)&outp : (void*)&nul, maskp ? (void*)&maskp : (void*)&nul, &um, &p});
         }
     }
+    if (ok) ok = guards_hold();
     if (!ok) {
         fprintf(stderr, "  case: %s\n", describe(c).c_str());
         return false;
@@ -377,11 +402,11 @@ static bool run_case(const Case& c) {
         bool bad;
         uint64_t got = 0, want = 0;
         if (c.values) {
-            memcpy(&got, &out[e * sz], sz);
+            memcpy(&got, out.data() + e * sz, sz);
             if (!want_drop[e]) memcpy(&want, &src[e * sz], sz);
             bad = got != want;
         } else {
-            got = mask[e];
+            got = mask.data()[e];
             want = want_drop[e];
             bad = got != want;
         }
@@ -435,58 +460,22 @@ static Case random_case() {
     return c;
 }
 
-// ---------------------------------------------------------------------------------------
-// Self-tests: kernels with planted faults (emu/test/faulty.cu) must be reported.
-
-extern "C" int td_emu_selftest(int which, char* err, size_t len);
-extern "C" int td_emu_selftest_hang();
-
-static int selftest() {
-    const char* what[] = {"missing barrier (forward order)", "missing barrier (reverse order)",
-                          "divergent shuffle", "barrier skipped by exited threads",
-                          "uninitialised static shared memory", "uninitialised dynamic shared memory",
-                          "write past the end of dynamic shared memory", "lane outside its own mask",
-                          "shuffle with a lane that exited", "well-formed kernel"};
-    int bad = 0;
-    for (int i = 0; i < 10; i++) {
-#if defined(__SANITIZE_ADDRESS__)
-        // Under ASan the write past the end is an ASan report that ends the process
-        // (`--selftest-asan` runs it alone).
-        if (i == 6) continue;
-#endif
-        char err[1024] = "";
-        const int r = td_emu_selftest(i, err, sizeof err);
-        const bool expect_fail = i != 9;
-        const bool ok = expect_fail ? r != 0 : r == 0;
-        printf("selftest %-45s %s%s%s\n", what[i], ok ? "ok" : "FAILED", err[0] ? ": " : "", err);
-        bad += !ok;
-    }
-    return bad;
-}
-
 int main(int argc, char** argv) {
-    int cases = 160;
-    bool large = false, self = false;
-    uint64_t seed = 0x5eed;
+    const int st = harness::selftest_main(argc, argv);
+    if (st >= 0) return st;
+    int cases = 160, min_per_class = 0;
+    bool large = false, seeded = false;
+    uint64_t seed = harness::fresh_seed();
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--cases") && i + 1 < argc) cases = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 0);
-        else if (!strcmp(argv[i], "--large")) large = true;
-        else if (!strcmp(argv[i], "--selftest")) self = true;
-        else if (!strcmp(argv[i], "--selftest-hang")) {
-            // Expected to end with a report and exit code 124 within a second.
-            td_emu_selftest_hang();
-            printf("a thread spinning without a barrier was not reported\n");
-            return 0;
-        } else if (!strcmp(argv[i], "--selftest-asan")) {
-            // Expected to die with an AddressSanitizer report (write past dynamic shared memory).
-            char err[1024] = "";
-            const int r = td_emu_selftest(6, err, sizeof err);
-            printf("write past the end of dynamic shared memory: not caught by ASan (%d: %s)\n", r, err);
-            return 0;
-        }
+        else if (!strcmp(argv[i], "--min-per-class") && i + 1 < argc) min_per_class = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
+            seed = strtoull(argv[++i], nullptr, 0);
+            seeded = true;
+        } else if (!strcmp(argv[i], "--large")) large = true;
         else {
-            fprintf(stderr, "usage: %s [--cases N] [--seed S] [--large] [--selftest]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--cases N] [--min-per-class Q] [--seed S] [--large] [--selftest...]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -494,11 +483,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "reference Philox fails its known-answer vector\n");
         return 1;
     }
-    if (self) {
-        const int bad = selftest();
-        printf("selftest: %d failed\n", bad);
-        return bad ? 1 : 0;
-    }
+    harness::print_seed(argv[0], seed, seeded);
     g_rng = seed;
     if (large) {
         // Large shapes, once each (dropout at gamma = alpha = 0.5, and a backward): the paths
@@ -529,19 +514,38 @@ int main(int argc, char** argv) {
                (unsigned long long)(time(nullptr) - t0), (unsigned long long)g_launches, g_fail);
         return g_fail ? 1 : 0;
     }
+    // Classes: dtype x path (weight tiny, block, long; unit).
     int paths[4] = {0, 0, 0, 0};
-    for (int i = 0; i < cases; i++) {
+    harness::Quota quota(16, min_per_class);
+    std::vector<std::string> names;
+    for (int dt = 0; dt < 4; dt++)
+        for (const char* p : {"tiny", "block", "long", "unit"}) names.push_back(std::string(kDtype[dt]) + " " + p);
+    int ran = 0, drawn = 0;
+    for (; drawn < cases || (!quota.met() && drawn < 200 * std::max(cases, 100)); drawn++) {
         const Case c = random_case();
         const unsigned sz = dsize(c.dt);
         const uint64_t tl = std::min(kProfiles[c.prof].optin - kTinyStatic, tiny_smem(TD_TINY_ROW, sz));
         const uint64_t rowlen = c.unit ? c.d0 : c.n;
         const unsigned rsz = c.unit ? (c.dt == 3 ? 8 : 4) : sz;
         const uint64_t bl = std::min<uint64_t>(TD_BLOCK_ROW_BYTES, kProfiles[c.prof].optin - kBlockStatic);
-        paths[c.unit ? 3 : rowlen <= 32 && tiny_smem(rowlen, rsz) <= tl ? 0 : block_smem(rowlen, rsz) <= bl ? 1 : 2]++;
-        if (!run_case(c)) g_fail++;
+        const int path = c.unit ? 3 : rowlen <= 32 && tiny_smem(rowlen, rsz) <= tl ? 0 : block_smem(rowlen, rsz) <= bl ? 1 : 2;
+        if (!quota.wanted(c.dt * 4 + path, drawn, cases)) continue;
+        quota.add(c.dt * 4 + path);
+        paths[path]++;
+        ran++;
+        if (!run_case(c)) {
+            g_fail++;
+            fprintf(stderr, "  replay: %s --seed 0x%llx --cases %d --min-per-class %d\n", argv[0],
+                    (unsigned long long)seed, cases, min_per_class);
+        }
         if (g_fail >= 5) break;
     }
-    printf("driver: %d cases (weight tiny %d, block %d, long %d; unit %d), %llu launches, %d failed\n", cases,
+    printf("driver: %d cases (weight tiny %d, block %d, long %d; unit %d), %llu launches, %d failed\n", ran,
            paths[0], paths[1], paths[2], paths[3], (unsigned long long)g_launches, g_fail);
+    printf("driver: per dtype x path: %s\n", quota.report(names).c_str());
+    if (!g_fail && !quota.met()) {
+        fprintf(stderr, "driver: a dtype x path has fewer than %d cases after %d draws\n", min_per_class, drawn);
+        return 1;
+    }
     return g_fail ? 1 : 0;
 }

@@ -5,7 +5,7 @@
 // vector path's alignment check is exercised), so that the ASan build catches any access
 // past a buffer. Any mismatch, emulator report or sanitizer report fails (exit code != 0).
 //
-//   nm_driver [--cases N] [--seed S]
+//   nm_driver [--cases N] [--seed S]   (a fresh seed per run unless --seed; printed first)
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <string>
+
+#include "harness.h"
 #include <utility>
 #include <vector>
 
@@ -170,14 +172,20 @@ static bool run(const Case& k) {
 
 int main(int argc, char** argv) {
     unsigned cases = 200;
+    uint64_t seed = harness::fresh_seed();
+    bool seeded = false;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--cases")) cases = (unsigned)atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--seed")) g_rng = strtoull(argv[i + 1], nullptr, 10);
-        else {
+        else if (!strcmp(argv[i], "--seed")) {
+            seed = strtoull(argv[i + 1], nullptr, 0);
+            seeded = true;
+        } else {
             fprintf(stderr, "usage: nm_driver [--cases N] [--seed S]\n");
             return 2;
         }
     }
+    harness::print_seed(argv[0], seed, seeded);
+    g_rng = seed;
     const unsigned sizes[3] = {2, 4, 8};
     const uint64_t strides[5] = {1, 1, 2, 3, 9};
     const unsigned pow2[5] = {2, 4, 8, 16, 32};
@@ -202,7 +210,10 @@ int main(int argc, char** argv) {
         k.sms = rnd() % 2 ? 132 : 1;  // one SM: the grid-stride loop takes several groups
         k.seed = rnd();
         k.offset = rnd();
-        if (!run(k)) failed++;
+        if (!run(k)) {
+            failed++;
+            fprintf(stderr, "  replay: %s --seed 0x%llx --cases %u\n", argv[0], (unsigned long long)seed, cases);
+        }
     }
     printf("nm_driver: %u cases, %u failed\n", cases, failed);
     return failed ? 1 : 0;

@@ -3,7 +3,10 @@
 //! ones poisoned, so that an element no kernel writes shows), its launches run through
 //! `td_emu_launch` and its result returned as CPU storage.
 
-use super::ffi::{td_emu_last_traffic, td_emu_launch, TdEmuSchedule, TdEmuTraffic};
+use super::ffi::{
+    td_emu_last_traffic, td_emu_launch, TdEmuSchedule, TdEmuTraffic, TD_EMU_COUNT_TRAFFIC,
+    TD_EMU_INTERLEAVE,
+};
 use super::{Context, Schedule, ThreadOrder};
 use crate::cuda_params::{Td5Params, Td5TinyParams};
 use crate::op::{filters, Output, TargetedOp};
@@ -128,8 +131,15 @@ fn input(op: &str, what: &str, s: &CpuStorage, l: &Layout) -> Result<(Vec<u8>, u
 
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
-/// The emulator's schedule of the next launch.
-fn schedule(s: Schedule) -> TdEmuSchedule {
+/// The emulator's schedule of the next launch; `count_traffic` for a launch that
+/// [`super::run_traced`] records. [`Schedule::Rotate`] switches fibers at every memory access
+/// on every fourth launch (a non-atomic read-modify-write of two threads is then torn).
+fn schedule(s: Schedule, count_traffic: bool) -> TdEmuSchedule {
+    let mut flags = if count_traffic {
+        TD_EMU_COUNT_TRAFFIC
+    } else {
+        0
+    };
     let (order, warp_runahead, block_workers, seed) = match s {
         Schedule::Rotate => {
             let c = LAUNCHES.fetch_add(1, Ordering::Relaxed);
@@ -139,6 +149,9 @@ fn schedule(s: Schedule) -> TdEmuSchedule {
                 ThreadOrder::Random,
             ];
             let seed = 0x7d5eed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            if c % 4 == 3 {
+                flags |= TD_EMU_INTERLEAVE;
+            }
             (order[(c % 3) as usize], (c / 3) % 2 == 1, 2, seed)
         }
         Schedule::Fixed {
@@ -156,7 +169,7 @@ fn schedule(s: Schedule) -> TdEmuSchedule {
         },
         block_workers,
         warp_runahead: warp_runahead as u32,
-        pad0: 0,
+        flags,
         seed,
         barrier_timeout_ms: 0,
     }
@@ -224,7 +237,7 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         Params::Block5(p) => &mut **p as *mut Td5Params as *mut c_void,
         Params::Tiny5(p) => &mut **p as *mut Td5TinyParams as *mut c_void,
     });
-    let sched = schedule(ctx.schedule);
+    let sched = schedule(ctx.schedule, ctx.trace.is_some());
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");
     let mut err = vec![0u8; 4096];
     // SAFETY: every pointer argument is the address of a live buffer of the plan (or null

@@ -11,11 +11,17 @@ pub(super) struct TdEmuSchedule {
     pub thread_order: u32,
     pub block_workers: u32,
     pub warp_runahead: u32,
-    pub pad0: u32,
+    /// [`TD_EMU_COUNT_TRAFFIC`] | [`TD_EMU_INTERLEAVE`].
+    pub flags: u32,
     pub seed: u64,
     /// 0: the emulator's default.
     pub barrier_timeout_ms: u64,
 }
+
+/// `TdEmuSchedule.flags`: count the launch's global-memory traffic.
+pub(super) const TD_EMU_COUNT_TRAFFIC: u32 = 1;
+/// `TdEmuSchedule.flags`: switch fibers at every shared- and global-memory access.
+pub(super) const TD_EMU_INTERLEAVE: u32 = 2;
 
 /// `TdEmuTraffic` of `emu/td_emu.h`: one launch's global-memory traffic.
 #[repr(C)]

@@ -64,7 +64,9 @@ pub enum ThreadOrder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Schedule {
     /// Each launch takes the next of the six combinations of [`ThreadOrder`] and warp
-    /// run-ahead, with a fresh seed, and two workers interleave the blocks (the default).
+    /// run-ahead, with a fresh seed, and two workers interleave the blocks (the default); every
+    /// fourth launch also switches threads at every shared- and global-memory access, not only
+    /// at barriers and warp intrinsics (a non-atomic read-modify-write is torn).
     #[default]
     Rotate,
     /// One schedule for every launch.

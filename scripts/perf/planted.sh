@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The budget check's own test: plant a regression in a scratch copy of kernels/ and require
+# that scripts/perf/model.py fails on it, naming the kernel, the figure and the budget.
+#   philox: drop4 draws a Philox block for every element instead of one per group of four
+#   reread: tdw_block's output pass reads the row from global memory again instead of shared
+#           memory (a second read of the row: the emulator's counted bytes catch it; the
+#           scratch copy of the crate is built and run under the emulator, a few minutes)
+# usage: scripts/perf/planted.sh [philox|reread] (after scripts/perf-model.sh, whose
+# target/perf/traffic.txt philox reuses)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what=${1:-philox}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+case "$what" in
+  philox)
+    cp -r kernels "$tmp/kernels"
+    python3 - "$tmp/kernels/common.cuh" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = "for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < d.threshold;"
+new = ("for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(philox_block(4 * g + q, d.seed, "
+       "d.offset ^ b.x), q) >> 8) < d.threshold;")
+assert s.count(old) == 1, "the plant's line is not in common.cuh: update scripts/perf/planted.sh"
+open(p, "w").write(s.replace(old, new))
+PY
+    traffic=target/perf/traffic.txt ;;
+  reread)
+    git archive HEAD | tar -x -C "$tmp"
+    python3 - "$tmp/kernels/weight.cu" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+old = "apply_range<U>(s, vals ? vals + e0 : nullptr,"
+new = "apply_range<U>(w + e0, vals ? vals + e0 : nullptr,"
+assert s.count(old) == 1, "the plant's line is not in weight.cu: update scripts/perf/planted.sh"
+open(p, "w").write(s.replace(old, new))
+PY
+    traffic=$tmp/traffic.txt
+    # The scratch crate shares the target dir (its dependencies are built there): under
+    # another package and example name, so that none of its artifacts (the build script's
+    # emulated kernels, the example binary) replaces the tree's.
+    sed -i 's/^name = "candle-targeted-dropout"/name = "td-planted-copy"/' "$tmp/Cargo.toml"
+    mv "$tmp/examples/perf_traffic.rs" "$tmp/examples/perf_traffic_planted.rs"
+    (cd "$tmp" && CARGO_TARGET_DIR="$OLDPWD/target" cargo run -q --release --features emulate \
+       --example perf_traffic_planted weight_dropout prune > "$traffic") ;;
+  *) echo "usage: $0 [philox|reread]" >&2; exit 2 ;;
+esac
+[ -f "$traffic" ] || { echo "planted: run scripts/perf-model.sh first ($traffic)" >&2; exit 2; }
+set +e
+[ -d "$tmp/kernels" ] || cp -r kernels "$tmp/kernels"
+out=$(python3 scripts/perf/model.py --kernels-root "$tmp" --traffic "$traffic" --check 2>&1)
+rc=$?
+set -e
+grep '^budget' <<< "$out" || true
+if [ "$rc" -eq 1 ] && grep -q '^budget: .* over its budget' <<< "$out"; then
+  echo "planted ($what): the budget check fails, as it must"
+else
+  echo "planted ($what): the budget check did NOT fail (rc $rc)" >&2
+  exit 1
+fi
