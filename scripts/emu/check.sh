@@ -21,14 +21,15 @@ step() {
   if [ $rc != 0 ]; then echo "check: $name: FAILED (exit $rc) after $((SECONDS - t0)) s"; exit $rc; fi
   echo "check: $name: $((SECONDS - t0)) s"
 }
+# (CHECK_BUILD=none: use the builds there are.)
 # shellcheck disable=SC2086
-step "emu build (${CHECK_BUILD:-plain asan tsan dev})" bash scripts/emu/build.sh ${CHECK_BUILD:-all}
+[ "${CHECK_BUILD:-}" = none ] || step "emu build (${CHECK_BUILD:-plain asan tsan dev})" bash scripts/emu/build.sh ${CHECK_BUILD:-all}
 step "emu self-tests" target/emu/plain/driver --selftest
 emu_asan_selftest() { # a write past dynamic shared memory, one into a static shared red zone: ASan reports
   local n
   for n in 6 15; do
     ! target/emu/asan/driver --selftest-asan $n > target/emu/asan/selftest-$n.log 2>&1 \
-      && grep -q 'AddressSanitizer: use-after-poison' target/emu/asan/selftest-$n.log \
+      && grep -q 'ERROR: AddressSanitizer' target/emu/asan/selftest-$n.log \
       || { echo "ASan did not report self-test $n" >&2; cat target/emu/asan/selftest-$n.log >&2; return 1; }
   done
 }
