@@ -37,15 +37,45 @@ struct uint3 {
     unsigned x, y, z;
 };
 
-struct __align__(8) uint2 { unsigned x, y; };
-struct __align__(16) uint4 { unsigned x, y, z, w; };
-struct __align__(8) int2 { int x, y; };
-struct __align__(16) int4 { int x, y, z, w; };
-struct __align__(16) float4 { float x, y, z, w; };
-struct __align__(8) float2 { float x, y; };
-struct __align__(16) ulonglong2 { unsigned long long x, y; };
-struct __align__(16) longlong2 { long long x, y; };
-struct __align__(16) double2 { double x, y; };
+/* The vector types: a copy is one access of the whole vector, as on a GPU (LDG.128 / STG.64):
+ * the copy reads and the assignment writes through a volatile vector-typed lvalue, so that the
+ * host compiler neither splits it into member accesses nor merges it away, and the access
+ * hook counts one 16- or 8-byte access per lane (traffic per instruction instance). */
+typedef unsigned emu_vec16 __attribute__((vector_size(16)));
+typedef unsigned long long emu_vec8;
+#define EMU_VEC2(T, E, A, V)                                                                   \
+    struct __align__(A) T {                                                                   \
+        E x, y;                                                                               \
+        T() = default;                                                                        \
+        constexpr T(E x_, E y_) : x(x_), y(y_) {}                                             \
+        T(const T& o) { *(V*)this = *(const volatile V*)&o; }                                 \
+        T& operator=(const T& o) {                                                            \
+            *(volatile V*)this = *(const V*)&o;                                               \
+            return *this;                                                                     \
+        }                                                                                     \
+    };
+#define EMU_VEC4(T, E)                                                                         \
+    struct __align__(16) T {                                                                  \
+        E x, y, z, w;                                                                         \
+        T() = default;                                                                        \
+        constexpr T(E x_, E y_, E z_, E w_) : x(x_), y(y_), z(z_), w(w_) {}                   \
+        T(const T& o) { *(emu_vec16*)this = *(const volatile emu_vec16*)&o; }                 \
+        T& operator=(const T& o) {                                                            \
+            *(volatile emu_vec16*)this = *(const emu_vec16*)&o;                               \
+            return *this;                                                                     \
+        }                                                                                     \
+    };
+EMU_VEC2(uint2, unsigned, 8, emu_vec8)
+EMU_VEC4(uint4, unsigned)
+EMU_VEC2(int2, int, 8, emu_vec8)
+EMU_VEC4(int4, int)
+EMU_VEC4(float4, float)
+EMU_VEC2(float2, float, 8, emu_vec8)
+EMU_VEC2(ulonglong2, unsigned long long, 16, emu_vec16)
+EMU_VEC2(longlong2, long long, 16, emu_vec16)
+EMU_VEC2(double2, double, 16, emu_vec16)
+#undef EMU_VEC2
+#undef EMU_VEC4
 inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 inline int2 make_int2(int x, int y) { return int2{x, y}; }

@@ -488,10 +488,11 @@ std::mutex g_guard_mu;
 std::vector<Guard> g_guards;
 
 void guard_hit(Worker& w, Thr& t, uintptr_t x, size_t n, int kind, void* pc, const Guard& g) {
-    fail(w, fmt("%s: %s of %zu bytes at %p, byte %zu of a guard region of %zu bytes around a buffer (an access "
-                "before or past the buffer or segment; code address %p)",
+    const uintptr_t first = std::max(x, g.lo);
+    fail(w, fmt("%s: %s of %zu bytes at %p reaches byte %zu of a guard region of %zu bytes around a buffer (an "
+                "access before or past the buffer or segment; code address %p)",
                 where(w, &t).c_str(), kind == 0 ? "load" : kind == 1 ? "store" : "atomic", n, (void*)x,
-                (size_t)(x - g.lo), (size_t)g.span, pc));
+                (size_t)(first - g.lo), (size_t)g.span, pc));
 }
 
 int image_range_cb(struct dl_phdr_info* info, size_t, void*) {
@@ -987,8 +988,12 @@ size_t stack_size() {
 #ifdef EMU_TSAN
 // TSan fiber states are costly to create: kept across launches (a fiber of a failed block,
 // left in the middle of its frames, is destroyed instead).
-std::mutex g_tsan_mu;
-std::vector<void*> g_tsan_pool;
+// One pool per worker index, each with its own lock: a shared lock would order a worker that
+// takes it after another returned its fibers after that worker's blocks, and a race between
+// their blocks would go unseen.
+constexpr unsigned kPools = 16;
+std::mutex g_tsan_mu[kPools];
+std::vector<void*> g_tsan_pools[kPools];
 #endif
 
 void worker_main(Worker* wp, unsigned index, unsigned nworkers) {
@@ -998,16 +1003,18 @@ void worker_main(Worker* wp, unsigned index, unsigned nworkers) {
     hook_ranges(w);
 #ifdef EMU_TSAN
     w.sched_tsan = __tsan_get_current_fiber();
-    {
-        std::lock_guard<std::mutex> g(g_tsan_mu);
+    if (index < kPools) {
+        std::lock_guard<std::mutex> g(g_tsan_mu[index]);
         for (auto& t : w.th) {
-            if (g_tsan_pool.empty()) {
+            if (g_tsan_pools[index].empty()) {
                 t.tsan_fiber = __tsan_create_fiber(0);
             } else {
-                t.tsan_fiber = g_tsan_pool.back();
-                g_tsan_pool.pop_back();
+                t.tsan_fiber = g_tsan_pools[index].back();
+                g_tsan_pools[index].pop_back();
             }
         }
+    } else {
+        for (auto& t : w.th) t.tsan_fiber = __tsan_create_fiber(0);
     }
 #endif
     for (size_t n = 0;; n++) {
@@ -1033,12 +1040,14 @@ void worker_main(Worker* wp, unsigned index, unsigned nworkers) {
         }
     }
 #ifdef EMU_TSAN
-    {
-        std::lock_guard<std::mutex> g(g_tsan_mu);
+    if (index < kPools) {
+        std::lock_guard<std::mutex> g(g_tsan_mu[index]);
         for (auto& t : w.th) {
             if (w.failed) __tsan_destroy_fiber(t.tsan_fiber);
-            else g_tsan_pool.push_back(t.tsan_fiber);
+            else g_tsan_pools[index].push_back(t.tsan_fiber);
         }
+    } else {
+        for (auto& t : w.th) __tsan_destroy_fiber(t.tsan_fiber);
     }
 #endif
     {

@@ -106,12 +106,7 @@ fn launch(name: &str, args: &mut [&mut [u8]], s: &TdEmuSchedule) -> TdEmuTraffic
         )
     };
     let end = err.iter().position(|&b| b == 0).unwrap_or(0);
-    assert_eq!(
-        rc,
-        0,
-        "{name}: {}",
-        String::from_utf8_lossy(&err[..end])
-    );
+    assert_eq!(rc, 0, "{name}: {}", String::from_utf8_lossy(&err[..end]));
     let mut t = TdEmuTraffic::default();
     // SAFETY: t is a TdEmuTraffic to write; the launch above ran on this thread.
     unsafe { td_emu_last_traffic(&mut t) };
@@ -126,7 +121,9 @@ struct Buf {
 impl Buf {
     fn new(n: usize, skew: usize) -> Buf {
         assert_eq!(skew % 4, 0);
-        let raw: Vec<u32> = (0..n + 16).map(|i| (i as u32).wrapping_mul(2654435761)).collect();
+        let raw: Vec<u32> = (0..n + 16)
+            .map(|i| (i as u32).wrapping_mul(2654435761))
+            .collect();
         let base = raw.as_ptr() as usize;
         let start = ((32 - base % 32) % 32 + skew) / 4;
         Buf { raw, start }
@@ -190,7 +187,10 @@ fn a_copy_counts_one_read_and_one_write_per_element_in_whole_sectors() {
             store_sectors: (4 * n / 32) as u64,
         };
         assert_eq!(t, want, "schedule {s:?}");
-        assert!((0..n).all(|i| dst.get(i) == src.get(i)), "copy wrong, {s:?}");
+        assert!(
+            (0..n).all(|i| dst.get(i) == src.get(i)),
+            "copy wrong, {s:?}"
+        );
     }
 }
 
@@ -209,7 +209,11 @@ fn a_misaligned_copy_touches_a_fifth_sector_per_warp() {
         let (li, lo) = (sectors(n, 4, |i| 4 + 4 * i), sectors(n, 4, |i| 16 + 4 * i));
         // Each full warp: 128 bytes that straddle five sectors.
         assert_eq!(li, 5 * (n / 32) as u64 + 4); // the last 24 lanes: 96 bytes from byte 4
-        assert_eq!((t.load_sectors, t.store_sectors), (li, lo), "schedule {s:?}");
+        assert_eq!(
+            (t.load_sectors, t.store_sectors),
+            (li, lo),
+            "schedule {s:?}"
+        );
         assert_eq!((t.load_bytes, t.store_bytes), (4 * n as u64, 4 * n as u64));
     }
 }
@@ -224,7 +228,12 @@ fn a_strided_read_counts_the_sectors_hardware_would() {
             let (mut ip, mut op, mut nn, mut st) = (src.ptr(), dst.ptr(), n as u64, stride);
             let t = launch(
                 "emu_test_strided_u32",
-                &mut [bytes(&mut ip), bytes(&mut op), bytes(&mut nn), bytes(&mut st)],
+                &mut [
+                    bytes(&mut ip),
+                    bytes(&mut op),
+                    bytes(&mut nn),
+                    bytes(&mut st),
+                ],
                 &s,
             );
             let want = sectors(n, 4, |i| 4 * i * stride as usize);
@@ -307,6 +316,9 @@ fn run_traced_reports_the_counters_of_each_launch() -> Result<()> {
         store_sectors >= 4 * numel / 32 && store_sectors <= 4 * numel / 32 + 2 * rows as u64,
         "{launches:?}"
     );
-    assert!(load >= 4 * numel && load_sectors >= 4 * numel / 32, "{launches:?}");
+    assert!(
+        load >= 4 * numel && load_sectors >= 4 * numel / 32,
+        "{launches:?}"
+    );
     Ok(())
 }

@@ -29,6 +29,7 @@
 #include "../../kernels/params.h"
 #include "../td_emu.h"
 #include "harness.h"
+#include "reference.h"
 
 using harness::GuardedBuf;
 
@@ -39,42 +40,18 @@ static uint64_t g_launches = 0;
 // Random numbers (splitmix64)
 
 static uint64_t g_rng = 1;
-static uint64_t rnd() {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rnd() { return ref::splitmix(g_rng); }
 static double rnd01() { return (rnd() >> 11) * (1.0 / 9007199254740992.0); }
 
 // ---------------------------------------------------------------------------------------
 // Reference, from DESIGN.md (shares nothing with the kernels)
 
-static void philox(uint32_t c[4], uint32_t k0, uint32_t k1) {
-    for (int round = 0; round < 10; round++) {
-        const uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
-        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0, n1 = (uint32_t)p1;
-        const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1, n3 = (uint32_t)p0;
-        c[0] = n0; c[1] = n1; c[2] = n2; c[3] = n3;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-}
-static uint32_t draw(uint64_t e, uint64_t seed, uint64_t offset) {
-    const uint64_t g = e / 4;
-    uint32_t c[4] = {(uint32_t)g, (uint32_t)(g >> 32), (uint32_t)offset, (uint32_t)(offset >> 32)};
-    philox(c, (uint32_t)seed, (uint32_t)(seed >> 32));
-    return c[e % 4];
-}
-static bool philox_kat() {
-    uint32_t c[4] = {0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344};
-    philox(c, 0xa4093822, 0x299f31d0);
-    return c[0] == 0xd16cfe09 && c[1] == 0x94fdcceb && c[2] == 0x5001e420 && c[3] == 0x24126ea1;
-}
+// Philox, the draws and the keys: emu/test/reference.h.
+using ref::draw;
+using ref::philox_kat;
 static bool dropped(bool targeted, uint64_t e, const TdDraws& d) {
     if (!targeted || d.threshold == 0) return false;
-    if (d.threshold >= TD_ALWAYS) return true;
-    return (draw(e, d.seed, d.offset) >> 8) < d.threshold;
+    return ref::drop(draw(e, d.seed, d.offset), d.threshold, TD_ALWAYS);
 }
 
 // The dropped flags of rows x rows of n raw elements (width bytes each): the k smallest
@@ -85,10 +62,7 @@ static std::vector<uint8_t> ref_select(const void* w, unsigned width, uint64_t r
     std::vector<std::pair<uint64_t, uint64_t>> keys(n);
     for (uint64_t r = 0; r < rows; r++) {
         for (uint64_t i = 0; i < n; i++) {
-            uint64_t b = 0;
-            memcpy(&b, (const char*)w + (r * n + i) * width, width);
-            const uint64_t mask = width == 2 ? 0x7fffull : width == 4 ? 0x7fffffffull : 0x7fffffffffffffffull;
-            keys[i] = {b & mask, i};
+            keys[i] = {ref::key((const char*)w + (r * n + i) * width, width), i};
         }
         std::sort(keys.begin(), keys.end());
         for (uint64_t j = 0; j < n; j++) {

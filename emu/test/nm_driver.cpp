@@ -15,6 +15,7 @@
 #include <string>
 
 #include "harness.h"
+#include "reference.h"
 #include <utility>
 #include <vector>
 
@@ -22,28 +23,10 @@
 #include "../td_emu.h"
 
 static uint64_t g_rng = 1;
-static uint64_t rnd() {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rnd() { return ref::splitmix(g_rng); }
 
-// The draw of flat index e: word e % 4 of Philox4x32-10 at counter [e / 4, offset].
-static uint32_t draw(uint64_t e, uint64_t seed, uint64_t offset) {
-    const uint64_t g = e / 4;
-    uint32_t c[4] = {(uint32_t)g, (uint32_t)(g >> 32), (uint32_t)offset, (uint32_t)(offset >> 32)};
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int round = 0; round < 10; round++) {
-        const uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
-        uint32_t n[4] = {(uint32_t)(p1 >> 32) ^ c[1] ^ k0, (uint32_t)p1, (uint32_t)(p0 >> 32) ^ c[3] ^ k1,
-                         (uint32_t)p0};
-        memcpy(c, n, sizeof c);
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    return c[e % 4];
-}
+// The draw of flat index e (emu/test/reference.h).
+using ref::draw;
 
 static uint64_t get(const uint8_t* p, unsigned size, uint64_t i) {
     uint64_t v = 0;
@@ -183,6 +166,10 @@ int main(int argc, char** argv) {
             fprintf(stderr, "usage: nm_driver [--cases N] [--seed S]\n");
             return 2;
         }
+    }
+    if (!ref::philox_kat()) {
+        fprintf(stderr, "reference Philox fails its known-answer vector\n");
+        return 1;
     }
     harness::print_seed(argv[0], seed, seeded);
     g_rng = seed;
