@@ -238,14 +238,17 @@ const _: () = {
     ["Size of Td5LongParams"][::core::mem::size_of::<Td5LongParams>() - 176usize];
     ["Alignment of Td5LongParams"][::core::mem::align_of::<Td5LongParams>() - 8usize];
     ["Offset of field: Td5LongParams::keys"][::core::mem::offset_of!(Td5LongParams, keys) - 0usize];
-    ["Offset of field: Td5LongParams::rows"][::core::mem::offset_of!(Td5LongParams, rows) - 80usize];
+    ["Offset of field: Td5LongParams::rows"]
+        [::core::mem::offset_of!(Td5LongParams, rows) - 80usize];
     ["Offset of field: Td5LongParams::chunks"]
         [::core::mem::offset_of!(Td5LongParams, chunks) - 88usize];
     ["Offset of field: Td5LongParams::cap"][::core::mem::offset_of!(Td5LongParams, cap) - 96usize];
-    ["Offset of field: Td5LongParams::pass"][::core::mem::offset_of!(Td5LongParams, pass) - 100usize];
+    ["Offset of field: Td5LongParams::pass"]
+        [::core::mem::offset_of!(Td5LongParams, pass) - 100usize];
     ["Offset of field: Td5LongParams::passes"]
         [::core::mem::offset_of!(Td5LongParams, passes) - 104usize];
-    ["Offset of field: Td5LongParams::pad0"][::core::mem::offset_of!(Td5LongParams, pad0) - 108usize];
+    ["Offset of field: Td5LongParams::pad0"]
+        [::core::mem::offset_of!(Td5LongParams, pad0) - 108usize];
     ["Offset of field: Td5LongParams::seg"][::core::mem::offset_of!(Td5LongParams, seg) - 112usize];
 };
 #[repr(C)]

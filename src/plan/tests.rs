@@ -544,8 +544,14 @@ fn v5_serves_the_shapes_it_covers() {
         .launches()
         .map(|l| l.kernel.name())
         .collect();
-    assert_eq!(names.first().map(String::as_str), Some("tdw5_long_count_u64"));
-    assert_eq!(names.last().map(String::as_str), Some("tdw5_long_apply_u64"));
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("tdw5_long_count_u64")
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("tdw5_long_apply_u64")
+    );
     assert_eq!(
         only_launch(&plan_of(Dtype::F32, &[4096, 4096], false)).kernel,
         Kernel::Block(Width::U32)
@@ -571,11 +577,18 @@ fn v5_long_rows_shape_and_launches() {
     assert_eq!(sh.passes, 2);
     // f64: 95 composite bits.
     assert_eq!(long_shape(Width::U64, 1 << 31).passes, 9);
-    for (w, n) in [(Width::U16, 1u64 << 31), (Width::U32, (1 << 32) - 1), (Width::U64, 9000)] {
+    for (w, n) in [
+        (Width::U16, 1u64 << 31),
+        (Width::U32, (1 << 32) - 1),
+        (Width::U64, 9000),
+    ] {
         let sh = long_shape(w, n);
         let cw = w.size() * 8 - 1 + 32;
         let fixed = (11 * (sh.passes as u64 - 1)).min(cw);
-        assert!(n <= sh.cap as u64 || cw - fixed <= sh.cap.trailing_zeros() as u64, "{w:?} {n}");
+        assert!(
+            n <= sh.cap as u64 || cw - fixed <= sh.cap.trailing_zeros() as u64,
+            "{w:?} {n}"
+        );
     }
     #[cfg(feature = "kernels-v5")]
     {
