@@ -40,5 +40,5 @@ step "dev harness on the emulator" target/emu/dev/td --emu
 step "v5 kernels, ASan + UBSan, 40 cases" target/emu/asan/v5_driver --cases 40
 step "v5 kernels, TSan, 20 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/v5_driver --cases 20
 step "library with kernels-v5 on the emulator" env TD_CASES=200 \
-  cargo test --release --features emulate,kernels-v5 --test emulated_kernels --test equivalence
+  cargo test --release --features emulate,kernels-v5 --test emulated_kernels --test equivalence --test emulated_long_v5
 
