@@ -217,8 +217,9 @@ fn v5_seg(s: &Select) -> (Td5Seg, SegArgs) {
     (seg, args)
 }
 
-/// The v5 launch of a selection where a v5 kernel covers it (values out, no u8 mask, aligned
-/// buffers, rows of at most TD_TINY_ROW or that a v5 block holds); false where none does.
+/// The v5 launches of a selection where the v5 kernels cover it (values out, no u8 mask,
+/// aligned buffers; tiny rows, rows a v5 block holds, and longer rows on the long-row
+/// kernels); false where they do not.
 fn v5_rows(s: &Select, lim: &Limits, plan: &mut Plan) -> bool {
     if !s.aligned16 || s.mask.is_some() || s.out.is_none() || s.rows > i32::MAX as u64 {
         return false;
