@@ -8,7 +8,10 @@
     EMU_KERNEL(tdw5_block_##W##_t256);   \
     EMU_KERNEL(tdw5_block_##W##_t512);   \
     EMU_KERNEL(tdw5_block_##W##_t1024);  \
-    EMU_KERNEL(td5_bwd_##W);
+    EMU_KERNEL(td5_bwd_##W);             \
+    EMU_KERNEL(tdw5_long_count_##W);     \
+    EMU_KERNEL(tdw5_long_resolve_##W);   \
+    EMU_KERNEL(tdw5_long_apply_##W);
 
 EMU_KERNELS(weight_v5) {
     EMU_V5_WIDTH(u16)

@@ -27,6 +27,10 @@ __device__ __forceinline__ void nm_group(const U* __restrict__ w, const U* __res
     // buffer aligned for a group of four (a view may start anywhere).
     const bool vec = s == 1 && (m & 3u) == 0 && aligned4<U>(w + base) &&
                      (!vals || aligned4<U>(vals + base)) && (!out || aligned4<U>(out + base));
+    // The values to mask (the gradient, in the backward pass) are held in registers next to
+    // the weight's group, except for groups of up to 32 u64: there they are read where they
+    // are written, once each (holding both, 2 x 32 u64, spilled 80 bytes on sm_90).
+    constexpr bool HOLD = sizeof(U) * MAXM < 256;
     U b[MAXM];
     U v[MAXM];
 #pragma unroll
@@ -39,7 +43,7 @@ __device__ __forceinline__ void nm_group(const U* __restrict__ w, const U* __res
                 load4(w + base + j, t);
 #pragma unroll
                 for (int q4 = 0; q4 < 4; q4++) b[j + q4] = t[q4];
-                if (vals) {
+                if (HOLD && vals) {
                     load4(vals + base + j, t);
 #pragma unroll
                     for (int q4 = 0; q4 < 4; q4++) v[j + q4] = t[q4];
@@ -50,7 +54,7 @@ __device__ __forceinline__ void nm_group(const U* __restrict__ w, const U* __res
                     if ((unsigned)(j + q4) < m) {
                         const uint64_t e = base + (uint64_t)(j + q4) * s;
                         b[j + q4] = w[e];
-                        if (vals) v[j + q4] = vals[e];
+                        if (HOLD && vals) v[j + q4] = vals[e];
                     }
                 }
             }
@@ -115,8 +119,17 @@ __device__ __forceinline__ void nm_group(const U* __restrict__ w, const U* __res
             if (vec) {
                 if (out) {
                     U t[4];
+                    if (HOLD && vals) {
 #pragma unroll
-                    for (int q4 = 0; q4 < 4; q4++) t[q4] = dr[j + q4] ? (U)0 : (vals ? v[j + q4] : b[j + q4]);
+                        for (int q4 = 0; q4 < 4; q4++) t[q4] = v[j + q4];
+                    } else if (vals) {
+                        load4(vals + base + j, t);
+                    } else {
+#pragma unroll
+                        for (int q4 = 0; q4 < 4; q4++) t[q4] = b[j + q4];
+                    }
+#pragma unroll
+                    for (int q4 = 0; q4 < 4; q4++) t[q4] = dr[j + q4] ? (U)0 : t[q4];
                     store4(out + base + j, t);
                 }
                 if (mask) {
@@ -128,7 +141,7 @@ __device__ __forceinline__ void nm_group(const U* __restrict__ w, const U* __res
                 for (int q4 = 0; q4 < 4; q4++) {
                     if ((unsigned)(j + q4) < m) {
                         const uint64_t e = base + (uint64_t)(j + q4) * s;
-                        if (out) out[e] = dr[j + q4] ? (U)0 : (vals ? v[j + q4] : b[j + q4]);
+                        if (out) out[e] = dr[j + q4] ? (U)0 : (vals ? (HOLD ? v[j + q4] : vals[e]) : b[j + q4]);
                         if (mask) mask[e] = dr[j + q4] ? 1 : 0;
                     }
                 }

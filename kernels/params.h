@@ -169,6 +169,37 @@ typedef struct Td5TinyParams {
     Td5Seg seg;
 } Td5TinyParams;
 
+/* Threads of the long-row kernels (tdw5_long_*), and the 16-byte vectors per thread of one
+ * tile: a tile is TD5_LONG_THREADS * TD5_LONG_NV vectors of one row. */
+#define TD5_LONG_THREADS 256
+#define TD5_LONG_NV 8
+/* Bytes of one row's state record (kernels/weight_v5.cu, struct LongRow). */
+#define TD5_LONG_STATE_BYTES 32
+/* Bins of a digit of the v5 selection (11-bit digits). */
+#define TD5_BINS 2048
+
+/* tdw5_long_count_* (pass `pass` of `passes`), tdw5_long_resolve_* and tdw5_long_apply_*:
+ * one tensor of `rows` rows of seg.n elements (seg.first_block unused), each row cut into
+ * `chunks` tiles of TD5_LONG_THREADS * TD5_LONG_NV vectors; composites of the rank-k
+ * element's bin compacted to at most `cap` per row. The round keys as in Td5Params.
+ *
+ * Preconditions (the host checks them): blockDim = (TD5_LONG_THREADS, 1, 1); count and apply
+ * a 1-D grid of at least one block (blocks take contiguous ranges of the rows * chunks
+ * tiles), resolve a grid of `rows` blocks; 0 < seg.k < seg.n for count and resolve (apply
+ * also takes seg.k = seg.n: everything targeted, no state read); 2 <= passes; the count
+ * passes 0 .. passes - 1 run in order, then resolve, then apply; the scratch buffers as
+ * their kernel parameters say (hist and state zeroed before pass 0). */
+typedef struct Td5LongParams {
+    uint32_t keys[20];
+    uint64_t rows;
+    uint64_t chunks;
+    uint32_t cap;
+    uint32_t pass;
+    uint32_t passes;
+    uint32_t pad0;
+    Td5Seg seg;
+} Td5LongParams;
+
 /* td5_bwd_*: out[e] = bit e of the mask ? +0 : g[e] for e < numel (g and out 16-byte
  * aligned, the mask 4-byte aligned). */
 typedef struct Td5BwdParams {

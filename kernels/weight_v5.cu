@@ -612,6 +612,405 @@ __device__ __forceinline__ void td5_bwd(const U* g, U* out, const uint32_t* mask
 }  // namespace v5
 
 // ---------------------------------------------------------------------------------------
+// Long rows (more elements than a tdw5_block of TD5_MAX_THREADS holds): many blocks per
+// row. The composite of an element is (key << 32 | local index): unique within the row and
+// ordered as (key, flat index), CW = key bits + 32 bits wide; the targeted elements are those
+// whose composite is below the composite of the rank-k element, the cut.
+//
+// Passes over the row (each a read of the whole row; everything else reads a few KB per row):
+// 1. tdw5_long_count pass 0: the first 11-bit digit of every composite (the key's top 11
+//    bits), counted per tile in shared memory and added into the row's global histogram.
+// 2. tdw5_long_count pass 1: every block picks the bin that holds rank k from that
+//    histogram (the same pick in every block of the row, the chunk-0 block records it in the
+//    row's state). If the bin holds at most `cap` composites (cap = n / 16 rounded up to a
+//    power of two, 4096 .. 65536), the pass compacts them (warp-aggregated appends) into
+//    the row's candidate list; otherwise it counts the next 11-bit digit of the bin's
+//    composites, and pass 2 picks again, and so on: a pass that finds its row's candidates
+//    already compacted exits without reading the row. The host launches the passes that
+//    the worst case needs (after pass j the bin holds at most 2^(CW - 11 j) composites; the
+//    last pass always compacts), so the plan is fixed and nothing is read back to the host.
+//    Rows whose boundary bin of the first digit holds more than cap composites (heavy ties,
+//    e.g. an all-zero row, or rows past about 2^20 elements with a crowded bin) take one
+//    more pass per further digit.
+// 3. tdw5_long_resolve (one block per row, no pass over the row): 11-bit digits over the
+//    row's candidate list (L2) until at most 32 are left, then one warp ranks them; the
+//    composite of rank k is the cut, in the row's state.
+// 4. tdw5_long_apply (the last pass): targeted iff composite < cut; draws, output and bit
+//    mask as tdw5_block's step 4, tile by tile, every 16-byte vector read once and written
+//    once (the row's partial first and last vector element by element).
+// Traffic in the common case: three reads of the row (count, candidates, apply) and one
+// write, against v4's five reads (four histogram passes for f32 and the apply).
+// State of a row, [rows][passes] records of TD5_LONG_STATE_BYTES: slot 0 holds the
+// candidate counter (cnt) and, after resolve, the cut (lo, hi); slot j >= 1 the selection
+// after pass j's pick.
+
+namespace v5 {
+
+constexpr int LT = TD5_LONG_THREADS;
+constexpr int LNV = TD5_LONG_NV;
+constexpr uint32_t LCV = LT * LNV;  // vectors per tile
+static_assert(NBINS == TD5_BINS, "one digit: TD5_BINS bins");
+static_assert(LT % 32 == 0 && LT <= 1024, "whole warps");
+
+struct LongRow {
+    uint64_t lo, hi;  // slot 0: the cut; slots >= 1: the prefix (composite's top `fixed` bits)
+    uint32_t fixed;   // bits of the composite that the prefix fixes
+    uint32_t r;       // the rank sought among the composites under the prefix
+    uint32_t cnt;     // composites under the prefix (slot 0: candidates compacted)
+    uint32_t done;    // the candidates under the prefix are compacted: no more digits
+};
+static_assert(sizeof(LongRow) == TD5_LONG_STATE_BYTES, "the host sizes the state by TD5_LONG_STATE_BYTES");
+
+__device__ __forceinline__ uint64_t hi64(uint64_t) { return 0; }
+__device__ __forceinline__ uint64_t hi64(unsigned __int128 c) { return (uint64_t)(c >> 64); }
+__device__ __forceinline__ void comp_set(uint64_t& c, uint64_t lo, uint64_t) { c = lo; }
+__device__ __forceinline__ void comp_set(unsigned __int128& c, uint64_t lo, uint64_t hi) {
+    c = ((unsigned __int128)hi << 64) | lo;
+}
+
+// The contiguous range of the rows * chunks tiles that this block takes.
+__device__ __forceinline__ void tile_range(uint64_t tiles, uint64_t& t0, uint64_t& t1) {
+    const uint64_t g = gridDim.x, b = blockIdx.x, per = tiles / g, rem = tiles % g;
+    t0 = b * per + (b < rem ? b : rem);
+    t1 = t0 + per + (b < rem ? 1 : 0);
+}
+
+// Where row `row` lies: its first vector gv0 (flat), the slot of its element 0 in it, and
+// the vectors that hold its elements. Slot s of the row is flat index gv0 * VE + s, local
+// index s - off.
+template <int VE> struct RowAt {
+    uint64_t gv0, nvr;
+    uint32_t off;
+    __device__ __forceinline__ RowAt(uint64_t row, uint32_t n) {
+        const uint64_t e0 = row * n;
+        gv0 = e0 / VE;
+        off = (uint32_t)(e0 - gv0 * VE);
+        nvr = (off + (uint64_t)n + VE - 1) / VE;
+    }
+};
+
+// Loads row vector vi into x; valid has a bit per element of the row.
+template <typename U>
+__device__ __forceinline__ void load_vec(const U* w, const RowAt<Ty<U>::VE>& ra, uint32_t n, uint64_t vi, uint4& x,
+                                         uint32_t& valid) {
+    constexpr int VE = Ty<U>::VE;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    const uint64_t end = ra.off + (uint64_t)n, s0 = vi * VE;
+    x = make_uint4(0, 0, 0, 0);
+    valid = 0;
+    if (vi < ra.nvr) {
+        if (s0 >= ra.off && s0 + VE <= end) {
+            x = __ldcs(reinterpret_cast<const uint4*>(w + ra.gv0 * VE) + vi);
+            valid = FULL;
+        } else {
+            const U* ws = w + ra.gv0 * VE;
+#pragma unroll
+            for (int q = 0; q < VE; q++)
+                if (s0 + q >= ra.off && s0 + q < end) {
+                    set_elem<U>(x, q, (typename Ty<U>::Key)ws[s0 + q]);
+                    valid |= 1u << q;
+                }
+        }
+    }
+}
+
+// Loads tile c of a row: vector v of this thread is row vector c * LCV + v * LT + tid.
+template <typename U>
+__device__ __forceinline__ void load_tile(const U* w, const RowAt<Ty<U>::VE>& ra, uint32_t n, uint64_t c,
+                                          uint4 (&x)[LNV], uint32_t (&valid)[LNV]) {
+#pragma unroll
+    for (int v = 0; v < LNV; v++) load_vec<U>(w, ra, n, c * LCV + v * LT + threadIdx.x, x[v], valid[v]);
+}
+
+// Pass `pass` of the selection over rows of n (see above). hist: [rows][passes - 1][TD5_BINS]
+// counts (zeroed before pass 0); state: [rows][passes] LongRow (zeroed before pass 0); cand:
+// [rows][cap] composites.
+template <typename U>
+__device__ __forceinline__ void tdw5_long_count(uint32_t* hist, LongRow* state, typename Ty<U>::Comp* cand,
+                                                const Td5LongParams& p) {
+    typedef typename Ty<U>::Comp Comp;
+    constexpr int VE = Ty<U>::VE, KB = Ty<U>::KB, CW = KB + 32;
+    __shared__ Smem<LT> sm;
+    __shared__ LongRow cur;  // the selection this block continues in its current row
+    const int tid = threadIdx.x, lane = tid & 31;
+    const Td5Seg& sg = p.seg;
+    const uint32_t n = sg.n, P = p.passes, j = p.pass, cap = p.cap;
+    const U* w = reinterpret_cast<const U*>(sg.w);
+    uint64_t t0, t1;
+    tile_range(p.rows * p.chunks, t0, t1);
+    uint64_t row_cur = ~0ull;
+    int mode = 0;  // 0: nothing left in this row, 1: count the next digit, 2: compact
+    for (uint64_t t = t0; t < t1; t++) {
+        const uint64_t row = t / p.chunks, c = t - row * p.chunks;
+        if (row != row_cur) {
+            if (mode == 1) {
+                // The previous row's counts into its global histogram.
+                __syncthreads();
+                uint32_t* g = hist + (row_cur * (P - 1) + j) * NBINS;
+                for (int i = tid; i < NBINS; i += LT)
+                    if (sm.hist[i]) atomicAdd(&g[i], sm.hist[i]);
+            }
+            __syncthreads();
+            row_cur = row;
+            if (j == 0) {
+                if (tid == 0) cur = LongRow{0, 0, 0, sg.k, n, 0};
+                mode = 1;
+            } else {
+                const LongRow prev = j == 1 ? LongRow{0, 0, 0, sg.k, n, 0} : state[row * P + j - 1];
+                if (prev.done) {
+                    if (tid == 0) cur = prev;
+                    mode = 0;
+                } else {
+                    const uint32_t* g = hist + (row * (P - 1) + j - 1) * NBINS;
+                    for (int i = tid; i < NBINS; i += LT) sm.hist[i] = g[i];
+                    __syncthreads();
+                    pick<LT, NBINS>(sm.hist, prev.r, sm);
+                    const int D = min(11, CW - (int)prev.fixed);
+                    Comp pre;
+                    comp_set(pre, prev.lo, prev.hi);
+                    pre = (pre << D) | (Comp)sm.sel[0];
+                    const uint32_t cnt = sm.sel[2];
+                    const bool done = cnt <= cap || j + 1 == P;
+                    mode = done ? 2 : 1;
+                    if (tid == 0) cur = LongRow{(uint64_t)pre, hi64(pre), prev.fixed + D, sm.sel[1], cnt, done};
+                }
+            }
+            __syncthreads();
+            if (c == 0 && tid == 0 && j > 0) state[row * P + j] = cur;
+            if (mode == 1)
+                for (int i = tid; i < NBINS / 4; i += LT) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
+            __syncthreads();
+        }
+        if (mode == 0) continue;
+        const RowAt<VE> ra(row, n);
+        const int fixed = (int)cur.fixed;
+        Comp prefix;
+        comp_set(prefix, cur.lo, cur.hi);
+        if (mode == 1) {
+            // Four vectors in flight, not the whole tile (holding it spilled on sm_90 for u16).
+            const int D = min(11, CW - fixed);
+#pragma unroll 4
+            for (int v = 0; v < LNV; v++) {
+                const uint64_t vi = c * LCV + v * LT + tid, s0 = vi * VE;
+                uint4 xv;
+                uint32_t valid;
+                load_vec<U>(w, ra, n, vi, xv, valid);
+#pragma unroll
+                for (int q = 0; q < VE; q++) {
+                    if (!((valid >> q) & 1)) continue;
+                    const Comp cp = ((Comp)key_of<U>(xv, q) << 32) | (uint32_t)(s0 + q - ra.off);
+                    if (fixed == 0 || (cp >> (CW - fixed)) == prefix)
+                        atomicAdd(&sm.hist[(uint32_t)(cp >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
+                }
+            }
+        } else {
+            uint4 x[LNV];
+            uint32_t valid[LNV];
+            load_tile<U>(w, ra, n, c, x, valid);
+            // Compact the composites under the prefix: one append per warp and vector.
+            Comp* cr = cand + row * cap;
+#pragma unroll
+            for (int v = 0; v < LNV; v++) {
+                const uint64_t s0 = (c * LCV + v * LT + tid) * VE;
+                uint32_t hm = 0;
+#pragma unroll
+                for (int q = 0; q < VE; q++) {
+                    const Comp cp = ((Comp)key_of<U>(x[v], q) << 32) | (uint32_t)(s0 + q - ra.off);
+                    hm |= (uint32_t)(((valid[v] >> q) & 1) && (cp >> (CW - fixed)) == prefix) << q;
+                }
+                const uint32_t h = __popc(hm);
+                if (__any_sync(0xffffffffu, h != 0)) {
+                    uint32_t incl = h;
+#pragma unroll
+                    for (int o = 1; o < 32; o <<= 1) {
+                        const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+                        if (lane >= o) incl += y;
+                    }
+                    uint32_t base = 0;
+                    if (lane == 31) base = atomicAdd(&state[row * P].cnt, incl);
+                    base = __shfl_sync(0xffffffffu, base, 31);
+                    uint32_t at = base + incl - h;
+#pragma unroll
+                    for (int q = 0; q < VE; q++)
+                        if ((hm >> q) & 1) {
+                            // at < cap always (the bin holds at most cap); the test keeps a
+                            // broken invariant inside the buffer.
+                            if (at < cap) cr[at] = ((Comp)key_of<U>(x[v], q) << 32) | (uint32_t)(s0 + q - ra.off);
+                            at++;
+                        }
+                }
+            }
+        }
+    }
+    if (mode == 1) {
+        __syncthreads();
+        uint32_t* g = hist + (row_cur * (P - 1) + j) * NBINS;
+        for (int i = tid; i < NBINS; i += LT)
+            if (sm.hist[i]) atomicAdd(&g[i], sm.hist[i]);
+    }
+}
+
+// One block per row: the rank sought among the row's compacted candidates, as the cut.
+// state, cand: as tdw5_long_count's.
+template <typename U>
+__device__ __forceinline__ void tdw5_long_resolve(LongRow* state, const typename Ty<U>::Comp* cand,
+                                                  const Td5LongParams& p) {
+    typedef typename Ty<U>::Comp Comp;
+    constexpr int CW = Ty<U>::KB + 32;
+    __shared__ Smem<LT> sm;
+    __shared__ Comp small[32];
+    const int tid = threadIdx.x;
+    const uint64_t row = blockIdx.x;
+    const uint32_t P = p.passes;
+    const LongRow s = state[row * P + P - 1];
+    const uint32_t m = min(s.cnt, p.cap);
+    const Comp* cr = cand + row * p.cap;
+    Comp prefix;
+    comp_set(prefix, s.lo, s.hi);
+    int fixed = (int)s.fixed;
+    uint32_t r = s.r, cnt = s.cnt;
+    while (cnt > 32) {
+        const int D = min(11, CW - fixed);
+        for (int i = tid; i < NBINS / 4; i += LT) reinterpret_cast<uint4*>(sm.hist)[i] = make_uint4(0, 0, 0, 0);
+        __syncthreads();
+        for (uint32_t i = tid; i < m; i += LT) {
+            const Comp c = cr[i];
+            if ((c >> (CW - fixed)) == prefix) atomicAdd(&sm.hist[(uint32_t)(c >> (CW - fixed - D)) & ((1u << D) - 1)], 1u);
+        }
+        __syncthreads();
+        pick<LT, NBINS>(sm.hist, r, sm);
+        prefix = (prefix << D) | (Comp)sm.sel[0];
+        fixed += D;
+        r = sm.sel[1];
+        cnt = sm.sel[2];
+    }
+    if (tid < 32) {
+        uint32_t base = 0;
+        for (uint32_t j0 = 0; j0 < m; j0 += 32) {
+            const uint32_t j = j0 + tid;
+            const Comp c = j < m ? cr[j] : (Comp)0;
+            const bool hit = j < m && (c >> (CW - fixed)) == prefix;
+            const uint32_t b = __ballot_sync(0xffffffffu, hit);
+            if (hit) small[base + __popc(b & ((1u << tid) - 1))] = c;
+            base += __popc(b);
+        }
+        __syncwarp();
+        const Comp mine = tid < (int)cnt ? small[tid] : ~(Comp)0;
+        uint32_t rank = 0;
+#pragma unroll
+        for (int l = 0; l < 32; l++) rank += shfl_comp(mine, l) < mine;
+        if (tid < (int)cnt && rank == r) {
+            state[row * P].lo = (uint64_t)mine;
+            state[row * P].hi = hi64(mine);
+            state[row * P].done = 1;
+        }
+    }
+}
+
+// The output pass over every tile. state: as tdw5_long_count's (only slot 0's cut is read,
+// and nothing at seg.k = seg.n).
+template <typename U>
+__device__ __forceinline__ void tdw5_long_apply(const LongRow* state, const Td5LongParams& p) {
+    typedef typename Ty<U>::Key Key;
+    constexpr int VE = Ty<U>::VE;
+    constexpr uint32_t FULL = (1u << VE) - 1;
+    constexpr uint32_t WORDS = LCV * VE / 32 + 2;  // mask words a tile touches at most
+    __shared__ uint32_t staged[WORDS];
+    const int tid = threadIdx.x;
+    const Td5Seg& sg = p.seg;
+    const uint32_t n = sg.n, thr = sg.threshold, P = p.passes;
+    const U* w = reinterpret_cast<const U*>(sg.w);
+    const U* vals = reinterpret_cast<const U*>(sg.vals);
+    U* out = reinterpret_cast<U*>(sg.out);
+    uint32_t* mask = reinterpret_cast<uint32_t*>(sg.bits);
+    const bool all = sg.k >= n;  // everything targeted (no selection ran)
+    const bool draws = thr != 0 && thr != (uint32_t)TD_ALWAYS;
+    uint64_t t0, t1;
+    tile_range(p.rows * p.chunks, t0, t1);
+    for (uint64_t t = t0; t < t1; t++) {
+        const uint64_t row = t / p.chunks, c = t - row * p.chunks;
+        const RowAt<VE> ra(row, n);
+        if (c * LCV >= ra.nvr) continue;  // past this row's vectors (block-uniform)
+        // targeted iff key < ck || (key == ck && local index < ci)
+        Key ck = 0;
+        uint32_t ci = 0;
+        if (!all) {
+            const LongRow& s = state[row * P];
+            ck = (Key)((s.lo >> 32) | (s.hi << 32));
+            ci = (uint32_t)s.lo;
+        }
+        uint4 x[LNV];
+        uint32_t valid[LNV];
+        load_tile<U>(w, ra, n, c, x, valid);
+        const uint64_t ts0 = c * LCV * VE;                 // the tile's first slot
+        const uint64_t fb = ra.gv0 * VE + ts0;              // its flat index
+        const uint32_t a32 = (uint32_t)(fb & 31);          // its bit in its mask word
+        const uint64_t lo = max(ts0, (uint64_t)ra.off);
+        const uint64_t hi = min(ts0 + LCV * VE, ra.off + (uint64_t)n);
+        const uint32_t nwords = (uint32_t)((a32 + (hi - 1 - ts0)) / 32 + 1);
+        if (mask) {
+            for (uint32_t i = tid; i < nwords; i += LT) staged[i] = 0;
+            __syncthreads();
+        }
+        const uint64_t draw_slot0 = sg.elem_base + ra.gv0 * VE;
+        const uint4* vv = reinterpret_cast<const uint4*>(vals + ra.gv0 * VE);
+        const U* vs = vals + ra.gv0 * VE;
+        uint4* ov = reinterpret_cast<uint4*>(out + ra.gv0 * VE);
+        U* os = out + ra.gv0 * VE;
+#pragma unroll
+        for (int v = 0; v < LNV; v++) {
+            if (!valid[v]) continue;
+            const uint64_t vi = c * LCV + v * LT + tid, s0 = vi * VE;
+            uint32_t tg = 0;
+            if (all) {
+                tg = valid[v];
+            } else {
+#pragma unroll
+                for (int q = 0; q < VE; q++) {
+                    const Key key = key_of<U>(x[v], q);
+                    const uint32_t li = (uint32_t)(s0 + q - ra.off);
+                    tg |= (uint32_t)(key < ck || (key == ck && li < ci)) << q;
+                }
+                tg &= valid[v];
+            }
+            const uint32_t sh = (uint32_t)((VE >= 4 ? draw_slot0 : draw_slot0 + s0) & 3);
+            const uint32_t dr = draws && tg ? dropped_of<VE>(tg, draw_slot0 + s0, sh, thr, sg.offset, p.keys) : tg;
+            if (out) {
+                uint4 y = x[v];
+                if (vals) {
+                    if (valid[v] == FULL) {
+                        y = __ldcs(vv + vi);
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < VE; q++)
+                            if ((valid[v] >> q) & 1) set_elem<U>(y, q, (Key)vs[s0 + q]);
+                    }
+                }
+                y = zero_dropped<U>(y, dr);
+                if (valid[v] == FULL) {
+                    __stcs(ov + vi, y);
+                } else {
+#pragma unroll
+                    for (int q = 0; q < VE; q++)
+                        if ((valid[v] >> q) & 1) os[s0 + q] = (U)elem<U>(y, q);
+                }
+            }
+            if (mask && dr) {
+                const uint32_t b = (uint32_t)(s0 - ts0) + a32;
+                atomicOr(&staged[b / 32], dr << (b & 31));
+            }
+        }
+        if (mask) {
+            __syncthreads();
+            flush_mask<LT>(mask, staged, nwords, fb / 32, ra.gv0 * VE + lo, hi - lo);
+            __syncthreads();
+        }
+    }
+}
+
+}  // namespace v5
+
+// ---------------------------------------------------------------------------------------
 // extern "C" entry points: the block path per width and block size, the backward per width.
 // Registers: __launch_bounds__(T, 1024 / T) asks for full occupancy in threads (64 registers);
 // T = 64 asks for 12 blocks, the most that its shared memory allows; T = 128 asks for 7 (73
@@ -644,3 +1043,24 @@ TDW5_WIDTH(u64, uint64_t)
 TDW5_TINY(u16, uint16_t, 256)
 TDW5_TINY(u32, uint32_t, 256)
 TDW5_TINY(u64, uint64_t, 128)
+// Long rows: the count / candidate passes, the resolve, the output pass (see above).
+#define TDW5_LONG(NAME, U)                                                                     \
+    extern "C" __global__ void __launch_bounds__(TD5_LONG_THREADS, 1) tdw5_long_count_##NAME(    \
+        uint32_t* hist /* [rows][passes - 1][TD5_BINS] */,                                    \
+        v5::LongRow* state /* [rows][passes] */, v5::Ty<U>::Comp* cand /* [rows][cap] */,     \
+        const Td5LongParams p) {                                                              \
+        v5::tdw5_long_count<U>(hist, state, cand, p);                                         \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(TD5_LONG_THREADS) tdw5_long_resolve_##NAME(  \
+        v5::LongRow* state /* [rows][passes] */, const v5::Ty<U>::Comp* cand /* [rows][cap] */, \
+        const Td5LongParams p) {                                                              \
+        v5::tdw5_long_resolve<U>(state, cand, p);                                             \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(TD5_LONG_THREADS) tdw5_long_apply_##NAME(    \
+        const v5::LongRow* state /* [rows][passes] */, const Td5LongParams p) {               \
+        v5::tdw5_long_apply<U>(state, p);                                                     \
+    }
+
+TDW5_LONG(u16, uint16_t)
+TDW5_LONG(u32, uint32_t)
+TDW5_LONG(u64, uint64_t)

@@ -1,37 +1,49 @@
 #!/usr/bin/env bash
-# Builds, strips and gzips what the GPU machine needs into .gpu/ (git-ignored) and prints
-# the command to run there. Needs the CUDA toolchain of shared/cuda/setup.sh:
+# Packs everything one GPU run needs into .gpu/ (git-ignored), xz-compressed, at most 60 MiB,
+# and prints the one command to run there. Needs the CUDA toolchain of scripts/cuda/setup.sh:
 #   scripts/cuda/setup.sh ~/.cache/cuda13 && source ~/.cache/cuda13/env.sh
-# On the GPU machine (no Rust there), from the repository root: bash .gpu/run.sh
+# On the GPU machine (no Rust there; nvcc for the dev harness), from the repository root:
+#   bash .gpu/run.sh all      (within 9 minutes on an H200; the table is the last output)
+# The pack: the library's CUDA test binaries (equivalence, ops, boundary, cuda_threads with
+# the 2^31-element row, varmap, nm), the benchmark, all built with the v5 kernels (feature
+# kernels-v5 while it exists: the build the issue-22 switch makes the default), stripped;
+# the runtime-library finder; run.sh. The dev harness (dev/cuda, v4 baseline vs the
+# library's kernels vs copy) is built on the GPU machine by nvcc from the tree.
+#   scripts/gpu-check.sh [--emu]   --emu: rehearse what runs without a GPU (the dev harness's
+#                                  validation on the emulator, the pack's layout and size from
+#                                  the emulated test binaries), no nvcc needed
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v nvcc >/dev/null || { echo "nvcc not found: source the env.sh of shared/cuda/setup.sh" >&2; exit 1; }
-# The test binaries of one feature set, stripped into .gpu/ with a suffix.
-tests_into_gpu() { # features suffix
-  cargo test --release --features "$1" --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
+LIMIT=$((60 * 1024 * 1024))
+emu=0; [ "${1:-}" = --emu ] && emu=1
+feats=cuda
+cargo metadata --no-deps --format-version 1 2>/dev/null | grep -q '"kernels-v5"' && feats=cuda,kernels-v5
+[ $emu = 1 ] && feats=emulate${feats#cuda}
+if [ $emu = 0 ]; then
+  command -v nvcc >/dev/null || { echo "nvcc not found: source the env.sh of scripts/cuda/setup.sh" >&2; exit 1; }
+fi
+rm -rf .gpu && mkdir -p .gpu
+# The test binaries, stripped into .gpu/ by name.
+cargo test --release --features "$feats" --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("equivalence", "ops", "cuda_threads", "varmap", "nm"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("equivalence", "ops", "boundary", "cuda_threads", "varmap", "nm"):
         print(m["target"]["name"], m["executable"])' \
-    | while read -r name path; do strip -o ".gpu/$name$2" "$path"; done
-}
-rm -rf .gpu && mkdir -p .gpu
-# v4 (the library's default) and v5 (feature kernels-v5): the same tests and benchmark on both.
-cargo build --release --features cuda --example gpu_bench --example mnist_prune
-tests_into_gpu cuda ""
+  | while read -r name path; do strip -o ".gpu/$name" "$path"; done
+cargo build --release --features "$feats" --example gpu_bench
 strip -o .gpu/gpu_bench target/release/examples/gpu_bench
-strip -o .gpu/mnist_prune target/release/examples/mnist_prune
-cargo build --release --features cuda,kernels-v5 --example gpu_bench
-tests_into_gpu cuda,kernels-v5 _v5
-strip -o .gpu/gpu_bench_v5 target/release/examples/gpu_bench
-gzip -f .gpu/equivalence* .gpu/ops* .gpu/cuda_threads* .gpu/varmap* .gpu/nm* .gpu/gpu_bench* .gpu/mnist_prune
-libs=scripts/cuda/find-runtime-libs.sh
-cp "$libs" .gpu/
+cp scripts/cuda/find-runtime-libs.sh .gpu/
 cp scripts/gpu-run.sh .gpu/run.sh
-du -sh .gpu
-echo "on the GPU machine, from the repository root (carry .gpu), one profile per call, in this order:"
-echo "  bash .gpu/run.sh dev     # dev/cuda harness: v4 vs v5 vs copy bit-exact + timed, grouped ResNet-32, backward, memcheck, racecheck (~4-6 min)"
-echo "  bash .gpu/run.sh check5  # the library with kernels-v5: equivalence, ops, 8 threads + 2^31 row, memcheck, racecheck (~6 min)"
-echo "  bash .gpu/run.sh check   # the same with the default (v4) kernels (~6 min)"
-echo "  bash .gpu/run.sh bench   # benchmark v4 and v5 builds, PyTorch baseline, MNIST CNN on the GPU (~8 min)"
+xz -T2 -6 -f .gpu/equivalence .gpu/ops .gpu/boundary .gpu/cuda_threads .gpu/varmap .gpu/nm .gpu/gpu_bench
+bytes=$(du -cb .gpu | tail -1 | cut -f1)
+echo "pack: .gpu/, $bytes bytes ($((bytes / 1024 / 1024)) MiB of the $((LIMIT / 1024 / 1024)) MiB limit), features $feats"
+ls -l .gpu
+[ "$bytes" -le "$LIMIT" ] || { echo "gpu-check: the pack is over 60 MiB" >&2; exit 1; }
+if [ $emu = 1 ]; then
+  echo "rehearsal: the dev harness's validation on the emulator"
+  bash dev/cuda/run.sh --emu
+  exit 0
+fi
+echo "on the GPU machine, from the repository root (carry .gpu):"
+echo "  bash .gpu/run.sh all    # dev harness, tests, sanitizers, benchmark vs copy and PyTorch, table last (<= 9 min)"

@@ -74,13 +74,7 @@ for a in sorted(optin):
         if static + dyn > optin[a]:
             fails.append(f"{k} on {a}: {static} bytes of static + {dyn} of dynamic shared memory "
                          f"(the plan's most) = {static + dyn}, over the {optin[a]}-byte opt-in limit")
-        # Known exception, owed a fix (benches/NOTES.md): the N:M kernel for 64-bit elements
-        # and groups of up to 32 holds 2 x 32 u64 in registers and spills to an 80-byte stack
-        # on sm_90; it launches and is correct (emulator), only slower. Any other kernel, or
-        # more stack here, fails.
-        if a == "sm_90" and k == "tdnm_u64_m32" and not local and stack <= 80:
-            print(f"{a} {k}: KNOWN SPILL, {stack}-byte stack (owed: benches/NOTES.md)")
-        elif a == "sm_90" and (local or stack):
+        if a == "sm_90" and (local or stack):
             fails.append(f"{k} on {a}: {local} bytes of local memory and a {stack}-byte stack "
                          f"per thread (spills)")
         print(f"{a} {k}: {regs} regs x {threads} = {per_block}/65536, shared {static}+{dyn}"

@@ -11,6 +11,10 @@ pub const TD5_NV: u32 = 4;
 pub const TD5_MAX_THREADS: u32 = 1024;
 pub const TD5_CAP: u32 = 1024;
 pub const TD5_GROUP: u32 = 62;
+pub const TD5_LONG_THREADS: u32 = 256;
+pub const TD5_LONG_NV: u32 = 8;
+pub const TD5_LONG_STATE_BYTES: u32 = 32;
+pub const TD5_BINS: u32 = 2048;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct TdDraws {
@@ -216,6 +220,36 @@ const _: () = {
     ["Offset of field: Td5TinyParams::rows"]
         [::core::mem::offset_of!(Td5TinyParams, rows) - 80usize];
     ["Offset of field: Td5TinyParams::seg"][::core::mem::offset_of!(Td5TinyParams, seg) - 88usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct Td5LongParams {
+    pub keys: [u32; 20usize],
+    pub rows: u64,
+    pub chunks: u64,
+    pub cap: u32,
+    pub pass: u32,
+    pub passes: u32,
+    pub pad0: u32,
+    pub seg: Td5Seg,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Td5LongParams"][::core::mem::size_of::<Td5LongParams>() - 176usize];
+    ["Alignment of Td5LongParams"][::core::mem::align_of::<Td5LongParams>() - 8usize];
+    ["Offset of field: Td5LongParams::keys"][::core::mem::offset_of!(Td5LongParams, keys) - 0usize];
+    ["Offset of field: Td5LongParams::rows"]
+        [::core::mem::offset_of!(Td5LongParams, rows) - 80usize];
+    ["Offset of field: Td5LongParams::chunks"]
+        [::core::mem::offset_of!(Td5LongParams, chunks) - 88usize];
+    ["Offset of field: Td5LongParams::cap"][::core::mem::offset_of!(Td5LongParams, cap) - 96usize];
+    ["Offset of field: Td5LongParams::pass"]
+        [::core::mem::offset_of!(Td5LongParams, pass) - 100usize];
+    ["Offset of field: Td5LongParams::passes"]
+        [::core::mem::offset_of!(Td5LongParams, passes) - 104usize];
+    ["Offset of field: Td5LongParams::pad0"]
+        [::core::mem::offset_of!(Td5LongParams, pad0) - 108usize];
+    ["Offset of field: Td5LongParams::seg"][::core::mem::offset_of!(Td5LongParams, seg) - 112usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]

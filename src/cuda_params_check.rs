@@ -71,6 +71,10 @@ fn constants_are_the_headers() {
         ("TD5_MAX_THREADS", TD5_MAX_THREADS as u64),
         ("TD5_CAP", TD5_CAP as u64),
         ("TD5_GROUP", TD5_GROUP as u64),
+        ("TD5_LONG_THREADS", TD5_LONG_THREADS as u64),
+        ("TD5_LONG_NV", TD5_LONG_NV as u64),
+        ("TD5_LONG_STATE_BYTES", TD5_LONG_STATE_BYTES as u64),
+        ("TD5_BINS", TD5_BINS as u64),
     ];
     let header = defines(HEADER);
     let mut names: Vec<&str> = header.iter().map(|(n, _)| n.as_str()).collect();

@@ -215,11 +215,69 @@ static Td5Seg seg_of(const Item& it) {
     return s;
 }
 
+// The long-row kernels' shape, as src/plan/weight.rs's long_shape: tiles per row, candidates
+// per row at most, count / candidate passes.
+struct LongShape {
+    uint64_t chunks;
+    uint32_t cap, passes;
+};
+static LongShape long_shape(unsigned sz, uint64_t n) {
+    const uint64_t ve = 16 / sz, vectors = (n + 2 * ve - 2) / ve;
+    const uint64_t tile = (uint64_t)TD5_LONG_THREADS * TD5_LONG_NV;
+    uint64_t cap = 1;
+    while (cap < n / 16) cap <<= 1;
+    cap = std::min<uint64_t>(std::max<uint64_t>(cap, 1 << 12), 1 << 16);
+    const uint64_t cw = sz * 8 - 1 + 32;
+    int log_cap = 0;
+    while ((1ull << log_cap) < cap) log_cap++;
+    uint64_t j = 1;
+    while (n > cap && (cw > 11 * j ? cw - 11 * j : 0) > (uint64_t)log_cap) j++;
+    return {(vectors + tile - 1) / tile, (uint32_t)cap, (uint32_t)(j + 1)};
+}
+
+// One tensor of long rows as the library launches it: the count / candidate passes, the
+// resolve, the output pass (only the output pass at k = n), with exact-size scratch
+// buffers (hist and state zeroed, the candidates garbage). The grid is capped at `blocks`
+// so that blocks take several tiles, across rows.
+static bool launch_long(Item& it, uint64_t seed, uint32_t blocks) {
+    const LongShape sh = long_shape(it.sz, it.n);
+    Td5LongParams p;
+    memset(&p, 0, sizeof p);
+    round_keys(seed, p.keys);
+    p.rows = it.rows;
+    p.chunks = sh.chunks;
+    p.cap = sh.cap;
+    p.passes = sh.passes;
+    p.seg = seg_of(it);
+    const uint32_t grid = (uint32_t)std::min<uint64_t>(it.rows * sh.chunks, blocks);
+    const std::string w = wname(it.sz);
+    Mem state(it.rows * sh.passes * TD5_LONG_STATE_BYTES, 0);
+    void* sp = state.p;
+    if (it.k < it.n) {
+        Mem hist(it.rows * (sh.passes - 1) * TD5_BINS * 4, 0);
+        Mem cand(it.rows * sh.cap * (it.sz == 8 ? 16 : 8), 0xEE);
+        void* hp = hist.p;
+        void* cp = cand.p;
+        for (uint32_t pass = 0; pass < sh.passes; pass++) {
+            p.pass = pass;
+            if (!launch("tdw5_long_count_" + w, grid, TD5_LONG_THREADS, {&hp, &sp, &cp, &p})) return false;
+        }
+        if (!launch("tdw5_long_resolve_" + w, (uint32_t)it.rows, TD5_LONG_THREADS, {&sp, &cp, &p})) return false;
+    }
+    return launch("tdw5_long_apply_" + w, grid, TD5_LONG_THREADS, {&sp, &p});
+}
+
 // Launches the items (all of one width) as the library would: one tensor of rows of at most
 // TD_TINY_ROW on the tiny kernel, everything else in launches of at most TD5_GROUP segments,
 // the table by value.
 static bool launch_items(std::vector<Item>& items, uint64_t seed) {
     const unsigned sz = items[0].sz;
+    if (items.size() == 1 && items[0].n > TD_TINY_ROW && block_for(sz, items[0].n) == 0) {
+        // The library skips the selection (a copy) at k = 0 or threshold 0.
+        Item& it = items[0];
+        if (it.k == 0 || it.threshold == 0) return true;
+        return launch_long(it, seed, 1 + (uint32_t)(rnd() % 7));
+    }
     if (items.size() == 1 && items[0].n <= TD_TINY_ROW) {
         Td5TinyParams p;
         memset(&p, 0, sizeof p);
@@ -258,6 +316,7 @@ static bool launch_items(std::vector<Item>& items, uint64_t seed) {
 static bool check_items(std::vector<Item>& items, uint64_t seed, const char* what) {
     for (size_t i = 0; i < items.size(); i++) {
         Item& it = items[i];
+        if (it.n > TD_TINY_ROW && block_for(it.sz, it.n) == 0 && (it.k == 0 || it.threshold == 0)) continue;
         const uint64_t numel = it.rows * it.n;
         const std::vector<uint8_t> d =
             ref_dropped(it.w, it.sz, it.rows, it.n, it.k, it.elem_base, seed, it.offset, it.threshold);
@@ -384,7 +443,7 @@ int main(int argc, char** argv) {
     }
     g_rng = seed0;
     const unsigned widths[3] = {2, 4, 8};
-    int singles = 0, groups = 0;
+    int singles = 0, groups = 0, longs = 0;
     for (int c = 0; c < cases && g_fail < 5; c++) {
         const unsigned sz = widths[rnd() % 3];
         // The longest row a block holds: TD5_MAX_THREADS * TD5_NV vectors, less one for a row
@@ -392,7 +451,19 @@ int main(int argc, char** argv) {
         const uint64_t ve = 16 / sz, max_n = (uint64_t)TD5_MAX_THREADS * TD5_NV * ve - ve;
         const uint64_t cap = large ? 300000 : 40000;
         const uint64_t seed = rnd();
-        if (c % 5 == 4) {
+        if (c % 5 == 2) {
+            // Long rows: past what a block holds, up to 2.5 times that, a few rows; tie-heavy
+            // data (one value, +-0, few values) every other case, which takes the count
+            // passes past the first digit.
+            Item it = random_item(sz, max_n, 1ull << 40, c % 10 == 7);
+            it.n = max_n + 1 + rnd() % (large ? 3 * max_n / 2 : max_n / 8);
+            it.rows = 1 + rnd() % (large ? 6 : 3);
+            const int kk = (int)(rnd() % 6);
+            it.k = kk == 0 ? 0 : kk == 1 ? it.n : kk == 2 ? 1 : kk == 3 ? it.n - 1 : (uint64_t)floor(rnd01() * it.n);
+            std::vector<Item> one = {it};
+            if (!run(one, seed, "long")) g_fail++;
+            longs++;
+        } else if (c % 5 == 4) {
             // A grouped call: up to 2.5 x TD5_GROUP tensors, short rows, varied k and alpha.
             std::vector<Item> items;
             const int m = 1 + (int)(rnd() % (5 * TD5_GROUP / 2));
@@ -407,7 +478,7 @@ int main(int argc, char** argv) {
             singles++;
         }
     }
-    printf("v5_driver: %d single-tensor cases, %d grouped calls, %llu launches, %d failed\n", singles, groups,
-           (unsigned long long)g_launches, g_fail);
+    printf("v5_driver: %d single-tensor cases, %d long-row cases, %d grouped calls, %llu launches, %d failed\n",
+           singles, longs, groups, (unsigned long long)g_launches, g_fail);
     return g_fail ? 1 : 0;
 }

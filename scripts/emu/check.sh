@@ -61,13 +61,11 @@ step "emu N:M kernel, ASan + UBSan, 300 cases" target/emu/asan/nm_driver --cases
 step "emu N:M kernel, TSan, 100 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/nm_driver --cases 100
 step "emu kernels, large shapes" target/emu/plain/driver --large
 step "dev harness on the emulator" target/emu/dev/td --emu
-# The v5 kernels (kernels/weight_v5.cu, issue 16): their driver against its own reference
-# under ASan + UBSan and TSan, and the library's ops with the kernels-v5 feature through the
-# emulator, bit for bit against the oracle (v5 is not the default until a GPU run; this keeps
-# it correct meanwhile).
+# The v5 kernels (kernels/weight_v5.cu: the library's block, tiny, long-row and backward
+# kernels): their driver against its own reference under ASan + UBSan and TSan. The library's
+# ops through the emulated kernels, bit for bit against the CPU path, run in .ci/run's
+# `cargo test --release --features emulate` (tests/emulated.rs, emulated_long_v5.rs,
+# launch_plan.rs, equivalence.rs with TD_CASES, emulated.rs with TD_EMU_CASES).
 step "v5 kernels, ASan + UBSan, 40 cases" target/emu/asan/v5_driver --cases 40
-step "v5 kernels, TSan, 20 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/v5_driver --cases 20
-# TD_CASES: equivalence.rs's random cases per target; TD_EMU_CASES: emulated.rs's per profile.
-step "library with kernels-v5 on the emulator" env TD_CASES=200 TD_EMU_CASES=40 \
-  cargo test --release --features emulate,kernels-v5 --test emulated --test equivalence
+step "v5 kernels, TSan, 12 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/v5_driver --cases 12
 

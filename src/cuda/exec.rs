@@ -32,6 +32,8 @@ unsafe impl DeviceRepr for crate::cuda_params::Td5Params {}
 unsafe impl DeviceRepr for crate::cuda_params::Td5TinyParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::Td5BwdParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for crate::cuda_params::Td5LongParams {}
 
 /// The op's inputs: [`Buf::W`] and, in the backward pass, [`Buf::Vals`].
 pub(super) struct Inputs<'a, 'b, T> {
@@ -135,6 +137,7 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
                         Params::Nm(p) => b.arg(p),
                         Params::Block5(p) => b.arg(&**p),
                         Params::Tiny5(p) => b.arg(&**p),
+                        Params::Long5(p) => b.arg(&**p),
                     };
                     let cfg = LaunchConfig {
                         grid_dim: l.grid,

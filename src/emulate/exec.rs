@@ -8,7 +8,7 @@ use super::ffi::{
     TD_EMU_INTERLEAVE,
 };
 use super::{Context, Schedule, ThreadOrder};
-use crate::cuda_params::{Td5Params, Td5TinyParams};
+use crate::cuda_params::{Td5LongParams, Td5Params, Td5TinyParams};
 use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Arg, Buf, Dtype, Init, Launch, OpSpec, Params, Plan, Step};
 use candle_core::backend::BackendStorage;
@@ -236,6 +236,7 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         Params::Nm(p) => p as *mut _ as *mut c_void,
         Params::Block5(p) => &mut **p as *mut Td5Params as *mut c_void,
         Params::Tiny5(p) => &mut **p as *mut Td5TinyParams as *mut c_void,
+        Params::Long5(p) => &mut **p as *mut Td5LongParams as *mut c_void,
     });
     let sched = schedule(ctx.schedule, ctx.trace.is_some());
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");

@@ -23,8 +23,9 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams, TdwLongHistParams,
-    TdwRowsParams, UnitApplyParams, UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
+    Td5LongParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams,
+    TdwLongHistParams, TdwRowsParams, UnitApplyParams, UnitScoresParams, TD_ALWAYS, TD_BLOCK,
+    TD_MAX_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};
@@ -134,6 +135,12 @@ pub(crate) enum Kernel {
     Block5(Width, u32),
     /// `kernels/weight_v5.cu`: rows of at most TD_TINY_ROW, tiles of [`tiny5_threads`] rows.
     Tiny5(Width),
+    /// `kernels/weight_v5.cu`: long rows, the count / candidate passes.
+    LongCount5(Width),
+    /// `kernels/weight_v5.cu`: long rows, the cut from each row's candidates.
+    LongResolve5(Width),
+    /// `kernels/weight_v5.cu`: long rows, the output pass.
+    LongApply5(Width),
 }
 
 impl Kernel {
@@ -150,6 +157,9 @@ impl Kernel {
             Kernel::Nm(w, maxm) => format!("tdnm_{}_m{maxm}", w.suffix()),
             Kernel::Block5(w, t) => format!("tdw5_block_{}_t{t}", w.suffix()),
             Kernel::Tiny5(w) => format!("tdw5_tiny_{}_t{}", w.suffix(), tiny5_threads(w)),
+            Kernel::LongCount5(w) => format!("tdw5_long_count_{}", w.suffix()),
+            Kernel::LongResolve5(w) => format!("tdw5_long_resolve_{}", w.suffix()),
+            Kernel::LongApply5(w) => format!("tdw5_long_apply_{}", w.suffix()),
         }
     }
 
@@ -162,6 +172,11 @@ impl Kernel {
                 v.push(Kernel::Block5(w, t));
             }
             v.push(Kernel::Tiny5(w));
+            v.extend([
+                Kernel::LongCount5(w),
+                Kernel::LongResolve5(w),
+                Kernel::LongApply5(w),
+            ]);
         }
         v
     }
@@ -240,6 +255,11 @@ pub(crate) enum Buf {
     Hist,
     /// The long-row kernels' per-chunk histograms of one row group: `group * chunks * 256` u32.
     ChunkHist,
+    /// The v5 long-row kernels' row states: `rows * passes` records of
+    /// TD5_LONG_STATE_BYTES.
+    LongState,
+    /// The v5 long-row kernels' candidate composites: `rows * cap` of 8 (16 for f64) bytes.
+    Cand,
 }
 
 /// How a buffer starts.
@@ -303,6 +323,8 @@ pub(crate) enum Params {
     Block5(Box<Td5Params>),
     /// As above, one segment (boxed: 152 bytes).
     Tiny5(Box<Td5TinyParams>),
+    /// As above, one segment (boxed: 176 bytes).
+    Long5(Box<Td5LongParams>),
 }
 
 impl Params {
@@ -312,6 +334,7 @@ impl Params {
         let seg = match self {
             Params::Block5(p) => &mut p.seg[i],
             Params::Tiny5(p) => &mut p.seg,
+            Params::Long5(p) => &mut p.seg,
             _ => return,
         };
         seg.w = a.w;

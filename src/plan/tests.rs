@@ -539,12 +539,82 @@ fn v5_serves_the_shapes_it_covers() {
     assert_eq!(l.kernel, Kernel::Block5(Width::U16, 128));
     let l = only_launch(&plan_of(Dtype::F64, &[3, 8190], true)).clone();
     assert_eq!(l.kernel, Kernel::Block5(Width::U64, 1024));
-    // Past the block: v4's long rows; unaligned: v4.
-    assert!(plan_of(Dtype::F64, &[3, 8193], true)
+    // Past the block: v5's long rows; unaligned: v4.
+    let names: Vec<String> = plan_of(Dtype::F64, &[3, 8193], true)
         .launches()
-        .all(|l| matches!(l.kernel, Kernel::LongHist(_) | Kernel::LongApply(_))));
+        .map(|l| l.kernel.name())
+        .collect();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("tdw5_long_count_u64")
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("tdw5_long_apply_u64")
+    );
     assert_eq!(
         only_launch(&plan_of(Dtype::F32, &[4096, 4096], false)).kernel,
         Kernel::Block(Width::U32)
     );
+}
+
+/// The v5 long rows: enough count passes that the last one compacts at most `cap`
+/// composites whatever the data, and the launches of a plan: the passes in order, the
+/// resolve over the rows, the output pass; only the output pass when everything is
+/// targeted.
+#[test]
+fn v5_long_rows_shape_and_launches() {
+    use super::weight::long_shape;
+    // [128, 2^20] f32: 64 tiles of 2048 vectors, cap 2^16; 63 composite bits, 11 fixed per
+    // pass: 2^(63 - 55) <= 2^16 after the fifth pick, so six passes.
+    let sh = long_shape(Width::U32, 1 << 20);
+    assert_eq!((sh.chunks, sh.cap, sh.passes), (129, 1 << 16, 6));
+    // 47 composite bits: 2^(47 - 44) <= 2^12 after the fourth pick; a row of at most cap:
+    // one digit, then the candidates.
+    let sh = long_shape(Width::U16, 40_000);
+    assert_eq!((sh.cap, sh.passes), (4096, 5));
+    let sh = long_shape(Width::U16, 4096);
+    assert_eq!(sh.passes, 2);
+    // f64: 95 composite bits.
+    assert_eq!(long_shape(Width::U64, 1 << 31).passes, 9);
+    for (w, n) in [
+        (Width::U16, 1u64 << 31),
+        (Width::U32, (1 << 32) - 1),
+        (Width::U64, 9000),
+    ] {
+        let sh = long_shape(w, n);
+        let cw = w.size() * 8 - 1 + 32;
+        let fixed = (11 * (sh.passes as u64 - 1)).min(cw);
+        assert!(
+            n <= sh.cap as u64 || cw - fixed <= sh.cap.trailing_zeros() as u64,
+            "{w:?} {n}"
+        );
+    }
+    #[cfg(feature = "kernels-v5")]
+    {
+        let lim = h200();
+        let mut s = spec(DropoutKind::Weight, Dtype::F32, &[128, 1 << 20], 0.5);
+        s.aligned16 = true;
+        let p = forward(&s, &lim).unwrap();
+        let ls: Vec<_> = p.launches().collect();
+        assert_eq!(ls.len(), 6 + 2);
+        for (i, l) in ls[..6].iter().enumerate() {
+            assert_eq!(l.kernel, Kernel::LongCount5(Width::U32));
+            assert_eq!((l.grid.0, l.block.0), (132 * 8, 256));
+            match &l.params {
+                Params::Long5(p) => assert_eq!((p.pass, p.passes, p.rows), (i as u32, 6, 128)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ls[6].kernel, Kernel::LongResolve5(Width::U32));
+        assert_eq!(ls[6].grid.0, 128);
+        assert_eq!(ls[7].kernel, Kernel::LongApply5(Width::U32));
+        assert_eq!(p.bytes(Buf::Cand), Some(128 << 19));
+        assert_eq!(p.bytes(Buf::Hist), Some(128 * 5 * 2048 * 4));
+        // gamma = 1: everything targeted, the output pass alone.
+        let mut s = spec(DropoutKind::Weight, Dtype::F32, &[2, 1 << 15], 1.0);
+        s.aligned16 = true;
+        let p = forward(&s, &lim).unwrap();
+        assert_eq!(only_launch(&p).kernel, Kernel::LongApply5(Width::U32));
+    }
 }

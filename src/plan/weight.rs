@@ -6,8 +6,9 @@ use super::{
     Plan, SegArgs, Step, Width, V5,
 };
 use crate::cuda_params::{
-    Td5Params, Td5Seg, Td5TinyParams, TdDraws, TdwLongApplyParams, TdwLongHistParams,
-    TdwRowsParams, TD5_MAX_THREADS, TD5_NV, TD_BLOCK, TD_LONG_CHUNK, TD_MAX_ROW, TD_TINY_ROW,
+    Td5LongParams, Td5Params, Td5Seg, Td5TinyParams, TdDraws, TdwLongApplyParams,
+    TdwLongHistParams, TdwRowsParams, TD5_BINS, TD5_LONG_NV, TD5_LONG_STATE_BYTES,
+    TD5_LONG_THREADS, TD5_MAX_THREADS, TD5_NV, TD_BLOCK, TD_LONG_CHUNK, TD_MAX_ROW, TD_TINY_ROW,
 };
 use crate::op::Output;
 use crate::select::targeted_count;
@@ -216,8 +217,9 @@ fn v5_seg(s: &Select) -> (Td5Seg, SegArgs) {
     (seg, args)
 }
 
-/// The v5 launch of a selection where a v5 kernel covers it (values out, no u8 mask, aligned
-/// buffers, rows of at most TD_TINY_ROW or that a v5 block holds); false where none does.
+/// The v5 launches of a selection where the v5 kernels cover it (values out, no u8 mask,
+/// aligned buffers; tiny rows, rows a v5 block holds, and longer rows on the long-row
+/// kernels); false where they do not.
 fn v5_rows(s: &Select, lim: &Limits, plan: &mut Plan) -> bool {
     if !s.aligned16 || s.mask.is_some() || s.out.is_none() || s.rows > i32::MAX as u64 {
         return false;
@@ -242,7 +244,8 @@ fn v5_rows(s: &Select, lim: &Limits, plan: &mut Plan) -> bool {
         return true;
     }
     let Some(t) = v5_block_threads(s.width, s.n) else {
-        return false;
+        v5_long(s, lim, plan);
+        return true;
     };
     let mut p = Td5Params {
         keys: round_keys(s.draws.seed),
@@ -259,4 +262,103 @@ fn v5_rows(s: &Select, lim: &Limits, plan: &mut Plan) -> bool {
         vec![args],
     ));
     true
+}
+
+/// The shape of a v5 long-row selection (`kernels/weight_v5.cu`, "Long rows").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LongShape {
+    /// Tiles of TD5_LONG_THREADS * TD5_LONG_NV vectors per row (the most a row that starts
+    /// mid-vector spans).
+    pub chunks: u64,
+    /// Candidates compacted per row at most: n / 16 rounded up to a power of two, 4096 ..
+    /// 65536.
+    pub cap: u32,
+    /// Count / candidate passes: enough that the last one finds at most `cap` composites
+    /// under its prefix whatever the data.
+    pub passes: u32,
+}
+
+/// The tiles, candidate capacity and passes of a long row of `n` elements of `width`.
+pub(super) fn long_shape(width: Width, n: u64) -> LongShape {
+    let ve = 16 / width.size();
+    let vectors = (n + 2 * ve - 2) / ve;
+    let chunks = vectors.div_ceil(TD5_LONG_THREADS as u64 * TD5_LONG_NV as u64);
+    let cap = (n / 16).next_power_of_two().clamp(1 << 12, 1 << 16);
+    // Composite bits (key bits + 32 index bits); after the pick of pass j the prefix fixes
+    // min(11 j, cw) of them, so at most 2^(cw - 11 j) composites (and at most n) share it.
+    let cw = width.size() * 8 - 1 + 32;
+    let log_cap = cap.trailing_zeros() as u64;
+    let mut j = 1u64;
+    while n > cap && cw.saturating_sub(11 * j) > log_cap {
+        j += 1;
+    }
+    LongShape {
+        chunks,
+        cap: cap as u32,
+        passes: j as u32 + 1,
+    }
+}
+
+/// Long rows on v5: the count / candidate passes, the resolve and the output pass
+/// (`kernels/weight_v5.cu`, "Long rows"); with k = n only the output pass.
+fn v5_long(s: &Select, lim: &Limits, plan: &mut Plan) {
+    let sh = long_shape(s.width, s.n);
+    let (seg, args) = v5_seg(s);
+    let mut p = Td5LongParams {
+        keys: round_keys(s.draws.seed),
+        rows: s.rows,
+        chunks: sh.chunks,
+        cap: sh.cap,
+        pass: 0,
+        passes: sh.passes,
+        pad0: 0,
+        seg,
+    };
+    let blocks = (s.rows * sh.chunks).min(lim.sms as u64 * 8);
+    let t = TD5_LONG_THREADS;
+    let state = Arg::at(Buf::LongState);
+    plan.alloc(
+        Buf::LongState,
+        s.rows * sh.passes as u64 * TD5_LONG_STATE_BYTES as u64,
+        Init::Zeroed,
+    );
+    if s.k < s.n {
+        let comp = if s.width == Width::U64 { 16 } else { 8 };
+        plan.alloc(
+            Buf::Hist,
+            s.rows * (sh.passes as u64 - 1) * TD5_BINS as u64 * 4,
+            Init::Zeroed,
+        );
+        plan.alloc(Buf::Cand, s.rows * sh.cap as u64 * comp, Init::Uninit);
+        for pass in 0..sh.passes {
+            p.pass = pass;
+            let mut l = Launch::v5(
+                Kernel::LongCount5(s.width),
+                blocks,
+                t,
+                Params::Long5(Box::new(p)),
+                vec![args],
+            );
+            l.args = vec![Arg::at(Buf::Hist), state, Arg::at(Buf::Cand)];
+            plan.launch(l);
+        }
+        let mut l = Launch::v5(
+            Kernel::LongResolve5(s.width),
+            s.rows,
+            t,
+            Params::Long5(Box::new(p)),
+            vec![args],
+        );
+        l.args = vec![state, Arg::at(Buf::Cand)];
+        plan.launch(l);
+    }
+    let mut l = Launch::v5(
+        Kernel::LongApply5(s.width),
+        blocks,
+        t,
+        Params::Long5(Box::new(p)),
+        vec![args],
+    );
+    l.args = vec![state];
+    plan.launch(l);
 }
