@@ -110,7 +110,7 @@ impl Kernels {
             Kernel::ScoresTiny(d) => &score(d).tiny,
             Kernel::ScoresBlock(d) => &score(d).block,
             Kernel::Nm(w, maxm) => &self.nm[w.index()][maxm.trailing_zeros() as usize - 2],
-            Kernel::Block5(..) | Kernel::Tiny5(_) => match self.v5.get(&k) {
+            Kernel::Block5(..) | Kernel::Tiny5(_) | Kernel::Bwd5(_) => match self.v5.get(&k) {
                 Some(f) => f,
                 None => bail!(
                     "targeted dropout on CUDA: internal error, kernel {} is not loaded",

@@ -508,10 +508,9 @@ fn worst_case_launch() {
     }
 }
 
-/// With `kernels-v5`: aligned weight dropout with values out takes the v5 tiny kernel for
+/// Aligned weight dropout with values out takes the v5 tiny kernel for
 /// rows of at most 32 and the v5 block kernel (the smallest block that holds the row) up to
 /// its limit; unaligned tensors, the u8 mask, unit selection and longer rows stay on v4.
-#[cfg(feature = "kernels-v5")]
 #[test]
 fn v5_serves_the_shapes_it_covers() {
     let lim = h200();
