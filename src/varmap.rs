@@ -375,10 +375,16 @@ fn hold(
         ));
     }
     let w = w.contiguous()?;
-    let bits: Arc<Vec<u32>> = match bits.as_ref().and_then(Bits::host) {
-        Some(b) => Arc::new(b.to_vec()),
-        None => Arc::new(bits_of(&mask_of(&w, op)?)?),
+    let mut bits: Vec<u32> = match bits.as_ref().and_then(Bits::host) {
+        Some(b) => b.to_vec(),
+        None => bits_of(&mask_of(&w, op)?)?,
     };
+    // The bits past the last element (a kernel leaves them as they were) cleared.
+    let tail = w.elem_count() % 32;
+    if let (true, Some(last)) = (tail != 0, bits.last_mut()) {
+        *last &= (1u32 << tail) - 1;
+    }
+    let bits = Arc::new(bits);
     let shape = w.shape().clone();
     let cpu = Device::Cpu;
     macro_rules! go {
@@ -420,13 +426,17 @@ fn bits_of(mask: &Tensor) -> Result<Vec<u32>> {
     Ok(bits)
 }
 
-/// The elements of `w` whose bit is set, in order.
+/// The elements of `w` whose bit is set, in order (exactly as many as are held).
 fn packed<T: Copy>(w: &[T], bits: &[u32]) -> Vec<T> {
-    w.iter()
-        .enumerate()
-        .filter(|&(e, _)| is_set(bits, e))
-        .map(|(_, &x)| x)
-        .collect()
+    let count = bits.iter().map(|b| b.count_ones() as usize).sum();
+    let mut v = Vec::with_capacity(count);
+    v.extend(
+        w.iter()
+            .enumerate()
+            .filter(|&(e, _)| is_set(bits, e))
+            .map(|(_, &x)| x),
+    );
+    v
 }
 
 /// `w` with the elements whose bit is set +0.0 (the contract's dropped value).

@@ -137,7 +137,7 @@ fn a_resnet32_is_one_launch_per_dtype_and_path() -> Result<()> {
     got.sort();
     assert_eq!(
         got,
-        ["tdw5_block_u16_t64", "tdw5_block_u32_t64", "tdw5_block_u64_t512"]
+        ["tdw5_block_u16_t64", "tdw5_block_u32_t64", "tdw5_block_u64_t128"]
     );
     for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
         assert_same_bits(e, c, &format!("mixed tensor {i}"))?;
