@@ -274,7 +274,9 @@ pub(crate) fn masked_by_bits(grad: &Tensor, bits: &Bits) -> Result<Option<Tensor
     if grad.elem_count() == 0 {
         return Ok(Some(grad.clone()));
     }
-    Ok(Some(grad.apply_op1_no_bwd(&MaskedGrad { bits: bits.clone() })?))
+    Ok(Some(
+        grad.apply_op1_no_bwd(&MaskedGrad { bits: bits.clone() })?,
+    ))
 }
 
 /// `grad` with the elements whose bit is set in a host mask zeroed, on the host (any
@@ -283,7 +285,10 @@ pub(crate) fn mask_on_host(grad: &Tensor, bits: &[u32]) -> Result<Tensor> {
     let grad = grad.contiguous()?;
     let (s, l) = grad.storage_and_layout();
     let candle_core::Storage::Cpu(s) = &*s else {
-        bail!("{BACKWARD}: internal error, a host mask for a gradient on {:?}", grad.device())
+        bail!(
+            "{BACKWARD}: internal error, a host mask for a gradient on {:?}",
+            grad.device()
+        )
     };
     let out = MaskedGrad {
         bits: Bits::Host(Arc::new(Vec::new())),

@@ -2,10 +2,10 @@
 //! the value and the accepted range), takes its draws from the caller or the process-wide
 //! generator, and applies the op.
 
-use crate::custom_op::{Bits, KeptForward, Ready};
 use crate::config::{
     check_args, check_kind_args, check_shape, check_tensor, NmPattern, TargetedDropout,
 };
+use crate::custom_op::{Bits, KeptForward, Ready};
 use crate::generator::{next_draw_state, take_offsets};
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;
@@ -454,7 +454,11 @@ pub(crate) fn grouped(
         Device::Cuda(_) => cfg!(feature = "cuda"),
         _ => false,
     };
-    if !served || !items.iter().all(|(w, _)| w.device().same_device(first.device())) {
+    if !served
+        || !items
+            .iter()
+            .all(|(w, _)| w.device().same_device(first.device()))
+    {
         return Ok(None);
     }
     let ws = items

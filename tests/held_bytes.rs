@@ -63,7 +63,10 @@ fn measure(vm: &VarMap, run: &dyn Fn(&dyn Fn() -> Result<()>) -> Result<()>) -> 
         .names()
         .map(|n| vm.data().lock().unwrap()[n].clone())
         .collect();
-    let originals: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy()).collect::<Result<_>>()?;
+    let originals: Vec<Tensor> = vars
+        .iter()
+        .map(|v| v.as_tensor().copy())
+        .collect::<Result<_>>()?;
     // The bound from the functional masks, computed before the measurement.
     let mut bound = 0usize;
     let mut dropped_values = 0usize;
@@ -91,7 +94,10 @@ fn measure(vm: &VarMap, run: &dyn Fn(&dyn Fn() -> Result<()>) -> Result<()>) -> 
         );
         // A few hundred bytes of bookkeeping (the step's vectors, the reservation) beside it.
         assert!(held <= bound + 4096, "held {held} > bound {bound}");
-        assert!(held >= dropped_values, "held {held} < the dropped values {dropped_values}");
+        assert!(
+            held >= dropped_values,
+            "held {held} < the dropped values {dropped_values}"
+        );
         assert!(step.held_bytes() <= bound && step.held_bytes() >= dropped_values);
         for (v, want) in vars.iter().zip(&want_dropped) {
             assert_same_bits(v.as_tensor(), want, "dropped weight")?;
@@ -108,7 +114,9 @@ fn measure(vm: &VarMap, run: &dyn Fn(&dyn Fn() -> Result<()>) -> Result<()>) -> 
             let x = Var::from_tensor(o)?;
             let off = first + i as u64;
             let d = targeted_weight_dropout_seeded(x.as_tensor(), gamma, alpha, seed, off)?;
-            let g = (d.to_dtype(DType::F32)? * (i as f64 + 1.0))?.sum_all()?.backward()?;
+            let g = (d.to_dtype(DType::F32)? * (i as f64 + 1.0))?
+                .sum_all()?
+                .backward()?;
             assert_same_bits(
                 grads.get(v.as_tensor()).unwrap(),
                 g.get(x.as_tensor()).unwrap(),

@@ -39,7 +39,11 @@ fn many_tensors_of_one_path_are_one_launch() -> Result<()> {
         let l = &launches[0];
         assert!(l.kernel.starts_with("tdw5_block_u32_t"), "{}", l.kernel);
         let rows: usize = ws.iter().map(|w| w.dim(0).unwrap()).sum();
-        assert_eq!(l.grid, [rows as u32, 1, 1], "one block per row of every tensor");
+        assert_eq!(
+            l.grid,
+            [rows as u32, 1, 1],
+            "one block per row of every tensor"
+        );
         for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
             assert_same_bits(e, c, &format!("{}: tensor {i}", gpu.name))?;
         }
@@ -64,7 +68,10 @@ fn past_the_segment_limit_a_group_splits() -> Result<()> {
     let cpu = targeted_dropout_many_seeded(&items, 5, 0)?;
     let (emu, launches) =
         emulate::run_traced(&Gpu::h200(), || targeted_dropout_many_seeded(&items, 5, 0))?;
-    assert_eq!(names(&launches), ["tdw5_block_u32_t64", "tdw5_block_u32_t64"]);
+    assert_eq!(
+        names(&launches),
+        ["tdw5_block_u32_t64", "tdw5_block_u32_t64"]
+    );
     assert_eq!(launches[0].grid[0], 62 * 2);
     assert_eq!(launches[1].grid[0], 8 * 2);
     for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
@@ -109,10 +116,7 @@ fn a_resnet32_is_one_launch_per_dtype_and_path() -> Result<()> {
         got.sort();
         assert_eq!(
             got,
-            [
-                format!("tdw5_block_{w}_t64"),
-                format!("tdw5_tiny_{w}_t256")
-            ],
+            [format!("tdw5_block_{w}_t64"), format!("tdw5_tiny_{w}_t256")],
             "{dt:?}"
         );
         for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
@@ -137,7 +141,11 @@ fn a_resnet32_is_one_launch_per_dtype_and_path() -> Result<()> {
     got.sort();
     assert_eq!(
         got,
-        ["tdw5_block_u16_t64", "tdw5_block_u32_t64", "tdw5_block_u64_t128"]
+        [
+            "tdw5_block_u16_t64",
+            "tdw5_block_u32_t64",
+            "tdw5_block_u64_t128"
+        ]
     );
     for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
         assert_same_bits(e, c, &format!("mixed tensor {i}"))?;
@@ -297,7 +305,14 @@ fn without_a_kept_mask_the_backward_recomputes() -> Result<()> {
 fn grouped_results_keep_their_masks_for_autograd() -> Result<()> {
     let mut rng = Rng(0x9a);
     let vars = (0..5)
-        .map(|i| Var::from_tensor(&tensor(&mut rng, &[3 + i, 50 * (i + 1)], DType::F32, Data::Ties)?))
+        .map(|i| {
+            Var::from_tensor(&tensor(
+                &mut rng,
+                &[3 + i, 50 * (i + 1)],
+                DType::F32,
+                Data::Ties,
+            )?)
+        })
         .collect::<Result<Vec<_>>>()?;
     let td = TargetedDropout::weight(0.4, 0.8)?;
     let loss = |ds: &[Tensor]| -> Result<Tensor> {

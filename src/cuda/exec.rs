@@ -3,11 +3,11 @@
 
 use super::module::Kernels;
 use crate::plan::{Arg, Buf, Grouped, Init, Launch, Params, Plan, Step};
-use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::cuda_backend::cudarc::driver::{
     result, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg, SyncOnDrop, ValidAsZeroBits,
 };
+use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, Result};
 use std::sync::Arc;
@@ -95,7 +95,12 @@ fn issue_step(
             // SAFETY: both buffers hold at least `bytes` bytes on this stream's device (the
             // plan's sizes) and do not overlap (different roles).
             unsafe {
-                result::memcpy_dtod_async(ptr(*to)?, ptr(*from)?, *bytes as usize, stream.cu_stream())
+                result::memcpy_dtod_async(
+                    ptr(*to)?,
+                    ptr(*from)?,
+                    *bytes as usize,
+                    stream.cu_stream(),
+                )
             }
             .w()
         }
@@ -176,9 +181,7 @@ pub(super) fn execute_many(
     {
         let mut ptrs: Vec<Vec<(Buf, u64)>> = inputs.to_vec();
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
-        for ((out, bits), (rest, p)) in outs
-            .iter_mut()
-            .zip(scratch.iter_mut().zip(ptrs.iter_mut()))
+        for ((out, bits), (rest, p)) in outs.iter_mut().zip(scratch.iter_mut().zip(ptrs.iter_mut()))
         {
             let (o, g) = slice_ptr_mut(out, stream)?;
             p.push((Buf::Out, o));

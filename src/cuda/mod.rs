@@ -105,7 +105,10 @@ fn input_ptr<'a>(
     s: &'a CudaStorageSlice,
     start: usize,
     stream: &'a std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-) -> Result<(u64, candle_core::cuda_backend::cudarc::driver::SyncOnDrop<'a>)> {
+) -> Result<(
+    u64,
+    candle_core::cuda_backend::cudarc::driver::SyncOnDrop<'a>,
+)> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     use CudaStorageSlice as S;
     let ((p, g), size) = match s {
@@ -143,7 +146,10 @@ pub(crate) fn forward_many(
     let mut plans = Vec::with_capacity(items.len());
     for ((op, s, l), &bits) in items.iter().zip(keep) {
         if op.output != Output::Values {
-            bail!("{}: internal error, a grouped call writes values", op.name())
+            bail!(
+                "{}: internal error, a grouped call writes values",
+                op.name()
+            )
         }
         if s.device().id() != dev.id() {
             bail!("targeted_dropout_many: the tensors of one call are on different devices")
@@ -210,7 +216,11 @@ pub(crate) fn backward_bits(
     }
     let kern = Kernels::of(&dev)?;
     let stream = dev.cuda_stream();
-    let plans = [plan::backward_bits(dtype, (end - start) as u64, &kern.limits)];
+    let plans = [plan::backward_bits(
+        dtype,
+        (end - start) as u64,
+        &kern.limits,
+    )];
     let mut r = {
         use candle_core::cuda_backend::cudarc::driver::DevicePtr;
         let (gp, gg) = input_ptr(&g.slice, start, &stream)?;

@@ -404,7 +404,11 @@ fn prepare(
 }
 
 /// The output of an executed forward plan and its kept bit mask, if the plan wrote one.
-fn results(op: &TargetedOp, dtype: Dtype, bufs: &mut Bufs) -> Result<(CpuStorage, Option<Vec<u32>>)> {
+fn results(
+    op: &TargetedOp,
+    dtype: Dtype,
+    bufs: &mut Bufs,
+) -> Result<(CpuStorage, Option<Vec<u32>>)> {
     let out = match op.output {
         Output::Values => storage(dtype, bufs.take(Buf::Out)?.bytes()),
         Output::Mask => CpuStorage::U8(bufs.take(Buf::Mask)?.bytes().to_vec()),

@@ -23,8 +23,9 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    Td5BwdParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams, TdwLongHistParams,
-    TdwRowsParams, UnitApplyParams, UnitScoresParams, TD5_GROUP, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
+    Td5BwdParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams,
+    TdwLongHistParams, TdwRowsParams, UnitApplyParams, UnitScoresParams, TD5_GROUP, TD_ALWAYS,
+    TD_BLOCK, TD_MAX_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};
@@ -449,8 +450,7 @@ impl Plan {
         self.steps.iter().any(|s| match s {
             Step::Launch(l) => {
                 l.args.iter().any(arg)
-                    || l
-                        .segs
+                    || l.segs
                         .iter()
                         .any(|g| arg(&g.w) || arg(&g.vals) || arg(&g.out) || arg(&g.bits))
             }
