@@ -127,7 +127,7 @@ impl CustomOp2 for TargetedOp {
 
 /// A kept bit mask of the dropped elements (bit `e % 32` of u32 word `e / 32`): on the host
 /// (the CPU, and the emulator's device memory) or on a CUDA device.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Bits {
     Host(Arc<Vec<u32>>),
     #[cfg(feature = "cuda")]
@@ -144,7 +144,7 @@ impl Bits {
         }
     }
 
-    /// Whether element `e`'s bit is set (host masks only; a device mask is never read here).
+    /// The words of a host mask (`None` for a device mask, which the host never reads).
     pub fn host(&self) -> Option<&[u32]> {
         match self {
             Bits::Host(v) => Some(v),
@@ -154,8 +154,9 @@ impl Bits {
     }
 }
 
-/// An output a grouped call has computed already, waiting for its tensor.
-#[derive(Debug)]
+/// An output a grouped call has computed already, waiting for its tensor (only the
+/// kernels' paths group: without `emulate` or `cuda` none is made).
+#[cfg_attr(not(any(feature = "emulate", feature = "cuda")), allow(dead_code))]
 pub(crate) enum Ready {
     Cpu(CpuStorage),
     #[cfg(feature = "cuda")]
@@ -167,7 +168,6 @@ pub(crate) enum Ready {
 /// kernel serving it wrote (the v5 weight kernels on a GPU or the emulator), kept for the
 /// backward pass: `td5_bwd` then masks the gradient in one pass with no selection. Without a
 /// kept mask (the CPU, the paths of other kernels) the backward recomputes the selection.
-#[derive(Debug)]
 pub(crate) struct KeptForward {
     pub op: TargetedOp,
     pub ready: Mutex<Option<Ready>>,
@@ -184,6 +184,7 @@ impl KeptForward {
     }
 
     /// An op whose output (and mask) a grouped call has computed.
+    #[cfg_attr(not(any(feature = "emulate", feature = "cuda")), allow(dead_code))]
     pub fn ready(op: TargetedOp, out: Ready, bits: Option<Bits>) -> Self {
         let k = KeptForward {
             op,

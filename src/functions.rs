@@ -5,7 +5,9 @@
 use crate::config::{
     check_args, check_kind_args, check_shape, check_tensor, NmPattern, TargetedDropout,
 };
-use crate::custom_op::{Bits, KeptForward, Ready};
+#[cfg(any(feature = "emulate", feature = "cuda"))]
+use crate::custom_op::Ready;
+use crate::custom_op::{Bits, KeptForward};
 use crate::generator::{next_draw_state, take_offsets};
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;

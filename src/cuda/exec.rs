@@ -125,7 +125,7 @@ fn alloc_like(
         S::BF16(_) => S::BF16(alloc(stream, bytes as usize / 2, init)?),
         S::F32(_) => S::F32(alloc(stream, bytes as usize / 4, init)?),
         S::F64(_) => S::F64(alloc(stream, bytes as usize / 8, init)?),
-        _ => bail!("targeted dropout on CUDA: internal error, an output of {like:?}"),
+        _ => bail!("targeted dropout on CUDA: internal error, an output that is not float"),
     })
 }
 
@@ -285,9 +285,11 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
                 None => bail!("targeted dropout on CUDA: internal error, no buffer {buf:?}"),
             }
         };
-        let addr = |_: usize, a: Arg| match a {
-            Arg::Buf(b, off) => Ok(ptr(b)? + off),
-            Arg::Null => Ok(0),
+        let addr = |_: usize, a: Arg| -> Result<u64> {
+            match a {
+                Arg::Buf(b, off) => Ok(ptr(b)? + off),
+                Arg::Null => Ok(0),
+            }
         };
         for step in &plan.steps {
             issue_step(kern, stream, step, &addr)?;
