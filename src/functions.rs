@@ -425,6 +425,9 @@ fn many(
     }
 }
 
+/// One output of a grouped call and the bit mask it kept, if any.
+pub(crate) type Served = (Tensor, Option<Bits>);
+
 /// Where the kernels serve a call (CUDA tensors of one device, or CPU tensors under the
 /// emulator): the items' outputs from one grouped plan (one v5 block launch per kernel width
 /// for every item it serves, `plan::group`), each as a tensor with its own autograd (its
@@ -435,7 +438,7 @@ pub(crate) fn grouped(
     _items: &[(&Tensor, TargetedDropout)],
     _ops: &[TargetedOp],
     _keep: &dyn Fn(usize) -> bool,
-) -> Result<Option<Vec<(Tensor, Option<Bits>)>>> {
+) -> Result<Option<Vec<Served>>> {
     Ok(None)
 }
 
@@ -445,7 +448,7 @@ pub(crate) fn grouped(
     items: &[(&Tensor, TargetedDropout)],
     ops: &[TargetedOp],
     keep: &dyn Fn(usize) -> bool,
-) -> Result<Option<Vec<(Tensor, Option<Bits>)>>> {
+) -> Result<Option<Vec<Served>>> {
     use candle_core::{Device, Storage};
     use std::sync::Arc;
     let Some((first, _)) = items.first() else {

@@ -54,7 +54,10 @@ const SHAPES: [[usize; 2]; 4] = [[512, 1024], [256, 2304], [1000, 17], [10, 4096
 /// One measured step on `vm` (CPU variables): the held bytes, the bound, the bytes of a full
 /// copy; the dropped weights, gradients and restored weights checked against the functional
 /// ops.
-fn measure(vm: &VarMap, run: &dyn Fn(&dyn Fn() -> Result<()>) -> Result<()>) -> Result<()> {
+/// Runs a closure (as it is, or under the emulator).
+type Runner<'a> = &'a dyn Fn(&dyn Fn() -> Result<()>) -> Result<()>;
+
+fn measure(vm: &VarMap, run: Runner<'_>) -> Result<()> {
     let (gamma, alpha, seed, first) = (0.5, 0.5, 77u64, 5u64);
     let vd = VarMapDropout::new(vm, |_: &str, _: &Tensor| {
         Some(TargetedDropout::weight(gamma, alpha).unwrap())

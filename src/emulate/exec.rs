@@ -318,7 +318,7 @@ fn allocate(plan: &Plan, inputs: Vec<(Buf, DevBuf)>) -> Result<Bufs> {
 fn run_steps(op: &str, ctx: &Context, plan: &Plan, bufs: &mut Bufs) -> Result<()> {
     for step in &plan.steps {
         match step {
-            Step::Launch(l) => launch(op, ctx, &bufs, l)?,
+            Step::Launch(l) => launch(op, ctx, bufs, l)?,
             Step::Copy { from, to, bytes } => {
                 let n = *bytes as usize;
                 let src = bufs.get(*from)?.bytes()[..n].to_vec();

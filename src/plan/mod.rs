@@ -627,8 +627,9 @@ pub(crate) struct Grouped {
 /// item's plan; every other step stays there (tiny rows, v4 paths, copies), and the items'
 /// buffers are theirs alone, so the order of execution does not change a bit.
 pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
-    // Taken from the plans: (width, seed) -> (item, launch), in item order.
-    let mut by_key: Vec<((Width, [u32; 20]), Vec<(usize, Launch)>)> = Vec::new();
+    // Taken from the plans: (width, round keys) -> (item, launch), in item order.
+    type Key = (Width, [u32; 20]);
+    let mut by_key: Vec<(Key, Vec<(usize, Launch)>)> = Vec::new();
     for (i, plan) in plans.iter_mut().enumerate() {
         let one = plan
             .steps
