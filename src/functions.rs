@@ -335,7 +335,11 @@ pub fn targeted_unit_dropout_from_scores(
 /// each in order. Each result keeps its own autograd. Every argument is checked before any
 /// draw: on an error the generator has not moved.
 ///
-/// On the CPU the tensors are computed in parallel.
+/// On the CPU the tensors are computed in parallel. On a GPU (and under the emulator) the
+/// tensors that one kernel serves are one launch (the v5 block kernel: up to 62 tensors per
+/// launch, their table passed by value, no copy to the device; rows of at most 32 take one
+/// tiny-row launch per tensor, the other paths their own launches), and each result keeps
+/// its bit mask for the backward pass while it is under autograd.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
