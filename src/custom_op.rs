@@ -156,7 +156,7 @@ impl Bits {
 
 /// An output a grouped call has computed already, waiting for its tensor (only the
 /// kernels' paths group: without `emulate` or `cuda` none is made).
-#[cfg_attr(not(any(feature = "emulate", feature = "cuda")), allow(dead_code))]
+#[cfg_attr(not(feature = "emulate"), allow(dead_code))]
 pub(crate) enum Ready {
     Cpu(CpuStorage),
     #[cfg(feature = "cuda")]
