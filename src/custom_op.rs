@@ -9,6 +9,7 @@ use crate::op::{filters, TargetedOp, UnitScoresOp};
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor,
 };
+use std::sync::{Arc, Mutex, OnceLock};
 
 const BACKWARD: &str = "targeted-dropout-backward";
 
@@ -121,6 +122,277 @@ impl CustomOp2 for TargetedOp {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         same_shape(l1, l2)?;
         crate::cuda::forward(self, s1, l1, Some((s2, l2)))
+    }
+}
+
+/// A kept bit mask of the dropped elements (bit `e % 32` of u32 word `e / 32`): on the host
+/// (the CPU, and the emulator's device memory) or on a CUDA device.
+#[derive(Clone)]
+pub(crate) enum Bits {
+    Host(Arc<Vec<u32>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>>),
+}
+
+impl Bits {
+    /// The bytes it holds.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Bits::Host(v) => v.len() * 4,
+            #[cfg(feature = "cuda")]
+            Bits::Cuda(s) => s.len() * 4,
+        }
+    }
+
+    /// The words of a host mask (`None` for a device mask, which the host never reads).
+    pub fn host(&self) -> Option<&[u32]> {
+        match self {
+            Bits::Host(v) => Some(v),
+            #[cfg(feature = "cuda")]
+            Bits::Cuda(_) => None,
+        }
+    }
+}
+
+/// An output a grouped call has computed already, waiting for its tensor (only the
+/// kernels' paths group: without `emulate` or `cuda` none is made).
+#[cfg_attr(not(feature = "emulate"), allow(dead_code))]
+pub(crate) enum Ready {
+    Cpu(CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(candle_core::CudaStorage),
+}
+
+/// The differentiable forward of [`TargetedOp`] with values out: the op (or the output that
+/// a grouped call computed for it, `ready`), and the bit mask of the dropped elements that the
+/// kernel serving it wrote (the v5 weight kernels on a GPU or the emulator), kept for the
+/// backward pass: `td5_bwd` then masks the gradient in one pass with no selection. Without a
+/// kept mask (the CPU, the paths of other kernels) the backward recomputes the selection.
+pub(crate) struct KeptForward {
+    pub op: TargetedOp,
+    pub ready: Mutex<Option<Ready>>,
+    pub bits: OnceLock<Bits>,
+}
+
+impl KeptForward {
+    pub fn new(op: TargetedOp) -> Self {
+        KeptForward {
+            op,
+            ready: Mutex::new(None),
+            bits: OnceLock::new(),
+        }
+    }
+
+    /// An op whose output (and mask) a grouped call has computed.
+    #[cfg_attr(not(any(feature = "emulate", feature = "cuda")), allow(dead_code))]
+    pub fn ready(op: TargetedOp, out: Ready, bits: Option<Bits>) -> Self {
+        let k = KeptForward {
+            op,
+            ready: Mutex::new(Some(out)),
+            bits: OnceLock::new(),
+        };
+        if let Some(b) = bits {
+            let _ = k.bits.set(b);
+        }
+        k
+    }
+
+    fn take(&self) -> Option<Ready> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl CustomOp1 for KeptForward {
+    fn name(&self) -> &'static str {
+        self.op.name()
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match self.take() {
+            Some(Ready::Cpu(out)) => return Ok((out, l.shape().clone())),
+            #[cfg(feature = "cuda")]
+            Some(Ready::Cuda(_)) => bail!(
+                "{}: internal error, a CUDA output for a CPU tensor",
+                self.op.name()
+            ),
+            None => {}
+        }
+        #[cfg(feature = "emulate")]
+        if let Some(ctx) = crate::emulate::active() {
+            let (out, bits) = crate::emulate::forward_kept(&self.op, &ctx, s, l)?;
+            if let Some(b) = bits {
+                let _ = self.bits.set(Bits::Host(Arc::new(b)));
+            }
+            return Ok((out, l.shape().clone()));
+        }
+        Ok((self.op.cpu_storage(s, l, None)?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        match self.take() {
+            Some(Ready::Cuda(out)) => return Ok((out, l.shape().clone())),
+            Some(Ready::Cpu(_)) => bail!(
+                "{}: internal error, a CPU output for a CUDA tensor",
+                self.op.name()
+            ),
+            None => {}
+        }
+        let (out, bits) = crate::cuda::forward_kept(&self.op, s, l)?;
+        if let Some(b) = bits {
+            let _ = self.bits.set(Bits::Cuda(Arc::new(b)));
+        }
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        if let Some(bits) = self.bits.get() {
+            if let Some(g) = masked_by_bits(&grad, bits)? {
+                return Ok(Some(g));
+            }
+        }
+        // No kept mask: the mask is a constant of the step, recomputed from `w` and the same
+        // draws and applied to the incoming gradient.
+        Ok(Some(arg.apply_op2_no_bwd(&grad, &self.op)?))
+    }
+}
+
+/// `grad` (contiguous) with the elements whose bit is set zeroed: `td5_bwd` on a GPU or the
+/// emulator, one pass on the CPU. `None` where `td5_bwd` cannot take the gradient (a view
+/// that does not start 16-byte aligned): the caller recomputes the selection.
+pub(crate) fn masked_by_bits(grad: &Tensor, bits: &Bits) -> Result<Option<Tensor>> {
+    let size = grad.dtype().size_in_bytes();
+    let aligned = (grad.layout().start_offset() * size).is_multiple_of(16);
+    let on_kernel = !grad.device().is_cpu() || emulated();
+    if on_kernel && !aligned {
+        return Ok(None);
+    }
+    if grad.elem_count() == 0 {
+        return Ok(Some(grad.clone()));
+    }
+    Ok(Some(
+        grad.apply_op1_no_bwd(&MaskedGrad { bits: bits.clone() })?,
+    ))
+}
+
+/// `grad` with the elements whose bit is set in a host mask zeroed, on the host (any
+/// alignment; a CPU gradient).
+pub(crate) fn mask_on_host(grad: &Tensor, bits: &[u32]) -> Result<Tensor> {
+    let grad = grad.contiguous()?;
+    let (s, l) = grad.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*s else {
+        bail!(
+            "{BACKWARD}: internal error, a host mask for a gradient on {:?}",
+            grad.device()
+        )
+    };
+    let out = MaskedGrad {
+        bits: Bits::Host(Arc::new(Vec::new())),
+    }
+    .host(s, l, bits)?;
+    let (shape, cpu) = (l.shape().clone(), &candle_core::Device::Cpu);
+    match out {
+        CpuStorage::F32(v) => Tensor::from_vec(v, shape, cpu),
+        CpuStorage::F64(v) => Tensor::from_vec(v, shape, cpu),
+        CpuStorage::F16(v) => Tensor::from_vec(v, shape, cpu),
+        CpuStorage::BF16(v) => Tensor::from_vec(v, shape, cpu),
+        other => bail!("{BACKWARD}: unsupported dtype {:?}", other.dtype()),
+    }
+}
+
+/// Whether the emulation is in force on this thread.
+fn emulated() -> bool {
+    #[cfg(feature = "emulate")]
+    return crate::emulate::active().is_some();
+    #[cfg(not(feature = "emulate"))]
+    false
+}
+
+/// The backward from a kept bit mask, as an op on the gradient.
+struct MaskedGrad {
+    bits: Bits,
+}
+
+/// `g[e]`, or +0.0 where bit `e` is set.
+fn mask_values<T: Copy + Default + Send + Sync>(g: &[T], bits: &[u32]) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::default(); g.len()];
+    out.par_chunks_mut(1 << 15)
+        .zip(g.par_chunks(1 << 15))
+        .enumerate()
+        .for_each(|(c, (o, g))| {
+            let e0 = c << 15;
+            for (i, (o, g)) in o.iter_mut().zip(g).enumerate() {
+                let e = e0 + i;
+                if (bits[e / 32] >> (e % 32)) & 1 == 0 {
+                    *o = *g;
+                }
+            }
+        });
+    out
+}
+
+impl CustomOp1 for MaskedGrad {
+    fn name(&self) -> &'static str {
+        BACKWARD
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some(bits) = self.bits.host() else {
+            bail!("{BACKWARD}: internal error, a device mask for a CPU gradient")
+        };
+        #[cfg(feature = "emulate")]
+        if let Some(ctx) = crate::emulate::active() {
+            return match crate::emulate::backward_bits(&ctx, s, l, bits)? {
+                Some(out) => Ok((out, l.shape().clone())),
+                None => bail!("{BACKWARD}: internal error, an unaligned gradient for td5_bwd"),
+            };
+        }
+        Ok((self.host(s, l, bits)?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let Bits::Cuda(bits) = &self.bits else {
+            bail!("{BACKWARD}: internal error, a host mask for a CUDA gradient")
+        };
+        Ok((crate::cuda::backward_bits(s, l, bits)?, l.shape().clone()))
+    }
+}
+
+impl MaskedGrad {
+    /// The masked gradient on the host.
+    fn host(&self, s: &CpuStorage, l: &Layout, bits: &[u32]) -> Result<CpuStorage> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            bail!("{BACKWARD}: internal error, the gradient is not contiguous")
+        };
+        if bits.len() * 32 < end - start {
+            bail!(
+                "{BACKWARD}: internal error, a kept mask of {} words for {} elements",
+                bits.len(),
+                end - start
+            )
+        }
+        let out = match s {
+            CpuStorage::F32(g) => CpuStorage::F32(mask_values(&g[start..end], bits)),
+            CpuStorage::F64(g) => CpuStorage::F64(mask_values(&g[start..end], bits)),
+            CpuStorage::F16(g) => CpuStorage::F16(mask_values(&g[start..end], bits)),
+            CpuStorage::BF16(g) => CpuStorage::BF16(mask_values(&g[start..end], bits)),
+            other => bail!(
+                "{BACKWARD}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
+                other.dtype()
+            ),
+        };
+        Ok(out)
     }
 }
 

@@ -5,6 +5,9 @@
 use crate::config::{
     check_args, check_kind_args, check_shape, check_tensor, NmPattern, TargetedDropout,
 };
+#[cfg(any(feature = "emulate", feature = "cuda"))]
+use crate::custom_op::Ready;
+use crate::custom_op::{Bits, KeptForward};
 use crate::generator::{next_draw_state, take_offsets};
 use crate::op::{filters, DropoutKind, Output, TargetedOp, UnitScoresOp};
 use crate::philox::Bernoulli;
@@ -19,6 +22,9 @@ fn apply(w: &Tensor, op: TargetedOp) -> Result<Tensor> {
     }
     let w = w.contiguous()?;
     match op.output {
+        // Under autograd the forward keeps its bit mask for the backward pass where the
+        // kernel serving it writes one.
+        Output::Values if w.track_op() => w.apply_op1(KeptForward::new(op)),
         Output::Values => w.apply_op1(op),
         Output::Mask => w.apply_op1_no_bwd(&op),
     }
@@ -333,7 +339,11 @@ pub fn targeted_unit_dropout_from_scores(
 /// each in order. Each result keeps its own autograd. Every argument is checked before any
 /// draw: on an error the generator has not moved.
 ///
-/// On the CPU the tensors are computed in parallel.
+/// On the CPU the tensors are computed in parallel. On a GPU (and under the emulator) the
+/// tensors that one kernel serves are one launch (the v5 block kernel: up to 62 tensors per
+/// launch, their table passed by value, no copy to the device; rows of at most 32 take one
+/// tiny-row launch per tensor, the other paths their own launches), and each result keeps
+/// its bit mask for the backward pass while it is under autograd.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -374,14 +384,14 @@ fn configured(op: &str, w: &Tensor, td: TargetedDropout, state: (u64, u64)) -> R
     validated(op, w, td, Some(state), Output::Values)
 }
 
-/// Every item validated first (an error names the tensor and takes no offset), then the
-/// offsets (`state`, or the generator's next ones), then the ops: in parallel on the CPU.
-fn many(
+/// The ops of a call over many items: every item validated first (an error names the
+/// tensor and takes no offset), then the offsets (`state`, or the generator's next ones):
+/// item `i` draws at `(seed, first + i)`.
+pub(crate) fn many_ops(
     op: &str,
     items: &[(&Tensor, TargetedDropout)],
     state: Option<(u64, u64)>,
-) -> Result<Vec<Tensor>> {
-    use rayon::prelude::*;
+) -> Result<Vec<TargetedOp>> {
     let mut ops = items
         .iter()
         .enumerate()
@@ -391,6 +401,21 @@ fn many(
     for (i, o) in ops.iter_mut().enumerate() {
         o.draws.seed = seed;
         o.draws.offset = first.wrapping_add(i as u64);
+    }
+    Ok(ops)
+}
+
+/// The ops of [`many_ops`], then the outputs: grouped where the kernels serve the call,
+/// in parallel on the CPU.
+fn many(
+    op: &str,
+    items: &[(&Tensor, TargetedDropout)],
+    state: Option<(u64, u64)>,
+) -> Result<Vec<Tensor>> {
+    use rayon::prelude::*;
+    let ops = many_ops(op, items, state)?;
+    if let Some(out) = grouped(items, &ops, &|_| false)? {
+        return Ok(out.into_iter().map(|(t, _)| t).collect());
     }
     // The items run on rayon threads: they inherit the caller's emulation, if any.
     #[cfg(feature = "emulate")]
@@ -406,6 +431,132 @@ fn many(
     } else {
         items.iter().zip(ops).map(one).collect()
     }
+}
+
+/// One output of a grouped call and the bit mask it kept, if any.
+pub(crate) type Served = (Tensor, Option<Bits>);
+
+/// Where the kernels serve a call (CUDA tensors of one device, or CPU tensors under the
+/// emulator): the items' outputs from one grouped plan (one v5 block launch per kernel width
+/// for every item it serves, `plan::group`), each as a tensor with its own autograd (its
+/// kept bit mask for the backward pass when `keep(i)`, or when the tensor is tracked), and
+/// the kept masks. `None` where the call is not served so (the CPU, mixed devices).
+#[cfg(not(any(feature = "emulate", feature = "cuda")))]
+pub(crate) fn grouped(
+    _items: &[(&Tensor, TargetedDropout)],
+    _ops: &[TargetedOp],
+    _keep: &dyn Fn(usize) -> bool,
+) -> Result<Option<Vec<Served>>> {
+    Ok(None)
+}
+
+/// See above.
+#[cfg(any(feature = "emulate", feature = "cuda"))]
+pub(crate) fn grouped(
+    items: &[(&Tensor, TargetedDropout)],
+    ops: &[TargetedOp],
+    keep: &dyn Fn(usize) -> bool,
+) -> Result<Option<Vec<Served>>> {
+    use candle_core::{Device, Storage};
+    use std::sync::Arc;
+    let Some((first, _)) = items.first() else {
+        return Ok(None);
+    };
+    let served = match first.device() {
+        Device::Cpu => emulated(),
+        Device::Cuda(_) => cfg!(feature = "cuda"),
+        _ => false,
+    };
+    if !served
+        || !items
+            .iter()
+            .all(|(w, _)| w.device().same_device(first.device()))
+    {
+        return Ok(None);
+    }
+    let ws = items
+        .iter()
+        .map(|(w, _)| w.contiguous())
+        .collect::<Result<Vec<Tensor>>>()?;
+    // Empty tensors take no launch (as in `apply`).
+    let live: Vec<usize> = (0..ws.len()).filter(|&i| ws[i].elem_count() > 0).collect();
+    let guards: Vec<_> = live.iter().map(|&i| ws[i].storage_and_layout()).collect();
+    let keeps: Vec<bool> = live.iter().map(|&i| keep(i) || ws[i].track_op()).collect();
+    let mut outs: Vec<(Ready, Option<Bits>)> = Vec::with_capacity(live.len());
+    let internal = || {
+        candle_core::Error::Msg(
+            "targeted_dropout_many: internal error, the tensors left their device".into(),
+        )
+    };
+    match first.device() {
+        #[cfg(feature = "emulate")]
+        Device::Cpu if !live.is_empty() => {
+            let ctx = crate::emulate::active().ok_or_else(internal)?;
+            let mut args = Vec::with_capacity(live.len());
+            for (&i, g) in live.iter().zip(&guards) {
+                let Storage::Cpu(s) = &*g.0 else {
+                    return Err(internal());
+                };
+                args.push((&ops[i], s, g.1));
+            }
+            for (out, bits) in crate::emulate::forward_many(&ctx, &args, &keeps)? {
+                outs.push((Ready::Cpu(out), bits.map(|b| Bits::Host(Arc::new(b)))));
+            }
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if !live.is_empty() => {
+            let mut args = Vec::with_capacity(live.len());
+            for (&i, g) in live.iter().zip(&guards) {
+                let Storage::Cuda(s) = &*g.0 else {
+                    return Err(internal());
+                };
+                args.push((&ops[i], s, g.1));
+            }
+            for (out, bits) in crate::cuda::forward_many(&args, &keeps)? {
+                outs.push((Ready::Cuda(out), bits.map(|b| Bits::Cuda(Arc::new(b)))));
+            }
+        }
+        _ => {}
+    }
+    drop(guards);
+    let mut outs = outs.into_iter();
+    let mut result = Vec::with_capacity(ws.len());
+    for (i, w) in ws.iter().enumerate() {
+        if w.elem_count() == 0 {
+            result.push((apply(w, ops[i])?, None));
+            continue;
+        }
+        let (out, bits) = outs.next().expect("one output per live item");
+        let op = KeptForward::ready(ops[i], out, bits.clone());
+        let t = if w.track_op() {
+            w.apply_op1(op)?
+        } else {
+            w.apply_op1_no_bwd(&op)?
+        };
+        result.push((t, bits));
+    }
+    Ok(Some(result))
+}
+
+/// Whether the emulation is in force on this thread.
+#[cfg(any(feature = "emulate", feature = "cuda"))]
+fn emulated() -> bool {
+    #[cfg(feature = "emulate")]
+    return crate::emulate::active().is_some();
+    #[cfg(not(feature = "emulate"))]
+    false
+}
+
+/// The values of `op` on `w` (no autograd: a weight a `VarMapDropout` step sets).
+pub(crate) fn values_of(w: &Tensor, mut op: TargetedOp) -> Result<Tensor> {
+    op.output = Output::Values;
+    apply(&w.detach(), op)
+}
+
+/// The u8 mask (1 = dropped) of `op` on `w`: the same selection and draws with the mask out.
+pub(crate) fn mask_of(w: &Tensor, mut op: TargetedOp) -> Result<Tensor> {
+    op.output = Output::Mask;
+    apply(w, op)
 }
 
 /// The gradient that autograd gives `w` through targeted dropout at `(seed, offset)`: `grad`

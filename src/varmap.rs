@@ -3,20 +3,21 @@
 //! their gradients afterwards, prunes them for evaluation, and reports the sparsity
 //! ([`SparsityReport`]). The model's code does not change.
 
-use crate::config::{check_kind_args, TargetedDropout};
+use crate::config::{check_kind, check_kind_args, TargetedDropout};
+use crate::custom_op::{mask_on_host, masked_by_bits, Bits};
 use crate::functions::{
-    is_nm_sparse, masked_gradient, prune_nm, prune_units, prune_weights,
-    targeted_dropout_many_seeded, zero_count,
+    grouped, is_nm_sparse, many_ops, mask_of, masked_gradient, prune_nm, prune_units,
+    prune_weights, zero_count,
 };
 use crate::generator::take_offsets;
 use crate::op::DropoutKind;
 use candle_core::backprop::GradStore;
 use candle_core::TensorId;
-use candle_core::{bail, Result, Tensor, Var};
+use candle_core::{bail, CpuStorage, Device, Result, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// One selected variable.
 #[derive(Debug, Clone)]
@@ -144,7 +145,8 @@ impl VarMapDropout {
     /// the next offsets of the process-wide generator, one per variable in name order (the
     /// same bits as [`crate::targeted_weight_dropout`] / [`crate::targeted_unit_dropout`] on
     /// each in that order). Run the model's forward and backward passes, then call
-    /// [`DropoutStep::finish`]. Until then a copy of each selected weight is held.
+    /// [`DropoutStep::finish`]. Until then the step holds, on the CPU, each variable's bit
+    /// mask of its dropped elements and their original values ([`DropoutStep::held_bytes`]).
     pub fn apply(&self) -> Result<DropoutStep<'_>> {
         // Reserved before the offsets are taken: a refused step does not move the generator.
         let reserved = Reservation::take(self, "apply")?;
@@ -180,29 +182,38 @@ impl VarMapDropout {
             seed,
             first_offset,
         };
-        let originals: Vec<Tensor> = self
+        let current: Vec<Tensor> = self
             .entries
             .iter()
             .map(|e| e.var.as_tensor().detach())
             .collect();
-        let items: Vec<(&Tensor, TargetedDropout)> = originals
+        let items: Vec<(&Tensor, TargetedDropout)> = current
             .iter()
             .zip(&self.entries)
             .map(|(t, e)| (t, e.config))
             .collect();
-        let dropped = targeted_dropout_many_seeded(&items, seed, first_offset)
-            .map_err(|e| e.context(format!("VarMapDropout::{what}")))?;
-        // Keep each original (a copy: the variable's storage is about to be overwritten).
-        for ((e, orig), d) in self.entries.iter().zip(&originals).zip(dropped) {
+        let context = |err: candle_core::Error| err.context(format!("VarMapDropout::{what}"));
+        let ops = many_ops("VarMapDropout", &items, Some((seed, first_offset))).map_err(context)?;
+        // Where the kernels serve the call (a GPU, the emulator): one grouped plan for every
+        // variable, each output with its kept bit mask where its kernel writes one.
+        let served = grouped(&items, &ops, &|_| true).map_err(context)?;
+        for (i, (e, w)) in self.entries.iter().zip(&current).enumerate() {
             let named = |err: candle_core::Error| {
                 err.context(format!("VarMapDropout::{what}: variable {}", e.name))
             };
-            let copy = orig.copy().map_err(named)?;
-            if d.elem_count() > 0 {
-                e.var.set(&d).map_err(named)?;
+            if w.elem_count() == 0 {
+                step.saved.vars.push(&e.var);
+                step.saved.originals.push(Saved::full(w.clone()));
+                continue;
             }
+            let (dropped, bits) = match &served {
+                Some(v) => (Some(v[i].0.clone()), v[i].1.clone()),
+                None => (None, None),
+            };
+            let (d, saved) = hold(w, ops[i], dropped, bits).map_err(named)?;
+            e.var.set(&d).map_err(named)?;
             step.saved.vars.push(&e.var);
-            step.saved.originals.push(copy);
+            step.saved.originals.push(saved);
         }
         Ok(step)
     }
@@ -234,16 +245,19 @@ impl VarMapDropout {
         let (kind, gamma) = (td.kind, td.gamma);
         // Held until the weights are back (it drops after `restore`, declared later).
         let _reserved = Reservation::take(self, "with_pruned")?;
-        let originals: Vec<Tensor> = self
+        let originals: Vec<Saved> = self
             .entries
             .iter()
-            .map(|e| e.var.as_tensor().copy())
+            .map(|e| Ok(Saved::full(e.var.as_tensor().copy()?)))
             .collect::<Result<_>>()?;
         let restore = Restore {
             vars: self.entries.iter().map(|e| &e.var).collect(),
             originals,
         };
         for (e, orig) in self.entries.iter().zip(&restore.originals) {
+            let Saved::Full { orig, .. } = orig else {
+                unreachable!("with_pruned saves full copies")
+            };
             if orig.elem_count() > 0 {
                 e.var.set(&prune_as(&e.name, orig, kind, gamma)?)?;
             }
@@ -300,10 +314,176 @@ fn prune_as(name: &str, w: &Tensor, kind: DropoutKind, gamma: f64) -> Result<Ten
     }
 }
 
+/// What a step holds for one variable until it ends.
+enum Saved {
+    /// A copy of the whole weight (`with_pruned`; a step on a device where the dropped
+    /// values are not packed), with the kept bit mask, if any, for the gradient.
+    Full { orig: Tensor, bits: Option<Bits> },
+    /// The bit mask of the dropped elements and their original values in flat order (a
+    /// rank-1 tensor of the weight's dtype): the variable holds every other element's
+    /// original bits, so these two give the weight back exactly.
+    Dropped { bits: Arc<Vec<u32>>, values: Tensor },
+}
+
+impl Saved {
+    fn full(orig: Tensor) -> Saved {
+        Saved::Full { orig, bits: None }
+    }
+
+    /// The bytes it holds.
+    fn bytes(&self) -> usize {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            Saved::Full { orig, bits } => size(orig) + bits.as_ref().map_or(0, Bits::bytes),
+            Saved::Dropped { bits, values } => bits.len() * 4 + size(values),
+        }
+    }
+
+    /// Sets `var` back to its original weight.
+    fn restore(&self, var: &Var) -> Result<()> {
+        match self {
+            Saved::Full { orig, .. } if orig.elem_count() == 0 => Ok(()),
+            Saved::Full { orig, .. } => var.set(orig),
+            Saved::Dropped { bits, values } => var.set(&unpack(var.as_tensor(), bits, values)?),
+        }
+    }
+}
+
+/// What `apply` makes of one variable `w` under `op`: the dropped weight and what the step
+/// holds. On the CPU (the emulator's device included) the held state is the bit mask and the
+/// dropped elements' original values; `dropped` and `bits` are what a grouped call computed
+/// (the kernels' output and kept mask), computed here where absent (the CPU's selection gives
+/// the u8 mask: one pass, then one pass that writes the output and packs). Elsewhere a copy.
+fn hold(
+    w: &Tensor,
+    op: crate::op::TargetedOp,
+    dropped: Option<Tensor>,
+    bits: Option<Bits>,
+) -> Result<(Tensor, Saved)> {
+    if !w.device().is_cpu() {
+        let d = match dropped {
+            Some(d) => d,
+            None => crate::functions::values_of(w, op)?,
+        };
+        return Ok((
+            d,
+            Saved::Full {
+                orig: w.copy()?,
+                bits,
+            },
+        ));
+    }
+    let w = w.contiguous()?;
+    let mut bits: Vec<u32> = match bits.as_ref().and_then(Bits::host) {
+        Some(b) => b.to_vec(),
+        None => bits_of(&mask_of(&w, op)?)?,
+    };
+    // The bits past the last element (a kernel leaves them as they were) cleared.
+    let tail = w.elem_count() % 32;
+    if let (true, Some(last)) = (tail != 0, bits.last_mut()) {
+        *last &= (1u32 << tail) - 1;
+    }
+    let bits = Arc::new(bits);
+    let shape = w.shape().clone();
+    let cpu = Device::Cpu;
+    macro_rules! go {
+        ($($variant:ident),*) => {{
+            let (st, l) = w.storage_and_layout();
+            let Some((a, b)) = l.contiguous_offsets() else {
+                bail!("VarMapDropout: internal error, a weight that is not contiguous")
+            };
+            match &*st {
+                $(Storage::Cpu(CpuStorage::$variant(x)) => {
+                    let x = &x[a..b];
+                    let values = packed(x, &bits);
+                    let d = match dropped {
+                        Some(d) => d,
+                        None => Tensor::from_vec(zeroed(x, &bits), &shape, &cpu)?,
+                    };
+                    let n = values.len();
+                    (d, Tensor::from_vec(values, n, &cpu)?)
+                })*
+                _ => bail!("VarMapDropout: internal error, a weight that is not a float CPU tensor"),
+            }
+        }};
+    }
+    let (d, values) = go!(F32, F64, F16, BF16);
+    Ok((d, Saved::Dropped { bits, values }))
+}
+
+fn is_set(bits: &[u32], e: usize) -> bool {
+    (bits[e / 32] >> (e % 32)) & 1 == 1
+}
+
+/// The bit mask of a u8 mask (1 = dropped).
+fn bits_of(mask: &Tensor) -> Result<Vec<u32>> {
+    let m = mask.flatten_all()?.to_vec1::<u8>()?;
+    let mut bits = vec![0u32; m.len().div_ceil(32)];
+    for (e, _) in m.iter().enumerate().filter(|(_, &x)| x != 0) {
+        bits[e / 32] |= 1 << (e % 32);
+    }
+    Ok(bits)
+}
+
+/// The elements of `w` whose bit is set, in order (exactly as many as are held).
+fn packed<T: Copy>(w: &[T], bits: &[u32]) -> Vec<T> {
+    let count = bits.iter().map(|b| b.count_ones() as usize).sum();
+    let mut v = Vec::with_capacity(count);
+    v.extend(
+        w.iter()
+            .enumerate()
+            .filter(|&(e, _)| is_set(bits, e))
+            .map(|(_, &x)| x),
+    );
+    v
+}
+
+/// `w` with the elements whose bit is set +0.0 (the contract's dropped value).
+fn zeroed<T: Copy + Default>(w: &[T], bits: &[u32]) -> Vec<T> {
+    w.iter()
+        .enumerate()
+        .map(|(e, &x)| if is_set(bits, e) { T::default() } else { x })
+        .collect()
+}
+
+/// The weight `d` (a CPU tensor) with the elements whose bit is set taken from `values`, in
+/// order.
+fn unpack(d: &Tensor, bits: &[u32], values: &Tensor) -> Result<Tensor> {
+    let d = d.contiguous()?;
+    let (sd, ld) = d.storage_and_layout();
+    let (sv, lv) = values.storage_and_layout();
+    let (Some((a, b)), Some((va, vb))) = (ld.contiguous_offsets(), lv.contiguous_offsets()) else {
+        bail!("VarMapDropout: internal error, a saved weight that is not contiguous")
+    };
+    let cpu = Device::Cpu;
+    macro_rules! go {
+        ($($variant:ident),*) => {
+            match (&*sd, &*sv) {
+                $((Storage::Cpu(CpuStorage::$variant(x)), Storage::Cpu(CpuStorage::$variant(v))) => {
+                    let mut v = v[va..vb].iter();
+                    let out: Vec<_> = x[a..b]
+                        .iter()
+                        .enumerate()
+                        .map(|(e, &x)| if is_set(bits, e) { *v.next().unwrap_or(&x) } else { x })
+                        .collect();
+                    Tensor::from_vec(out, ld.shape(), &cpu)
+                })*
+                _ => bail!(
+                    "VarMapDropout: the variable is {:?} on {:?} but its saved values are {:?}",
+                    d.dtype(),
+                    d.device(),
+                    values.dtype()
+                ),
+            }
+        };
+    }
+    go!(F32, F64, F16, BF16)
+}
+
 /// Puts saved weights back, at once or when dropped (an error path).
 struct Restore<'a> {
     vars: Vec<&'a Var>,
-    originals: Vec<Tensor>,
+    originals: Vec<Saved>,
 }
 
 impl Restore<'_> {
@@ -323,13 +503,10 @@ impl Drop for Restore<'_> {
 }
 
 /// Sets every variable back, trying all of them; the first error, if any.
-fn restore(vars: &[&Var], originals: &[Tensor]) -> Result<()> {
+fn restore(vars: &[&Var], originals: &[Saved]) -> Result<()> {
     let mut first = Ok(());
     for (v, o) in vars.iter().zip(originals) {
-        if o.elem_count() == 0 {
-            continue;
-        }
-        if let Err(e) = v.set(o) {
+        if let Err(e) = o.restore(v) {
             if first.is_ok() {
                 first = Err(e);
             }
@@ -408,7 +585,29 @@ impl DropoutStep<'_> {
             // keeps what it had.
             if let Some(g) = grads.get(e.var.as_tensor()) {
                 let offset = self.first_offset.wrapping_add(i as u64);
-                match masked_gradient(orig, g, e.config, self.seed, offset) {
+                let masked = match orig {
+                    // The kept mask: one pass over the gradient, no selection.
+                    Saved::Dropped { bits, .. } => {
+                        let b = Bits::Host(bits.clone());
+                        match masked_by_bits(g, &b) {
+                            Ok(Some(m)) => Ok(m),
+                            Ok(None) => mask_on_host(g, bits),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Saved::Full {
+                        orig,
+                        bits: Some(b),
+                    } => match masked_by_bits(g, b) {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => masked_gradient(orig, g, e.config, self.seed, offset),
+                        Err(e) => Err(e),
+                    },
+                    Saved::Full { orig, bits: None } => {
+                        masked_gradient(orig, g, e.config, self.seed, offset)
+                    }
+                };
+                match masked {
                     Ok(masked) => {
                         grads.insert(e.var.as_tensor(), masked);
                     }
@@ -427,6 +626,16 @@ impl DropoutStep<'_> {
     /// Restores the original weights without touching any gradient.
     pub fn restore(self) -> Result<()> {
         self.saved.now()
+    }
+
+    /// The bytes the step holds until it ends, besides the variables themselves: on the CPU
+    /// (and the emulator) the bit mask of each variable's dropped elements (`ceil(n / 32)`
+    /// u32 words) and their original values (`dropped * size_of(dtype)`): at gamma = alpha =
+    /// 0.5 about a quarter of the weights plus 1/32 (f32) of an element per element. On a
+    /// CUDA device, today, a full copy of each weight (plus the mask where a v5 kernel
+    /// served it).
+    pub fn held_bytes(&self) -> usize {
+        self.saved.originals.iter().map(Saved::bytes).sum()
     }
 }
 

@@ -2,8 +2,8 @@
 //! the full-sort oracle, on the launch plans of an H200 and of a small sm_86 GPU:
 //! - random weight-dropout, pruning and gradient cases on the shapes of every weight path
 //!   (tiny rows, the block path up to its limit, long rows), every dtype, against the oracle;
-//!   with the `kernels-v5` feature the plan sends the shapes v5 covers to
-//!   `kernels/weight_v5.cu`, so the same cases check v5 (`TD_EMU_CASES` cases per profile);
+//!   the plan sends the shapes v5 covers (aligned, values out) to `kernels/weight_v5.cu` and
+//!   the rest to the v4 kernels, so the same cases check both (`TD_EMU_CASES` per profile);
 //! - the paths the random cases of `equivalence.rs` reach rarely or not at all: long rows of
 //!   several chunks in several row groups, the shared-memory fallbacks of a small GPU, row
 //!   shards, unit dropout from gathered scores, the grouped call (whose items run on rayon

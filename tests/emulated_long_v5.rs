@@ -1,12 +1,12 @@
-//! The v5 long-row kernels (`kernels/weight_v5.cu`, "Long rows"; feature `kernels-v5` until
-//! v5 is the default) under emulation, bit for bit against the CPU path, on both profiles:
+//! The v5 long-row kernels (`kernels/weight_v5.cu`, "Long rows"; the default for rows past
+//! what one v5 block holds) under emulation, bit for bit against the CPU path, on both profiles:
 //! rows past what one v5 block holds for every dtype, plain data (the candidates of the first
 //! digit fit the list), ties (four magnitudes: the count passes past the first digit), an
 //! all-zero row (ties to the last digit, resolved by index), gamma = 1 (the output pass
 //! alone), the recomputing backward (values from the gradient) and a shard (elem_base). The
 //! launches are read back through `emulate::run_traced`: the count passes, the resolve and
 //! the output pass, and no v4 long-row kernel.
-#![cfg(all(feature = "emulate", feature = "kernels-v5"))]
+#![cfg(feature = "emulate")]
 mod common;
 
 use candle_core::{DType, Result, Tensor, Var};

@@ -2,11 +2,12 @@
 //! the roles to device pointers and issues its launches, copies and fills in order.
 
 use super::module::Kernels;
-use crate::plan::{Arg, Buf, Init, Params, Plan, Step};
+use crate::plan::{Arg, Buf, Grouped, Init, Launch, Params, Plan, Step};
 use candle_core::cuda_backend::cudarc::driver::{
     result, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg, SyncOnDrop, ValidAsZeroBits,
 };
+use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, Result};
 use std::sync::Arc;
@@ -34,6 +35,192 @@ unsafe impl DeviceRepr for crate::cuda_params::Td5TinyParams {}
 unsafe impl DeviceRepr for crate::cuda_params::Td5BwdParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::Td5LongParams {}
+
+/// Issues one launch whose pointer arguments resolve through `addr(segment, arg)` (the
+/// segment of a grouped launch whose buffers an argument names; 0 for the kernel's own).
+fn issue(
+    kern: &Kernels,
+    stream: &Arc<CudaStream>,
+    l: &Launch,
+    addr: &dyn Fn(usize, Arg) -> Result<u64>,
+) -> Result<()> {
+    let args = l
+        .args
+        .iter()
+        .map(|a| addr(0, *a))
+        .collect::<Result<Vec<u64>>>()?;
+    // The v5 kernels take their buffers' addresses in the params (by value: no copy to the
+    // device); the buffers' guards held by the caller record their use on the stream.
+    let mut params = l.params.clone();
+    for (i, seg) in l.segs.iter().enumerate() {
+        params.set_seg(i, seg.resolve(|a| addr(i, a))?);
+    }
+    let mut b = stream.launch_builder(kern.func(l.kernel)?);
+    for a in &args {
+        b.arg(a);
+    }
+    match &params {
+        Params::Rows(p) => b.arg(p),
+        Params::LongHist(p) => b.arg(p),
+        Params::LongApply(p) => b.arg(p),
+        Params::Scores(p) => b.arg(p),
+        Params::UnitApply(p) => b.arg(p),
+        Params::Nm(p) => b.arg(p),
+        Params::Block5(p) => b.arg(&**p),
+        Params::Tiny5(p) => b.arg(&**p),
+        Params::Bwd5(p) => b.arg(p),
+        Params::Long5(p) => b.arg(&**p),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: l.grid,
+        block_dim: l.block,
+        shared_mem_bytes: l.smem,
+    };
+    // SAFETY: the plan sizes every buffer for the elements its launches touch (the shapes
+    // the op was planned for), passes the arguments in the kernel's order with the params
+    // struct last, and asks for no more dynamic shared memory than the limit set on the
+    // function at load.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(())
+}
+
+/// Issues a copy or a fill of a plan (a launch through [`issue`]).
+fn issue_step(
+    kern: &Kernels,
+    stream: &Arc<CudaStream>,
+    step: &Step,
+    addr: &dyn Fn(usize, Arg) -> Result<u64>,
+) -> Result<()> {
+    let ptr = |b: Buf| addr(0, Arg::Buf(b, 0));
+    match step {
+        Step::Launch(l) => issue(kern, stream, l, addr),
+        Step::Copy { from, to, bytes } => {
+            // SAFETY: both buffers hold at least `bytes` bytes on this stream's device (the
+            // plan's sizes) and do not overlap (different roles).
+            unsafe {
+                result::memcpy_dtod_async(
+                    ptr(*to)?,
+                    ptr(*from)?,
+                    *bytes as usize,
+                    stream.cu_stream(),
+                )
+            }
+            .w()
+        }
+        Step::Zero { buf, bytes } => {
+            // SAFETY: the buffer holds at least `bytes` bytes on this stream's device.
+            unsafe { result::memset_d8_async(ptr(*buf)?, 0, *bytes as usize, stream.cu_stream()) }
+                .w()
+        }
+    }
+}
+
+/// An output of `like`'s element type, `bytes` long.
+fn alloc_like(
+    stream: &Arc<CudaStream>,
+    like: &CudaStorageSlice,
+    bytes: u64,
+    init: Init,
+) -> Result<CudaStorageSlice> {
+    use CudaStorageSlice as S;
+    Ok(match like {
+        S::F16(_) => S::F16(alloc(stream, bytes as usize / 2, init)?),
+        S::BF16(_) => S::BF16(alloc(stream, bytes as usize / 2, init)?),
+        S::F32(_) => S::F32(alloc(stream, bytes as usize / 4, init)?),
+        S::F64(_) => S::F64(alloc(stream, bytes as usize / 8, init)?),
+        _ => bail!("targeted dropout on CUDA: internal error, an output that is not float"),
+    })
+}
+
+/// The device address of a float slice, mutably, and its guard.
+fn slice_ptr_mut<'a>(
+    s: &'a mut CudaStorageSlice,
+    stream: &'a Arc<CudaStream>,
+) -> Result<(u64, SyncOnDrop<'a>)> {
+    use CudaStorageSlice as S;
+    Ok(match s {
+        S::F16(x) => x.device_ptr_mut(stream),
+        S::BF16(x) => x.device_ptr_mut(stream),
+        S::F32(x) => x.device_ptr_mut(stream),
+        S::F64(x) => x.device_ptr_mut(stream),
+        _ => bail!("targeted dropout on CUDA: internal error, a slice that is not float"),
+    })
+}
+
+/// What a grouped execution returns per item: its output (of its input's element type) and
+/// the kept bit mask, where its plan allocates one.
+pub(super) type ItemResult = (CudaStorageSlice, Option<CudaSlice<u32>>);
+
+/// Runs the plans of many items on `stream`: the grouped launches first (each segment's
+/// buffers those of its item), then each item's remaining steps. `inputs[i]` binds item i's
+/// input roles to device addresses (their guards held by the caller across this call);
+/// `like[i]` is a slice of its element type. Nothing is copied from the host: the segment
+/// tables travel in the launch parameters.
+pub(super) fn execute_many(
+    kern: &Kernels,
+    stream: &Arc<CudaStream>,
+    plans: &[Plan],
+    grouped: &[Grouped],
+    inputs: &[Vec<(Buf, u64)>],
+    like: &[&CudaStorageSlice],
+) -> Result<Vec<ItemResult>> {
+    let mut outs = Vec::with_capacity(plans.len());
+    let mut scratch = Vec::with_capacity(plans.len());
+    for (plan, like) in plans.iter().zip(like) {
+        let (mut out, mut bits, mut rest) = (None, None, Vec::new());
+        for a in &plan.allocs {
+            match a.buf {
+                Buf::Out => out = Some(alloc_like(stream, like, a.bytes, a.init)?),
+                Buf::Bits => bits = Some(alloc::<u32>(stream, a.bytes as usize / 4, a.init)?),
+                b => rest.push((b, alloc::<u8>(stream, a.bytes as usize, a.init)?)),
+            }
+        }
+        let Some(out) = out else {
+            bail!("targeted dropout on CUDA: internal error, a plan with no output")
+        };
+        outs.push((out, bits));
+        scratch.push(rest);
+    }
+    {
+        let mut ptrs: Vec<Vec<(Buf, u64)>> = inputs.to_vec();
+        let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+        for ((out, bits), (rest, p)) in outs.iter_mut().zip(scratch.iter_mut().zip(ptrs.iter_mut()))
+        {
+            let (o, g) = slice_ptr_mut(out, stream)?;
+            p.push((Buf::Out, o));
+            guards.push(g);
+            if let Some(b) = bits {
+                let (o, g) = b.device_ptr_mut(stream);
+                p.push((Buf::Bits, o));
+                guards.push(g);
+            }
+            for (buf, s) in rest.iter_mut() {
+                let (o, g) = s.device_ptr_mut(stream);
+                p.push((*buf, o));
+                guards.push(g);
+            }
+        }
+        let addr_of = |item: usize, a: Arg| -> Result<u64> {
+            match a {
+                Arg::Null => Ok(0),
+                Arg::Buf(b, off) => match ptrs[item].iter().find(|(x, _)| *x == b) {
+                    Some((_, p)) => Ok(p + off),
+                    None => bail!("targeted dropout on CUDA: internal error, no buffer {b:?}"),
+                },
+            }
+        };
+        for g in grouped {
+            issue(kern, stream, &g.launch, &|seg, a| addr_of(g.items[seg], a))?;
+        }
+        for (i, plan) in plans.iter().enumerate() {
+            for step in &plan.steps {
+                issue_step(kern, stream, step, &|_, a| addr_of(i, a))?;
+            }
+        }
+        drop(guards);
+    }
+    Ok(outs)
+}
 
 /// The op's inputs: [`Buf::W`] and, in the backward pass, [`Buf::Vals`].
 pub(super) struct Inputs<'a, 'b, T> {
@@ -101,76 +288,14 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
                 None => bail!("targeted dropout on CUDA: internal error, no buffer {buf:?}"),
             }
         };
-        for step in &plan.steps {
-            match step {
-                Step::Launch(l) => {
-                    let args = l
-                        .args
-                        .iter()
-                        .map(|a| match *a {
-                            Arg::Buf(b, off) => Ok(ptr(b)? + off),
-                            Arg::Null => Ok(0),
-                        })
-                        .collect::<Result<Vec<u64>>>()?;
-                    // The v5 kernels take their buffers' addresses in the params; the
-                    // buffers' guards above record their use on the stream like the others.
-                    let mut params = l.params.clone();
-                    for (i, seg) in l.segs.iter().enumerate() {
-                        params.set_seg(
-                            i,
-                            seg.resolve(|a| match a {
-                                Arg::Buf(b, off) => Ok(ptr(b)? + off),
-                                Arg::Null => Ok(0),
-                            })?,
-                        );
-                    }
-                    let mut b = stream.launch_builder(kern.func(l.kernel)?);
-                    for a in &args {
-                        b.arg(a);
-                    }
-                    match &params {
-                        Params::Rows(p) => b.arg(p),
-                        Params::LongHist(p) => b.arg(p),
-                        Params::LongApply(p) => b.arg(p),
-                        Params::Scores(p) => b.arg(p),
-                        Params::UnitApply(p) => b.arg(p),
-                        Params::Nm(p) => b.arg(p),
-                        Params::Block5(p) => b.arg(&**p),
-                        Params::Tiny5(p) => b.arg(&**p),
-                        Params::Long5(p) => b.arg(&**p),
-                    };
-                    let cfg = LaunchConfig {
-                        grid_dim: l.grid,
-                        block_dim: l.block,
-                        shared_mem_bytes: l.smem,
-                    };
-                    // SAFETY: the plan sizes every buffer for the elements its launches touch
-                    // (the shapes the op was planned for), passes the arguments in the
-                    // kernel's order with the params struct last, and asks for no more
-                    // dynamic shared memory than the limit set on the function at load.
-                    unsafe { b.launch(cfg) }.w()?;
-                }
-                Step::Copy { from, to, bytes } => {
-                    // SAFETY: both buffers hold at least `bytes` bytes on this stream's
-                    // device (the plan's sizes) and do not overlap (different roles).
-                    unsafe {
-                        result::memcpy_dtod_async(
-                            ptr(*to)?,
-                            ptr(*from)?,
-                            *bytes as usize,
-                            stream.cu_stream(),
-                        )
-                    }
-                    .w()?
-                }
-                Step::Zero { buf, bytes } => {
-                    // SAFETY: the buffer holds at least `bytes` bytes on this stream's device.
-                    unsafe {
-                        result::memset_d8_async(ptr(*buf)?, 0, *bytes as usize, stream.cu_stream())
-                    }
-                    .w()?
-                }
+        let addr = |_: usize, a: Arg| -> Result<u64> {
+            match a {
+                Arg::Buf(b, off) => Ok(ptr(b)? + off),
+                Arg::Null => Ok(0),
             }
+        };
+        for step in &plan.steps {
+            issue_step(kern, stream, step, &addr)?;
         }
         drop(guards);
     }

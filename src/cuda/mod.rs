@@ -19,7 +19,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
-use exec::{execute, Inputs};
+use exec::{execute, execute_many, Inputs};
 use module::Kernels;
 
 /// The contiguous view of a slice under a layout.
@@ -98,6 +98,140 @@ pub(crate) fn forward(
     };
     let device = w.device().clone();
     Ok((CudaStorage { slice, device }, wl.shape().clone()))
+}
+
+/// The device address of element `start` of a float slice, and its guard.
+fn input_ptr<'a>(
+    s: &'a CudaStorageSlice,
+    start: usize,
+    stream: &'a std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+) -> Result<(
+    u64,
+    candle_core::cuda_backend::cudarc::driver::SyncOnDrop<'a>,
+)> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    use CudaStorageSlice as S;
+    let ((p, g), size) = match s {
+        S::F16(x) => (x.device_ptr(stream), 2),
+        S::BF16(x) => (x.device_ptr(stream), 2),
+        S::F32(x) => (x.device_ptr(stream), 4),
+        S::F64(x) => (x.device_ptr(stream), 8),
+        _ => bail!("targeted dropout on CUDA: internal error, an input that is not float"),
+    };
+    Ok((p + (start * size) as u64, g))
+}
+
+/// Whether a contiguous view starts 16-byte aligned (a CudaSlice is a whole allocation,
+/// aligned to at least 256 bytes).
+fn aligned16(dtype: Dtype, l: &Layout) -> bool {
+    l.contiguous_offsets()
+        .is_some_and(|(start, _)| (start as u64 * dtype.size()).is_multiple_of(16))
+}
+
+/// Many ops with values out in one call (`crate::targeted_dropout_many`,
+/// `crate::VarMapDropout`): the items' plans grouped (`plan::group`: one v5 block launch per
+/// kernel width for every item it serves), then each item's remaining steps, on the first
+/// item's device. Returns each output and, where `keep[i]`, the bit mask its plan kept
+/// (`None` where the kernel serving it writes none).
+pub(crate) fn forward_many(
+    items: &[(&TargetedOp, &CudaStorage, &Layout)],
+    keep: &[bool],
+) -> Result<Vec<(CudaStorage, Option<CudaSlice<u32>>)>> {
+    let Some((_, first, _)) = items.first() else {
+        return Ok(Vec::new());
+    };
+    let dev = first.device().clone();
+    let kern = Kernels::of(&dev)?;
+    let stream = dev.cuda_stream();
+    let mut plans = Vec::with_capacity(items.len());
+    for ((op, s, l), &bits) in items.iter().zip(keep) {
+        if op.output != Output::Values {
+            bail!(
+                "{}: internal error, a grouped call writes values",
+                op.name()
+            )
+        }
+        if s.device().id() != dev.id() {
+            bail!("targeted_dropout_many: the tensors of one call are on different devices")
+        }
+        let dtype = Dtype::of(op.name(), s.dtype())?;
+        let mut spec = OpSpec::new(op, dtype, l.shape(), false);
+        spec.bits = bits;
+        spec.aligned16 = aligned16(dtype, l);
+        spec.check()?;
+        plans.push(plan::forward(&spec, &kern.limits)?);
+    }
+    let grouped = plan::group(&mut plans);
+    let results = {
+        let mut guards = Vec::with_capacity(items.len());
+        let mut inputs = Vec::with_capacity(items.len());
+        for (_, s, l) in items {
+            let Some((start, _)) = l.contiguous_offsets() else {
+                bail!("targeted_dropout_many: internal error, w is not contiguous")
+            };
+            let (p, g) = input_ptr(&s.slice, start, &stream)?;
+            inputs.push(vec![(Buf::W, p)]);
+            guards.push(g);
+        }
+        let like: Vec<&CudaStorageSlice> = items.iter().map(|(_, s, _)| &s.slice).collect();
+        let r = execute_many(&kern, &stream, &plans, &grouped, &inputs, &like)?;
+        drop(guards);
+        r
+    };
+    Ok(results
+        .into_iter()
+        .map(|(slice, bits)| {
+            let device = dev.clone();
+            (CudaStorage { slice, device }, bits)
+        })
+        .collect())
+}
+
+/// [`forward`] with values out, keeping the bit mask of the dropped elements where the
+/// kernel serving the op writes one (the v5 weight kernels).
+pub(crate) fn forward_kept(
+    op: &TargetedOp,
+    s: &CudaStorage,
+    l: &Layout,
+) -> Result<(CudaStorage, Option<CudaSlice<u32>>)> {
+    let mut r = forward_many(&[(op, s, l)], &[true])?;
+    Ok(r.remove(0))
+}
+
+/// The backward from a kept bit mask (`td5_bwd_*`): the gradient `g` (contiguous, 16-byte
+/// aligned) with the elements whose bit is set zeroed, one read and one write.
+pub(crate) fn backward_bits(
+    g: &CudaStorage,
+    l: &Layout,
+    bits: &CudaSlice<u32>,
+) -> Result<CudaStorage> {
+    const OP: &str = "targeted-dropout-backward";
+    let dev = g.device().clone();
+    let dtype = Dtype::of(OP, g.dtype())?;
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{OP}: internal error, the gradient is not contiguous")
+    };
+    if !aligned16(dtype, l) || bits.len() * 32 < end - start {
+        bail!("{OP}: internal error, an unaligned gradient or a short mask for td5_bwd")
+    }
+    let kern = Kernels::of(&dev)?;
+    let stream = dev.cuda_stream();
+    let plans = [plan::backward_bits(
+        dtype,
+        (end - start) as u64,
+        &kern.limits,
+    )];
+    let mut r = {
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        let (gp, gg) = input_ptr(&g.slice, start, &stream)?;
+        let (bp, bg) = bits.device_ptr(&stream);
+        let inputs = [vec![(Buf::Vals, gp), (Buf::Bits, bp)]];
+        let r = execute_many(&kern, &stream, &plans, &[], &inputs, &[&g.slice])?;
+        drop((gg, bg));
+        r
+    };
+    let (slice, _) = r.remove(0);
+    Ok(CudaStorage { slice, device: dev })
 }
 
 /// The unit scores of `w` (DESIGN.md, "Targeted unit dropout", step 1): one per filter, f32

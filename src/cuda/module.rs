@@ -112,6 +112,7 @@ impl Kernels {
             Kernel::Nm(w, maxm) => &self.nm[w.index()][maxm.trailing_zeros() as usize - 2],
             Kernel::Block5(..)
             | Kernel::Tiny5(_)
+            | Kernel::Bwd5(_)
             | Kernel::LongCount5(_)
             | Kernel::LongResolve5(_)
             | Kernel::LongApply5(_) => match self.v5.get(&k) {

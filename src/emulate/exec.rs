@@ -89,7 +89,7 @@ impl Drop for DevBuf {
 
 /// The bytes of a slice of plain numbers.
 fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
-    // SAFETY: T is one of f16, bf16, f32, f64 (no padding, every byte initialised); the
+    // SAFETY: T is one of f16, bf16, f32, f64, u32 (no padding, every byte initialised); the
     // slice is borrowed for the result's lifetime.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
@@ -213,15 +213,26 @@ impl Bufs {
 
 /// One launch on the emulator; a fault is an error naming the op, the kernel and the launch.
 fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
+    launch_with(op, ctx, l, |_, a| bufs.address(a))
+}
+
+/// One launch whose pointer arguments resolve through `addr(segment, arg)` (the segment of a
+/// grouped launch whose buffers an argument names; 0 for the kernel's own arguments).
+fn launch_with(
+    op: &str,
+    ctx: &Context,
+    l: &Launch,
+    addr: impl Fn(usize, Arg) -> Result<u64>,
+) -> Result<()> {
     let name = l.kernel.name();
     let mut values = l
         .args
         .iter()
-        .map(|a| bufs.address(*a))
+        .map(|a| addr(0, *a))
         .collect::<Result<Vec<u64>>>()?;
     let mut params = l.params.clone();
     for (i, seg) in l.segs.iter().enumerate() {
-        params.set_seg(i, seg.resolve(|a| bufs.address(a))?);
+        params.set_seg(i, seg.resolve(|a| addr(i, a))?);
     }
     let mut args: Vec<*mut c_void> = values
         .iter_mut()
@@ -237,6 +248,7 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
         Params::Block5(p) => &mut **p as *mut Td5Params as *mut c_void,
         Params::Tiny5(p) => &mut **p as *mut Td5TinyParams as *mut c_void,
         Params::Long5(p) => &mut **p as *mut Td5LongParams as *mut c_void,
+        Params::Bwd5(p) => p as *mut _ as *mut c_void,
     });
     let sched = schedule(ctx.schedule, ctx.trace.is_some());
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");
@@ -297,6 +309,13 @@ fn launch(op: &str, ctx: &Context, bufs: &Bufs, l: &Launch) -> Result<()> {
 
 /// Runs `plan` with `inputs` bound to their roles; returns every buffer.
 fn execute(op: &str, ctx: &Context, plan: &Plan, inputs: Vec<(Buf, DevBuf)>) -> Result<Bufs> {
+    let mut bufs = allocate(plan, inputs)?;
+    run_steps(op, ctx, plan, &mut bufs)?;
+    Ok(bufs)
+}
+
+/// The buffers of `plan`: `inputs` bound to their roles and the plan's own allocations.
+fn allocate(plan: &Plan, inputs: Vec<(Buf, DevBuf)>) -> Result<Bufs> {
     let mut bufs = Bufs(inputs);
     for a in &plan.allocs {
         let fill = match a.init {
@@ -306,9 +325,14 @@ fn execute(op: &str, ctx: &Context, plan: &Plan, inputs: Vec<(Buf, DevBuf)>) -> 
         bufs.0
             .push((a.buf, DevBuf::new(0, a.bytes as usize, fill)?));
     }
+    Ok(bufs)
+}
+
+/// The steps of `plan`, in order, on its buffers.
+fn run_steps(op: &str, ctx: &Context, plan: &Plan, bufs: &mut Bufs) -> Result<()> {
     for step in &plan.steps {
         match step {
-            Step::Launch(l) => launch(op, ctx, &bufs, l)?,
+            Step::Launch(l) => launch(op, ctx, bufs, l)?,
             Step::Copy { from, to, bytes } => {
                 let n = *bytes as usize;
                 let src = bufs.get(*from)?.bytes()[..n].to_vec();
@@ -327,7 +351,7 @@ fn execute(op: &str, ctx: &Context, plan: &Plan, inputs: Vec<(Buf, DevBuf)>) -> 
             }
         }
     }
-    Ok(bufs)
+    Ok(())
 }
 
 /// A storage of `dtype` from its bytes.
@@ -360,7 +384,26 @@ pub(crate) fn forward(
             )
         }
     }
+    let (plan, inputs) = prepare(op, w, wl, vals, false, &ctx.gpu.limits()?)?;
+    let mut bufs = execute(name, ctx, &plan, inputs)?;
+    let (out, _) = results(op, dtype, &mut bufs)?;
+    Ok((out, wl.shape().clone()))
+}
+
+/// The plan of `op` on `w` (and `vals`) and its input buffers, as `crate::cuda` makes them:
+/// the v5 kernels where the tensors are 16-byte aligned, the bit mask kept when `bits`.
+fn prepare(
+    op: &TargetedOp,
+    w: &CpuStorage,
+    wl: &Layout,
+    vals: Option<(&CpuStorage, &Layout)>,
+    bits: bool,
+    lim: &plan::Limits,
+) -> Result<(Plan, Vec<(Buf, DevBuf)>)> {
+    let name = op.name();
+    let dtype = Dtype::of(name, w.dtype())?;
     let mut spec = OpSpec::new(op, dtype, wl.shape(), vals.is_some());
+    spec.bits = bits;
     spec.check()?;
     let (wb, at) = input(name, "w", w, wl)?;
     let mut inputs = vec![(Buf::W, DevBuf::from_bytes(&wb, at)?)];
@@ -371,13 +414,103 @@ pub(crate) fn forward(
         inputs.push((Buf::Vals, DevBuf::from_bytes(&vb, at)?));
     }
     spec.aligned16 = aligned16;
-    let plan = plan::forward(&spec, &ctx.gpu.limits()?)?;
-    let mut bufs = execute(name, ctx, &plan, inputs)?;
+    Ok((plan::forward(&spec, lim)?, inputs))
+}
+
+/// The output of an executed forward plan and its kept bit mask, if the plan wrote one.
+fn results(
+    op: &TargetedOp,
+    dtype: Dtype,
+    bufs: &mut Bufs,
+) -> Result<(CpuStorage, Option<Vec<u32>>)> {
     let out = match op.output {
         Output::Values => storage(dtype, bufs.take(Buf::Out)?.bytes()),
         Output::Mask => CpuStorage::U8(bufs.take(Buf::Mask)?.bytes().to_vec()),
     };
-    Ok((out, wl.shape().clone()))
+    let bits = match bufs.0.iter().any(|(b, _)| *b == Buf::Bits) {
+        true => Some(from_bytes::<u32>(bufs.take(Buf::Bits)?.bytes())),
+        false => None,
+    };
+    Ok((out, bits))
+}
+
+/// The emulated forward of many ops in one call (`crate::targeted_dropout_many`,
+/// `crate::VarMapDropout`): the items' plans grouped ([`plan::group`]: one v5 block launch
+/// per kernel width for all the items it serves), then each item's remaining steps. Returns
+/// each item's output and, where `keep[i]`, the bit mask its plan kept (`None` where the
+/// kernel serving it writes none).
+pub(crate) fn forward_many(
+    ctx: &Context,
+    items: &[(&TargetedOp, &CpuStorage, &Layout)],
+    keep: &[bool],
+) -> Result<Vec<(CpuStorage, Option<Vec<u32>>)>> {
+    const OP: &str = "targeted_dropout_many";
+    let lim = ctx.gpu.limits()?;
+    let mut plans = Vec::with_capacity(items.len());
+    let mut bufs = Vec::with_capacity(items.len());
+    for ((op, w, wl), &bits) in items.iter().zip(keep) {
+        let (plan, inputs) = prepare(op, w, wl, None, bits, &lim)?;
+        plans.push(plan);
+        bufs.push(inputs);
+    }
+    let grouped = plan::group(&mut plans);
+    let mut bufs = plans
+        .iter()
+        .zip(bufs)
+        .map(|(p, inputs)| allocate(p, inputs))
+        .collect::<Result<Vec<Bufs>>>()?;
+    for g in &grouped {
+        launch_with(OP, ctx, &g.launch, |seg, a| bufs[g.items[seg]].address(a))?;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for ((plan, b), (op, w, _)) in plans.iter().zip(&mut bufs).zip(items) {
+        run_steps(op.name(), ctx, plan, b)?;
+        out.push(results(op, Dtype::of(op.name(), w.dtype())?, b)?);
+    }
+    Ok(out)
+}
+
+/// The emulated forward of one op keeping its bit mask (`None` where the kernel serving it
+/// writes none), as `crate::cuda::forward_kept` runs it.
+pub(crate) fn forward_kept(
+    op: &TargetedOp,
+    ctx: &Context,
+    w: &CpuStorage,
+    wl: &Layout,
+) -> Result<(CpuStorage, Option<Vec<u32>>)> {
+    let mut r = forward_many(ctx, &[(op, w, wl)], &[true])?;
+    Ok(r.remove(0))
+}
+
+/// The emulated backward from a kept bit mask (`td5_bwd_*`): the gradient `g` with the
+/// elements whose bit is set zeroed. `None` when the gradient does not start 16-byte aligned
+/// (the kernel's vectors need it): the caller recomputes the selection instead, as on a GPU.
+pub(crate) fn backward_bits(
+    ctx: &Context,
+    g: &CpuStorage,
+    gl: &Layout,
+    bits: &[u32],
+) -> Result<Option<CpuStorage>> {
+    const OP: &str = "targeted-dropout-backward";
+    let dtype = Dtype::of(OP, g.dtype())?;
+    let (gb, at) = input(OP, "the gradient", g, gl)?;
+    if at % 16 != 0 {
+        return Ok(None);
+    }
+    let numel = gl.shape().elem_count() as u64;
+    if bits.len() as u64 * 32 < numel {
+        bail!(
+            "{OP}: internal error, a kept mask of {} words for {numel} elements",
+            bits.len()
+        )
+    }
+    let plan = plan::backward_bits(dtype, numel, &ctx.gpu.limits()?);
+    let inputs = vec![
+        (Buf::Vals, DevBuf::from_bytes(&gb, at)?),
+        (Buf::Bits, DevBuf::from_bytes(as_bytes(bits), 0)?),
+    ];
+    let mut bufs = execute(OP, ctx, &plan, inputs)?;
+    Ok(Some(storage(dtype, bufs.take(Buf::Out)?.bytes())))
 }
 
 /// The emulated unit scores of `w`, as `crate::cuda::unit_scores` computes them.

@@ -40,7 +40,7 @@ mod exec;
 mod ffi;
 
 pub use crate::plan::Gpu;
-pub(crate) use exec::{forward, unit_scores};
+pub(crate) use exec::{backward_bits, forward, forward_kept, forward_many, unit_scores};
 
 use candle_core::Result;
 use std::cell::RefCell;

@@ -23,9 +23,9 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    Td5LongParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams,
-    TdwLongHistParams, TdwRowsParams, UnitApplyParams, UnitScoresParams, TD_ALWAYS, TD_BLOCK,
-    TD_MAX_ROW,
+    Td5BwdParams, Td5LongParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams,
+    TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, UnitApplyParams, UnitScoresParams,
+    TD5_GROUP, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};
@@ -141,6 +141,8 @@ pub(crate) enum Kernel {
     LongResolve5(Width),
     /// `kernels/weight_v5.cu`: long rows, the output pass.
     LongApply5(Width),
+    /// `kernels/weight_v5.cu`: the backward from a kept bit mask (`td5_bwd_*`).
+    Bwd5(Width),
 }
 
 impl Kernel {
@@ -160,6 +162,7 @@ impl Kernel {
             Kernel::LongCount5(w) => format!("tdw5_long_count_{}", w.suffix()),
             Kernel::LongResolve5(w) => format!("tdw5_long_resolve_{}", w.suffix()),
             Kernel::LongApply5(w) => format!("tdw5_long_apply_{}", w.suffix()),
+            Kernel::Bwd5(w) => format!("td5_bwd_{}", w.suffix()),
         }
     }
 
@@ -177,6 +180,7 @@ impl Kernel {
                 Kernel::LongResolve5(w),
                 Kernel::LongApply5(w),
             ]);
+            v.push(Kernel::Bwd5(w));
         }
         v
     }
@@ -251,6 +255,9 @@ pub(crate) enum Buf {
     Scores,
     /// The dropped flag of each unit, `d0` u8.
     UnitMask,
+    /// The packed bit mask of the dropped elements (bit `e % 32` of u32 word `e / 32`,
+    /// `ceil(numel / 32)` words): what a forward keeps for the backward pass.
+    Bits,
     /// The long-row kernels' global histograms: `rows * passes * 256` u32.
     Hist,
     /// The long-row kernels' per-chunk histograms of one row group: `group * chunks * 256` u32.
@@ -285,10 +292,6 @@ pub(crate) fn tiny5_threads(w: Width) -> u32 {
         _ => 256,
     }
 }
-
-/// Whether the v5 kernels (`kernels/weight_v5.cu`) serve the shapes they cover (feature
-/// `kernels-v5`); without it every launch is a v4 kernel of `kernels/weight.cu`.
-pub(crate) const V5: bool = cfg!(feature = "kernels-v5");
 
 /// A pointer argument of a kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +328,8 @@ pub(crate) enum Params {
     Tiny5(Box<Td5TinyParams>),
     /// As above, one segment (boxed: 176 bytes).
     Long5(Box<Td5LongParams>),
+    /// The backward from a kept bit mask.
+    Bwd5(Td5BwdParams),
 }
 
 impl Params {
@@ -461,6 +466,21 @@ impl Plan {
         })
     }
 
+    /// Whether a step of the plan reads or writes `buf`.
+    pub fn uses(&self, buf: Buf) -> bool {
+        let arg = |a: &Arg| matches!(a, Arg::Buf(b, _) if *b == buf);
+        self.steps.iter().any(|s| match s {
+            Step::Launch(l) => {
+                l.args.iter().any(arg)
+                    || l.segs
+                        .iter()
+                        .any(|g| arg(&g.w) || arg(&g.vals) || arg(&g.out) || arg(&g.bits))
+            }
+            Step::Copy { from, to, .. } => *from == buf || *to == buf,
+            Step::Zero { buf: b, .. } => *b == buf,
+        })
+    }
+
     /// The bytes of a buffer the plan allocates.
     #[cfg(test)]
     pub fn bytes(&self, buf: Buf) -> Option<u64> {
@@ -490,6 +510,10 @@ pub(crate) struct OpSpec {
     /// Whether `w` (and the values) start at a 16-byte aligned address, as the v5 kernels
     /// need; false until the executor, which knows the addresses, says so.
     pub aligned16: bool,
+    /// Whether to keep the packed bit mask of the dropped elements ([`Buf::Bits`]) for the
+    /// backward pass, where the kernel serving the op writes one (the v5 weight kernels);
+    /// a plan without it leaves the backward to recompute the selection.
+    pub bits: bool,
 }
 
 impl OpSpec {
@@ -514,6 +538,7 @@ impl OpSpec {
             },
             vals,
             aligned16: false,
+            bits: false,
         }
     }
 
@@ -571,7 +596,138 @@ pub(crate) fn forward(spec: &OpSpec, lim: &Limits) -> Result<Plan> {
         DropoutKind::Unit => unit::plan(spec, lim, &mut plan),
         DropoutKind::Nm { n, m } => nm::plan(spec, n as u64, m as u64, lim, &mut plan),
     }
+    if plan.uses(Buf::Bits) {
+        // Every bit of an element is written (the kernels merge the words rows share; the
+        // paths without a selection zero it); the bits past numel are never read.
+        plan.alloc(Buf::Bits, bits_bytes(numel), Init::Uninit);
+    }
     Ok(plan)
+}
+
+/// Bytes of a packed bit mask of `numel` elements: `ceil(numel / 32)` u32 words.
+pub(crate) fn bits_bytes(numel: u64) -> u64 {
+    numel.div_ceil(32) * 4
+}
+
+/// The backward pass from a kept bit mask: [`Buf::Out`] = [`Buf::Vals`] (the gradient) with
+/// the elements whose bit is set in [`Buf::Bits`] zeroed, one read of each and one write
+/// (`td5_bwd_*`, no selection). The gradient and the output must be 16-byte aligned.
+pub(crate) fn backward_bits(dtype: Dtype, numel: u64, lim: &Limits) -> Plan {
+    let mut plan = Plan::default();
+    plan.alloc(Buf::Out, numel * dtype.size(), Init::Uninit);
+    if numel == 0 {
+        return plan;
+    }
+    let w = dtype.width();
+    let vectors = numel / (16 / w.size());
+    let blocks = vectors
+        .div_ceil(TD_BLOCK as u64)
+        .min(lim.sms as u64 * 16)
+        .max(1);
+    plan.launch(Launch::new(
+        Kernel::Bwd5(w),
+        (blocks, 1),
+        0,
+        vec![Arg::at(Buf::Vals), Arg::at(Buf::Out), Arg::at(Buf::Bits)],
+        Params::Bwd5(Td5BwdParams { numel }),
+    ));
+    plan
+}
+
+/// The launches of a grouped call ([`group`]): each a v5 block launch whose segment `j`
+/// belongs to item `items[j]` (its buffers are that item's roles).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grouped {
+    pub launch: Launch,
+    pub items: Vec<usize>,
+}
+
+/// One launch for many tensors: the v5 block launches of `plans` (one segment each, the
+/// plans of one call's items) merged by kernel width and seed into launches of up to
+/// TD5_GROUP segments (the segment table travels by value in the launch parameters: no copy
+/// to the device), each with the block size of its longest row. A merged launch leaves its
+/// item's plan; every other step stays there (tiny rows, v4 paths, copies), and the items'
+/// buffers are theirs alone, so the order of execution does not change a bit.
+pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
+    // Taken from the plans: (width, round keys) -> (item, launch), in item order.
+    type Key = (Width, [u32; 20]);
+    let mut by_key: Vec<(Key, Vec<(usize, Launch)>)> = Vec::new();
+    for (i, plan) in plans.iter_mut().enumerate() {
+        let one = plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Launch(l) if matches!(l.kernel, Kernel::Block5(..)) && l.segs.len() == 1));
+        let Some(at) = one else { continue };
+        let Step::Launch(l) = plan.steps.remove(at) else {
+            unreachable!("matched a launch")
+        };
+        let (Kernel::Block5(w, _), Params::Block5(p)) = (l.kernel, &l.params) else {
+            unreachable!("matched a v5 block launch")
+        };
+        let key = (w, p.keys);
+        match by_key.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push((i, l)),
+            None => by_key.push((key, vec![(i, l)])),
+        }
+    }
+    let mut out = Vec::new();
+    for ((w, keys), launches) in by_key {
+        let mut cur: Option<(Grouped, Td5Params, u64, u32)> = None;
+        for (i, l) in launches {
+            let Params::Block5(p) = &l.params else {
+                unreachable!("v5 block launches only")
+            };
+            let Kernel::Block5(_, t) = l.kernel else {
+                unreachable!("v5 block launches only")
+            };
+            let rows = l.grid.0 as u64;
+            // A launch's grid (and a segment's first block) stays below 2^31 blocks.
+            let full = cur.as_ref().is_some_and(|(_, gp, blocks, _)| {
+                gp.nseg as usize == TD5_GROUP as usize || blocks + rows > i32::MAX as u64
+            });
+            if full {
+                out.push(finish_group(w, cur.take().expect("full implies a group")));
+            }
+            let (g, gp, blocks, threads) = cur.get_or_insert_with(|| {
+                let gp = Td5Params {
+                    keys,
+                    ..Default::default()
+                };
+                let g = Grouped {
+                    launch: Launch::v5(
+                        Kernel::Block5(w, t),
+                        0,
+                        t,
+                        Params::Block5(Box::default()),
+                        Vec::new(),
+                    ),
+                    items: Vec::new(),
+                };
+                (g, gp, 0, t)
+            });
+            let mut seg = p.seg[0];
+            seg.first_block = *blocks as u32;
+            gp.seg[gp.nseg as usize] = seg;
+            gp.nseg += 1;
+            *blocks += rows;
+            *threads = (*threads).max(t);
+            g.launch.segs.push(l.segs[0]);
+            g.items.push(i);
+        }
+        if let Some(c) = cur {
+            out.push(finish_group(w, c));
+        }
+    }
+    out
+}
+
+/// A grouped launch with its table, grid and block size.
+fn finish_group(w: Width, (mut g, p, blocks, threads): (Grouped, Td5Params, u64, u32)) -> Grouped {
+    g.launch.kernel = Kernel::Block5(w, threads);
+    g.launch.grid = (blocks as u32, 1, 1);
+    g.launch.block = (threads, 1, 1);
+    g.launch.params = Params::Block5(Box::new(p));
+    g
 }
 
 /// The plan of the unit scores of `d0` filters of `n` elements: [`Buf::Scores`] (zeroed,

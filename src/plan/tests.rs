@@ -508,10 +508,9 @@ fn worst_case_launch() {
     }
 }
 
-/// With `kernels-v5`: aligned weight dropout with values out takes the v5 tiny kernel for
+/// Aligned weight dropout with values out takes the v5 tiny kernel for
 /// rows of at most 32 and the v5 block kernel (the smallest block that holds the row) up to
 /// its limit; unaligned tensors, the u8 mask, unit selection and longer rows stay on v4.
-#[cfg(feature = "kernels-v5")]
 #[test]
 fn v5_serves_the_shapes_it_covers() {
     let lim = h200();
@@ -590,7 +589,6 @@ fn v5_long_rows_shape_and_launches() {
             "{w:?} {n}"
         );
     }
-    #[cfg(feature = "kernels-v5")]
     {
         let lim = h200();
         let mut s = spec(DropoutKind::Weight, Dtype::F32, &[128, 1 << 20], 0.5);
@@ -617,4 +615,85 @@ fn v5_long_rows_shape_and_launches() {
         let p = forward(&s, &lim).unwrap();
         assert_eq!(only_launch(&p).kernel, Kernel::LongApply5(Width::U32));
     }
+/// A grouped call: the v5 block launches of many items merged per width and seed into
+/// launches of at most TD5_GROUP segments (first blocks cumulative, the block size of the
+/// longest row), the bit masks kept where asked, every other step left in its item's plan.
+#[test]
+fn many_items_group_into_one_launch_per_width() {
+    let lim = h200();
+    let plan_of = |dt: Dtype, dims: &[usize], bits: bool| {
+        let mut s = spec(DropoutKind::Weight, dt, dims, 0.5);
+        s.aligned16 = true;
+        s.bits = bits;
+        forward(&s, &lim).unwrap()
+    };
+    // 70 f32 items of the block path (one with rows of 4000: 256 threads), two bf16 ones,
+    // one tiny (its own launch) and one long row (v4, its own steps).
+    let mut plans: Vec<Plan> = (0..70)
+        .map(|i| {
+            plan_of(
+                Dtype::F32,
+                &[3, if i == 65 { 4000 } else { 40 + i }],
+                i % 2 == 0,
+            )
+        })
+        .collect();
+    plans.push(plan_of(Dtype::Bf16, &[5, 100], true));
+    plans.push(plan_of(Dtype::F16, &[2, 300], false));
+    plans.push(plan_of(Dtype::F32, &[100, 9], true));
+    plans.push(plan_of(Dtype::F32, &[2, 70_000], true));
+    // The kept mask: allocated where a v5 kernel writes it, ceil(numel / 32) words.
+    assert_eq!(
+        plans[0].bytes(Buf::Bits),
+        Some((3u64 * 40).div_ceil(32) * 4)
+    );
+    assert_eq!(plans[1].bytes(Buf::Bits), None);
+    assert_eq!(plans[72].bytes(Buf::Bits), Some(900u64.div_ceil(32) * 4));
+    assert_eq!(
+        plans[73].bytes(Buf::Bits),
+        None,
+        "v4 long rows keep no mask"
+    );
+    let g = group(&mut plans);
+    let kernels: Vec<Kernel> = g.iter().map(|g| g.launch.kernel).collect();
+    assert_eq!(
+        kernels,
+        [
+            Kernel::Block5(Width::U32, 64),
+            Kernel::Block5(Width::U32, 256),
+            Kernel::Block5(Width::U16, 64)
+        ]
+    );
+    assert_eq!(g[0].items, (0..62).collect::<Vec<_>>());
+    assert_eq!(g[1].items, (62..70).collect::<Vec<_>>());
+    assert_eq!(g[2].items, [70, 71]);
+    for gr in &g {
+        let Params::Block5(p) = &gr.launch.params else {
+            panic!("{:?}", gr.launch.params)
+        };
+        assert_eq!(p.nseg as usize, gr.items.len());
+        assert_eq!(gr.launch.segs.len(), gr.items.len());
+        assert_eq!(p.keys, weight::round_keys(7));
+        let rows = |i: usize| if i < 70 { 3 } else { [5, 2][i - 70] };
+        let mut first = 0;
+        for (j, &i) in gr.items.iter().enumerate() {
+            assert_eq!(p.seg[j].first_block, first);
+            assert_eq!(p.seg[j].offset, 9);
+            first += rows(i);
+        }
+        assert_eq!(gr.launch.grid, (first, 1, 1));
+        let Kernel::Block5(_, t) = gr.launch.kernel else {
+            panic!("{:?}", gr.launch.kernel)
+        };
+        assert_eq!(gr.launch.block, (t, 1, 1));
+    }
+    // Kept masks travel with their segments.
+    assert_eq!(g[0].launch.segs[0].bits, Arg::Buf(Buf::Bits, 0));
+    assert_eq!(g[0].launch.segs[1].bits, Arg::Null);
+    // The merged launches left their plans; the tiny and long-row items kept theirs.
+    assert!(plans[..72].iter().all(|p| p.launches().count() == 0));
+    assert_eq!(only_launch(&plans[72]).kernel, Kernel::Tiny5(Width::U32));
+    assert!(plans[73]
+        .launches()
+        .all(|l| matches!(l.kernel, Kernel::LongHist(_) | Kernel::LongApply(_))));
 }

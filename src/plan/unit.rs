@@ -44,6 +44,7 @@ pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
             vals: None,
             out: None,
             mask: Some(Buf::UnitMask),
+            bits: None,
             width: score.width(),
             rows: 1,
             n: d0,

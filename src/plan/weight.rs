@@ -3,7 +3,7 @@
 
 use super::{
     block_smem, tiny5_threads, tiny_smem, Arg, Buf, Init, Kernel, Launch, Limits, OpSpec, Params,
-    Plan, SegArgs, Step, Width, V5,
+    Plan, SegArgs, Step, Width,
 };
 use crate::cuda_params::{
     Td5LongParams, Td5Params, Td5Seg, Td5TinyParams, TdDraws, TdwLongApplyParams,
@@ -21,6 +21,9 @@ pub(super) struct Select {
     pub vals: Option<Buf>,
     pub out: Option<Buf>,
     pub mask: Option<Buf>,
+    /// Where to write the packed bit mask of the dropped elements, if it is kept (only the v5
+    /// kernels write one; the other paths leave the buffer unused).
+    pub bits: Option<Buf>,
     pub width: Width,
     pub rows: u64,
     pub n: u64,
@@ -38,6 +41,7 @@ pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
         vals: spec.vals.then_some(Buf::Vals),
         out: (spec.output == Output::Values).then_some(Buf::Out),
         mask: (spec.output == Output::Mask).then_some(Buf::Mask),
+        bits: (spec.bits && spec.output == Output::Values).then_some(Buf::Bits),
         width: spec.dtype.width(),
         rows: spec.d0,
         n: spec.n,
@@ -67,9 +71,13 @@ pub(super) fn select_rows(s: &Select, lim: &Limits, plan: &mut Plan) {
         if let Some(buf) = s.mask {
             plan.steps.push(Step::Zero { buf, bytes });
         }
+        if let Some(buf) = s.bits {
+            let bytes = super::bits_bytes(bytes);
+            plan.steps.push(Step::Zero { buf, bytes });
+        }
         return;
     }
-    if V5 && v5_rows(s, lim, plan) {
+    if v5_rows(s, lim, plan) {
         return;
     }
     let fns = &lim.widths[s.width.index()];
@@ -212,7 +220,7 @@ fn v5_seg(s: &Select) -> (Td5Seg, SegArgs) {
         w: Arg::at(s.w),
         vals: Arg::opt(s.vals),
         out: Arg::opt(s.out),
-        bits: Arg::Null,
+        bits: Arg::opt(s.bits),
     };
     (seg, args)
 }
