@@ -3,7 +3,7 @@
 //! their gradients afterwards, prunes them for evaluation, and reports the sparsity
 //! ([`SparsityReport`]). The model's code does not change.
 
-use crate::config::{check_kind, check_kind_args, TargetedDropout};
+use crate::config::{check_kind_args, TargetedDropout};
 use crate::custom_op::{mask_on_host, masked_by_bits, Bits};
 use crate::functions::{
     grouped, is_nm_sparse, many_ops, mask_of, masked_gradient, prune_nm, prune_units,

@@ -77,7 +77,7 @@ fn measure(vm: &VarMap, run: Runner<'_>) -> Result<()> {
     let mut want_dropped = Vec::new();
     for (i, w) in originals.iter().enumerate() {
         let off = first + i as u64;
-        let mask = targeted_dropout_mask(w, DropoutKind::Weight, gamma, alpha, seed, off)?;
+        let mask = targeted_dropout_mask(w, TargetedDropout::weight(gamma, alpha)?, seed, off)?;
         let dropped = mask.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize;
         let size = w.dtype().size_in_bytes();
         bound += w.elem_count().div_ceil(32) * 4 + dropped * size;

@@ -615,6 +615,8 @@ fn v5_long_rows_shape_and_launches() {
         let p = forward(&s, &lim).unwrap();
         assert_eq!(only_launch(&p).kernel, Kernel::LongApply5(Width::U32));
     }
+}
+
 /// A grouped call: the v5 block launches of many items merged per width and seed into
 /// launches of at most TD5_GROUP segments (first blocks cumulative, the block size of the
 /// longest row), the bit masks kept where asked, every other step left in its item's plan.
