@@ -316,3 +316,90 @@ pub(crate) fn draw_cols(
 pub(crate) fn targeted_count(gamma: f64, n: usize) -> usize {
     ((gamma * n as f64).floor() as usize).min(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::check::Agreed;
+    use crate::shard::LocalGroup;
+
+    /// The lanes passed from shard to shard give the unsharded scores bit for bit (the unit
+    /// dropout tests only see the scores through the selection, which rounding rarely moves).
+    #[test]
+    fn column_shard_scores_are_the_unsharded_scores() {
+        for (rows, full1) in [(3, 700), (4, 1024), (3, 1025), (2, 5000)] {
+            let mut x = 0x1234_5678_9abc_def1u64;
+            let w: Vec<f32> = (0..rows * full1)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Values in [1, 2) with random mantissas: every lane's rounding shows in
+                    // the score (wide magnitudes would let the largest squares hide it).
+                    f32::from_bits(0x3f80_0000 | (x as u32 & 0x7f_ffff))
+                })
+                .collect();
+            // Row 0: only lane 0 holds values, 1 then 2^-12s: the chain rounds each 2^-24
+            // square away, partial sums added afterwards would not (the fold adds zeros).
+            let mut w = w;
+            for c in 0..full1 {
+                w[c] = match c {
+                    0 => 1.0,
+                    c if c % LANES == 0 => 1.0 / 4096.0,
+                    _ => 0.0,
+                };
+            }
+            let full = Tensor::from_vec(w.clone(), (rows, full1), &Device::Cpu).unwrap();
+            let want: Vec<f32> = crate::functions::unit_scores(&full)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for world in [2, 3, 4] {
+                // Uneven starts, none a multiple of 1024.
+                let mut starts: Vec<usize> =
+                    (0..world).map(|r| r * full1 / world + r * 7).collect();
+                starts[0] = 0;
+                starts.push(full1);
+                let agreed = Agreed {
+                    shards: (0..world)
+                        .map(|r| (starts[r], starts[r + 1] - starts[r]))
+                        .collect(),
+                };
+                let got: Vec<Vec<f32>> = std::thread::scope(|s| {
+                    let hs: Vec<_> = LocalGroup::new(world)
+                        .into_iter()
+                        .map(|g| {
+                            let (w, starts, agreed) = (&w, &starts, &agreed);
+                            s.spawn(move || {
+                                let r = g.rank();
+                                let (a, b) = (starts[r], starts[r + 1]);
+                                let part: Vec<f32> = (0..rows)
+                                    .flat_map(|i| w[i * full1 + a..i * full1 + b].to_vec())
+                                    .collect();
+                                unit_scores_cols(
+                                    &part,
+                                    rows,
+                                    b - a,
+                                    a,
+                                    full1,
+                                    agreed,
+                                    &g,
+                                    &Device::Cpu,
+                                )
+                                .unwrap()
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                for (r, g) in got.iter().enumerate() {
+                    let (gb, wb): (Vec<u32>, Vec<u32>) = (
+                        g.iter().map(|x| x.to_bits()).collect(),
+                        want.iter().map(|x| x.to_bits()).collect(),
+                    );
+                    assert_eq!(gb, wb, "rows {rows} x {full1}, world {world}, rank {r}");
+                }
+            }
+        }
+    }
+}
