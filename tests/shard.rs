@@ -305,11 +305,14 @@ fn each_contains(errs: &[String], parts: &[&str]) {
     }
 }
 
+/// A call of one rank: `(rank, w, shard, comm)`.
+type RankOp<'a> = dyn Fn(usize, &Tensor, &Shard, &dyn Collective) -> Result<Tensor> + Sync + 'a;
+
 #[test]
 fn ranks_that_disagree_get_the_same_error_naming_every_value() {
     let full = (4, 12);
     let w = weight(full.0, full.1, DType::F32, 1);
-    let run = |f: &(dyn Fn(usize, &Tensor, &Shard, &dyn Collective) -> Result<Tensor> + Sync)| {
+    let run = |f: &RankOp<'_>| {
         errors(on_ranks(3, |comm| {
             let s = Shard::even(ShardDim::Cols, full, comm.rank(), 3)?;
             f(comm.rank(), &s.narrow(&w, 4)?, &s, &comm)

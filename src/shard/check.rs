@@ -180,8 +180,7 @@ fn verdict(name: &str, a: &Args, t: &[Vec<f64>]) -> Result<Agreed> {
         )
     }
     // Each rank's own arguments.
-    for r in 0..world {
-        let v = &t[r];
+    for (r, v) in t.iter().enumerate() {
         if v[1] == 0.0 {
             bail!(
                 "{name}: rank {r}: w must be f16, bf16, f32 or f64 (dtypes: {})",

@@ -147,6 +147,7 @@ pub(crate) trait Scored: Element {
     type Acc: Copy
         + Default
         + std::ops::Add<Output = Self::Acc>
+        + std::ops::AddAssign
         + std::ops::Mul<Output = Self::Acc>
         + candle_core::WithDType;
     fn acc(self) -> Self::Acc;
@@ -209,7 +210,7 @@ pub(crate) fn unit_scores_cols<T: Scored>(
             for (c, x) in w[r * cols..(r + 1) * cols].iter().enumerate() {
                 let v = x.acc();
                 let j = (start + c) % LANES;
-                l[j] = l[j] + v * v;
+                l[j] += v * v;
             }
         }
     };
@@ -246,7 +247,7 @@ pub(crate) fn unit_scores_cols<T: Scored>(
             let mut s = LANES / 2;
             while s >= 1 {
                 for j in 0..s {
-                    f[j] = f[j] + f[j + s];
+                    f[j] += f[j + s];
                 }
                 s /= 2;
             }
@@ -342,8 +343,8 @@ mod tests {
             // Row 0: only lane 0 holds values, 1 then 2^-12s: the chain rounds each 2^-24
             // square away, partial sums added afterwards would not (the fold adds zeros).
             let mut w = w;
-            for c in 0..full1 {
-                w[c] = match c {
+            for (c, x) in w.iter_mut().enumerate().take(full1) {
+                *x = match c {
                     0 => 1.0,
                     c if c % LANES == 0 => 1.0 / 4096.0,
                     _ => 0.0,
