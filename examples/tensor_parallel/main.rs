@@ -461,8 +461,10 @@ fn main() -> Result<()> {
                 loop {
                     if let Ok(b) = std::fs::read(path) {
                         if b.len() == 128 {
-                            let mut id = [0i8; 128];
-                            id.iter_mut().zip(&b).for_each(|(d, &s)| *d = s as i8);
+                            let mut id = [0 as std::ffi::c_char; 128];
+                            id.iter_mut()
+                                .zip(&b)
+                                .for_each(|(d, &s)| *d = s as std::ffi::c_char);
                             break id;
                         }
                     }

@@ -6,6 +6,7 @@ use super::collective::check_reduce_dtype;
 use super::Collective;
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Device, Result, Storage, Tensor};
+use core::ffi::c_char;
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 
 /// The ranks of an NCCL communicator, one GPU each.
@@ -42,21 +43,21 @@ fn nccl_err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
 
 impl NcclCollective {
     /// A new communicator id (`ncclGetUniqueId`), as the 128 bytes the other ranks need.
-    pub fn new_id() -> Result<[i8; 128]> {
+    pub fn new_id() -> Result<[c_char; 128]> {
         let id = Id::new().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
-        Ok(id.internal().map(|c| c as i8))
+        Ok(*id.internal())
     }
 
     /// Joins the communicator `id` (from rank 0's [`NcclCollective::new_id`]) as `rank` of
     /// `world`, on `device` (a CUDA device) and its stream.
-    pub fn new(device: &Device, rank: usize, world: usize, id: [i8; 128]) -> Result<Self> {
+    pub fn new(device: &Device, rank: usize, world: usize, id: [c_char; 128]) -> Result<Self> {
         let Device::Cuda(dev) = device else {
             bail!("NcclCollective: the device must be a CUDA device, got {device:?}")
         };
         if rank >= world {
             bail!("NcclCollective: rank {rank} is not in a world of {world}")
         }
-        let id = Id::uninit(id.map(|c| c as ::core::ffi::c_char));
+        let id = Id::uninit(id);
         let comm = Comm::from_rank(dev.cuda_stream(), rank, world, id)
             .map_err(|e| nccl_err("ncclCommInitRank", e))?;
         Ok(Self {
