@@ -70,6 +70,7 @@ mod plan;
 pub mod reference;
 mod schedule;
 mod select;
+mod shard;
 mod thin;
 mod varmap;
 
@@ -87,6 +88,15 @@ pub use layers::{
 };
 pub use op::DropoutKind;
 pub use schedule::RampSchedule;
+#[cfg(feature = "mpi")]
+pub use shard::MpiCollective;
+#[cfg(feature = "nccl")]
+pub use shard::NcclCollective;
+pub use shard::{
+    prune_nm_sharded, prune_units_sharded, prune_weights_sharded, targeted_nm_dropout_sharded,
+    targeted_unit_dropout_sharded, targeted_weight_dropout_sharded, Collective, LocalGroup, Shard,
+    ShardDim, ShardedStep,
+};
 pub use thin::{thin_units, Thinned};
 pub use varmap::{DropoutStep, NmCheck, SparsityReport, VarMapDropout, VarSparsity};
 

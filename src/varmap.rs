@@ -114,6 +114,13 @@ impl VarMapDropout {
         self.entries.is_empty()
     }
 
+    /// The selected variables in name order, with their configs (for `shard`'s sharded step).
+    pub(crate) fn selected(&self) -> impl Iterator<Item = (&str, &Var, TargetedDropout)> {
+        self.entries
+            .iter()
+            .map(|e| (e.name.as_str(), &e.var, e.config))
+    }
+
     /// The config of a selected variable.
     pub fn config(&self, name: &str) -> Option<TargetedDropout> {
         self.entries
@@ -522,14 +529,14 @@ static HELD: LazyLock<Mutex<HashSet<TensorId>>> = LazyLock::new(Default::default
 
 /// The variables of one `VarMapDropout`, held until dropped.
 #[derive(Debug)]
-struct Reservation {
+pub(crate) struct Reservation {
     ids: Vec<TensorId>,
 }
 
 impl Reservation {
     /// Holds every selected variable of `vd`, or none: an error naming `what` and the first
     /// variable already held.
-    fn take(vd: &VarMapDropout, what: &str) -> Result<Self> {
+    pub(crate) fn take(vd: &VarMapDropout, what: &str) -> Result<Self> {
         let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = vd.entries.iter().find(|e| held.contains(&e.var.id())) {
             bail!(
