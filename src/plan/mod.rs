@@ -23,9 +23,9 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    Td5BwdParams, Td5LongParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams,
-    TdwLongApplyParams, TdwLongHistParams, TdwRowsParams, UnitApplyParams, UnitScoresParams,
-    TD5_GROUP, TD_ALWAYS, TD_BLOCK, TD_MAX_ROW,
+    Td5BwdParams, Td5LongParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams,
+    TdwLongHistParams, TdwRowsParams, UnitApplyParams, UnitScoresParams, TD5_GROUP, TD_ALWAYS,
+    TD_BLOCK, TD_MAX_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};

@@ -630,7 +630,7 @@ fn many_items_group_into_one_launch_per_width() {
         forward(&s, &lim).unwrap()
     };
     // 70 f32 items of the block path (one with rows of 4000: 256 threads), two bf16 ones,
-    // one tiny (its own launch) and one long row (v4, its own steps).
+    // one tiny (its own launch) and one long row (the v5 long-row kernels, its own steps).
     let mut plans: Vec<Plan> = (0..70)
         .map(|i| {
             plan_of(
@@ -653,8 +653,8 @@ fn many_items_group_into_one_launch_per_width() {
     assert_eq!(plans[72].bytes(Buf::Bits), Some(900u64.div_ceil(32) * 4));
     assert_eq!(
         plans[73].bytes(Buf::Bits),
-        None,
-        "v4 long rows keep no mask"
+        Some((2u64 * 70_000).div_ceil(32) * 4),
+        "v5 long rows keep the mask too"
     );
     let g = group(&mut plans);
     let kernels: Vec<Kernel> = g.iter().map(|g| g.launch.kernel).collect();
@@ -695,7 +695,8 @@ fn many_items_group_into_one_launch_per_width() {
     // The merged launches left their plans; the tiny and long-row items kept theirs.
     assert!(plans[..72].iter().all(|p| p.launches().count() == 0));
     assert_eq!(only_launch(&plans[72]).kernel, Kernel::Tiny5(Width::U32));
-    assert!(plans[73]
-        .launches()
-        .all(|l| matches!(l.kernel, Kernel::LongHist(_) | Kernel::LongApply(_))));
+    assert!(plans[73].launches().all(|l| matches!(
+        l.kernel,
+        Kernel::LongCount5(_) | Kernel::LongResolve5(_) | Kernel::LongApply5(_)
+    )));
 }

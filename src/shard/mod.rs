@@ -138,7 +138,7 @@ fn weight(
         // Whole filters: the unsharded op on the rows, drawing at their flat indices.
         (ShardDim::Rows, None) => prune_weights(w, gamma),
         (ShardDim::Rows, Some((alpha, seed, offset))) => {
-            targeted_weight_dropout_rows(w, gamma, alpha, seed, offset, s.start as u64)
+            targeted_weight_dropout_rows(w, gamma, alpha, seed, offset, s.start)
         }
         (ShardDim::Cols, _) => {
             let k = host::targeted_count(gamma, s.full.1);
@@ -299,7 +299,7 @@ fn unit(
         ShardDim::Rows => s.start,
         ShardDim::Cols => 0,
     };
-    targeted_unit_dropout_from_scores(w, &scores, first, gamma, alpha, seed, offset)
+    targeted_unit_dropout_from_scores(w, &scores, gamma, alpha, seed, offset, first)
 }
 
 /// Targeted unit dropout of a shard: exactly [`crate::targeted_unit_dropout_seeded`] on the
