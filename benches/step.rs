@@ -160,7 +160,7 @@ fn step(m: &Model, opt: &mut SGD, vd: Option<&VarMapDropout>) -> Result<StepTime
 fn parts(m: &Model, td: TargetedDropout) -> Result<Parts> {
     let vars = m.vars();
     let ws: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().detach()).collect();
-    let prune_cfg = TargetedDropout::new(td.kind, td.gamma, 1.0)?;
+    let prune_cfg = TargetedDropout::new(td.kind(), td.gamma(), 1.0)?;
     let items = |c: TargetedDropout| ws.iter().map(|w| (w, c)).collect::<Vec<_>>();
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         let t = now();
