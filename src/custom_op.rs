@@ -318,19 +318,24 @@ struct MaskedGrad {
     bits: Bits,
 }
 
-/// `g[e]`, or +0.0 where bit `e` is set.
-fn mask_values<T: Copy + Default + Send + Sync>(g: &[T], bits: &[u32]) -> Vec<T> {
+/// `g[e]`, or +0.0 where bit `e` is set: word by word (a word without a set bit is a copy of
+/// its 32 elements), in parallel chunks of 2^15 elements.
+pub(crate) fn mask_values<T: Copy + Default + Send + Sync>(g: &[T], bits: &[u32]) -> Vec<T> {
     use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15; // a multiple of 32: each chunk starts on a word
     let mut out = vec![T::default(); g.len()];
-    out.par_chunks_mut(1 << 15)
-        .zip(g.par_chunks(1 << 15))
+    out.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
         .enumerate()
         .for_each(|(c, (o, g))| {
-            let e0 = c << 15;
-            for (i, (o, g)) in o.iter_mut().zip(g).enumerate() {
-                let e = e0 + i;
-                if (bits[e / 32] >> (e % 32)) & 1 == 0 {
-                    *o = *g;
+            let words = &bits[c * CHUNK / 32..];
+            for ((o, g), &w) in o.chunks_mut(32).zip(g.chunks(32)).zip(words) {
+                if w == 0 {
+                    o.copy_from_slice(g);
+                } else {
+                    for (j, (o, &g)) in o.iter_mut().zip(g).enumerate() {
+                        *o = if (w >> j) & 1 == 0 { g } else { T::default() };
+                    }
                 }
             }
         });

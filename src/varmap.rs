@@ -418,39 +418,35 @@ fn hold(
     Ok((d, Saved::Dropped { bits, values }))
 }
 
-fn is_set(bits: &[u32], e: usize) -> bool {
-    (bits[e / 32] >> (e % 32)) & 1 == 1
-}
-
 /// The bit mask of a u8 mask (1 = dropped).
 fn bits_of(mask: &Tensor) -> Result<Vec<u32>> {
     let m = mask.flatten_all()?.to_vec1::<u8>()?;
-    let mut bits = vec![0u32; m.len().div_ceil(32)];
-    for (e, _) in m.iter().enumerate().filter(|(_, &x)| x != 0) {
-        bits[e / 32] |= 1 << (e % 32);
-    }
-    Ok(bits)
+    Ok(m.chunks(32)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u32, |w, (j, &x)| w | (((x != 0) as u32) << j))
+        })
+        .collect())
 }
 
 /// The elements of `w` whose bit is set, in order (exactly as many as are held).
 fn packed<T: Copy>(w: &[T], bits: &[u32]) -> Vec<T> {
     let count = bits.iter().map(|b| b.count_ones() as usize).sum();
     let mut v = Vec::with_capacity(count);
-    v.extend(
-        w.iter()
-            .enumerate()
-            .filter(|&(e, _)| is_set(bits, e))
-            .map(|(_, &x)| x),
-    );
+    for (c, &word) in w.chunks(32).zip(bits) {
+        let mut b = word;
+        while b != 0 {
+            v.push(c[b.trailing_zeros() as usize]);
+            b &= b - 1;
+        }
+    }
     v
 }
 
 /// `w` with the elements whose bit is set +0.0 (the contract's dropped value).
-fn zeroed<T: Copy + Default>(w: &[T], bits: &[u32]) -> Vec<T> {
-    w.iter()
-        .enumerate()
-        .map(|(e, &x)| if is_set(bits, e) { T::default() } else { x })
-        .collect()
+fn zeroed<T: Copy + Default + Send + Sync>(w: &[T], bits: &[u32]) -> Vec<T> {
+    crate::custom_op::mask_values(w, bits)
 }
 
 /// The weight `d` (a CPU tensor) with the elements whose bit is set taken from `values`, in
@@ -468,11 +464,17 @@ fn unpack(d: &Tensor, bits: &[u32], values: &Tensor) -> Result<Tensor> {
             match (&*sd, &*sv) {
                 $((Storage::Cpu(CpuStorage::$variant(x)), Storage::Cpu(CpuStorage::$variant(v))) => {
                     let mut v = v[va..vb].iter();
-                    let out: Vec<_> = x[a..b]
-                        .iter()
-                        .enumerate()
-                        .map(|(e, &x)| if is_set(bits, e) { *v.next().unwrap_or(&x) } else { x })
-                        .collect();
+                    let mut out = x[a..b].to_vec();
+                    for (c, &word) in out.chunks_mut(32).zip(bits) {
+                        let mut w = word;
+                        while w != 0 {
+                            let j = w.trailing_zeros() as usize;
+                            if let Some(&x) = v.next() {
+                                c[j] = x;
+                            }
+                            w &= w - 1;
+                        }
+                    }
                     Tensor::from_vec(out, ld.shape(), &cpu)
                 })*
                 _ => bail!(
