@@ -526,7 +526,10 @@ def lib_launches(kern, op, shape, dt, rec):
             continue
         if path.startswith("v5_long"):
             # the share of the row this launch read (a count pass whose rows are done: none)
-            env["touch"] = round(min(1.0, r["ld"] / (rec["elems"] * size)), 3)
+            # (every block of a count pass after the first reads its row's 2048-bin histogram
+            # of 4-byte counts for the pick: not the row)
+            ld = r["ld"] - (grid * 2048 * 4 if path == "v5_long_count" else 0)
+            env["touch"] = round(min(1.0, max(0, ld) / (rec["elems"] * size)), 3)
         if path == "lib_block":
             p_, s_, t_ = v4_select_stats(dt, int(n), targeted(0.5, int(n)))
             env.update(passes=p_, single=s_, scan=t_)
