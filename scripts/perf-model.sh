@@ -38,13 +38,7 @@ python3 scripts/perf/model.py --prebuild &
 prebuild=$!
 cargo run -q --release --features emulate --example perf_traffic > target/perf/traffic.txt 2> target/perf/traffic.log \
   || { cat target/perf/traffic.log >&2; echo "perf-model: the emulated ops failed" >&2; exit 1; }
-# TD_PERF_V5=1: also the build with the kernels-v5 feature (information only, no budgets).
-v5=()
-if [ "${TD_PERF_V5:-0}" = 1 ]; then
-  cargo run -q --release --features emulate,kernels-v5 --example perf_traffic > target/perf/traffic-v5.txt 2>> target/perf/traffic.log
-  v5=(--traffic-v5 target/perf/traffic-v5.txt)
-fi
 wait "$prebuild"
 echo "perf-model: emulated $(grep -c '^launch ' target/perf/traffic.txt) launches ($(grep -c 's$' target/perf/traffic.log) op x dtype cases)"
-python3 scripts/perf/model.py --traffic target/perf/traffic.txt "${v5[@]}" "${args[@]}" "$@"
+python3 scripts/perf/model.py --traffic target/perf/traffic.txt "${args[@]}" "$@"
 echo "perf-model: $((SECONDS - start)) s"

@@ -524,6 +524,12 @@ def lib_launches(kern, op, shape, dt, rec):
                 s2.dram = s2.dram * 5 // 8
                 ls.append(s2)
             continue
+        if path.startswith("v5_long"):
+            # the share of the row this launch read (a count pass whose rows are done: none)
+            # (every block of a count pass after the first reads its row's 2048-bin histogram
+            # of 4-byte counts for the pick: not the row)
+            ld = r["ld"] - (grid * 2048 * 4 if path == "v5_long_count" else 0)
+            env["touch"] = round(min(1.0, max(0, ld) / (rec["elems"] * size)), 3)
         if path == "lib_block":
             p_, s_, t_ = v4_select_stats(dt, int(n), targeted(0.5, int(n)))
             env.update(passes=p_, single=s_, scan=t_)
@@ -676,8 +682,6 @@ def main():
     ap.add_argument("--cache", default=os.path.join(ROOT, "target", "perf"))
     ap.add_argument("--fit", action="store_true", help="search the calibration parameters")
     ap.add_argument("--traffic", help="examples/perf_traffic.rs output: predict the library")
-    ap.add_argument("--traffic-v5", help="the same with --features kernels-v5 (information only, "
-                    "no budgets)")
     ap.add_argument("--prebuild", action="store_true", help="compile every source, both targets")
     ap.add_argument("--kernels-root", default=ROOT, help="read kernels/ from this copy")
     ap.add_argument("--budgets", default=os.path.join(ROOT, "benches/budgets.toml"))
@@ -706,9 +710,6 @@ def main():
     for op, shape, dt, t, meas in calibration(kern, p):
         print(f"calibration {op} {shape} {dt}: predicted {t:.1f} us, measured {meas:.1f} us "
               f"(run 4), ratio {t / meas:.2f}")
-    if a.traffic_v5:
-        lines, _ = predict(kern, read_traffic(a.traffic_v5), p)
-        print("\n".join(l + " [build with kernels-v5]" for l in lines))
     if a.traffic:
         lines, figs = predict(kern, read_traffic(a.traffic), p)
         print("\n".join(lines))
