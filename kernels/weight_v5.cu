@@ -225,6 +225,32 @@ __device__ __forceinline__ unsigned __int128 shfl_comp(unsigned __int128 c, int 
     return ((unsigned __int128)hi << 64) | lo;
 }
 
+// The last step of a select, by the first warp (all 32 lanes call it): the cnt <= 32
+// composites of cand[0 .. m) whose top `fixed` bits (of CW) equal `prefix` are gathered into
+// small[0 .. cnt) in order, ranked by shuffles, and the lane holding rank r gets it in `out`
+// and true. Composites are unique, so exactly one lane returns true.
+template <int CW, typename Comp>
+__device__ __forceinline__ bool warp_pick(const Comp* cand, uint32_t m, Comp prefix, int fixed, uint32_t cnt,
+                                          uint32_t r, Comp* small, Comp& out) {
+    const int tid = threadIdx.x;
+    uint32_t base = 0;
+    for (uint32_t j0 = 0; j0 < m; j0 += 32) {
+        const uint32_t j = j0 + tid;
+        const Comp c = j < m ? cand[j] : (Comp)0;
+        const bool hit = j < m && (c >> (CW - fixed)) == prefix;
+        const uint32_t b = __ballot_sync(0xffffffffu, hit);
+        if (hit) small[base + __popc(b & ((1u << tid) - 1))] = c;
+        base += __popc(b);
+    }
+    __syncwarp();
+    const Comp mine = tid < (int)cnt ? small[tid] : ~(Comp)0;
+    uint32_t rank = 0;
+#pragma unroll
+    for (int l = 0; l < 32; l++) rank += shfl_comp(mine, l) < mine;
+    out = mine;
+    return tid < (int)cnt && rank == r;
+}
+
 // The staged mask words of flat elements e0 .. e0 + len - 1 (word j of the stage is word
 // fw0 + j of the tensor's mask) to the mask: whole words stored, the two shared with the
 // neighbours (other blocks' rows) merged with atomics on these elements' bits only. All
@@ -400,23 +426,11 @@ __device__ __forceinline__ void tdw5_block(const Td5Params& p) {
         }
         // One warp: gather the <= 32 candidates under the prefix, rank them, keep rank r.
         if (tid < 32) {
-            uint32_t base = 0;
-            for (uint32_t j0 = 0; j0 < m; j0 += 32) {
-                const uint32_t j = j0 + tid;
-                const Comp c = j < m ? cand[j] : (Comp)0;
-                const bool hit = j < m && (c >> (CW - fixed)) == prefix;
-                const uint32_t b = __ballot_sync(0xffffffffu, hit);
-                if (hit) small[base + __popc(b & ((1u << tid) - 1))] = c;
-                base += __popc(b);
-            }
+            Comp mine;
+            const bool found = warp_pick<CW>(cand, m, prefix, fixed, cnt, r, small, mine);
+            // small[] is reused as the result slot: every lane has read it (shuffles inside).
             __syncwarp();
-            const Comp mine = tid < (int)cnt ? small[tid] : ~(Comp)0;
-            uint32_t rank = 0;
-#pragma unroll
-            for (int l = 0; l < 32; l++) rank += shfl_comp(mine, l) < mine;
-            // small[] is reused as the result slot: every lane has read it (shuffles above).
-            __syncwarp();
-            if (tid < (int)cnt && rank == r) small[0] = mine;
+            if (found) small[0] = mine;
         }
         __syncthreads();
         const Comp kc = small[0];
@@ -885,21 +899,8 @@ __device__ __forceinline__ void tdw5_long_resolve(LongRow* state, const typename
         cnt = sm.sel[2];
     }
     if (tid < 32) {
-        uint32_t base = 0;
-        for (uint32_t j0 = 0; j0 < m; j0 += 32) {
-            const uint32_t j = j0 + tid;
-            const Comp c = j < m ? cr[j] : (Comp)0;
-            const bool hit = j < m && (c >> (CW - fixed)) == prefix;
-            const uint32_t b = __ballot_sync(0xffffffffu, hit);
-            if (hit) small[base + __popc(b & ((1u << tid) - 1))] = c;
-            base += __popc(b);
-        }
-        __syncwarp();
-        const Comp mine = tid < (int)cnt ? small[tid] : ~(Comp)0;
-        uint32_t rank = 0;
-#pragma unroll
-        for (int l = 0; l < 32; l++) rank += shfl_comp(mine, l) < mine;
-        if (tid < (int)cnt && rank == r) {
+        Comp mine;
+        if (warp_pick<CW>(cr, m, prefix, fixed, cnt, r, small, mine)) {
             state[row * P].lo = (uint64_t)mine;
             state[row * P].hi = hi64(mine);
             state[row * P].done = 1;
