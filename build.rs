@@ -127,7 +127,6 @@ fn emulator() {
             "emu/k_weight.cpp",
             "emu/k_unit.cpp",
             "emu/k_nm.cpp",
-            "emu/k_weight_v5.cpp",
             "emu/k_test.cpp",
         ]);
     objects.extend(ks.compile_intermediates());

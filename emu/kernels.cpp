@@ -9,7 +9,6 @@
 EMU_KERNELS(weight);
 EMU_KERNELS(unit);
 EMU_KERNELS(nm);
-EMU_KERNELS(weight_v5);
 EMU_KERNELS(test);  // emu/test/traffic.cu: the emulator's own test kernels
 
 static const emu::KernelTable& table() {
@@ -19,7 +18,6 @@ static const emu::KernelTable& table() {
         emu_kernels_weight(t);
         emu_kernels_unit(t);
         emu_kernels_nm(t);
-        emu_kernels_weight_v5(t);
         emu_kernels_test(t);
     });
     return t;

@@ -1,14 +1,11 @@
 // Device helpers shared by the kernels of this crate: Philox4x32-10, element bits and
-// magnitude keys, vector loads and masked stores by aligned groups of four, and the
-// block-wide scan and histogram pick. Every kernel runs TD_BLOCK (256) threads per block.
+// magnitude keys, vector loads and masked stores by aligned groups of four.
 #pragma once
 
 #include <stdint.h>
 #include "params.h"
 
-// Assumptions of the 8-bit radix kernels, checked where they are made.
-static_assert(TD_BLOCK == 256, "one histogram bin per thread: 256 bins of an 8-bit digit, 256 threads (pick_bin, Scratch::hist, the long-row histograms)");
-static_assert(TD_BLOCK % 32 == 0, "block_exclusive_scan sums whole warps");
+static_assert(TD_BLOCK % 32 == 0, "whole warps");
 static_assert(TD_ALWAYS == (1 << 24), "the threshold compares against r >> 8, a 24-bit number");
 
 // ---------------------------------------------------------------------------------------
@@ -84,19 +81,6 @@ __device__ __forceinline__ void store4(uint64_t* p, const uint64_t (&x)[4]) {
 }
 
 
-// A group of four elements at p (local indices l0 .. l0 + 3 of the caller) into x: one vector
-// load when the group is whole (`full`) and aligned, else the elements with in[q] one by one
-// (0 for the others).
-template <typename U>
-__device__ __forceinline__ void load4_masked(const U* p, bool full, const bool (&in)[4], U (&x)[4]) {
-    if (full && aligned4<U>(p)) {
-        load4(p, x);
-    } else {
-#pragma unroll
-        for (int q = 0; q < 4; q++) x[q] = in[q] ? p[q] : (U)0;
-    }
-}
-
 // Stores x to the group at p: one vector store when whole and aligned, else the elements with
 // in[q] one by one.
 template <typename U>
@@ -115,81 +99,4 @@ __device__ __forceinline__ void store_mask4(uint8_t* p, const bool (&in)[4], con
 #pragma unroll
     for (int q = 0; q < 4; q++)
         if (in[q]) p[q] = d[q] ? 1 : 0;
-}
-
-// The dropped flags of a group of four with draw indices 4 g .. 4 g + 3 whose targeted flags
-// are tg: all targeted at TD_ALWAYS, none at 0, else one Philox block for the group (only when
-// one of them is targeted).
-__device__ __forceinline__ void drop4(const bool (&tg)[4], uint64_t g, const TdDraws& d, bool (&dr)[4]) {
-    if (d.threshold == (uint32_t)TD_ALWAYS) {
-#pragma unroll
-        for (int q = 0; q < 4; q++) dr[q] = tg[q];
-    } else if (d.threshold != 0 && (tg[0] || tg[1] || tg[2] || tg[3])) {
-        const uint4 b = philox_block(g, d.seed, d.offset);
-#pragma unroll
-        for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < d.threshold;
-    } else {
-#pragma unroll
-        for (int q = 0; q < 4; q++) dr[q] = false;
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Block-wide building blocks (blockDim.x == TD_BLOCK == 256)
-
-struct Scratch {
-    unsigned hist[256];
-    unsigned warp_tot[TD_BLOCK / 32];
-    unsigned pick[3];
-    unsigned long long key;
-};
-
-// Exclusive scan of one value per thread; `total` gets the block's sum. All threads call.
-__device__ __forceinline__ unsigned block_exclusive_scan(unsigned v, Scratch& sc, unsigned* total) {
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    unsigned x = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        unsigned y = __shfl_up_sync(0xffffffffu, x, o);
-        if (lane >= o) x += y;
-    }
-    if (lane == 31) sc.warp_tot[wid] = x;
-    __syncthreads();
-    unsigned base = 0, tot = 0;
-#pragma unroll
-    for (int i = 0; i < TD_BLOCK / 32; i++) {
-        unsigned t = sc.warp_tot[i];
-        base += i < wid ? t : 0;
-        tot += t;
-    }
-    __syncthreads();
-    *total = tot;
-    return base + x - v;
-}
-
-struct Pick {
-    unsigned bin, r, cnt;
-};
-
-// The bin of a 256-bin histogram that holds rank r (0-based), the rank within it and its
-// size. All threads call; the histogram must be complete (after a barrier).
-__device__ __forceinline__ Pick pick_bin(const unsigned* hist, unsigned r, Scratch& sc) {
-    unsigned h = hist[threadIdx.x];
-    unsigned tot;
-    unsigned ex = block_exclusive_scan(h, sc, &tot);
-    if (r >= ex && r - ex < h) {
-        sc.pick[0] = threadIdx.x;
-        sc.pick[1] = r - ex;
-        sc.pick[2] = h;
-    }
-    __syncthreads();
-    Pick p = {sc.pick[0], sc.pick[1], sc.pick[2]};
-    __syncthreads();
-    return p;
-}
-
-// Adds one to hist[digit] when `active`: one shared-memory atomic per active lane (a warp-wide
-// __match_any_sync aggregation was measured slower, benches/NOTES.md v2).
-__device__ __forceinline__ void hist_add(unsigned* hist, unsigned digit, bool active) {
-    if (active) atomicAdd(&hist[digit], 1u);
 }

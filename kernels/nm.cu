@@ -162,7 +162,7 @@ __device__ __forceinline__ void nm_kernel(const U* __restrict__ w, const U* __re
 
 #define NM_KERNEL(NAME, U, MAXM)                                                              \
     extern "C" __global__ void __launch_bounds__(TD_BLOCK)                                       \
-        tdnm_##NAME##_m##MAXM(const U* __restrict__ w, const U* __restrict__ vals,           \
+        td_nm_##NAME##_m##MAXM(const U* __restrict__ w, const U* __restrict__ vals,           \
                               U* __restrict__ out, uint8_t* __restrict__ mask, TdNmParams p) { \
         nm_kernel<U, MAXM>(w, vals, out, mask, p);                                            \
     }

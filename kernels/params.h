@@ -15,14 +15,25 @@
 
 #include <stdint.h>
 
-/* Threads per block of every kernel. */
+/* Threads per block of the element-wise kernels (td_bwd, td_mask_u8, the unit kernels,
+ * td_nm); the selection kernels take theirs below. */
 #define TD_BLOCK 256
-/* Rows of at most this many elements go to the thread-per-row kernel (tdw_tiny). */
+/* Rows of at most this many elements go to the tile kernel (td_tiny, a thread per row). */
 #define TD_TINY_ROW 32
-/* Rows whose bytes fit here are staged in shared memory, one block per row (tdw_block). */
-#define TD_BLOCK_ROW_BYTES 65536
-/* Elements of a row per block in the long-row kernels. */
-#define TD_LONG_CHUNK 4096
+/* The radix select of the selection kernels: digits of TD_RADIX_BITS bits (TD_RADIX_BINS
+ * bins, one shared histogram) over the keys and composites, then passes of
+ * TD_CAND_RADIX_BITS bits over the few compacted candidates until at most TD_WARP_RANK are
+ * left, which one warp ranks by shuffles. The CPU select (src/select/row.rs) takes the same
+ * first digit. */
+#define TD_RADIX_BITS 11
+#define TD_RADIX_BINS 2048
+#define TD_CAND_RADIX_BITS 8
+#define TD_CAND_RADIX_BINS 256
+#define TD_WARP_RANK 32
+/* Lanes of the unit scores' reduction (DESIGN.md, "Targeted unit dropout": lane j sums the
+ * squares of x[j + TD_UNIT_LANES m], then the lanes fold pairwise); the CPU path
+ * (src/cpu/unit.rs, SCORE_LANES) sums in the same lanes. */
+#define TD_UNIT_LANES 1024
 /* The threshold that drops every targeted element with no draw (alpha = 1): 2^24. */
 #define TD_ALWAYS 16777216
 /* The longest selection row, 2^32 - 1 elements. */
@@ -38,54 +49,7 @@ typedef struct TdDraws {
     uint32_t pad0;
 } TdDraws;
 
-/* tdw_tiny_* and tdw_block_*: `rows` rows of n elements, the k smallest (key, index) of each
- * targeted. The draw index of element i of row r is elem_base + r * n + i.
- *
- * Preconditions (the host checks them; a launch outside them is undefined):
- * - both: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one block (blocks loop over the
- *   rows); rows >= 1; draws.threshold <= TD_ALWAYS; w non-null; vals, out, mask may be null
- *   (vals null: the values are w); every non-null buffer holds rows * n elements.
- * - tdw_tiny: 1 <= n <= TD_TINY_ROW (the 20-bit reciprocal that divides by n is exact only
- *   there); 0 <= k <= n; dynamic shared memory >= TD_BLOCK * (n | 1) * sizeof(element).
- * - tdw_block: 1 <= k <= n (k = 0 is refused: the radix select looks for rank k - 1, which
- *   wraps; the host copies instead, as it does for threshold 0); n <= TD_MAX_ROW; dynamic
- *   shared memory >= ceil(n / 4) * 4 * sizeof(element). */
-typedef struct TdwRowsParams {
-    uint64_t rows;
-    uint64_t n;
-    uint64_t k;
-    uint64_t elem_base;
-    TdDraws draws;
-} TdwRowsParams;
-
-/* tdw_long_hist_*: histogram pass `pass` over rows row0 .. row0 + gridDim.y, chunk
- * blockIdx.x of each (TD_LONG_CHUNK elements per block).
- *
- * Preconditions (tdw_long_hist and tdw_long_apply): blockDim = (TD_BLOCK, 1, 1); gridDim.x =
- * ceil(n / TD_LONG_CHUNK) and gridDim.y = the rows of the group (row0 + gridDim.y <= rows);
- * 1 <= k <= n (k = 0 wraps like tdw_block); n <= TD_MAX_ROW; no dynamic shared memory.
- * hist ([gridDim.y][passes][256], passes = 8 * sizeof(element) / 8) is zeroed before pass 0
- * and the passes 0 .. passes - 1 run in order, each after the previous one completed;
- * chunk_hist ([gridDim.y][gridDim.x][256]) is written by the last pass and needs no
- * initialisation. tdw_long_apply runs after the last pass over the same rows and grid. */
-typedef struct TdwLongHistParams {
-    uint64_t row0;
-    uint64_t n;
-    uint64_t k;
-    uint32_t pass;
-    uint32_t pad0;
-} TdwLongHistParams;
-
-/* tdw_long_apply_*: the output pass over the same rows and chunks. */
-typedef struct TdwLongApplyParams {
-    uint64_t row0;
-    uint64_t n;
-    uint64_t k;
-    uint64_t elem_base;
-    TdDraws draws;
-} TdwLongApplyParams;
-
-/* unit_scores_block_* and unit_scores_tiny_*: the squared L2 norm of each of `units` rows
+/* td_unit_scores_block_* and td_unit_scores_tiny_*: the squared L2 norm of each of `units` rows
  * of n elements.
  *
  * Preconditions: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one block; units >= 1,
@@ -96,17 +60,17 @@ typedef struct UnitScoresParams {
     uint64_t n;
 } UnitScoresParams;
 
-/* unit_apply_*: numel elements in units of n, each unit dropped as a whole by its flag.
+/* td_unit_apply_*: numel elements in units of n, each unit dropped as a whole by its flag.
  *
  * Preconditions: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one block; n >= 1 and
- * numel a multiple of n; umask holds numel / n flags (0 or 1); vals non-null, out and mask
- * may be null. */
+ * numel a multiple of n; ubits holds the bit mask of the numel / n units (bit u % 32 of
+ * word u / 32); vals non-null, out and mask may be null. */
 typedef struct UnitApplyParams {
     uint64_t numel;
     uint64_t n;
 } UnitApplyParams;
 
-/* tdnm_*: N:M targeted dropout over `groups` groups of m elements, s apart (DESIGN.md,
+/* td_nm_*: N:M targeted dropout over `groups` groups of m elements, s apart (DESIGN.md,
  * "N:M targeted dropout"); the m - n = `targeted` smallest (key, index) of each group are
  * targeted. The draw index of an element is its flat index. */
 typedef struct TdNmParams {
@@ -117,20 +81,20 @@ typedef struct TdNmParams {
     TdDraws draws;
 } TdNmParams;
 /* ---------------------------------------------------------------------------------------
- * v5 (kernels/weight_v5.cu). */
+ * The selection kernels (kernels/weight.cu). */
 
-/* 16-byte vectors of a row per thread in tdw5_block_*. */
-#define TD5_NV 4
-/* The largest block of tdw5_block_* (the host picks 64, 128, 256, 512 or 1024 threads). */
-#define TD5_MAX_THREADS 1024
+/* 16-byte vectors of a row per thread in td_block_*. */
+#define TD_NV 4
+/* The largest block of td_block_* (the host picks 64, 128, 256, 512 or 1024 threads). */
+#define TD_MAX_THREADS 1024
 /* Candidates of the chosen first-digit bin compacted to shared memory at most. */
-#define TD5_CAP 1024
-/* Segments (tensors) per launch of tdw5_block_*: what keeps Td5Params under the 4 KB of
+#define TD_CAP 1024
+/* Segments (tensors) per launch of td_block_*: what keeps TdBlockParams under the 4 KB of
  * kernel parameters that every driver accepts (the 32 KB of CUDA 12.1+ drivers are not
  * assumed); longer lists take several launches. */
-#define TD5_GROUP 62
+#define TD_GROUP 62
 
-/* One tensor of a tdw5_block_* launch: rows of n elements from blocks first_block on, up to
+/* One tensor of a td_block_* launch: rows of n elements from blocks first_block on, up to
  * the next segment's first block (or the grid's end). Device addresses as integers (0: none):
  * w the input (16-byte aligned), vals the values to mask (0: w; 16-byte aligned; the
  * recomputing backward passes the gradient), out the output (0: none; 16-byte aligned), bits
@@ -138,7 +102,7 @@ typedef struct TdNmParams {
  * aligned, ceil(rows * n / 32) words). The draw index of element i of row r is
  * elem_base + r * n + i, drawn at Philox counter words 2, 3 = offset. 0 <= k <= n; threshold
  * 0 drops nothing, TD_ALWAYS every targeted element with no draw. */
-typedef struct Td5Seg {
+typedef struct TdSeg {
     uint64_t w;
     uint64_t vals;
     uint64_t out;
@@ -149,47 +113,45 @@ typedef struct Td5Seg {
     uint32_t k;
     uint32_t threshold;
     uint32_t first_block;
-} Td5Seg;
+} TdSeg;
 
-/* tdw5_block_*: the Philox round keys of the call's seed (keys[2 i], keys[2 i + 1]: round i;
+/* td_block_*: the Philox round keys of the call's seed (keys[2 i], keys[2 i + 1]: round i;
  * key [seed as u32, seed >> 32] plus i times the Weyl constants), then nseg segments in
  * ascending first_block, the first at block 0. */
-typedef struct Td5Params {
+typedef struct TdBlockParams {
     uint32_t keys[20];
     uint32_t nseg;
     uint32_t pad0;
-    Td5Seg seg[TD5_GROUP];
-} Td5Params;
+    TdSeg seg[TD_GROUP];
+} TdBlockParams;
 
-/* tdw5_tiny_*: one tensor of `rows` rows of seg.n <= TD_TINY_ROW elements (seg.first_block
- * unused), with the round keys as in Td5Params. */
-typedef struct Td5TinyParams {
+/* td_tiny_*: one tensor of `rows` rows of seg.n <= TD_TINY_ROW elements (seg.first_block
+ * unused), with the round keys as in TdBlockParams. */
+typedef struct TdTinyParams {
     uint32_t keys[20];
     uint64_t rows;
-    Td5Seg seg;
-} Td5TinyParams;
+    TdSeg seg;
+} TdTinyParams;
 
-/* Threads of the long-row kernels (tdw5_long_*), and the 16-byte vectors per thread of one
- * tile: a tile is TD5_LONG_THREADS * TD5_LONG_NV vectors of one row. */
-#define TD5_LONG_THREADS 256
-#define TD5_LONG_NV 8
-/* Bytes of one row's state record (kernels/weight_v5.cu, struct LongRow). */
-#define TD5_LONG_STATE_BYTES 32
-/* Bins of a digit of the v5 selection (11-bit digits). */
-#define TD5_BINS 2048
+/* Threads of the long-row kernels (td_long_*), and the 16-byte vectors per thread of one
+ * tile: a tile is TD_LONG_THREADS * TD_LONG_NV vectors of one row. */
+#define TD_LONG_THREADS 256
+#define TD_LONG_NV 8
+/* Bytes of one row's state record (kernels/weight.cu, struct LongRow). */
+#define TD_LONG_STATE_BYTES 32
 
-/* tdw5_long_count_* (pass `pass` of `passes`), tdw5_long_resolve_* and tdw5_long_apply_*:
+/* td_long_count_* (pass `pass` of `passes`), td_long_resolve_* and td_long_apply_*:
  * one tensor of `rows` rows of seg.n elements (seg.first_block unused), each row cut into
- * `chunks` tiles of TD5_LONG_THREADS * TD5_LONG_NV vectors; composites of the rank-k
- * element's bin compacted to at most `cap` per row. The round keys as in Td5Params.
+ * `chunks` tiles of TD_LONG_THREADS * TD_LONG_NV vectors; composites of the rank-k
+ * element's bin compacted to at most `cap` per row. The round keys as in TdBlockParams.
  *
- * Preconditions (the host checks them): blockDim = (TD5_LONG_THREADS, 1, 1); count and apply
+ * Preconditions (the host checks them): blockDim = (TD_LONG_THREADS, 1, 1); count and apply
  * a 1-D grid of at least one block (blocks take contiguous ranges of the rows * chunks
  * tiles), resolve a grid of `rows` blocks; 0 < seg.k < seg.n for count and resolve (apply
  * also takes seg.k = seg.n: everything targeted, no state read); 2 <= passes; the count
  * passes 0 .. passes - 1 run in order, then resolve, then apply; the scratch buffers as
  * their kernel parameters say (hist and state zeroed before pass 0). */
-typedef struct Td5LongParams {
+typedef struct TdLongParams {
     uint32_t keys[20];
     uint64_t rows;
     uint64_t chunks;
@@ -197,13 +159,15 @@ typedef struct Td5LongParams {
     uint32_t pass;
     uint32_t passes;
     uint32_t pad0;
-    Td5Seg seg;
-} Td5LongParams;
+    TdSeg seg;
+} TdLongParams;
 
-/* td5_bwd_*: out[e] = bit e of the mask ? +0 : g[e] for e < numel (g and out 16-byte
- * aligned, the mask 4-byte aligned). */
-typedef struct Td5BwdParams {
+/* td_bwd_*: out[e] = bit e of the mask ? +0 : g[e] for e < numel (g and out 16-byte
+ * aligned, the mask 4-byte aligned). td_mask_u8: mask[e] = bit e of bits for e < numel
+ * (mask 16-byte aligned). Both: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one
+ * block. */
+typedef struct TdBwdParams {
     uint64_t numel;
-} Td5BwdParams;
+} TdBwdParams;
 
 #endif /* TD_PARAMS_H */

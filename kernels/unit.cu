@@ -1,6 +1,6 @@
 // Targeted unit dropout on the GPU: the unit scores, and the output once the units are
 // chosen. The choice itself is the weight selection (weight.cu) over the scores as one row
-// (draw index = unit index), writing a u8 flag per unit. Launch parameters in params.h.
+// (draw index = unit index), writing a bit per unit. Launch parameters in params.h.
 //
 // unit_scores_* compute the squared L2 norm per unit in the documented order with no fused
 // multiply-add; unit_apply writes the output, skipping the reads of dropped units.
@@ -10,8 +10,9 @@
 
 // ---------------------------------------------------------------------------------------
 // Unit scores: the squared L2 norm of each of `units` rows of n elements, in the order of
-// `cpu::unit_score`: lane j (0 <= j < 1024) sums x[j + 1024 m]^2 over m in turn from +0.0,
-// then lanes fold pairwise, lane[j] += lane[j + s] for s = 512 .. 1; NaN becomes canonical.
+// `cpu::unit_score`: lane j (0 <= j < TD_UNIT_LANES = 1024) sums x[j + 1024 m]^2 over m in
+// turn from +0.0, then lanes fold pairwise, lane[j] += lane[j + s] for s = 512 .. 1; NaN
+// becomes canonical.
 // Every product and sum is rounded on its own (__fmul_rn / __fadd_rn: no contraction).
 
 __device__ __forceinline__ float to_acc_f32(uint32_t b) { return __uint_as_float(b); }
@@ -31,10 +32,11 @@ __device__ __forceinline__ double canonical(double a) {
 // One block per unit (n > 32). scores: [units].
 template <typename U, typename A, A (*CONV)(U)>
 __device__ void unit_scores_block(const U* __restrict__ w, A* scores, const UnitScoresParams& p) {
-    __shared__ A lanes[1024];
+    static_assert(TD_UNIT_LANES == 4 * TD_BLOCK, "four lanes per thread");
+    __shared__ A lanes[TD_UNIT_LANES];
     const uint64_t units = p.units, n = p.n;
-    // Rounds of 1024 elements per unit (n < 2^42 on any GPU: the count fits 32 bits).
-    const uint32_t rounds = (uint32_t)((n + 1023) / 1024);
+    // Rounds of TD_UNIT_LANES elements per unit (n < 2^42 on any GPU: the count fits 32 bits).
+    const uint32_t rounds = (uint32_t)((n + TD_UNIT_LANES - 1) / TD_UNIT_LANES);
     for (uint64_t u = blockIdx.x; u < units; u += gridDim.x) {
         const U* x = w + u * n;
         A acc[4] = {0, 0, 0, 0};
@@ -45,21 +47,21 @@ __device__ void unit_scores_block(const U* __restrict__ w, A* scores, const Unit
             for (int mm = 0; mm < 4; mm++)
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    const uint64_t i = (uint64_t)(m0 + mm) * 1024u + threadIdx.x + 256u * q;
+                    const uint64_t i = (uint64_t)(m0 + mm) * TD_UNIT_LANES + threadIdx.x + (uint64_t)TD_BLOCK * q;
                     v[mm][q] = i < n ? CONV(x[i]) : (A)0;
                 }
 #pragma unroll
             for (int mm = 0; mm < 4; mm++)
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    const uint64_t i = (uint64_t)(m0 + mm) * 1024u + threadIdx.x + 256u * q;
+                    const uint64_t i = (uint64_t)(m0 + mm) * TD_UNIT_LANES + threadIdx.x + (uint64_t)TD_BLOCK * q;
                     if (i < n) acc[q] = acc_add(acc[q], acc_mul(v[mm][q], v[mm][q]));
                 }
         }
 #pragma unroll
-        for (int q = 0; q < 4; q++) lanes[threadIdx.x + 256 * q] = acc[q];
+        for (int q = 0; q < 4; q++) lanes[threadIdx.x + TD_BLOCK * q] = acc[q];
         __syncthreads();
-        for (int s = 512; s >= 1; s >>= 1) {
+        for (int s = TD_UNIT_LANES / 2; s >= 1; s >>= 1) {
             for (int j = threadIdx.x; j < s; j += TD_BLOCK) lanes[j] = acc_add(lanes[j], lanes[j + s]);
             __syncthreads();
         }
@@ -96,9 +98,9 @@ __device__ void unit_scores_tiny(const U* __restrict__ w, A* scores, const UnitS
     }
 }
 
-// out[e] = umask[e / n] ? +0 : vals[e]; mask[e] = umask[e / n]. Either output may be null.
+// out[e] = bit e / n of ubits ? +0 : vals[e]; mask[e] = that bit. Either output may be null.
 template <typename U>
-__device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* umask,
+__device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint32_t* ubits,
                            const UnitApplyParams& p) {
     const uint64_t numel = p.numel, n = p.n;
     const uint64_t groups = (numel + 3) / 4;
@@ -115,7 +117,7 @@ __device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* 
                 u++;
                 end += n;
             }
-            d[q] = in[q] && umask[u];
+            d[q] = in[q] && ((ubits[u >> 5] >> (u & 31)) & 1u);
         }
         const bool full = in[3];
         if (out) {
@@ -139,11 +141,11 @@ __device__ void unit_apply(const U* vals, U* out, uint8_t* mask, const uint8_t* 
 // extern "C" entry points: device buffers first, then the launch parameters by value.
 
 #define SCORE_KERNELS(NAME, U, A)                                                               \
-    extern "C" __global__ void __launch_bounds__(TD_BLOCK) unit_scores_block_##NAME(              \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) td_unit_scores_block_##NAME(              \
         const U* w, A* scores, const UnitScoresParams p) {                                      \
         unit_scores_block<U, A, to_acc_##NAME>(w, scores, p);                                   \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(TD_BLOCK) unit_scores_tiny_##NAME(               \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) td_unit_scores_tiny_##NAME(               \
         const U* w, A* scores, const UnitScoresParams p) {                                      \
         unit_scores_tiny<U, A, to_acc_##NAME>(w, scores, p);                                    \
     }
@@ -154,9 +156,9 @@ SCORE_KERNELS(bf16, uint16_t, float)
 SCORE_KERNELS(f64, uint64_t, double)
 
 #define APPLY_KERNEL(NAME, U)                                                                   \
-    extern "C" __global__ void __launch_bounds__(TD_BLOCK) unit_apply_##NAME(                     \
-        const U* vals, U* out, uint8_t* mask, const uint8_t* umask, const UnitApplyParams p) { \
-        unit_apply<U>(vals, out, mask, umask, p);                                               \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK) td_unit_apply_##NAME(                     \
+        const U* vals, U* out, uint8_t* mask, const uint32_t* ubits, const UnitApplyParams p) { \
+        unit_apply<U>(vals, out, mask, ubits, p);                                               \
     }
 
 APPLY_KERNEL(u16, uint16_t)

@@ -3,18 +3,21 @@
 
 pub const TD_BLOCK: u32 = 256;
 pub const TD_TINY_ROW: u32 = 32;
-pub const TD_BLOCK_ROW_BYTES: u32 = 65536;
-pub const TD_LONG_CHUNK: u32 = 4096;
+pub const TD_RADIX_BITS: u32 = 11;
+pub const TD_RADIX_BINS: u32 = 2048;
+pub const TD_CAND_RADIX_BITS: u32 = 8;
+pub const TD_CAND_RADIX_BINS: u32 = 256;
+pub const TD_WARP_RANK: u32 = 32;
+pub const TD_UNIT_LANES: u32 = 1024;
 pub const TD_ALWAYS: u32 = 16777216;
 pub const TD_MAX_ROW: u32 = 4294967295;
-pub const TD5_NV: u32 = 4;
-pub const TD5_MAX_THREADS: u32 = 1024;
-pub const TD5_CAP: u32 = 1024;
-pub const TD5_GROUP: u32 = 62;
-pub const TD5_LONG_THREADS: u32 = 256;
-pub const TD5_LONG_NV: u32 = 8;
-pub const TD5_LONG_STATE_BYTES: u32 = 32;
-pub const TD5_BINS: u32 = 2048;
+pub const TD_NV: u32 = 4;
+pub const TD_MAX_THREADS: u32 = 1024;
+pub const TD_CAP: u32 = 1024;
+pub const TD_GROUP: u32 = 62;
+pub const TD_LONG_THREADS: u32 = 256;
+pub const TD_LONG_NV: u32 = 8;
+pub const TD_LONG_STATE_BYTES: u32 = 32;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct TdDraws {
@@ -31,75 +34,6 @@ const _: () = {
     ["Offset of field: TdDraws::offset"][::core::mem::offset_of!(TdDraws, offset) - 8usize];
     ["Offset of field: TdDraws::threshold"][::core::mem::offset_of!(TdDraws, threshold) - 16usize];
     ["Offset of field: TdDraws::pad0"][::core::mem::offset_of!(TdDraws, pad0) - 20usize];
-};
-#[repr(C)]
-#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct TdwRowsParams {
-    pub rows: u64,
-    pub n: u64,
-    pub k: u64,
-    pub elem_base: u64,
-    pub draws: TdDraws,
-}
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of TdwRowsParams"][::core::mem::size_of::<TdwRowsParams>() - 56usize];
-    ["Alignment of TdwRowsParams"][::core::mem::align_of::<TdwRowsParams>() - 8usize];
-    ["Offset of field: TdwRowsParams::rows"][::core::mem::offset_of!(TdwRowsParams, rows) - 0usize];
-    ["Offset of field: TdwRowsParams::n"][::core::mem::offset_of!(TdwRowsParams, n) - 8usize];
-    ["Offset of field: TdwRowsParams::k"][::core::mem::offset_of!(TdwRowsParams, k) - 16usize];
-    ["Offset of field: TdwRowsParams::elem_base"]
-        [::core::mem::offset_of!(TdwRowsParams, elem_base) - 24usize];
-    ["Offset of field: TdwRowsParams::draws"]
-        [::core::mem::offset_of!(TdwRowsParams, draws) - 32usize];
-};
-#[repr(C)]
-#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct TdwLongHistParams {
-    pub row0: u64,
-    pub n: u64,
-    pub k: u64,
-    pub pass: u32,
-    pub pad0: u32,
-}
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of TdwLongHistParams"][::core::mem::size_of::<TdwLongHistParams>() - 32usize];
-    ["Alignment of TdwLongHistParams"][::core::mem::align_of::<TdwLongHistParams>() - 8usize];
-    ["Offset of field: TdwLongHistParams::row0"]
-        [::core::mem::offset_of!(TdwLongHistParams, row0) - 0usize];
-    ["Offset of field: TdwLongHistParams::n"]
-        [::core::mem::offset_of!(TdwLongHistParams, n) - 8usize];
-    ["Offset of field: TdwLongHistParams::k"]
-        [::core::mem::offset_of!(TdwLongHistParams, k) - 16usize];
-    ["Offset of field: TdwLongHistParams::pass"]
-        [::core::mem::offset_of!(TdwLongHistParams, pass) - 24usize];
-    ["Offset of field: TdwLongHistParams::pad0"]
-        [::core::mem::offset_of!(TdwLongHistParams, pad0) - 28usize];
-};
-#[repr(C)]
-#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct TdwLongApplyParams {
-    pub row0: u64,
-    pub n: u64,
-    pub k: u64,
-    pub elem_base: u64,
-    pub draws: TdDraws,
-}
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of TdwLongApplyParams"][::core::mem::size_of::<TdwLongApplyParams>() - 56usize];
-    ["Alignment of TdwLongApplyParams"][::core::mem::align_of::<TdwLongApplyParams>() - 8usize];
-    ["Offset of field: TdwLongApplyParams::row0"]
-        [::core::mem::offset_of!(TdwLongApplyParams, row0) - 0usize];
-    ["Offset of field: TdwLongApplyParams::n"]
-        [::core::mem::offset_of!(TdwLongApplyParams, n) - 8usize];
-    ["Offset of field: TdwLongApplyParams::k"]
-        [::core::mem::offset_of!(TdwLongApplyParams, k) - 16usize];
-    ["Offset of field: TdwLongApplyParams::elem_base"]
-        [::core::mem::offset_of!(TdwLongApplyParams, elem_base) - 24usize];
-    ["Offset of field: TdwLongApplyParams::draws"]
-        [::core::mem::offset_of!(TdwLongApplyParams, draws) - 32usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
@@ -151,7 +85,7 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct Td5Seg {
+pub struct TdSeg {
     pub w: u64,
     pub vals: u64,
     pub out: u64,
@@ -165,38 +99,39 @@ pub struct Td5Seg {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of Td5Seg"][::core::mem::size_of::<Td5Seg>() - 64usize];
-    ["Alignment of Td5Seg"][::core::mem::align_of::<Td5Seg>() - 8usize];
-    ["Offset of field: Td5Seg::w"][::core::mem::offset_of!(Td5Seg, w) - 0usize];
-    ["Offset of field: Td5Seg::vals"][::core::mem::offset_of!(Td5Seg, vals) - 8usize];
-    ["Offset of field: Td5Seg::out"][::core::mem::offset_of!(Td5Seg, out) - 16usize];
-    ["Offset of field: Td5Seg::bits"][::core::mem::offset_of!(Td5Seg, bits) - 24usize];
-    ["Offset of field: Td5Seg::elem_base"][::core::mem::offset_of!(Td5Seg, elem_base) - 32usize];
-    ["Offset of field: Td5Seg::offset"][::core::mem::offset_of!(Td5Seg, offset) - 40usize];
-    ["Offset of field: Td5Seg::n"][::core::mem::offset_of!(Td5Seg, n) - 48usize];
-    ["Offset of field: Td5Seg::k"][::core::mem::offset_of!(Td5Seg, k) - 52usize];
-    ["Offset of field: Td5Seg::threshold"][::core::mem::offset_of!(Td5Seg, threshold) - 56usize];
-    ["Offset of field: Td5Seg::first_block"]
-        [::core::mem::offset_of!(Td5Seg, first_block) - 60usize];
+    ["Size of TdSeg"][::core::mem::size_of::<TdSeg>() - 64usize];
+    ["Alignment of TdSeg"][::core::mem::align_of::<TdSeg>() - 8usize];
+    ["Offset of field: TdSeg::w"][::core::mem::offset_of!(TdSeg, w) - 0usize];
+    ["Offset of field: TdSeg::vals"][::core::mem::offset_of!(TdSeg, vals) - 8usize];
+    ["Offset of field: TdSeg::out"][::core::mem::offset_of!(TdSeg, out) - 16usize];
+    ["Offset of field: TdSeg::bits"][::core::mem::offset_of!(TdSeg, bits) - 24usize];
+    ["Offset of field: TdSeg::elem_base"][::core::mem::offset_of!(TdSeg, elem_base) - 32usize];
+    ["Offset of field: TdSeg::offset"][::core::mem::offset_of!(TdSeg, offset) - 40usize];
+    ["Offset of field: TdSeg::n"][::core::mem::offset_of!(TdSeg, n) - 48usize];
+    ["Offset of field: TdSeg::k"][::core::mem::offset_of!(TdSeg, k) - 52usize];
+    ["Offset of field: TdSeg::threshold"][::core::mem::offset_of!(TdSeg, threshold) - 56usize];
+    ["Offset of field: TdSeg::first_block"][::core::mem::offset_of!(TdSeg, first_block) - 60usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct Td5Params {
+pub struct TdBlockParams {
     pub keys: [u32; 20usize],
     pub nseg: u32,
     pub pad0: u32,
-    pub seg: [Td5Seg; 62usize],
+    pub seg: [TdSeg; 62usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of Td5Params"][::core::mem::size_of::<Td5Params>() - 4056usize];
-    ["Alignment of Td5Params"][::core::mem::align_of::<Td5Params>() - 8usize];
-    ["Offset of field: Td5Params::keys"][::core::mem::offset_of!(Td5Params, keys) - 0usize];
-    ["Offset of field: Td5Params::nseg"][::core::mem::offset_of!(Td5Params, nseg) - 80usize];
-    ["Offset of field: Td5Params::pad0"][::core::mem::offset_of!(Td5Params, pad0) - 84usize];
-    ["Offset of field: Td5Params::seg"][::core::mem::offset_of!(Td5Params, seg) - 88usize];
+    ["Size of TdBlockParams"][::core::mem::size_of::<TdBlockParams>() - 4056usize];
+    ["Alignment of TdBlockParams"][::core::mem::align_of::<TdBlockParams>() - 8usize];
+    ["Offset of field: TdBlockParams::keys"][::core::mem::offset_of!(TdBlockParams, keys) - 0usize];
+    ["Offset of field: TdBlockParams::nseg"]
+        [::core::mem::offset_of!(TdBlockParams, nseg) - 80usize];
+    ["Offset of field: TdBlockParams::pad0"]
+        [::core::mem::offset_of!(TdBlockParams, pad0) - 84usize];
+    ["Offset of field: TdBlockParams::seg"][::core::mem::offset_of!(TdBlockParams, seg) - 88usize];
 };
-impl Default for Td5Params {
+impl Default for TdBlockParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {
@@ -207,23 +142,22 @@ impl Default for Td5Params {
 }
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct Td5TinyParams {
+pub struct TdTinyParams {
     pub keys: [u32; 20usize],
     pub rows: u64,
-    pub seg: Td5Seg,
+    pub seg: TdSeg,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of Td5TinyParams"][::core::mem::size_of::<Td5TinyParams>() - 152usize];
-    ["Alignment of Td5TinyParams"][::core::mem::align_of::<Td5TinyParams>() - 8usize];
-    ["Offset of field: Td5TinyParams::keys"][::core::mem::offset_of!(Td5TinyParams, keys) - 0usize];
-    ["Offset of field: Td5TinyParams::rows"]
-        [::core::mem::offset_of!(Td5TinyParams, rows) - 80usize];
-    ["Offset of field: Td5TinyParams::seg"][::core::mem::offset_of!(Td5TinyParams, seg) - 88usize];
+    ["Size of TdTinyParams"][::core::mem::size_of::<TdTinyParams>() - 152usize];
+    ["Alignment of TdTinyParams"][::core::mem::align_of::<TdTinyParams>() - 8usize];
+    ["Offset of field: TdTinyParams::keys"][::core::mem::offset_of!(TdTinyParams, keys) - 0usize];
+    ["Offset of field: TdTinyParams::rows"][::core::mem::offset_of!(TdTinyParams, rows) - 80usize];
+    ["Offset of field: TdTinyParams::seg"][::core::mem::offset_of!(TdTinyParams, seg) - 88usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct Td5LongParams {
+pub struct TdLongParams {
     pub keys: [u32; 20usize],
     pub rows: u64,
     pub chunks: u64,
@@ -231,34 +165,31 @@ pub struct Td5LongParams {
     pub pass: u32,
     pub passes: u32,
     pub pad0: u32,
-    pub seg: Td5Seg,
+    pub seg: TdSeg,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of Td5LongParams"][::core::mem::size_of::<Td5LongParams>() - 176usize];
-    ["Alignment of Td5LongParams"][::core::mem::align_of::<Td5LongParams>() - 8usize];
-    ["Offset of field: Td5LongParams::keys"][::core::mem::offset_of!(Td5LongParams, keys) - 0usize];
-    ["Offset of field: Td5LongParams::rows"]
-        [::core::mem::offset_of!(Td5LongParams, rows) - 80usize];
-    ["Offset of field: Td5LongParams::chunks"]
-        [::core::mem::offset_of!(Td5LongParams, chunks) - 88usize];
-    ["Offset of field: Td5LongParams::cap"][::core::mem::offset_of!(Td5LongParams, cap) - 96usize];
-    ["Offset of field: Td5LongParams::pass"]
-        [::core::mem::offset_of!(Td5LongParams, pass) - 100usize];
-    ["Offset of field: Td5LongParams::passes"]
-        [::core::mem::offset_of!(Td5LongParams, passes) - 104usize];
-    ["Offset of field: Td5LongParams::pad0"]
-        [::core::mem::offset_of!(Td5LongParams, pad0) - 108usize];
-    ["Offset of field: Td5LongParams::seg"][::core::mem::offset_of!(Td5LongParams, seg) - 112usize];
+    ["Size of TdLongParams"][::core::mem::size_of::<TdLongParams>() - 176usize];
+    ["Alignment of TdLongParams"][::core::mem::align_of::<TdLongParams>() - 8usize];
+    ["Offset of field: TdLongParams::keys"][::core::mem::offset_of!(TdLongParams, keys) - 0usize];
+    ["Offset of field: TdLongParams::rows"][::core::mem::offset_of!(TdLongParams, rows) - 80usize];
+    ["Offset of field: TdLongParams::chunks"]
+        [::core::mem::offset_of!(TdLongParams, chunks) - 88usize];
+    ["Offset of field: TdLongParams::cap"][::core::mem::offset_of!(TdLongParams, cap) - 96usize];
+    ["Offset of field: TdLongParams::pass"][::core::mem::offset_of!(TdLongParams, pass) - 100usize];
+    ["Offset of field: TdLongParams::passes"]
+        [::core::mem::offset_of!(TdLongParams, passes) - 104usize];
+    ["Offset of field: TdLongParams::pad0"][::core::mem::offset_of!(TdLongParams, pad0) - 108usize];
+    ["Offset of field: TdLongParams::seg"][::core::mem::offset_of!(TdLongParams, seg) - 112usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
-pub struct Td5BwdParams {
+pub struct TdBwdParams {
     pub numel: u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of Td5BwdParams"][::core::mem::size_of::<Td5BwdParams>() - 8usize];
-    ["Alignment of Td5BwdParams"][::core::mem::align_of::<Td5BwdParams>() - 8usize];
-    ["Offset of field: Td5BwdParams::numel"][::core::mem::offset_of!(Td5BwdParams, numel) - 0usize];
+    ["Size of TdBwdParams"][::core::mem::size_of::<TdBwdParams>() - 8usize];
+    ["Alignment of TdBwdParams"][::core::mem::align_of::<TdBwdParams>() - 8usize];
+    ["Offset of field: TdBwdParams::numel"][::core::mem::offset_of!(TdBwdParams, numel) - 0usize];
 };

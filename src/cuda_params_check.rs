@@ -63,18 +63,21 @@ fn constants_are_the_headers() {
     let ours: &[(&str, u64)] = &[
         ("TD_BLOCK", TD_BLOCK as u64),
         ("TD_TINY_ROW", TD_TINY_ROW as u64),
-        ("TD_BLOCK_ROW_BYTES", TD_BLOCK_ROW_BYTES as u64),
-        ("TD_LONG_CHUNK", TD_LONG_CHUNK as u64),
+        ("TD_RADIX_BITS", TD_RADIX_BITS as u64),
+        ("TD_CAND_RADIX_BITS", TD_CAND_RADIX_BITS as u64),
+        ("TD_CAND_RADIX_BINS", TD_CAND_RADIX_BINS as u64),
+        ("TD_WARP_RANK", TD_WARP_RANK as u64),
+        ("TD_UNIT_LANES", TD_UNIT_LANES as u64),
         ("TD_ALWAYS", TD_ALWAYS as u64),
         ("TD_MAX_ROW", TD_MAX_ROW as u64),
-        ("TD5_NV", TD5_NV as u64),
-        ("TD5_MAX_THREADS", TD5_MAX_THREADS as u64),
-        ("TD5_CAP", TD5_CAP as u64),
-        ("TD5_GROUP", TD5_GROUP as u64),
-        ("TD5_LONG_THREADS", TD5_LONG_THREADS as u64),
-        ("TD5_LONG_NV", TD5_LONG_NV as u64),
-        ("TD5_LONG_STATE_BYTES", TD5_LONG_STATE_BYTES as u64),
-        ("TD5_BINS", TD5_BINS as u64),
+        ("TD_NV", TD_NV as u64),
+        ("TD_MAX_THREADS", TD_MAX_THREADS as u64),
+        ("TD_CAP", TD_CAP as u64),
+        ("TD_GROUP", TD_GROUP as u64),
+        ("TD_LONG_THREADS", TD_LONG_THREADS as u64),
+        ("TD_LONG_NV", TD_LONG_NV as u64),
+        ("TD_LONG_STATE_BYTES", TD_LONG_STATE_BYTES as u64),
+        ("TD_RADIX_BINS", TD_RADIX_BINS as u64),
     ];
     let header = defines(HEADER);
     let mut names: Vec<&str> = header.iter().map(|(n, _)| n.as_str()).collect();
@@ -95,9 +98,15 @@ fn constants_are_the_headers() {
             "{name}: header {v}, bindings {ours}: run scripts/bindgen.sh"
         );
     }
-    // The host's own copies of shared constants.
+    // The host's own copies of shared constants, and the relations the kernels assume.
     assert_eq!(crate::philox::THRESHOLD_ALWAYS, TD_ALWAYS);
     assert_eq!(TD_MAX_ROW as u64, (1u64 << 32) - 1);
+    assert_eq!(TD_RADIX_BINS, 1 << TD_RADIX_BITS, "a bin per digit value");
+    assert_eq!(TD_CAND_RADIX_BINS, 1 << TD_CAND_RADIX_BITS, "a bin per digit value");
+    assert_eq!(TD_WARP_RANK, 32, "one warp ranks the last candidates");
+    // The CPU select takes the kernels' first digit, and the CPU unit scores their lanes.
+    assert_eq!(crate::select::FIRST_DIGIT, TD_RADIX_BITS);
+    assert_eq!(crate::cpu::SCORE_LANES as u32, TD_UNIT_LANES);
 }
 
 #[test]

@@ -166,7 +166,7 @@ pub(crate) enum Ready {
 /// The differentiable forward of [`TargetedOp`] with values out: the op (or the output that
 /// a grouped call computed for it, `ready`), and the bit mask of the dropped elements that the
 /// kernel serving it wrote (the v5 weight kernels on a GPU or the emulator), kept for the
-/// backward pass: `td5_bwd` then masks the gradient in one pass with no selection. Without a
+/// backward pass: `td_bwd` then masks the gradient in one pass with no selection. Without a
 /// kept mask (the CPU, the paths of other kernels) the backward recomputes the selection.
 pub(crate) struct KeptForward {
     pub op: TargetedOp,
@@ -262,8 +262,8 @@ impl CustomOp1 for KeptForward {
     }
 }
 
-/// `grad` (contiguous) with the elements whose bit is set zeroed: `td5_bwd` on a GPU or the
-/// emulator, one pass on the CPU. `None` where `td5_bwd` cannot take the gradient (a view
+/// `grad` (contiguous) with the elements whose bit is set zeroed: `td_bwd` on a GPU or the
+/// emulator, one pass on the CPU. `None` where `td_bwd` cannot take the gradient (a view
 /// that does not start 16-byte aligned): the caller recomputes the selection.
 pub(crate) fn masked_by_bits(grad: &Tensor, bits: &Bits) -> Result<Option<Tensor>> {
     let size = grad.dtype().size_in_bytes();
@@ -355,7 +355,7 @@ impl CustomOp1 for MaskedGrad {
         if let Some(ctx) = crate::emulate::active() {
             return match crate::emulate::backward_bits(&ctx, s, l, bits)? {
                 Some(out) => Ok((out, l.shape().clone())),
-                None => bail!("{BACKWARD}: internal error, an unaligned gradient for td5_bwd"),
+                None => bail!("{BACKWARD}: internal error, an unaligned gradient for td_bwd"),
             };
         }
         Ok((self.host(s, l, bits)?, l.shape().clone()))

@@ -45,11 +45,11 @@ fn long_rows_on_v5_match_the_cpu_path() -> Result<()> {
                 })?;
                 let all = gamma == 1.0;
                 assert!(
-                    ks.iter().any(|k| k.starts_with("tdw5_long_apply_")),
+                    ks.iter().any(|k| k.starts_with("td_long_apply_")),
                     "{what}: {ks:?}"
                 );
                 assert_eq!(
-                    ks.iter().any(|k| k.starts_with("tdw5_long_count_")),
+                    ks.iter().any(|k| k.starts_with("td_long_count_")),
                     !all,
                     "{what} gamma {gamma}: {ks:?}"
                 );
@@ -69,7 +69,7 @@ fn long_rows_on_v5_match_the_cpu_path() -> Result<()> {
         let ks = same_bits_and_kernels(&gpu, "zeros", || {
             targeted_weight_dropout_seeded(&z, 0.5, 0.5, 1, 1)
         })?;
-        assert!(ks.iter().any(|k| k == "tdw5_long_resolve_u32"), "{ks:?}");
+        assert!(ks.iter().any(|k| k == "td_long_resolve_u32"), "{ks:?}");
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The launch plan, seen through `emulate::run_traced`: a grouped call is one launch per
 //! (kernel width, path) group of its tensors, a `VarMapDropout` step likewise, and the
-//! backward under autograd masks the gradient from the kept bit mask (`td5_bwd_*`) with no
+//! backward under autograd masks the gradient from the kept bit mask (`td_bwd_*`) with no
 //! selection kernel; every result the same bits as the CPU path.
 #![cfg(feature = "emulate")]
 mod common;
@@ -37,7 +37,7 @@ fn many_tensors_of_one_path_are_one_launch() -> Result<()> {
             emulate::run_traced(&gpu, || targeted_dropout_many_seeded(&items, 11, 100))?;
         assert_eq!(launches.len(), 1, "{}: {:?}", gpu.name, names(&launches));
         let l = &launches[0];
-        assert!(l.kernel.starts_with("tdw5_block_u32_t"), "{}", l.kernel);
+        assert!(l.kernel.starts_with("td_block_u32_t"), "{}", l.kernel);
         let rows: usize = ws.iter().map(|w| w.dim(0).unwrap()).sum();
         assert_eq!(
             l.grid,
@@ -58,7 +58,7 @@ fn many_tensors_of_one_path_are_one_launch() -> Result<()> {
 
 #[test]
 fn past_the_segment_limit_a_group_splits() -> Result<()> {
-    // 62 segments per launch (TD5_GROUP): 70 tensors take two.
+    // 62 segments per launch (TD_GROUP): 70 tensors take two.
     let mut rng = Rng(0x62);
     let ws = (0..70)
         .map(|i| tensor(&mut rng, &[2, 40 + i], DType::F32, Data::Plain))
@@ -70,7 +70,7 @@ fn past_the_segment_limit_a_group_splits() -> Result<()> {
         emulate::run_traced(&Gpu::h200(), || targeted_dropout_many_seeded(&items, 5, 0))?;
     assert_eq!(
         names(&launches),
-        ["tdw5_block_u32_t64", "tdw5_block_u32_t64"]
+        ["td_block_u32_t64", "td_block_u32_t64"]
     );
     assert_eq!(launches[0].grid[0], 62 * 2);
     assert_eq!(launches[1].grid[0], 8 * 2);
@@ -116,7 +116,7 @@ fn a_resnet32_is_one_launch_per_dtype_and_path() -> Result<()> {
         got.sort();
         assert_eq!(
             got,
-            [format!("tdw5_block_{w}_t64"), format!("tdw5_tiny_{w}_t256")],
+            [format!("td_block_{w}_t64"), format!("td_tiny_{w}_t256")],
             "{dt:?}"
         );
         for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
@@ -142,9 +142,9 @@ fn a_resnet32_is_one_launch_per_dtype_and_path() -> Result<()> {
     assert_eq!(
         got,
         [
-            "tdw5_block_u16_t64",
-            "tdw5_block_u32_t64",
-            "tdw5_block_u64_t128"
+            "td_block_u16_t64",
+            "td_block_u32_t64",
+            "td_block_u64_t128"
         ]
     );
     for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
@@ -196,9 +196,9 @@ fn a_varmap_step_over_33_variables_is_one_launch() -> Result<()> {
             (step.finish(&mut grads)?, Vec::new())
         };
         if emulated {
-            // The gradients from the kept masks: one td5_bwd per variable, no selection.
+            // The gradients from the kept masks: one td_bwd per variable, no selection.
             assert!(
-                names(&finish).iter().all(|k| k.starts_with("td5_bwd_u32")),
+                names(&finish).iter().all(|k| k.starts_with("td_bwd_u32")),
                 "{:?}",
                 names(&finish)
             );
@@ -220,7 +220,7 @@ fn a_varmap_step_over_33_variables_is_one_launch() -> Result<()> {
     let (cpu, _) = run(false)?;
     let (emu, launches) = run(true)?;
     assert_eq!(launches.len(), 1, "{:?}", names(&launches));
-    assert!(launches[0].kernel.starts_with("tdw5_block_u32"));
+    assert!(launches[0].kernel.starts_with("td_block_u32"));
     assert_eq!(cpu.len(), emu.len());
     for (i, (c, e)) in cpu.iter().zip(&emu).enumerate() {
         assert_eq!(c, e, "dropped weights then gradients, entry {i}");
@@ -248,7 +248,7 @@ fn the_backward_under_autograd_reads_the_kept_mask() -> Result<()> {
         let x = tensor(&mut rng, &shape, dt, Data::Plain)?;
         let drop = |w: &Tensor| targeted_weight_dropout_seeded(w, 0.5, 0.5, 7, 3);
         let want = grad_of(&w, &x, drop)?;
-        // The forward emulated (it keeps the mask), the backward traced: td5_bwd only.
+        // The forward emulated (it keeps the mask), the backward traced: td_bwd only.
         let d = emulate::run(&Gpu::h200(), || drop(w.as_tensor()))?;
         let (g, launches) = emulate::run_traced(&Gpu::h200(), || {
             let g = (&d * &x)?.sum_all()?.backward()?;
@@ -261,7 +261,7 @@ fn the_backward_under_autograd_reads_the_kept_mask() -> Result<()> {
         } else {
             "u64"
         };
-        assert_eq!(names(&launches), [format!("td5_bwd_{width}")], "{dt:?}");
+        assert_eq!(names(&launches), [format!("td_bwd_{width}")], "{dt:?}");
         assert_same_bits(&g, &want, &format!("{dt:?} gradient"))?;
         // The backward outside the emulation (the mask kept on the host): the same bits.
         let d = emulate::run(&Gpu::sm86(), || drop(w.as_tensor()))?;
@@ -285,7 +285,7 @@ fn without_a_kept_mask_the_backward_recomputes() -> Result<()> {
         Ok(g.get(w.as_tensor()).unwrap().clone())
     })?;
     assert!(!launches.is_empty());
-    assert!(names(&launches).iter().all(|k| !k.starts_with("td5_bwd")));
+    assert!(names(&launches).iter().all(|k| !k.starts_with("td_bwd")));
     assert_same_bits(&g, &want, "unit gradient")?;
     // A forward on the CPU keeps no mask either: the emulated backward recomputes it.
     let w2 = Var::from_tensor(&tensor(&mut rng, &[16, 200], DType::F32, Data::Plain)?)?;
@@ -296,7 +296,7 @@ fn without_a_kept_mask_the_backward_recomputes() -> Result<()> {
         let g = (&d * &x)?.sum_all()?.backward()?;
         Ok(g.get(w2.as_tensor()).unwrap().clone())
     })?;
-    assert_eq!(names(&launches), ["tdw5_block_u32_t64"]);
+    assert_eq!(names(&launches), ["td_block_u32_t64"]);
     assert_same_bits(&g, &want, "recomputed gradient")?;
     Ok(())
 }
@@ -329,7 +329,7 @@ fn grouped_results_keep_their_masks_for_autograd() -> Result<()> {
     assert_eq!(launches.len(), 1);
     let (g, launches) = emulate::run_traced(&Gpu::h200(), || loss(&ds)?.backward())?;
     assert_eq!(launches.len(), vars.len());
-    assert!(names(&launches).iter().all(|k| *k == "td5_bwd_u32"));
+    assert!(names(&launches).iter().all(|k| *k == "td_bwd_u32"));
     for v in &vars {
         assert_same_bits(
             g.get(v.as_tensor()).unwrap(),

@@ -18,7 +18,7 @@ def find(pat, start=0):
         if pat in lines[i]:
             return i + 1
     raise SystemExit('marker not found: ' + pat)
-k0 = find('__device__ __forceinline__ void tdw5_block(')
+k0 = find('__device__ __forceinline__ void td_block(')
 marks = OrderedDict([
     ('prologue', k0), ('load', find('// 2. Zero the histogram', k0)),
     ('lambda', find('auto each = [&]', k0)),
@@ -56,7 +56,7 @@ for l in open(sass):
         funcs[cur]['_total'] += 1
         funcs[cur]['op:' + op.split('.')[0]] += 1
 for f, c in funcs.items():
-    if 'tdw5' not in f and 'td5_bwd' not in f and 'tdw_block' not in f: continue
+    if 'tdw5' not in f and 'td_bwd' not in f and 'tdw_block' not in f: continue
     print(f, 'total', c['_total'])
     if 'tdw5' in f:
         print('   ' + '  '.join('%s=%d' % (p, c[p]) for p in names[:-1] if p != 'lambda'))

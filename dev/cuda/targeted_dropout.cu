@@ -29,11 +29,11 @@ what the library ships):
       "key < K || (key == K && index < cut)" with no scan. Philox only for groups of four
       that hold a targeted element, round keys in the kernel parameters. Optional packed bit
       mask (bit e of word e / 32, flat) for the backward. The table of segments (tensors) is
-      passed by value in the parameters (TD5_GROUP per launch): many tensors in one launch,
+      passed by value in the parameters (TD_GROUP per launch): many tensors in one launch,
       a block finds its tensor by __syncthreads_count over the segments' first blocks.
-      Tiny rows (n <= 32): tdw5_tiny, tiles of 256 rows read and written once by 16-byte
+      Tiny rows (n <= 32): td_tiny, tiles of 256 rows read and written once by 16-byte
       vectors, a thread ranks a row in shared memory.
-  v5 bwd  td5_bwd: grad * (1 - mask bit): one read of the gradient, 1/32 (f32), 1/16 (16-bit)
+  v5 bwd  td_bwd: grad * (1 - mask bit): one read of the gradient, 1/32 (f32), 1/16 (16-bit)
       or 1/8 (f64) of it more for the mask, one write.
 */
 #include <cuda_runtime.h>
@@ -149,16 +149,16 @@ static void ref_weight_dropout(const U* w, U* out, uint8_t* dropped, uint64_t ro
 // v4: the library's kernels as the crate ships them (kernels/weight.cu with its params.h and
 // common.cuh), included, not copied: the harness times and validates what the library runs.
 
-#include "../../kernels/weight.cu"
+#include "weight_v4.cu"
 
 // =======================================================================================
 // v5: row in registers, 11-bit first digit counted while loading, bin compacted and resolved
 // alone, tie cut as an index, fused Philox mask.
 
-#include "../../kernels/weight_v5.cu"
+#include "../../kernels/weight.cu"
 
 // One tensor of a v5 call as the harness describes it (the launcher builds the kernel's
-// Td5Seg table from these).
+// TdSeg table from these).
 struct V5Item {
     const void* w;
     void* out;
@@ -231,14 +231,14 @@ static void launch_v4(const U* w, U* out, uint64_t rows, uint32_t n, uint32_t k,
 
 // Vectors a row of n may span (it can start mid-vector when n % VE != 0).
 template <typename U> static uint32_t max_vectors(uint32_t n) {
-    constexpr uint32_t VE = v5::Ty<U>::VE;
+    constexpr uint32_t VE = sel::Ty<U>::VE;
     return n % VE == 0 ? n / VE : (n + 2 * VE - 2) / VE;
 }
 // Smallest block (64 .. 1024 threads, 4 vectors each) that holds the longest row; 0 if none.
 template <typename U> static int v5_block_for(uint32_t max_n) {
     const uint32_t nv = max_vectors<U>(max_n);
     for (int t = 64; t <= 1024; t *= 2)
-        if ((uint32_t)t * TD5_NV >= nv) return t;
+        if ((uint32_t)t * TD_NV >= nv) return t;
     return 0;
 }
 
@@ -253,37 +253,37 @@ static void round_keys(uint64_t seed, uint32_t* keys) {
     }
 }
 
-// One launch of tdw5_block for width U and block size t (spelled out, no token pasting: the
+// One launch of td_block for width U and block size t (spelled out, no token pasting: the
 // emulator's build rewrites each `kernel<<<...>>>(...)` line of this file).
-template <typename U> static void launch_t(const Td5Params& p, uint32_t blocks, int t, cudaStream_t st) {
+template <typename U> static void launch_t(const TdBlockParams& p, uint32_t blocks, int t, cudaStream_t st) {
     if (sizeof(U) == 2) {
         switch (t) {
-            case 64: tdw5_block_u16_t64<<<blocks, 64, 0, st>>>(p); break;
-            case 128: tdw5_block_u16_t128<<<blocks, 128, 0, st>>>(p); break;
-            case 256: tdw5_block_u16_t256<<<blocks, 256, 0, st>>>(p); break;
-            case 512: tdw5_block_u16_t512<<<blocks, 512, 0, st>>>(p); break;
-            default: tdw5_block_u16_t1024<<<blocks, 1024, 0, st>>>(p); break;
+            case 64: td_block_u16_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: td_block_u16_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: td_block_u16_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: td_block_u16_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: td_block_u16_t1024<<<blocks, 1024, 0, st>>>(p); break;
         }
     } else if (sizeof(U) == 4) {
         switch (t) {
-            case 64: tdw5_block_u32_t64<<<blocks, 64, 0, st>>>(p); break;
-            case 128: tdw5_block_u32_t128<<<blocks, 128, 0, st>>>(p); break;
-            case 256: tdw5_block_u32_t256<<<blocks, 256, 0, st>>>(p); break;
-            case 512: tdw5_block_u32_t512<<<blocks, 512, 0, st>>>(p); break;
-            default: tdw5_block_u32_t1024<<<blocks, 1024, 0, st>>>(p); break;
+            case 64: td_block_u32_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: td_block_u32_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: td_block_u32_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: td_block_u32_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: td_block_u32_t1024<<<blocks, 1024, 0, st>>>(p); break;
         }
     } else {
         switch (t) {
-            case 64: tdw5_block_u64_t64<<<blocks, 64, 0, st>>>(p); break;
-            case 128: tdw5_block_u64_t128<<<blocks, 128, 0, st>>>(p); break;
-            case 256: tdw5_block_u64_t256<<<blocks, 256, 0, st>>>(p); break;
-            case 512: tdw5_block_u64_t512<<<blocks, 512, 0, st>>>(p); break;
-            default: tdw5_block_u64_t1024<<<blocks, 1024, 0, st>>>(p); break;
+            case 64: td_block_u64_t64<<<blocks, 64, 0, st>>>(p); break;
+            case 128: td_block_u64_t128<<<blocks, 128, 0, st>>>(p); break;
+            case 256: td_block_u64_t256<<<blocks, 256, 0, st>>>(p); break;
+            case 512: td_block_u64_t512<<<blocks, 512, 0, st>>>(p); break;
+            default: td_block_u64_t1024<<<blocks, 1024, 0, st>>>(p); break;
         }
     }
 }
 
-// One call over many tensors: launches of at most TD5_GROUP segments, the table by value in
+// One call over many tensors: launches of at most TD_GROUP segments, the table by value in
 // the parameters (no upload). table_dev and upload are unused (kept for the call sites).
 template <typename U>
 static void launch_v5_segs(const std::vector<V5Item>& segs_in, void* table_dev, uint64_t seed,
@@ -296,14 +296,14 @@ static void launch_v5_segs(const std::vector<V5Item>& segs_in, void* table_dev, 
         if (((uintptr_t)s.w & 15) || ((uintptr_t)s.out & 15)) { fprintf(stderr, "v5: unaligned tensor\n"); exit(2); }
         segs.push_back(s);
     }
-    for (size_t g0 = 0; g0 < segs.size(); g0 += TD5_GROUP) {
-        const size_t g1 = std::min(segs.size(), g0 + TD5_GROUP);
-        Td5Params p;
+    for (size_t g0 = 0; g0 < segs.size(); g0 += TD_GROUP) {
+        const size_t g1 = std::min(segs.size(), g0 + TD_GROUP);
+        TdBlockParams p;
         memset(&p, 0, sizeof p);
         round_keys(seed, p.keys);
         uint32_t total = 0, max_n = 0;
         for (size_t i = g0; i < g1; i++) {
-            Td5Seg& d = p.seg[i - g0];
+            TdSeg& d = p.seg[i - g0];
             d.w = (uint64_t)(uintptr_t)segs[i].w;
             d.vals = 0;
             d.out = (uint64_t)(uintptr_t)segs[i].out;
@@ -331,7 +331,7 @@ static void launch_v5(const U* w, U* out, uint32_t* mask, uint64_t rows, uint32_
     if (n <= TD_TINY_ROW) {
         // The library's tiny-row path: tiles of 256 rows (128 for 64-bit elements).
         if (((uintptr_t)w & 15) || ((uintptr_t)out & 15)) { fprintf(stderr, "v5: unaligned tensor\n"); exit(2); }
-        Td5TinyParams p;
+        TdTinyParams p;
         memset(&p, 0, sizeof p);
         round_keys(seed, p.keys);
         p.rows = rows;
@@ -344,9 +344,9 @@ static void launch_v5(const U* w, U* out, uint32_t* mask, uint64_t rows, uint32_
         p.seg.threshold = thr;
         const uint64_t t = sizeof(U) == 8 ? 128 : 256;
         const uint32_t grid = (uint32_t)std::min<uint64_t>((rows + t - 1) / t, (uint64_t)g_sms * 8);
-        if (sizeof(U) == 2) tdw5_tiny_u16_t256<<<grid, 256, 0, st>>>(p);
-        else if (sizeof(U) == 4) tdw5_tiny_u32_t256<<<grid, 256, 0, st>>>(p);
-        else tdw5_tiny_u64_t128<<<grid, 128, 0, st>>>(p);
+        if (sizeof(U) == 2) td_tiny_u16_t256<<<grid, 256, 0, st>>>(p);
+        else if (sizeof(U) == 4) td_tiny_u32_t256<<<grid, 256, 0, st>>>(p);
+        else td_tiny_u64_t128<<<grid, 128, 0, st>>>(p);
         CK(cudaGetLastError());
         return;
     }
@@ -356,12 +356,12 @@ static void launch_v5(const U* w, U* out, uint32_t* mask, uint64_t rows, uint32_
 
 template <typename U>
 static void launch_bwd(const U* g, U* out, const uint32_t* mask, uint64_t numel, cudaStream_t st = 0) {
-    const uint64_t nvec = numel / v5::Ty<U>::VE;
+    const uint64_t nvec = numel / sel::Ty<U>::VE;
     const uint32_t grid = (uint32_t)std::max<uint64_t>(1, std::min<uint64_t>((nvec + 255) / 256, (uint64_t)g_sms * 8));
-    const Td5BwdParams p = {numel};
-    if (sizeof(U) == 2) td5_bwd_u16<<<grid, 256, 0, st>>>((const uint16_t*)g, (uint16_t*)out, mask, p);
-    else if (sizeof(U) == 4) td5_bwd_u32<<<grid, 256, 0, st>>>((const uint32_t*)g, (uint32_t*)out, mask, p);
-    else td5_bwd_u64<<<grid, 256, 0, st>>>((const uint64_t*)g, (uint64_t*)out, mask, p);
+    const TdBwdParams p = {numel};
+    if (sizeof(U) == 2) td_bwd_u16<<<grid, 256, 0, st>>>((const uint16_t*)g, (uint16_t*)out, mask, p);
+    else if (sizeof(U) == 4) td_bwd_u32<<<grid, 256, 0, st>>>((const uint32_t*)g, (uint32_t*)out, mask, p);
+    else td_bwd_u64<<<grid, 256, 0, st>>>((const uint64_t*)g, (uint64_t*)out, mask, p);
     CK(cudaGetLastError());
 }
 
@@ -803,7 +803,7 @@ int main(int argc, char** argv) {
     bench_shape<uint32_t>(11008, 4096, true);
     bench_shape<uint16_t>(11008, 4096, true);
     if (!check_only) {
-        bench_shape<uint16_t>(1 << 20, 9, true);   // tiny rows: v4 tdw_tiny against v5 tdw5_tiny
+        bench_shape<uint16_t>(1 << 20, 9, true);   // tiny rows: v4 tdw_tiny against v5 td_tiny
         bench_shape<uint32_t>(1 << 20, 9, true);
         bench_resnet();
     }

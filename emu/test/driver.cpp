@@ -224,7 +224,7 @@ static unsigned dsize(int dt) { return dt == 3 ? 8 : dt == 0 ? 4 : 2; }
 // launch_scores of src/cuda.rs.
 static bool launch_scores(const Profile& pf, int dt, const void* w, void* scores, uint64_t d0, uint64_t n) {
     UnitScoresParams p = {d0, n};
-    std::string nm = std::string(n <= TD_TINY_ROW ? "unit_scores_tiny_" : "unit_scores_block_") + kDtype[dt];
+    std::string nm = std::string(n <= TD_TINY_ROW ? "td_unit_scores_tiny_" : "td_unit_scores_block_") + kDtype[dt];
     const uint64_t grid = n <= TD_TINY_ROW ? std::min((d0 + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 8) : std::min(d0, pf.sms * 8);
     return launch(nm.c_str(), (uint32_t)grid, 1, 0, {&w, &scores, &p});
 }
@@ -361,7 +361,7 @@ static bool run_case(const Case& c) {
             void* nul = nullptr;
             const void* v = vals ? vals : (const void*)w.p;
             const uint8_t* um = umask.data();
-            const std::string nm = std::string("unit_apply_") + wname(sz);
+            const std::string nm = std::string("td_unit_apply_") + wname(sz);
             ok = launch(nm.c_str(), grid, 1, 0,
                         {&v, outp ? (void*)&outp : (void*)&nul, maskp ? (void*)&maskp : (void*)&nul, &um, &p});
         }

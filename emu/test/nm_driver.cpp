@@ -90,7 +90,7 @@ static bool run(const Case& k) {
     unsigned maxm = 4;
     while (maxm < k.m) maxm *= 2;
     char name[32];
-    snprintf(name, sizeof name, "tdnm_%s_m%u", size == 2 ? "u16" : size == 4 ? "u32" : "u64", maxm);
+    snprintf(name, sizeof name, "td_nm_%s_m%u", size == 2 ? "u16" : size == 4 ? "u32" : "u64", maxm);
     TdNmParams p;
     memset(&p, 0, sizeof p);
     p.groups = groups;

@@ -1,7 +1,7 @@
 // The v5 kernels (kernels/weight_v5.cu) on the emulator against a CPU reference written from
 // DESIGN.md: the block and tiny-row paths on every width (u16 for f16 and bf16, u32, u64) with and without
 // the bit mask, the values of a gradient (the recomputing backward), shards (elem_base), the
-// grouped call (many tensors per launch, more than TD5_GROUP of them: several launches) and the
+// grouped call (many tensors per launch, more than TD_GROUP of them: several launches) and the
 // bit-mask backward. Needs no Rust and no GPU; built by scripts/emu/build.sh with the
 // sanitizers (ASan + UBSan, TSan) like emu/test/driver.cpp.
 //
@@ -144,14 +144,14 @@ struct Mem {
 
 static const char* wname(unsigned sz) { return sz == 2 ? "u16" : sz == 4 ? "u32" : "u64"; }
 
-// The block size the host picks: the smallest of 64 .. 1024 threads whose TD5_NV vectors per
+// The block size the host picks: the smallest of 64 .. 1024 threads whose TD_NV vectors per
 // thread hold the longest row (a row that does not start on a vector boundary may span one
 // vector more); 0 when none does.
 static unsigned block_for(unsigned sz, uint64_t max_n) {
     const uint64_t ve = 16 / sz;
     const uint64_t nv = max_n % ve == 0 ? max_n / ve : (max_n + 2 * ve - 2) / ve;
-    for (unsigned t = 64; t <= TD5_MAX_THREADS; t *= 2)
-        if ((uint64_t)t * TD5_NV >= nv) return t;
+    for (unsigned t = 64; t <= TD_MAX_THREADS; t *= 2)
+        if ((uint64_t)t * TD_NV >= nv) return t;
     return 0;
 }
 
@@ -200,8 +200,8 @@ static std::string describe(const Item& it, uint64_t seed) {
     return b;
 }
 
-static Td5Seg seg_of(const Item& it) {
-    Td5Seg s;
+static TdSeg seg_of(const Item& it) {
+    TdSeg s;
     memset(&s, 0, sizeof s);
     s.w = (uint64_t)(uintptr_t)it.dw->p;
     s.vals = it.vals ? (uint64_t)(uintptr_t)it.dg->p : 0;
@@ -223,7 +223,7 @@ struct LongShape {
 };
 static LongShape long_shape(unsigned sz, uint64_t n) {
     const uint64_t ve = 16 / sz, vectors = (n + 2 * ve - 2) / ve;
-    const uint64_t tile = (uint64_t)TD5_LONG_THREADS * TD5_LONG_NV;
+    const uint64_t tile = (uint64_t)TD_LONG_THREADS * TD_LONG_NV;
     uint64_t cap = 1;
     while (cap < n / 16) cap <<= 1;
     cap = std::min<uint64_t>(std::max<uint64_t>(cap, 1 << 12), 1 << 16);
@@ -241,7 +241,7 @@ static LongShape long_shape(unsigned sz, uint64_t n) {
 // so that blocks take several tiles, across rows.
 static bool launch_long(Item& it, uint64_t seed, uint32_t blocks) {
     const LongShape sh = long_shape(it.sz, it.n);
-    Td5LongParams p;
+    TdLongParams p;
     memset(&p, 0, sizeof p);
     round_keys(seed, p.keys);
     p.rows = it.rows;
@@ -251,24 +251,24 @@ static bool launch_long(Item& it, uint64_t seed, uint32_t blocks) {
     p.seg = seg_of(it);
     const uint32_t grid = (uint32_t)std::min<uint64_t>(it.rows * sh.chunks, blocks);
     const std::string w = wname(it.sz);
-    Mem state(it.rows * sh.passes * TD5_LONG_STATE_BYTES, 0);
+    Mem state(it.rows * sh.passes * TD_LONG_STATE_BYTES, 0);
     void* sp = state.p;
     if (it.k < it.n) {
-        Mem hist(it.rows * (sh.passes - 1) * TD5_BINS * 4, 0);
+        Mem hist(it.rows * (sh.passes - 1) * TD_RADIX_BINS * 4, 0);
         Mem cand(it.rows * sh.cap * (it.sz == 8 ? 16 : 8), 0xEE);
         void* hp = hist.p;
         void* cp = cand.p;
         for (uint32_t pass = 0; pass < sh.passes; pass++) {
             p.pass = pass;
-            if (!launch("tdw5_long_count_" + w, grid, TD5_LONG_THREADS, {&hp, &sp, &cp, &p})) return false;
+            if (!launch("td_long_count_" + w, grid, TD_LONG_THREADS, {&hp, &sp, &cp, &p})) return false;
         }
-        if (!launch("tdw5_long_resolve_" + w, (uint32_t)it.rows, TD5_LONG_THREADS, {&sp, &cp, &p})) return false;
+        if (!launch("td_long_resolve_" + w, (uint32_t)it.rows, TD_LONG_THREADS, {&sp, &cp, &p})) return false;
     }
-    return launch("tdw5_long_apply_" + w, grid, TD5_LONG_THREADS, {&sp, &p});
+    return launch("td_long_apply_" + w, grid, TD_LONG_THREADS, {&sp, &p});
 }
 
 // Launches the items (all of one width) as the library would: one tensor of rows of at most
-// TD_TINY_ROW on the tiny kernel, everything else in launches of at most TD5_GROUP segments,
+// TD_TINY_ROW on the tiny kernel, everything else in launches of at most TD_GROUP segments,
 // the table by value.
 static bool launch_items(std::vector<Item>& items, uint64_t seed) {
     const unsigned sz = items[0].sz;
@@ -279,7 +279,7 @@ static bool launch_items(std::vector<Item>& items, uint64_t seed) {
         return launch_long(it, seed, 1 + (uint32_t)(rnd() % 7));
     }
     if (items.size() == 1 && items[0].n <= TD_TINY_ROW) {
-        Td5TinyParams p;
+        TdTinyParams p;
         memset(&p, 0, sizeof p);
         round_keys(seed, p.keys);
         p.rows = items[0].rows;
@@ -287,18 +287,18 @@ static bool launch_items(std::vector<Item>& items, uint64_t seed) {
         const unsigned t = sz == 8 ? 128 : 256;
         // At most 5 blocks, so that the grid loops over the tiles of the larger cases.
         const uint32_t grid = (uint32_t)std::min<uint64_t>((p.rows + t - 1) / t, 5);
-        return launch(std::string("tdw5_tiny_") + wname(sz) + "_t" + std::to_string(t), grid, t, {&p});
+        return launch(std::string("td_tiny_") + wname(sz) + "_t" + std::to_string(t), grid, t, {&p});
     }
-    for (size_t g0 = 0; g0 < items.size(); g0 += TD5_GROUP) {
-        const size_t g1 = std::min(items.size(), g0 + (size_t)TD5_GROUP);
-        Td5Params p;
+    for (size_t g0 = 0; g0 < items.size(); g0 += TD_GROUP) {
+        const size_t g1 = std::min(items.size(), g0 + (size_t)TD_GROUP);
+        TdBlockParams p;
         memset(&p, 0, sizeof p);
         round_keys(seed, p.keys);
         uint32_t total = 0;
         uint64_t max_n = 0;
         for (size_t i = g0; i < g1; i++) {
             Item& it = items[i];
-            Td5Seg& s = p.seg[p.nseg++];
+            TdSeg& s = p.seg[p.nseg++];
             s = seg_of(it);
             s.first_block = total;
             total += (uint32_t)it.rows;
@@ -306,7 +306,7 @@ static bool launch_items(std::vector<Item>& items, uint64_t seed) {
         }
         const unsigned t = block_for(sz, max_n);
         if (t == 0) { fprintf(stderr, "no block size for n = %llu\n", (unsigned long long)max_n); return false; }
-        const std::string name = std::string("tdw5_block_") + wname(sz) + "_t" + std::to_string(t);
+        const std::string name = std::string("td_block_") + wname(sz) + "_t" + std::to_string(t);
         if (!launch(name, total, t, {&p})) return false;
     }
     return true;
@@ -348,13 +348,13 @@ static bool check_items(std::vector<Item>& items, uint64_t seed, const char* wha
             fill(g, it.sz, numel, 0);
             Mem dg(numel * it.sz, 0), dout(numel * it.sz, 0xAB);
             memcpy(dg.p, g.data(), g.size());
-            Td5BwdParams bp = {numel};
+            TdBwdParams bp = {numel};
             const void* gp = dg.p;
             void* op = dout.p;
             const uint32_t* mp = m;
             const uint64_t nvec = numel / (16 / it.sz);
             const uint32_t grid = (uint32_t)std::max<uint64_t>(1, std::min<uint64_t>((nvec + TD_BLOCK - 1) / TD_BLOCK, 64));
-            if (!launch(std::string("td5_bwd_") + wname(it.sz), grid, TD_BLOCK, {&gp, &op, &mp, &bp})) return false;
+            if (!launch(std::string("td_bwd_") + wname(it.sz), grid, TD_BLOCK, {&gp, &op, &mp, &bp})) return false;
             for (uint64_t e = 0; e < numel; e++) {
                 const uint64_t want = d[e] ? 0 : get(g, it.sz, e);
                 uint64_t have = 0;
@@ -446,9 +446,9 @@ int main(int argc, char** argv) {
     int singles = 0, groups = 0, longs = 0;
     for (int c = 0; c < cases && g_fail < 5; c++) {
         const unsigned sz = widths[rnd() % 3];
-        // The longest row a block holds: TD5_MAX_THREADS * TD5_NV vectors, less one for a row
+        // The longest row a block holds: TD_MAX_THREADS * TD_NV vectors, less one for a row
         // that starts mid-vector.
-        const uint64_t ve = 16 / sz, max_n = (uint64_t)TD5_MAX_THREADS * TD5_NV * ve - ve;
+        const uint64_t ve = 16 / sz, max_n = (uint64_t)TD_MAX_THREADS * TD_NV * ve - ve;
         const uint64_t cap = large ? 300000 : 40000;
         const uint64_t seed = rnd();
         if (c % 5 == 2) {
@@ -464,9 +464,9 @@ int main(int argc, char** argv) {
             if (!run(one, seed, "long")) g_fail++;
             longs++;
         } else if (c % 5 == 4) {
-            // A grouped call: up to 2.5 x TD5_GROUP tensors, short rows, varied k and alpha.
+            // A grouped call: up to 2.5 x TD_GROUP tensors, short rows, varied k and alpha.
             std::vector<Item> items;
-            const int m = 1 + (int)(rnd() % (5 * TD5_GROUP / 2));
+            const int m = 1 + (int)(rnd() % (5 * TD_GROUP / 2));
             for (int i = 0; i < m; i++) items.push_back(random_item(sz, std::min<uint64_t>(max_n, 700), 4000, false));
             const uint64_t off0 = rnd() % 1000;
             for (int i = 0; i < m; i++) items[i].offset = off0 + i;  // item i draws at offset + i

@@ -18,7 +18,7 @@ BASE="-std=c++17 -O2 -g -pthread -fno-strict-aliasing -ffp-contract=off -Wall -W
 HOOK="-fsanitize=thread --param tsan-instrument-func-entry-exit=0"
 KERN="-include emu/cuda_emu.h -fno-extern-tls-init -Wno-maybe-uninitialized -Wno-unused-variable -Wno-unused-function"
 
-KSRC="k_weight k_unit k_nm k_weight_v5 k_test"
+KSRC="k_weight k_unit k_nm k_test"
 build() { # variant
   local v=$1 san="" rt_san="" link="" ksan=""
   case $v in

@@ -17,6 +17,8 @@ mod unit;
 mod weight;
 
 pub(crate) use unit::unit_scores;
+#[cfg(test)]
+pub(crate) use unit::SCORE_LANES;
 
 use crate::config::NmPattern;
 use crate::element::Scored;

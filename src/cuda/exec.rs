@@ -16,25 +16,19 @@ use std::sync::Arc;
 // u64 and u32 fields with explicit padding only (the layout assertions of the generated file
 // check size, alignment and every offset), so its bytes are exactly the C struct that the
 // kernel declares as its last parameter, passed by value.
-unsafe impl DeviceRepr for crate::cuda_params::TdwRowsParams {}
-// SAFETY: as above.
-unsafe impl DeviceRepr for crate::cuda_params::TdwLongHistParams {}
-// SAFETY: as above.
-unsafe impl DeviceRepr for crate::cuda_params::TdwLongApplyParams {}
-// SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::UnitScoresParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::UnitApplyParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::TdNmParams {}
 // SAFETY: as above (the device addresses inside are u64 fields).
-unsafe impl DeviceRepr for crate::cuda_params::Td5Params {}
+unsafe impl DeviceRepr for crate::cuda_params::TdBlockParams {}
 // SAFETY: as above.
-unsafe impl DeviceRepr for crate::cuda_params::Td5TinyParams {}
+unsafe impl DeviceRepr for crate::cuda_params::TdTinyParams {}
 // SAFETY: as above.
-unsafe impl DeviceRepr for crate::cuda_params::Td5BwdParams {}
+unsafe impl DeviceRepr for crate::cuda_params::TdBwdParams {}
 // SAFETY: as above.
-unsafe impl DeviceRepr for crate::cuda_params::Td5LongParams {}
+unsafe impl DeviceRepr for crate::cuda_params::TdLongParams {}
 
 /// Issues one launch whose pointer arguments resolve through `addr(segment, arg)` (the
 /// segment of a grouped launch whose buffers an argument names; 0 for the kernel's own).
@@ -60,16 +54,13 @@ fn issue(
         b.arg(a);
     }
     match &params {
-        Params::Rows(p) => b.arg(p),
-        Params::LongHist(p) => b.arg(p),
-        Params::LongApply(p) => b.arg(p),
         Params::Scores(p) => b.arg(p),
         Params::UnitApply(p) => b.arg(p),
         Params::Nm(p) => b.arg(p),
-        Params::Block5(p) => b.arg(&**p),
-        Params::Tiny5(p) => b.arg(&**p),
-        Params::Bwd5(p) => b.arg(p),
-        Params::Long5(p) => b.arg(&**p),
+        Params::Block(p) => b.arg(&**p),
+        Params::Tiny(p) => b.arg(&**p),
+        Params::Numel(p) => b.arg(p),
+        Params::Long(p) => b.arg(&**p),
     };
     let cfg = LaunchConfig {
         grid_dim: l.grid,

@@ -198,7 +198,7 @@ pub(crate) fn forward_kept(
     Ok(r.remove(0))
 }
 
-/// The backward from a kept bit mask (`td5_bwd_*`): the gradient `g` (contiguous, 16-byte
+/// The backward from a kept bit mask (`td_bwd_*`): the gradient `g` (contiguous, 16-byte
 /// aligned) with the elements whose bit is set zeroed, one read and one write.
 pub(crate) fn backward_bits(
     g: &CudaStorage,
@@ -212,7 +212,7 @@ pub(crate) fn backward_bits(
         bail!("{OP}: internal error, the gradient is not contiguous")
     };
     if !aligned16(dtype, l) || bits.len() * 32 < end - start {
-        bail!("{OP}: internal error, an unaligned gradient or a short mask for td5_bwd")
+        bail!("{OP}: internal error, an unaligned gradient or a short mask for td_bwd")
     }
     let kern = Kernels::of(&dev)?;
     let stream = dev.cuda_stream();

@@ -8,7 +8,7 @@ use super::ffi::{
     TD_EMU_INTERLEAVE,
 };
 use super::{Context, Schedule, ThreadOrder};
-use crate::cuda_params::{Td5LongParams, Td5Params, Td5TinyParams};
+use crate::cuda_params::{TdLongParams, TdBlockParams, TdTinyParams};
 use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Arg, Buf, Dtype, Init, Launch, OpSpec, Params, Plan, Step};
 use candle_core::backend::BackendStorage;
@@ -239,16 +239,13 @@ fn launch_with(
         .map(|v| (v as *mut u64).cast::<c_void>())
         .collect();
     args.push(match &mut params {
-        Params::Rows(p) => p as *mut _ as *mut c_void,
-        Params::LongHist(p) => p as *mut _ as *mut c_void,
-        Params::LongApply(p) => p as *mut _ as *mut c_void,
         Params::Scores(p) => p as *mut _ as *mut c_void,
         Params::UnitApply(p) => p as *mut _ as *mut c_void,
         Params::Nm(p) => p as *mut _ as *mut c_void,
-        Params::Block5(p) => &mut **p as *mut Td5Params as *mut c_void,
-        Params::Tiny5(p) => &mut **p as *mut Td5TinyParams as *mut c_void,
-        Params::Long5(p) => &mut **p as *mut Td5LongParams as *mut c_void,
-        Params::Bwd5(p) => p as *mut _ as *mut c_void,
+        Params::Block(p) => &mut **p as *mut TdBlockParams as *mut c_void,
+        Params::Tiny(p) => &mut **p as *mut TdTinyParams as *mut c_void,
+        Params::Long(p) => &mut **p as *mut TdLongParams as *mut c_void,
+        Params::Numel(p) => p as *mut _ as *mut c_void,
     });
     let sched = schedule(ctx.schedule, ctx.trace.is_some());
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");
@@ -482,7 +479,7 @@ pub(crate) fn forward_kept(
     Ok(r.remove(0))
 }
 
-/// The emulated backward from a kept bit mask (`td5_bwd_*`): the gradient `g` with the
+/// The emulated backward from a kept bit mask (`td_bwd_*`): the gradient `g` with the
 /// elements whose bit is set zeroed. `None` when the gradient does not start 16-byte aligned
 /// (the kernel's vectors need it): the caller recomputes the selection instead, as on a GPU.
 pub(crate) fn backward_bits(
@@ -533,7 +530,7 @@ pub(crate) fn unit_scores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda_params::{TdDraws, TdwRowsParams, UnitApplyParams, TD_ALWAYS};
+    use crate::cuda_params::{TdBwdParams, UnitApplyParams};
     use crate::plan::{Kernel, Width};
 
     fn ctx() -> Context {
@@ -561,7 +558,7 @@ mod tests {
             .to_string();
         for want in [
             "targeted-unit-dropout",
-            "unit_apply_u32",
+            "td_unit_apply_u32",
             "sm_86",
             "arguments",
         ] {
@@ -569,47 +566,29 @@ mod tests {
         }
     }
 
-    /// A kernel fault (here a tile staged into less shared memory than it needs: the plan
-    /// would never ask for that) is an error naming the kernel and what went wrong.
+    /// A kernel fault (here a mask expansion whose output buffer is a quarter of what the
+    /// element count says: the plan would never ask for that) is an error naming the kernel
+    /// and what went wrong.
     #[test]
     fn a_kernel_fault_names_the_kernel() {
-        let (rows, n) = (256u64, 8u64);
+        let numel = 1024u64;
         let bufs = Bufs(vec![
-            (Buf::W, DevBuf::new(0, (rows * n * 4) as usize, 0).unwrap()),
-            (
-                Buf::Out,
-                DevBuf::new(0, (rows * n * 4) as usize, 0).unwrap(),
-            ),
+            (Buf::Bits, DevBuf::new(0, (numel / 8) as usize, 0).unwrap()),
+            (Buf::Mask, DevBuf::new(0, (numel / 4) as usize, 0).unwrap()),
         ]);
         let l = Launch {
-            kernel: Kernel::Tiny(Width::U32),
+            kernel: Kernel::MaskU8,
             grid: (1, 1, 1),
             block: (256, 1, 1),
-            smem: 16,
-            args: vec![
-                Arg::Buf(Buf::W, 0),
-                Arg::Null,
-                Arg::Buf(Buf::Out, 0),
-                Arg::Null,
-            ],
-            params: Params::Rows(TdwRowsParams {
-                rows,
-                n,
-                k: 4,
-                elem_base: 0,
-                draws: TdDraws {
-                    seed: 1,
-                    offset: 2,
-                    threshold: TD_ALWAYS,
-                    pad0: 0,
-                },
-            }),
+            smem: 0,
+            args: vec![Arg::Buf(Buf::Bits, 0), Arg::Buf(Buf::Mask, 0)],
+            params: Params::Numel(TdBwdParams { numel }),
             segs: Vec::new(),
         };
-        let e = launch("targeted-weight-dropout", &ctx(), &bufs, &l)
+        let e = launch("targeted-weight-dropout-mask", &ctx(), &bufs, &l)
             .unwrap_err()
             .to_string();
-        for want in ["targeted-weight-dropout", "tdw_tiny_u32", "shared"] {
+        for want in ["targeted-weight-dropout-mask", "td_mask_u8", "store"] {
             assert!(e.contains(want), "{want} in: {e}");
         }
     }

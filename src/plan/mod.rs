@@ -23,9 +23,8 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    Td5BwdParams, Td5LongParams, Td5Params, Td5TinyParams, TdDraws, TdNmParams, TdwLongApplyParams,
-    TdwLongHistParams, TdwRowsParams, UnitApplyParams, UnitScoresParams, TD5_GROUP, TD_ALWAYS,
-    TD_BLOCK, TD_MAX_ROW,
+    TdBlockParams, TdBwdParams, TdDraws, TdLongParams, TdNmParams, TdTinyParams, UnitApplyParams,
+    UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_GROUP, TD_MAX_ROW, TD_MAX_THREADS, TD_TINY_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};
@@ -92,11 +91,46 @@ pub(crate) enum Width {
 }
 
 impl Width {
-    /// The three widths, in the order of [`Limits::widths`].
+    /// The three widths.
     #[cfg(any(test, feature = "cuda"))]
     pub const ALL: [Width; 3] = [Width::U16, Width::U32, Width::U64];
 
-    /// Index into [`Limits::widths`].
+    pub fn size(self) -> u64 {
+        self.width().size()
+    }
+
+    /// The dtype of the unit scores: f32 for 16- and 32-bit input, f64 for f64.
+    pub fn score(self) -> Dtype {
+        match self {
+            Dtype::F64 => Dtype::F64,
+            _ => Dtype::F32,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+}
+
+/// Raw bits of 2, 4 or 8 bytes: the weight kernels' element types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Width {
+    U16,
+    U32,
+    U64,
+}
+
+impl Width {
+    /// The three widths.
+    #[cfg(any(test, feature = "cuda"))]
+    pub const ALL: [Width; 3] = [Width::U16, Width::U32, Width::U64];
+
+    /// 0, 1, 2 for u16, u32, u64.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -118,126 +152,99 @@ impl Width {
     }
 }
 
-/// A kernel of `kernels/weight.cu` or `kernels/unit.cu`.
+/// A kernel of `kernels/weight.cu`, `kernels/unit.cu` or `kernels/nm.cu`, named by what it
+/// serves (`td_<path>_<width or dtype>`, `td_bwd_*` for the backward).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
+    /// `td_tiny_<w>_t<T>`: rows of at most TD_TINY_ROW, tiles of [`tiny_threads`] rows.
     Tiny(Width),
-    Block(Width),
-    LongHist(Width),
+    /// `td_block_<w>_t<T>`: one block of this many threads (64 .. 1024) per row, the row in
+    /// registers; many tensors per launch.
+    Block(Width, u32),
+    /// `td_long_count_<w>`: long rows, the count / candidate passes.
+    LongCount(Width),
+    /// `td_long_resolve_<w>`: long rows, the cut from each row's candidates.
+    LongResolve(Width),
+    /// `td_long_apply_<w>`: long rows, the output pass.
     LongApply(Width),
+    /// `td_bwd_<w>`: the backward from a kept bit mask.
+    Bwd(Width),
+    /// `td_mask_u8`: the u8 flags of a mask output from the bit mask.
+    MaskU8,
+    /// `td_unit_scores_tiny_<dtype>`: unit scores, a thread per unit (n <= TD_TINY_ROW).
+    UnitScoresTiny(Dtype),
+    /// `td_unit_scores_block_<dtype>`: unit scores, a block per unit.
+    UnitScoresBlock(Dtype),
+    /// `td_unit_apply_<w>`: the output of unit dropout from the units' bit mask.
     UnitApply(Width),
-    ScoresTiny(Dtype),
-    ScoresBlock(Dtype),
-    /// `kernels/nm.cu`: N:M dropout with register arrays for groups of up to `maxm` (4, 8,
-    /// 16 or 32).
+    /// `td_nm_<w>_m<maxm>`: N:M dropout with register arrays for groups of up to `maxm` (4,
+    /// 8, 16 or 32).
     Nm(Width, u32),
-    /// `kernels/weight_v5.cu`: the block path with this many threads per block (64 .. 1024).
-    Block5(Width, u32),
-    /// `kernels/weight_v5.cu`: rows of at most TD_TINY_ROW, tiles of [`tiny5_threads`] rows.
-    Tiny5(Width),
-    /// `kernels/weight_v5.cu`: long rows, the count / candidate passes.
-    LongCount5(Width),
-    /// `kernels/weight_v5.cu`: long rows, the cut from each row's candidates.
-    LongResolve5(Width),
-    /// `kernels/weight_v5.cu`: long rows, the output pass.
-    LongApply5(Width),
-    /// `kernels/weight_v5.cu`: the backward from a kept bit mask (`td5_bwd_*`).
-    Bwd5(Width),
 }
 
 impl Kernel {
     /// Its `extern "C"` name in the fatbin.
     pub fn name(self) -> String {
         match self {
-            Kernel::Tiny(w) => format!("tdw_tiny_{}", w.suffix()),
-            Kernel::Block(w) => format!("tdw_block_{}", w.suffix()),
-            Kernel::LongHist(w) => format!("tdw_long_hist_{}", w.suffix()),
-            Kernel::LongApply(w) => format!("tdw_long_apply_{}", w.suffix()),
-            Kernel::UnitApply(w) => format!("unit_apply_{}", w.suffix()),
-            Kernel::ScoresTiny(d) => format!("unit_scores_tiny_{}", d.suffix()),
-            Kernel::ScoresBlock(d) => format!("unit_scores_block_{}", d.suffix()),
-            Kernel::Nm(w, maxm) => format!("tdnm_{}_m{maxm}", w.suffix()),
-            Kernel::Block5(w, t) => format!("tdw5_block_{}_t{t}", w.suffix()),
-            Kernel::Tiny5(w) => format!("tdw5_tiny_{}_t{}", w.suffix(), tiny5_threads(w)),
-            Kernel::LongCount5(w) => format!("tdw5_long_count_{}", w.suffix()),
-            Kernel::LongResolve5(w) => format!("tdw5_long_resolve_{}", w.suffix()),
-            Kernel::LongApply5(w) => format!("tdw5_long_apply_{}", w.suffix()),
-            Kernel::Bwd5(w) => format!("td5_bwd_{}", w.suffix()),
+            Kernel::Tiny(w) => format!("td_tiny_{}_t{}", w.suffix(), tiny_threads(w)),
+            Kernel::Block(w, t) => format!("td_block_{}_t{t}", w.suffix()),
+            Kernel::LongCount(w) => format!("td_long_count_{}", w.suffix()),
+            Kernel::LongResolve(w) => format!("td_long_resolve_{}", w.suffix()),
+            Kernel::LongApply(w) => format!("td_long_apply_{}", w.suffix()),
+            Kernel::Bwd(w) => format!("td_bwd_{}", w.suffix()),
+            Kernel::MaskU8 => "td_mask_u8".to_string(),
+            Kernel::UnitScoresTiny(d) => format!("td_unit_scores_tiny_{}", d.suffix()),
+            Kernel::UnitScoresBlock(d) => format!("td_unit_scores_block_{}", d.suffix()),
+            Kernel::UnitApply(w) => format!("td_unit_apply_{}", w.suffix()),
+            Kernel::Nm(w, maxm) => format!("td_nm_{}_m{maxm}", w.suffix()),
         }
     }
 
-    /// The kernels of `kernels/weight_v5.cu` (a module of their own).
+    /// The fatbin (`kernels/<file>.cu`) that holds it.
     #[cfg(any(test, feature = "cuda"))]
-    pub fn all_v5() -> Vec<Kernel> {
-        let mut v = Vec::new();
-        for w in Width::ALL {
-            for t in [64, 128, 256, 512, 1024] {
-                v.push(Kernel::Block5(w, t));
-            }
-            v.push(Kernel::Tiny5(w));
-            v.extend([
-                Kernel::LongCount5(w),
-                Kernel::LongResolve5(w),
-                Kernel::LongApply5(w),
-            ]);
-            v.push(Kernel::Bwd5(w));
+    pub fn file(self) -> &'static str {
+        match self {
+            Kernel::UnitScoresTiny(_) | Kernel::UnitScoresBlock(_) | Kernel::UnitApply(_) => "unit",
+            Kernel::Nm(..) => "nm",
+            _ => "weight",
         }
-        v
     }
 
     /// Every kernel that the library launches.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "cuda"))]
     pub fn all() -> Vec<Kernel> {
         let mut v = Vec::new();
         for w in Width::ALL {
+            for t in BLOCK_THREADS {
+                v.push(Kernel::Block(w, t));
+            }
             v.extend([
                 Kernel::Tiny(w),
-                Kernel::Block(w),
-                Kernel::LongHist(w),
+                Kernel::LongCount(w),
+                Kernel::LongResolve(w),
                 Kernel::LongApply(w),
+                Kernel::Bwd(w),
                 Kernel::UnitApply(w),
             ]);
-        }
-        for d in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::F64] {
-            v.extend([Kernel::ScoresTiny(d), Kernel::ScoresBlock(d)]);
-        }
-        for w in Width::ALL {
             v.extend(nm::MAXM.map(|maxm| Kernel::Nm(w, maxm)));
         }
-        v.extend(Kernel::all_v5());
+        v.push(Kernel::MaskU8);
+        for d in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::F64] {
+            v.extend([Kernel::UnitScoresTiny(d), Kernel::UnitScoresBlock(d)]);
+        }
         v
     }
 }
 
-/// What a device allows the weight kernels of one width.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct WidthLimits {
-    /// The most dynamic shared memory a launch of `tdw_tiny` / `tdw_block` may ask for (what
-    /// the kernel's static shared memory leaves of the device's opt-in per-block limit, at
-    /// most what the kernel can use; the executor sets the function attribute to it).
-    pub tiny_smem: u32,
-    pub block_smem: u32,
-    /// Blocks of `tdw_block` per multiprocessor, by dynamic shared memory rounded up to KB.
-    pub block_per_sm: Vec<u32>,
-}
+/// The block sizes of `td_block_*` (TD_NV 16-byte vectors per thread).
+pub(crate) const BLOCK_THREADS: [u32; 5] = [64, 128, 256, 512, TD_MAX_THREADS];
 
-/// What the plan needs to know about a device.
+/// What the plan needs to know about a device: its multiprocessors (the grids of the
+/// grid-stride kernels). The kernels use no dynamic shared memory, so nothing else of the
+/// device changes a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Limits {
     pub sms: u32,
-    pub l2_bytes: u64,
-    /// By width: u16, u32, u64.
-    pub widths: [WidthLimits; 3],
-}
-
-/// Dynamic shared memory of a tdw_tiny tile: 256 rows of an odd stride >= n.
-pub(crate) fn tiny_smem(n: u64, size: u64) -> u64 {
-    TD_BLOCK as u64 * (n | 1) * size
-}
-
-/// Dynamic shared memory of a tdw_block row: n rounded up to four elements.
-pub(crate) fn block_smem(n: u64, size: u64) -> u64 {
-    n.div_ceil(4) * 4 * size
 }
 
 /// A buffer of a plan, by its role.
@@ -253,19 +260,22 @@ pub(crate) enum Buf {
     Mask,
     /// The unit scores, `d0` of the score dtype.
     Scores,
-    /// The dropped flag of each unit, `d0` u8.
-    UnitMask,
+    /// The packed bit mask of the dropped units (bit `u % 32` of word `u / 32`).
+    UnitBits,
+    /// A 16-byte aligned copy of an unaligned input view `w` (the kernels read by 16-byte
+    /// vectors).
+    WAligned,
+    /// A 16-byte aligned copy of an unaligned gradient view.
+    ValsAligned,
     /// The packed bit mask of the dropped elements (bit `e % 32` of u32 word `e / 32`,
     /// `ceil(numel / 32)` words): what a forward keeps for the backward pass.
     Bits,
-    /// The long-row kernels' global histograms: `rows * passes * 256` u32.
+    /// The long-row kernels' first-digit histograms: `rows * (passes - 1) * TD_RADIX_BINS`
+    /// u32.
     Hist,
-    /// The long-row kernels' per-chunk histograms of one row group: `group * chunks * 256` u32.
-    ChunkHist,
-    /// The v5 long-row kernels' row states: `rows * passes` records of
-    /// TD5_LONG_STATE_BYTES.
+    /// The long-row kernels' row states: `rows * passes` records of TD_LONG_STATE_BYTES.
     LongState,
-    /// The v5 long-row kernels' candidate composites: `rows * cap` of 8 (16 for f64) bytes.
+    /// The long-row kernels' candidate composites: `rows * cap` of 8 (16 for f64) bytes.
     Cand,
 }
 
@@ -285,8 +295,8 @@ pub(crate) struct Alloc {
     pub init: Init,
 }
 
-/// Threads (rows per tile) of `tdw5_tiny_*`: 128 for u64 (32 KB of tile), 256 otherwise.
-pub(crate) fn tiny5_threads(w: Width) -> u32 {
+/// Threads (rows per tile) of `td_tiny_*`: 128 for u64 (32 KB of tile), 256 otherwise.
+pub(crate) fn tiny_threads(w: Width) -> u32 {
     match w {
         Width::U64 => 128,
         _ => 256,
@@ -315,31 +325,28 @@ impl Arg {
 /// The launch parameters (the kernel's last argument, by value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Params {
-    Rows(TdwRowsParams),
-    LongHist(TdwLongHistParams),
-    LongApply(TdwLongApplyParams),
     Scores(UnitScoresParams),
     UnitApply(UnitApplyParams),
     Nm(TdNmParams),
     /// The device addresses of its segments are set by the executor from [`Launch::segs`]
     /// (boxed: the table of segments is 4 KB).
-    Block5(Box<Td5Params>),
+    Block(Box<TdBlockParams>),
     /// As above, one segment (boxed: 152 bytes).
-    Tiny5(Box<Td5TinyParams>),
+    Tiny(Box<TdTinyParams>),
     /// As above, one segment (boxed: 176 bytes).
-    Long5(Box<Td5LongParams>),
-    /// The backward from a kept bit mask.
-    Bwd5(Td5BwdParams),
+    Long(Box<TdLongParams>),
+    /// The element count of `td_bwd_*` and `td_mask_u8`.
+    Numel(TdBwdParams),
 }
 
 impl Params {
-    /// Sets the device addresses of segment `i` (the v5 kernels take their buffers in the
-    /// parameters, so that one launch serves many tensors).
+    /// Sets the device addresses of segment `i` (the selection kernels take their buffers in
+    /// the parameters, so that one launch serves many tensors).
     pub fn set_seg(&mut self, i: usize, a: SegAddrs) {
         let seg = match self {
-            Params::Block5(p) => &mut p.seg[i],
-            Params::Tiny5(p) => &mut p.seg,
-            Params::Long5(p) => &mut p.seg,
+            Params::Block(p) => &mut p.seg[i],
+            Params::Tiny(p) => &mut p.seg,
+            Params::Long(p) => &mut p.seg,
             _ => return,
         };
         seg.w = a.w;
@@ -349,7 +356,7 @@ impl Params {
     }
 }
 
-/// The buffers of one segment of a v5 launch, by role.
+/// The buffers of one segment of a selection launch, by role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegArgs {
     pub w: Arg,
@@ -390,7 +397,8 @@ pub(crate) struct Launch {
     /// The pointer arguments, in the kernel's order; [`Launch::params`] follows them.
     pub args: Vec<Arg>,
     pub params: Params,
-    /// The buffers of the segments of a v5 launch (their addresses go into the params).
+    /// The buffers of the segments of a selection launch (their addresses go into the
+    /// params).
     pub segs: Vec<SegArgs>,
 }
 
@@ -409,9 +417,9 @@ impl Launch {
         }
     }
 
-    /// A launch of a v5 kernel: `threads` per block, no dynamic shared memory, the buffers
+    /// A launch of a selection kernel: `threads` per block, no dynamic shared memory, the buffers
     /// of each segment in `segs` (the kernel takes only the params).
-    fn v5(kernel: Kernel, blocks: u64, threads: u32, params: Params, segs: Vec<SegArgs>) -> Self {
+    fn with_segs(kernel: Kernel, blocks: u64, threads: u32, params: Params, segs: Vec<SegArgs>) -> Self {
         Launch {
             kernel,
             grid: (blocks.max(1) as u32, 1, 1),
@@ -507,11 +515,12 @@ pub(crate) struct OpSpec {
     pub draws: TdDraws,
     /// Whether the values come from [`Buf::Vals`] (the backward pass) rather than `w`.
     pub vals: bool,
-    /// Whether `w` (and the values) start at a 16-byte aligned address, as the v5 kernels
-    /// need; false until the executor, which knows the addresses, says so.
+    /// Whether `w` (and the values) start at a 16-byte aligned address, as the selection
+    /// kernels need (an unaligned view is copied to an aligned buffer first); false until the
+    /// executor, which knows the addresses, says so.
     pub aligned16: bool,
     /// Whether to keep the packed bit mask of the dropped elements ([`Buf::Bits`]) for the
-    /// backward pass, where the kernel serving the op writes one (the v5 weight kernels);
+    /// backward pass, where the kernel serving the op writes one (weight dropout);
     /// a plan without it leaves the backward to recompute the selection.
     pub bits: bool,
 }
@@ -550,7 +559,24 @@ impl OpSpec {
     /// launched: an error naming the limit.
     pub fn check(&self) -> Result<()> {
         match self.kind {
-            DropoutKind::Weight => check_row(self.name, "a filter", self.n),
+            DropoutKind::Weight => {
+                check_row(self.name, "a filter", self.n)?;
+                // td_block runs a block per row, at most 2^31 - 1 blocks a launch.
+                if self.n > TD_TINY_ROW as u64
+                    && self.d0 > i32::MAX as u64
+                    && weight::block_threads(self.dtype.width(), self.n).is_some()
+                {
+                    bail!(
+                        "{} on CUDA: {} filters of {} elements; the CUDA kernels take at most \
+                         2^31 - 1 = {} filters of this length",
+                        self.name,
+                        self.d0,
+                        self.n,
+                        i32::MAX
+                    )
+                }
+                Ok(())
+            }
             DropoutKind::Unit => check_row(
                 self.name,
                 "the unit scores (one per filter) are a row",
@@ -611,7 +637,7 @@ pub(crate) fn bits_bytes(numel: u64) -> u64 {
 
 /// The backward pass from a kept bit mask: [`Buf::Out`] = [`Buf::Vals`] (the gradient) with
 /// the elements whose bit is set in [`Buf::Bits`] zeroed, one read of each and one write
-/// (`td5_bwd_*`, no selection). The gradient and the output must be 16-byte aligned.
+/// (`td_bwd_*`, no selection). The gradient and the output must be 16-byte aligned.
 pub(crate) fn backward_bits(dtype: Dtype, numel: u64, lim: &Limits) -> Plan {
     let mut plan = Plan::default();
     plan.alloc(Buf::Out, numel * dtype.size(), Init::Uninit);
@@ -625,16 +651,16 @@ pub(crate) fn backward_bits(dtype: Dtype, numel: u64, lim: &Limits) -> Plan {
         .min(lim.sms as u64 * 16)
         .max(1);
     plan.launch(Launch::new(
-        Kernel::Bwd5(w),
+        Kernel::Bwd(w),
         (blocks, 1),
         0,
         vec![Arg::at(Buf::Vals), Arg::at(Buf::Out), Arg::at(Buf::Bits)],
-        Params::Bwd5(Td5BwdParams { numel }),
+        Params::Numel(TdBwdParams { numel }),
     ));
     plan
 }
 
-/// The launches of a grouped call ([`group`]): each a v5 block launch whose segment `j`
+/// The launches of a grouped call ([`group`]): each a `td_block` launch whose segment `j`
 /// belongs to item `items[j]` (its buffers are that item's roles).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Grouped {
@@ -642,11 +668,11 @@ pub(crate) struct Grouped {
     pub items: Vec<usize>,
 }
 
-/// One launch for many tensors: the v5 block launches of `plans` (one segment each, the
+/// One launch for many tensors: the `td_block` launches of `plans` (one segment each, the
 /// plans of one call's items) merged by kernel width and seed into launches of up to
-/// TD5_GROUP segments (the segment table travels by value in the launch parameters: no copy
+/// TD_GROUP segments (the segment table travels by value in the launch parameters: no copy
 /// to the device), each with the block size of its longest row. A merged launch leaves its
-/// item's plan; every other step stays there (tiny rows, v4 paths, copies), and the items'
+/// item's plan; every other step stays there (tiny rows, long rows, copies), and the items'
 /// buffers are theirs alone, so the order of execution does not change a bit.
 pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
     // Taken from the plans: (width, round keys) -> (item, launch), in item order.
@@ -656,13 +682,13 @@ pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
         let one = plan
             .steps
             .iter()
-            .position(|s| matches!(s, Step::Launch(l) if matches!(l.kernel, Kernel::Block5(..)) && l.segs.len() == 1));
+            .position(|s| matches!(s, Step::Launch(l) if matches!(l.kernel, Kernel::Block(..)) && l.segs.len() == 1));
         let Some(at) = one else { continue };
         let Step::Launch(l) = plan.steps.remove(at) else {
             unreachable!("matched a launch")
         };
-        let (Kernel::Block5(w, _), Params::Block5(p)) = (l.kernel, &l.params) else {
-            unreachable!("matched a v5 block launch")
+        let (Kernel::Block(w, _), Params::Block(p)) = (l.kernel, &l.params) else {
+            unreachable!("matched a block launch")
         };
         let key = (w, p.keys);
         match by_key.iter_mut().find(|(k, _)| *k == key) {
@@ -672,33 +698,33 @@ pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
     }
     let mut out = Vec::new();
     for ((w, keys), launches) in by_key {
-        let mut cur: Option<(Grouped, Td5Params, u64, u32)> = None;
+        let mut cur: Option<(Grouped, TdBlockParams, u64, u32)> = None;
         for (i, l) in launches {
-            let Params::Block5(p) = &l.params else {
-                unreachable!("v5 block launches only")
+            let Params::Block(p) = &l.params else {
+                unreachable!("block launches only")
             };
-            let Kernel::Block5(_, t) = l.kernel else {
-                unreachable!("v5 block launches only")
+            let Kernel::Block(_, t) = l.kernel else {
+                unreachable!("block launches only")
             };
             let rows = l.grid.0 as u64;
             // A launch's grid (and a segment's first block) stays below 2^31 blocks.
             let full = cur.as_ref().is_some_and(|(_, gp, blocks, _)| {
-                gp.nseg as usize == TD5_GROUP as usize || blocks + rows > i32::MAX as u64
+                gp.nseg as usize == TD_GROUP as usize || blocks + rows > i32::MAX as u64
             });
             if full {
                 out.push(finish_group(w, cur.take().expect("full implies a group")));
             }
             let (g, gp, blocks, threads) = cur.get_or_insert_with(|| {
-                let gp = Td5Params {
+                let gp = TdBlockParams {
                     keys,
                     ..Default::default()
                 };
                 let g = Grouped {
-                    launch: Launch::v5(
-                        Kernel::Block5(w, t),
+                    launch: Launch::with_segs(
+                        Kernel::Block(w, t),
                         0,
                         t,
-                        Params::Block5(Box::default()),
+                        Params::Block(Box::default()),
                         Vec::new(),
                     ),
                     items: Vec::new(),
@@ -722,11 +748,11 @@ pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
 }
 
 /// A grouped launch with its table, grid and block size.
-fn finish_group(w: Width, (mut g, p, blocks, threads): (Grouped, Td5Params, u64, u32)) -> Grouped {
-    g.launch.kernel = Kernel::Block5(w, threads);
+fn finish_group(w: Width, (mut g, p, blocks, threads): (Grouped, TdBlockParams, u64, u32)) -> Grouped {
+    g.launch.kernel = Kernel::Block(w, threads);
     g.launch.grid = (blocks as u32, 1, 1);
     g.launch.block = (threads, 1, 1);
-    g.launch.params = Params::Block5(Box::new(p));
+    g.launch.params = Params::Block(Box::new(p));
     g
 }
 

@@ -545,11 +545,11 @@ fn v5_serves_the_shapes_it_covers() {
         .collect();
     assert_eq!(
         names.first().map(String::as_str),
-        Some("tdw5_long_count_u64")
+        Some("td_long_count_u64")
     );
     assert_eq!(
         names.last().map(String::as_str),
-        Some("tdw5_long_apply_u64")
+        Some("td_long_apply_u64")
     );
     assert_eq!(
         only_launch(&plan_of(Dtype::F32, &[4096, 4096], false)).kernel,
@@ -618,7 +618,7 @@ fn v5_long_rows_shape_and_launches() {
 }
 
 /// A grouped call: the v5 block launches of many items merged per width and seed into
-/// launches of at most TD5_GROUP segments (first blocks cumulative, the block size of the
+/// launches of at most TD_GROUP segments (first blocks cumulative, the block size of the
 /// longest row), the bit masks kept where asked, every other step left in its item's plan.
 #[test]
 fn many_items_group_into_one_launch_per_width() {

@@ -1,5 +1,6 @@
 //! Unit dropout: the unit scores (`kernels/unit.cu`), the selection over them with the weight
-//! kernels, and the output pass that drops whole units.
+//! kernels (one row of scores, a bit per unit out), and the output pass that drops whole
+//! units: two reads of the weight and one write, plus the scores.
 
 use super::weight::{select_rows, Select};
 use super::{Arg, Buf, Dtype, Init, Kernel, Launch, Limits, OpSpec, Params, Plan};
@@ -11,11 +12,11 @@ use crate::select::targeted_count;
 pub(super) fn scores(dtype: Dtype, d0: u64, n: u64, lim: &Limits, plan: &mut Plan) {
     let (kernel, grid) = if n <= TD_TINY_ROW as u64 {
         (
-            Kernel::ScoresTiny(dtype),
+            Kernel::UnitScoresTiny(dtype),
             d0.div_ceil(TD_BLOCK as u64).min(lim.sms as u64 * 8),
         )
     } else {
-        (Kernel::ScoresBlock(dtype), d0.min(lim.sms as u64 * 8))
+        (Kernel::UnitScoresBlock(dtype), d0.min(lim.sms as u64 * 8))
     };
     plan.launch(Launch::new(
         kernel,
@@ -26,11 +27,11 @@ pub(super) fn scores(dtype: Dtype, d0: u64, n: u64, lim: &Limits, plan: &mut Pla
     ));
 }
 
-/// Unit dropout of the whole op: the dropped flag of each unit into [`Buf::UnitMask`], then
+/// Unit dropout of the whole op: the dropped bit of each unit into [`Buf::UnitBits`], then
 /// the output.
 pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
     let (d0, n) = (spec.d0, spec.n);
-    plan.alloc(Buf::UnitMask, d0, Init::Zeroed);
+    plan.alloc(Buf::UnitBits, super::bits_bytes(d0), Init::Zeroed);
     let k = targeted_count(spec.gamma, d0 as usize) as u64;
     if k > 0 && spec.draws.threshold > 0 {
         // The scores are non-negative (or the canonical NaN): their bits order like the
@@ -43,15 +44,16 @@ pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
             w: Buf::Scores,
             vals: None,
             out: None,
-            mask: Some(Buf::UnitMask),
-            bits: None,
+            mask: None,
+            bits: Some(Buf::UnitBits),
             width: score.width(),
             rows: 1,
             n: d0,
             k,
             elem_base: 0,
             draws: spec.draws,
-            aligned16: false,
+            // A buffer of the plan: aligned.
+            aligned16: true,
         };
         select_rows(&sel, lim, plan);
     }
@@ -62,7 +64,7 @@ pub(super) fn plan(spec: &OpSpec, lim: &Limits, plan: &mut Plan) {
         Arg::at(if spec.vals { Buf::Vals } else { Buf::W }),
         Arg::opt((spec.output == Output::Values).then_some(Buf::Out)),
         Arg::opt((spec.output == Output::Mask).then_some(Buf::Mask)),
-        Arg::at(Buf::UnitMask),
+        Arg::at(Buf::UnitBits),
     ];
     plan.launch(Launch::new(
         Kernel::UnitApply(spec.dtype.width()),

@@ -13,7 +13,7 @@ const SMALL_ROW: usize = 256;
 
 /// Width of the first digit of the row path: bits `BITS - 2 .. BITS - 12` of the key (30..20
 /// for f32, 14..4 for f16 and bf16), counted while the row is read.
-const FIRST_DIGIT: u32 = 11;
+pub(crate) const FIRST_DIGIT: u32 = 11;
 
 /// Scratch of the row selection, reused across the rows of a task.
 #[derive(Debug, Default)]
