@@ -102,7 +102,11 @@ fn constants_are_the_headers() {
     assert_eq!(crate::philox::THRESHOLD_ALWAYS, TD_ALWAYS);
     assert_eq!(TD_MAX_ROW as u64, (1u64 << 32) - 1);
     assert_eq!(TD_RADIX_BINS, 1 << TD_RADIX_BITS, "a bin per digit value");
-    assert_eq!(TD_CAND_RADIX_BINS, 1 << TD_CAND_RADIX_BITS, "a bin per digit value");
+    assert_eq!(
+        TD_CAND_RADIX_BINS,
+        1 << TD_CAND_RADIX_BITS,
+        "a bin per digit value"
+    );
     assert_eq!(TD_WARP_RANK, 32, "one warp ranks the last candidates");
     // The CPU select takes the kernels' first digit, and the CPU unit scores their lanes.
     assert_eq!(crate::select::FIRST_DIGIT, TD_RADIX_BITS);

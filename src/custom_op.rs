@@ -165,7 +165,7 @@ pub(crate) enum Ready {
 
 /// The differentiable forward of [`TargetedOp`] with values out: the op (or the output that
 /// a grouped call computed for it, `ready`), and the bit mask of the dropped elements that the
-/// kernel serving it wrote (the v5 weight kernels on a GPU or the emulator), kept for the
+/// kernel serving it wrote (the weight kernels on a GPU or the emulator), kept for the
 /// backward pass: `td_bwd` then masks the gradient in one pass with no selection. Without a
 /// kept mask (the CPU, the paths of other kernels) the backward recomputes the selection.
 pub(crate) struct KeptForward {

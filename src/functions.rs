@@ -340,7 +340,7 @@ pub fn targeted_unit_dropout_from_scores(
 /// draw: on an error the generator has not moved.
 ///
 /// On the CPU the tensors are computed in parallel. On a GPU (and under the emulator) the
-/// tensors that one kernel serves are one launch (the v5 block kernel: up to 62 tensors per
+/// tensors that one kernel serves are one launch (the block kernel: up to 62 tensors per
 /// launch, their table passed by value, no copy to the device; rows of at most 32 take one
 /// tiny-row launch per tensor, the other paths their own launches), and each result keeps
 /// its bit mask for the backward pass while it is under autograd.
@@ -437,7 +437,7 @@ fn many(
 pub(crate) type Served = (Tensor, Option<Bits>);
 
 /// Where the kernels serve a call (CUDA tensors of one device, or CPU tensors under the
-/// emulator): the items' outputs from one grouped plan (one v5 block launch per kernel width
+/// emulator): the items' outputs from one grouped plan (one block launch per kernel width
 /// for every item it serves, `plan::group`), each as a tensor with its own autograd (its
 /// kept bit mask for the backward pass when `keep(i)`, or when the tensor is tracked), and
 /// the kept masks. `None` where the call is not served so (the CPU, mixed devices).

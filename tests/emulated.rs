@@ -1,12 +1,10 @@
 //! The CUDA kernels under emulation (feature `emulate`), bit for bit against the CPU path or
 //! the full-sort oracle, on the launch plans of an H200 and of a small sm_86 GPU:
 //! - random weight-dropout, pruning and gradient cases on the shapes of every weight path
-//!   (tiny rows, the block path up to its limit, long rows), every dtype, against the oracle;
-//!   the plan sends the shapes v5 covers (aligned, values out) to `kernels/weight_v5.cu` and
-//!   the rest to the v4 kernels, so the same cases check both (`TD_EMU_CASES` per profile);
+//!   (tiny rows, the block path up to its limit, long rows), every dtype, against the oracle
+//!   (`TD_EMU_CASES` per profile);
 //! - the paths the random cases of `equivalence.rs` reach rarely or not at all: long rows of
-//!   several chunks in several row groups, the shared-memory fallbacks of a small GPU, row
-//!   shards, unit dropout from gathered scores, the grouped call (whose items run on rayon
+//!   several tiles, a GPU of two multiprocessors (every grid-stride loop turns), row shards, unit dropout from gathered scores, the grouped call (whose items run on rayon
 //!   threads), the backward pass, `VarMapDropout`, views at odd and 16-byte aligned offsets,
 //!   transposed views, and many host threads emulating at once.
 #![cfg(feature = "emulate")]
@@ -25,17 +23,16 @@ fn cases() -> usize {
     common::cases("TD_EMU_CASES", 40)
 }
 
-/// The two profiles, and devices that do not exist: a small L2 (the long rows take several
-/// row groups) and 64 KB of shared memory (f64 tiles of rows of 32 fall back to the block
-/// kernel, 64 KB rows to the long-row kernels).
+/// The two profiles, and a device that does not exist: two multiprocessors, so that the
+/// grids of the tiny, long-row and element-wise kernels are capped low and every
+/// grid-stride loop turns many times.
 fn gpus() -> Vec<Gpu> {
     vec![
         Gpu::h200(),
         Gpu::sm86(),
         Gpu {
-            name: "small L2, 64 KB shared memory",
-            l2_bytes: 192 * 1024,
-            smem_optin_per_block: 64 * 1024,
+            name: "two multiprocessors",
+            sms: 2,
             ..Gpu::sm86()
         },
     ]
@@ -63,9 +60,10 @@ fn all_ops(gpu: &Gpu, w: &Tensor, seed: u64, what: &str) -> Result<()> {
 }
 
 #[test]
-fn long_rows_of_several_chunks_and_row_groups() -> Result<()> {
+fn long_rows_of_several_tiles() -> Result<()> {
     let mut rng = Rng(0x10_2018);
-    // Past 64 KB a row: 5 to 10 chunks of 4096; 3 rows take 3 groups in the small L2.
+    // Past what a block holds: rows of several tiles (8192 f32, 16384 16-bit, 4096 f64
+    // elements a tile), on two multiprocessors each block takes several tiles.
     for (dt, shape) in [
         (DType::F32, [3, 20_000]),
         (DType::F64, [2, 8_300]),
@@ -82,12 +80,12 @@ fn long_rows_of_several_chunks_and_row_groups() -> Result<()> {
 }
 
 #[test]
-fn shared_memory_fallbacks_and_block_rows() -> Result<()> {
+fn tiles_and_block_rows_at_their_edges() -> Result<()> {
     let mut rng = Rng(21);
     for (dt, shape) in [
-        // A tile of 300 f64 rows of 32: 66 KB, over the small GPU's 64 KB.
+        // Two tiles of 128 f64 rows of 32 and a part.
         (DType::F64, [300, 32]),
-        // A 64 KB f32 row: the block kernel on the profiles, the long rows on the small GPU.
+        // The longest f32 row a block holds (1024 threads).
         (DType::F32, [2, 16_384]),
         (DType::F16, [3, 33]),
         (DType::BF16, [260, 5]),
@@ -251,7 +249,7 @@ fn many_host_threads_emulate_at_once() -> Result<()> {
 }
 
 /// Row lengths of every weight path: tiny (<= 32), the block path (its edges for each
-/// width: the longest row a v5 block holds is 16384 f32, 32760 f16, 8190 f64 elements), and
+/// width: the longest row a block holds is 16384 f32, 32760 f16, 8190 f64 elements), and
 /// past it.
 fn random_shape(rng: &mut Rng, dt: DType) -> Vec<usize> {
     let longest = match dt {
@@ -326,10 +324,10 @@ fn weight_paths_match_the_oracle_under_emulation() -> Result<()> {
 }
 
 /// Views: ones that start 1, 2, 4 and 8 elements into their storage (16-byte aligned for
-/// some widths only: v5 takes the aligned ones, v4 the others) against the oracle; narrowed
-/// views that start mid-row and mid-storage, and a transposed view, through every op on both
-/// profiles against the CPU path (the kernels see the misaligned start a GPU's view would
-/// have and take their scalar paths).
+/// some widths only: the unaligned ones are copied to an aligned buffer first) against the
+/// oracle; narrowed views that start mid-row and mid-storage, and a transposed view, through
+/// every op on both profiles against the CPU path (the kernels see the misaligned start a
+/// GPU's view would have).
 #[test]
 fn views_at_aligned_and_odd_offsets() -> Result<()> {
     let mut rng = Rng(0x0ff5e7);

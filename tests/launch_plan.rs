@@ -68,10 +68,7 @@ fn past_the_segment_limit_a_group_splits() -> Result<()> {
     let cpu = targeted_dropout_many_seeded(&items, 5, 0)?;
     let (emu, launches) =
         emulate::run_traced(&Gpu::h200(), || targeted_dropout_many_seeded(&items, 5, 0))?;
-    assert_eq!(
-        names(&launches),
-        ["td_block_u32_t64", "td_block_u32_t64"]
-    );
+    assert_eq!(names(&launches), ["td_block_u32_t64", "td_block_u32_t64"]);
     assert_eq!(launches[0].grid[0], 62 * 2);
     assert_eq!(launches[1].grid[0], 8 * 2);
     for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
@@ -141,11 +138,7 @@ fn a_resnet32_is_one_launch_per_dtype_and_path() -> Result<()> {
     got.sort();
     assert_eq!(
         got,
-        [
-            "td_block_u16_t64",
-            "td_block_u32_t64",
-            "td_block_u64_t128"
-        ]
+        ["td_block_u16_t64", "td_block_u32_t64", "td_block_u64_t128"]
     );
     for (i, (e, c)) in emu.iter().zip(&cpu).enumerate() {
         assert_same_bits(e, c, &format!("mixed tensor {i}"))?;

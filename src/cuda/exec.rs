@@ -43,7 +43,7 @@ fn issue(
         .iter()
         .map(|a| addr(0, *a))
         .collect::<Result<Vec<u64>>>()?;
-    // The v5 kernels take their buffers' addresses in the params (by value: no copy to the
+    // The selection kernels take their buffers' addresses in the params (by value: no copy to the
     // device); the buffers' guards held by the caller record their use on the stream.
     let mut params = l.params.clone();
     for (i, seg) in l.segs.iter().enumerate() {

@@ -129,7 +129,7 @@ fn aligned16(dtype: Dtype, l: &Layout) -> bool {
 }
 
 /// Many ops with values out in one call (`crate::targeted_dropout_many`,
-/// `crate::VarMapDropout`): the items' plans grouped (`plan::group`: one v5 block launch per
+/// `crate::VarMapDropout`): the items' plans grouped (`plan::group`: one block launch per
 /// kernel width for every item it serves), then each item's remaining steps, on the first
 /// item's device. Returns each output and, where `keep[i]`, the bit mask its plan kept
 /// (`None` where the kernel serving it writes none).
@@ -188,7 +188,7 @@ pub(crate) fn forward_many(
 }
 
 /// [`forward`] with values out, keeping the bit mask of the dropped elements where the
-/// kernel serving the op writes one (the v5 weight kernels).
+/// kernel serving the op writes one (weight dropout).
 pub(crate) fn forward_kept(
     op: &TargetedOp,
     s: &CudaStorage,

@@ -8,7 +8,7 @@ use super::ffi::{
     TD_EMU_INTERLEAVE,
 };
 use super::{Context, Schedule, ThreadOrder};
-use crate::cuda_params::{TdLongParams, TdBlockParams, TdTinyParams};
+use crate::cuda_params::{TdBlockParams, TdLongParams, TdTinyParams};
 use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Arg, Buf, Dtype, Init, Launch, OpSpec, Params, Plan, Step};
 use candle_core::backend::BackendStorage;
@@ -388,7 +388,7 @@ pub(crate) fn forward(
 }
 
 /// The plan of `op` on `w` (and `vals`) and its input buffers, as `crate::cuda` makes them:
-/// the v5 kernels where the tensors are 16-byte aligned, the bit mask kept when `bits`.
+/// the bit mask kept when `bits`.
 fn prepare(
     op: &TargetedOp,
     w: &CpuStorage,
@@ -432,7 +432,7 @@ fn results(
 }
 
 /// The emulated forward of many ops in one call (`crate::targeted_dropout_many`,
-/// `crate::VarMapDropout`): the items' plans grouped ([`plan::group`]: one v5 block launch
+/// `crate::VarMapDropout`): the items' plans grouped ([`plan::group`]: one block launch
 /// per kernel width for all the items it serves), then each item's remaining steps. Returns
 /// each item's output and, where `keep[i]`, the bit mask its plan kept (`None` where the
 /// kernel serving it writes none).
@@ -566,21 +566,20 @@ mod tests {
         }
     }
 
-    /// A kernel fault (here a mask expansion whose output buffer is a quarter of what the
-    /// element count says: the plan would never ask for that) is an error naming the kernel
-    /// and what went wrong.
+    /// A launch past what a GPU allows (here 1 GB of dynamic shared memory, which no plan
+    /// asks for) is an error naming the op, the kernel and the limit, and runs nothing.
     #[test]
-    fn a_kernel_fault_names_the_kernel() {
+    fn a_launch_past_the_limits_names_the_kernel() {
         let numel = 1024u64;
         let bufs = Bufs(vec![
             (Buf::Bits, DevBuf::new(0, (numel / 8) as usize, 0).unwrap()),
-            (Buf::Mask, DevBuf::new(0, (numel / 4) as usize, 0).unwrap()),
+            (Buf::Mask, DevBuf::new(0, numel as usize, 7).unwrap()),
         ]);
         let l = Launch {
             kernel: Kernel::MaskU8,
             grid: (1, 1, 1),
             block: (256, 1, 1),
-            smem: 0,
+            smem: 1 << 30,
             args: vec![Arg::Buf(Buf::Bits, 0), Arg::Buf(Buf::Mask, 0)],
             params: Params::Numel(TdBwdParams { numel }),
             segs: Vec::new(),
@@ -588,8 +587,16 @@ mod tests {
         let e = launch("targeted-weight-dropout-mask", &ctx(), &bufs, &l)
             .unwrap_err()
             .to_string();
-        for want in ["targeted-weight-dropout-mask", "td_mask_u8", "store"] {
+        for want in [
+            "targeted-weight-dropout-mask",
+            "td_mask_u8",
+            "dynamic shared memory",
+        ] {
             assert!(e.contains(want), "{want} in: {e}");
         }
+        assert!(
+            bufs.0[1].1.bytes().iter().all(|&b| b == 7),
+            "the mask is untouched"
+        );
     }
 }

@@ -96,46 +96,6 @@ impl Width {
     pub const ALL: [Width; 3] = [Width::U16, Width::U32, Width::U64];
 
     pub fn size(self) -> u64 {
-        self.width().size()
-    }
-
-    /// The dtype of the unit scores: f32 for 16- and 32-bit input, f64 for f64.
-    pub fn score(self) -> Dtype {
-        match self {
-            Dtype::F64 => Dtype::F64,
-            _ => Dtype::F32,
-        }
-    }
-
-    fn suffix(self) -> &'static str {
-        match self {
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-            Dtype::F32 => "f32",
-            Dtype::F64 => "f64",
-        }
-    }
-}
-
-/// Raw bits of 2, 4 or 8 bytes: the weight kernels' element types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Width {
-    U16,
-    U32,
-    U64,
-}
-
-impl Width {
-    /// The three widths.
-    #[cfg(any(test, feature = "cuda"))]
-    pub const ALL: [Width; 3] = [Width::U16, Width::U32, Width::U64];
-
-    /// 0, 1, 2 for u16, u32, u64.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn size(self) -> u64 {
         match self {
             Width::U16 => 2,
             Width::U32 => 4,
@@ -201,7 +161,7 @@ impl Kernel {
     }
 
     /// The fatbin (`kernels/<file>.cu`) that holds it.
-    #[cfg(any(test, feature = "cuda"))]
+    #[cfg(feature = "cuda")]
     pub fn file(self) -> &'static str {
         match self {
             Kernel::UnitScoresTiny(_) | Kernel::UnitScoresBlock(_) | Kernel::UnitApply(_) => "unit",
@@ -419,7 +379,13 @@ impl Launch {
 
     /// A launch of a selection kernel: `threads` per block, no dynamic shared memory, the buffers
     /// of each segment in `segs` (the kernel takes only the params).
-    fn with_segs(kernel: Kernel, blocks: u64, threads: u32, params: Params, segs: Vec<SegArgs>) -> Self {
+    fn with_segs(
+        kernel: Kernel,
+        blocks: u64,
+        threads: u32,
+        params: Params,
+        segs: Vec<SegArgs>,
+    ) -> Self {
         Launch {
             kernel,
             grid: (blocks.max(1) as u32, 1, 1),
@@ -683,7 +649,11 @@ pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
             .steps
             .iter()
             .position(|s| matches!(s, Step::Launch(l) if matches!(l.kernel, Kernel::Block(..)) && l.segs.len() == 1));
-        let Some(at) = one else { continue };
+        // Only a launch that is its plan's first step: the grouped launches run before every
+        // plan's other steps, so a launch after a copy (an unaligned input's) stays put.
+        let Some(at) = one.filter(|&at| at == 0) else {
+            continue;
+        };
         let Step::Launch(l) = plan.steps.remove(at) else {
             unreachable!("matched a launch")
         };
@@ -748,7 +718,10 @@ pub(crate) fn group(plans: &mut [Plan]) -> Vec<Grouped> {
 }
 
 /// A grouped launch with its table, grid and block size.
-fn finish_group(w: Width, (mut g, p, blocks, threads): (Grouped, TdBlockParams, u64, u32)) -> Grouped {
+fn finish_group(
+    w: Width,
+    (mut g, p, blocks, threads): (Grouped, TdBlockParams, u64, u32),
+) -> Grouped {
     g.launch.kernel = Kernel::Block(w, threads);
     g.launch.grid = (blocks as u32, 1, 1);
     g.launch.block = (threads, 1, 1);

@@ -1,10 +1,8 @@
 //! The launch plan, branch by branch, on the two profiles the emulator runs (an H200 and a
-//! small sm_86 GPU) and on made-up devices that force the shared-memory fallbacks: the
-//! kernels, grids, shared memory, buffers and parameters that the CUDA path launched before
-//! the plan was separated from its execution (`src/cuda/`).
+//! small sm_86 GPU): the kernels, grids, blocks, buffers and parameters of every path.
 
 use super::*;
-use crate::cuda_params::{TD_BLOCK_ROW_BYTES, TD_LONG_CHUNK};
+use crate::cuda_params::{TdSeg, TD_LONG_THREADS, TD_NV};
 use crate::philox::Bernoulli;
 
 fn h200() -> Limits {
@@ -34,244 +32,203 @@ fn spec(kind: DropoutKind, dtype: Dtype, dims: &[usize], gamma: f64) -> OpSpec {
     )
 }
 
-fn draws() -> TdDraws {
-    let b = Bernoulli::new(7, 9, 0.5);
-    TdDraws {
-        seed: 7,
-        offset: 9,
-        threshold: b.threshold,
-        pad0: 0,
-    }
-}
-
-fn io() -> Vec<Arg> {
-    vec![
-        Arg::Buf(Buf::W, 0),
-        Arg::Null,
-        Arg::Buf(Buf::Out, 0),
-        Arg::Null,
-    ]
-}
-
-fn rows(rows: u64, n: u64, k: u64) -> Params {
-    Params::Rows(TdwRowsParams {
-        rows,
-        n,
-        k,
-        elem_base: 0,
-        draws: draws(),
-    })
-}
-
 fn only_launch(plan: &Plan) -> &Launch {
     let l: Vec<_> = plan.launches().collect();
     assert_eq!(l.len(), 1, "{plan:?}");
     l[0]
 }
 
-#[test]
-fn limits_of_the_profiles() {
-    let h = h200();
-    assert_eq!((h.sms, h.l2_bytes), (132, 50 << 20));
-    for (w, size) in [(0, 2u32), (1, 4), (2, 8)] {
-        // 256 rows of 33 elements fit the opt-in shared memory of both profiles.
-        assert_eq!(h.widths[w].tiny_smem, 256 * 33 * size);
-        assert_eq!(sm86().widths[w].tiny_smem, 256 * 33 * size);
-        assert_eq!(h.widths[w].block_smem, TD_BLOCK_ROW_BYTES);
-        assert_eq!(sm86().widths[w].block_smem, TD_BLOCK_ROW_BYTES);
-        assert_eq!(h.widths[w].block_per_sm.len(), 65);
-    }
-    // H200: 54 registers (u16, u32) and 63 (u64) give 4 blocks of 256 threads; 64 KB of
-    // shared memory (+ 2112 static + 1 KB reserved) 3 in 228 KB.
-    assert_eq!(h.widths[1].block_per_sm[0], 4);
-    assert_eq!(h.widths[2].block_per_sm[4], 4);
-    assert_eq!(h.widths[1].block_per_sm[64], 3);
-    // sm_86: 47 registers give 5 blocks, 62 give 4; 1,536 threads at most 6; 100 KB of shared
-    // memory holds one 64 KB row, two of 40 KB.
-    let s = sm86();
-    assert_eq!(s.widths[1].block_per_sm[1], 5);
-    assert_eq!(s.widths[2].block_per_sm[1], 4);
-    assert_eq!(s.widths[1].block_per_sm[40], 2);
-    assert_eq!(s.widths[1].block_per_sm[64], 1);
-    // A block kernel that fits no block on a multiprocessor is an error naming it.
-    let tiny_sm = Gpu {
-        smem_per_sm: 32 * 1024,
-        ..Gpu::sm86()
+fn aligned(kind: DropoutKind, dtype: Dtype, dims: &[usize], gamma: f64) -> OpSpec {
+    let mut s = spec(kind, dtype, dims, gamma);
+    s.aligned16 = true;
+    s
+}
+
+/// The one segment of a selection launch.
+fn seg_of(l: &Launch) -> (TdSeg, SegArgs) {
+    assert_eq!(l.segs.len(), 1, "{l:?}");
+    let seg = match &l.params {
+        Params::Block(p) => {
+            assert_eq!(p.nseg, 1);
+            p.seg[0]
+        }
+        Params::Tiny(p) => p.seg,
+        Params::Long(p) => p.seg,
+        other => panic!("{other:?}"),
     };
-    let e = tiny_sm.limits().unwrap_err().to_string();
-    assert!(e.contains("fits no block"), "{e}");
+    (seg, l.segs[0])
+}
+
+fn values_out() -> SegArgs {
+    SegArgs {
+        w: Arg::Buf(Buf::W, 0),
+        vals: Arg::Null,
+        out: Arg::Buf(Buf::Out, 0),
+        bits: Arg::Null,
+    }
 }
 
 #[test]
-fn tiny_rows_take_the_thread_per_row_kernel() {
-    for (lim, dims, grid) in [
-        (h200(), [1000, 9], 4),
-        (sm86(), [1000, 9], 4),
+fn limits_of_the_profiles() {
+    assert_eq!(h200(), Limits { sms: 132 });
+    assert_eq!(sm86(), Limits { sms: 28 });
+    let none = Gpu {
+        sms: 0,
+        ..Gpu::sm86()
+    };
+    let e = none.limits().unwrap_err().to_string();
+    assert!(e.contains("0 multiprocessors"), "{e}");
+}
+
+#[test]
+fn tiny_rows_take_the_tile_kernel() {
+    for (lim, dt, dims, grid, threads) in [
+        (h200(), Dtype::F32, [1000, 9], 4, 256),
+        (sm86(), Dtype::F64, [1000, 9], 8, 128),
         // The grid is capped at 8 blocks per multiprocessor; blocks loop over row tiles.
-        (h200(), [1_000_000, 3], 132 * 8),
-        (sm86(), [1_000_000, 3], 28 * 8),
+        (h200(), Dtype::Bf16, [1_000_000, 3], 132 * 8, 256),
+        (sm86(), Dtype::F32, [1_000_000, 32], 28 * 8, 256),
     ] {
         let n = dims[1] as u64;
-        let s = spec(DropoutKind::Weight, Dtype::F32, &dims, 0.5);
+        let s = aligned(DropoutKind::Weight, dt, &dims, 0.5);
         let p = forward(&s, &lim).unwrap();
         assert_eq!(
             p.allocs,
             [Alloc {
                 buf: Buf::Out,
-                bytes: dims[0] as u64 * n * 4,
+                bytes: dims[0] as u64 * n * dt.size(),
                 init: Init::Uninit
             }]
         );
         let l = only_launch(&p);
-        assert_eq!(l.kernel, Kernel::Tiny(Width::U32));
-        assert_eq!((l.grid, l.block), ((grid, 1, 1), (256, 1, 1)));
-        assert_eq!(l.smem, 256 * (n as u32 | 1) * 4);
-        assert_eq!(l.args, io());
-        assert_eq!(l.params, rows(dims[0] as u64, n, n / 2));
+        assert_eq!(l.kernel, Kernel::Tiny(dt.width()));
+        assert_eq!(
+            l.kernel.name(),
+            format!("td_tiny_{}_t{threads}", dt.width().suffix())
+        );
+        assert_eq!(
+            (l.grid, l.block, l.smem),
+            ((grid, 1, 1), (threads, 1, 1), 0)
+        );
+        let (seg, args) = seg_of(l);
+        assert_eq!(args, values_out());
+        assert_eq!((seg.n as u64, seg.k as u64, seg.offset), (n, n / 2, 9));
+        let Params::Tiny(t) = &l.params else { panic!() };
+        assert_eq!(t.rows, dims[0] as u64);
+        assert_eq!(t.keys, weight::round_keys(7));
     }
 }
 
+/// The block kernel takes the smallest block (64 .. 1024 threads, TD_NV 16-byte vectors
+/// each) that holds the row; a row past the largest takes the long-row kernels.
 #[test]
-fn rows_up_to_64_kb_take_the_block_kernel() {
-    for (lim, dt, dims, grid, smem) in [
-        (h200(), Dtype::F32, [10, 1000], 10, 4000),
-        // 1000 rows: 4 (H200) or 5 (sm_86) resident blocks per multiprocessor.
-        (h200(), Dtype::F32, [1000, 1000], 132 * 4, 4000),
-        (sm86(), Dtype::F32, [1000, 1000], 28 * 5, 4000),
-        (sm86(), Dtype::F64, [1000, 1001], 28 * 4, 1004 * 8),
-        (h200(), Dtype::Bf16, [3, 33], 3, 36 * 2),
-        // The largest row: 64 KB of shared memory, 3 blocks per H200 multiprocessor, 1 on
-        // the sm_86.
-        (h200(), Dtype::F32, [1000, 16384], 132 * 3, 65536),
-        (sm86(), Dtype::F16, [1000, 32768], 28, 65536),
+fn rows_a_block_holds_take_the_block_kernel() {
+    for (dt, dims, threads) in [
+        (Dtype::F32, [4096, 4096], 256),
+        (Dtype::F16, [11008, 4096], 128),
+        (Dtype::Bf16, [3, 33], 64),
+        (Dtype::F64, [3, 8190], 1024),
+        (Dtype::F32, [10, 16384], 1024),
     ] {
-        let n = dims[1] as u64;
-        let s = spec(DropoutKind::Weight, dt, &dims, 0.25);
-        let p = forward(&s, &lim).unwrap();
-        let l = only_launch(&p);
-        assert_eq!(l.kernel, Kernel::Block(dt.width()), "{dims:?}");
-        assert_eq!((l.grid, l.smem), ((grid, 1, 1), smem), "{dims:?}");
-        assert_eq!(l.args, io());
-        assert_eq!(l.params, rows(dims[0] as u64, n, n / 4));
-    }
-}
-
-#[test]
-fn long_rows_take_the_histogram_kernels_in_row_groups() {
-    // f32 rows of 16385 elements (past 64 KB): 5 chunks; the sm_86's 3 MB of L2 holds
-    // 1.5 MB / 65540 = 23 rows per group, so 100 rows take 5 groups.
-    let n = TD_BLOCK_ROW_BYTES as u64 / 4 + 1;
-    let s = spec(DropoutKind::Weight, Dtype::F32, &[100, n as usize], 0.5);
-    let p = forward(&s, &sm86()).unwrap();
-    let chunks = n.div_ceil(TD_LONG_CHUNK as u64);
-    assert_eq!(chunks, 5);
-    assert_eq!(p.bytes(Buf::Hist), Some(100 * 4 * 256 * 4));
-    assert_eq!(p.bytes(Buf::ChunkHist), Some(23 * chunks * 256 * 4));
-    let launches: Vec<_> = p.launches().collect();
-    assert_eq!(launches.len(), 5 * 5);
-    let mut row0 = 0;
-    for (g, group) in launches.chunks(5).enumerate() {
-        let rows_g = if g < 4 { 23 } else { 8 };
-        let hist = Arg::Buf(Buf::Hist, row0 * 4 * 256 * 4);
-        for (pass, l) in group[..4].iter().enumerate() {
-            assert_eq!(l.kernel, Kernel::LongHist(Width::U32));
-            assert_eq!((l.grid, l.smem), ((chunks as u32, rows_g, 1), 0));
+        for lim in [h200(), sm86()] {
+            let s = aligned(DropoutKind::Weight, dt, &dims, 0.25);
+            let p = forward(&s, &lim).unwrap();
+            let l = only_launch(&p);
+            assert_eq!(l.kernel, Kernel::Block(dt.width(), threads), "{dims:?}");
+            // One block per row, on every device.
             assert_eq!(
-                l.args,
-                [Arg::Buf(Buf::W, 0), hist, Arg::Buf(Buf::ChunkHist, 0)]
+                (l.grid, l.block, l.smem),
+                ((dims[0] as u32, 1, 1), (threads, 1, 1), 0)
             );
-            let want = TdwLongHistParams {
-                row0,
-                n,
-                k: n / 2,
-                pass: pass as u32,
-                pad0: 0,
-            };
-            assert_eq!(l.params, Params::LongHist(want));
+            let (seg, args) = seg_of(l);
+            assert_eq!(args, values_out());
+            let n = dims[1] as u64;
+            assert_eq!((seg.n as u64, seg.k as u64, seg.first_block), (n, n / 4, 0));
         }
-        let l = group[4];
-        assert_eq!(l.kernel, Kernel::LongApply(Width::U32));
-        assert_eq!(l.grid, (chunks as u32, rows_g, 1));
-        let mut args = io();
-        args.extend([hist, Arg::Buf(Buf::ChunkHist, 0)]);
-        assert_eq!(l.args, args);
-        let want = TdwLongApplyParams {
-            row0,
-            n,
-            k: n / 2,
-            elem_base: 0,
-            draws: draws(),
-        };
-        assert_eq!(l.params, Params::LongApply(want));
-        row0 += rows_g as u64;
     }
-    // The H200's 50 MB of L2 holds all 100 rows: one group, 4 + 1 launches.
-    let p = forward(&s, &h200()).unwrap();
-    assert_eq!(p.launches().count(), 5);
-    // f64 and 16-bit keys: 8 and 2 histogram passes.
-    for (dt, passes) in [(Dtype::F64, 8), (Dtype::Bf16, 2)] {
-        let n = TD_BLOCK_ROW_BYTES as usize / dt.size() as usize + 1;
-        let p = forward(&spec(DropoutKind::Weight, dt, &[1, n], 0.5), &h200()).unwrap();
-        let kinds: Vec<_> = p.launches().map(|l| l.kernel).collect();
-        let mut want = vec![Kernel::LongHist(dt.width()); passes];
-        want.push(Kernel::LongApply(dt.width()));
-        assert_eq!(kinds, want);
-    }
+    // One element past what 1024 threads hold: the long-row kernels.
+    let names: Vec<String> = forward(
+        &aligned(DropoutKind::Weight, Dtype::F64, &[3, 8193], 0.5),
+        &h200(),
+    )
+    .unwrap()
+    .launches()
+    .map(|l| l.kernel.name())
+    .collect();
+    assert_eq!(names.first().map(String::as_str), Some("td_long_count_u64"));
+    assert_eq!(names.last().map(String::as_str), Some("td_long_apply_u64"));
 }
 
+/// An input view that does not start 16-byte aligned (a slice of a tensor at an odd
+/// offset) is read once into an aligned buffer, and the selection reads that; the gradient
+/// of the recomputing backward too. The output is the plan's own (aligned) buffer.
 #[test]
-fn shared_memory_fallbacks() {
-    // A device with 64 KB of opt-in shared memory: a tile of 256 f64 rows of 32 (66 KB)
-    // does not fit, so those rows take the block kernel; a 64 KB f32 row does not fit next
-    // to the block kernel's static shared memory, so it takes the long-row kernels.
-    let small = Gpu {
-        smem_optin_per_block: 64 * 1024,
-        ..Gpu::sm86()
-    }
-    .limits()
-    .unwrap();
-    assert_eq!(small.widths[2].tiny_smem, 64 * 1024 - 1024);
-    assert_eq!(small.widths[1].block_smem, 64 * 1024 - 1088);
+fn unaligned_views_are_copied_to_an_aligned_buffer_first() {
+    let s = spec(DropoutKind::Weight, Dtype::F32, &[4096, 4096], 0.5);
+    assert!(!s.aligned16);
+    let p = forward(&s, &h200()).unwrap();
+    let bytes = 4096 * 4096 * 4;
+    assert_eq!(p.bytes(Buf::WAligned), Some(bytes));
+    assert_eq!(
+        p.steps[0],
+        Step::Copy {
+            from: Buf::W,
+            to: Buf::WAligned,
+            bytes
+        }
+    );
+    let (_, args) = seg_of(only_launch(&p));
+    assert_eq!(args.w, Arg::Buf(Buf::WAligned, 0));
+    let o = op(DropoutKind::Weight, Output::Values, 0.5, 0.5);
+    let s = OpSpec::new(&o, Dtype::Bf16, &Shape::from((7, 300)), true);
+    let p = forward(&s, &sm86()).unwrap();
+    let copies: Vec<_> = p
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Copy { .. }))
+        .collect();
+    assert_eq!(copies.len(), 2);
+    let (_, args) = seg_of(only_launch(&p));
+    assert_eq!(
+        (args.w, args.vals),
+        (Arg::Buf(Buf::WAligned, 0), Arg::Buf(Buf::ValsAligned, 0))
+    );
+    // Aligned views copy nothing.
     let p = forward(
-        &spec(DropoutKind::Weight, Dtype::F64, &[300, 32], 0.5),
-        &small,
+        &aligned(DropoutKind::Weight, Dtype::F32, &[64, 64], 0.5),
+        &h200(),
     )
     .unwrap();
-    assert_eq!(only_launch(&p).kernel, Kernel::Block(Width::U64));
-    assert_eq!(only_launch(&p).smem, 32 * 8);
-    // f32 rows of 32 still fit as a tile (33 KB).
-    let p = forward(
-        &spec(DropoutKind::Weight, Dtype::F32, &[300, 32], 0.5),
-        &small,
-    )
-    .unwrap();
-    assert_eq!(only_launch(&p).kernel, Kernel::Tiny(Width::U32));
-    let p = forward(
-        &spec(DropoutKind::Weight, Dtype::F32, &[2, 16384], 0.5),
-        &small,
-    )
-    .unwrap();
-    let kinds: Vec<_> = p.launches().map(|l| l.kernel).collect();
-    assert_eq!(kinds.last(), Some(&Kernel::LongApply(Width::U32)));
-    assert_eq!(kinds.len(), 5);
-    // One row short of the limit still takes the block kernel.
-    let n = (64 * 1024 - 1088) / 4;
-    let p = forward(&spec(DropoutKind::Weight, Dtype::F32, &[2, n], 0.5), &small).unwrap();
-    assert_eq!(only_launch(&p).kernel, Kernel::Block(Width::U32));
-    // The same shapes on the real profiles take the tiny and block kernels.
-    for lim in [h200(), sm86()] {
-        let p = forward(
-            &spec(DropoutKind::Weight, Dtype::F64, &[300, 32], 0.5),
-            &lim,
-        )
-        .unwrap();
-        assert_eq!(only_launch(&p).kernel, Kernel::Tiny(Width::U64));
-        let p = forward(
-            &spec(DropoutKind::Weight, Dtype::F32, &[2, 16384], 0.5),
-            &lim,
-        )
-        .unwrap();
-        assert_eq!(only_launch(&p).kernel, Kernel::Block(Width::U32));
+    assert!(p.steps.iter().all(|s| matches!(s, Step::Launch(_))));
+}
+
+/// A u8 mask output (`targeted_dropout_mask`): the selection writes the bit mask only, and
+/// `td_mask_u8` expands it, on every path.
+#[test]
+fn a_mask_output_expands_the_bit_mask() {
+    let o = op(DropoutKind::Weight, Output::Mask, 0.5, 0.5);
+    for (dims, first) in [
+        ([100usize, 9usize], Kernel::Tiny(Width::U32)),
+        ([100, 1000], Kernel::Block(Width::U32, 64)),
+        ([2, 20_000], Kernel::LongCount(Width::U32)),
+    ] {
+        let mut s = OpSpec::new(&o, Dtype::F32, &Shape::from(&dims[..]), false);
+        s.aligned16 = true;
+        let p = forward(&s, &h200()).unwrap();
+        let numel = (dims[0] * dims[1]) as u64;
+        assert_eq!(p.bytes(Buf::Mask), Some(numel));
+        assert_eq!(p.bytes(Buf::Bits), Some(numel.div_ceil(32) * 4));
+        let ls: Vec<_> = p.launches().collect();
+        assert_eq!(ls[0].kernel, first);
+        for l in &ls[..ls.len() - 1] {
+            let (_, args) = seg_of(l);
+            assert_eq!((args.out, args.bits), (Arg::Null, Arg::Buf(Buf::Bits, 0)));
+        }
+        let last = ls.last().unwrap();
+        assert_eq!(last.kernel, Kernel::MaskU8);
+        assert_eq!(last.args, [Arg::Buf(Buf::Bits, 0), Arg::Buf(Buf::Mask, 0)]);
+        assert_eq!(last.params, Params::Numel(TdBwdParams { numel }));
+        assert_eq!(last.grid.0 as u64, numel.div_ceil(32).div_ceil(256));
     }
 }
 
@@ -328,36 +285,52 @@ fn nothing_dropped_is_a_copy() {
 fn the_backward_pass_masks_the_gradient_and_shards_draw_from_their_base() {
     let mut o = op(DropoutKind::Weight, Output::Values, 0.5, 0.5);
     o.elem_base = 12_000;
-    let s = OpSpec::new(&o, Dtype::F32, &Shape::from((3, 100)), true);
+    let mut s = OpSpec::new(&o, Dtype::F32, &Shape::from((3, 100)), true);
+    s.aligned16 = true;
     let p = forward(&s, &sm86()).unwrap();
-    let l = only_launch(&p);
+    let (seg, args) = seg_of(only_launch(&p));
     assert_eq!(
-        l.args,
-        [
-            Arg::Buf(Buf::W, 0),
-            Arg::Buf(Buf::Vals, 0),
-            Arg::Buf(Buf::Out, 0),
-            Arg::Null
-        ]
+        args,
+        SegArgs {
+            vals: Arg::Buf(Buf::Vals, 0),
+            ..values_out()
+        }
     );
-    let Params::Rows(r) = l.params else {
-        panic!("{l:?}")
-    };
-    assert_eq!(r.elem_base, 12_000);
+    assert_eq!(seg.elem_base, 12_000);
 }
 
 #[test]
 fn unit_dropout_scores_selects_and_applies() {
-    for (lim, dims, scores, grid) in [
-        (h200(), [5, 40], Kernel::ScoresBlock(Dtype::F32), 5),
-        (sm86(), [500, 40], Kernel::ScoresBlock(Dtype::F32), 28 * 8),
-        (h200(), [5, 7], Kernel::ScoresTiny(Dtype::F32), 1),
+    for (lim, dims, scores, grid, select) in [
+        (
+            h200(),
+            [5, 40],
+            Kernel::UnitScoresBlock(Dtype::F32),
+            5,
+            Kernel::Tiny(Width::U32),
+        ),
+        (
+            sm86(),
+            [500, 40],
+            Kernel::UnitScoresBlock(Dtype::F32),
+            28 * 8,
+            Kernel::Block(Width::U32, 64),
+        ),
+        (
+            h200(),
+            [5, 7],
+            Kernel::UnitScoresTiny(Dtype::F32),
+            1,
+            Kernel::Tiny(Width::U32),
+        ),
     ] {
         let (d0, n) = (dims[0] as u64, dims[1] as u64);
         let s = spec(DropoutKind::Unit, Dtype::F32, &dims, 0.5);
         let p = forward(&s, &lim).unwrap();
-        assert_eq!(p.bytes(Buf::UnitMask), Some(d0));
+        assert_eq!(p.bytes(Buf::UnitBits), Some(d0.div_ceil(32) * 4));
         assert_eq!(p.bytes(Buf::Scores), Some(d0 * 4));
+        // The weight need not be aligned: the scores and the apply read it element-wise.
+        assert_eq!(p.bytes(Buf::WAligned), None);
         let l: Vec<_> = p.launches().collect();
         assert_eq!(l.len(), 3);
         assert_eq!((l[0].kernel, l[0].grid), (scores, (grid, 1, 1)));
@@ -366,10 +339,19 @@ fn unit_dropout_scores_selects_and_applies() {
             l[0].params,
             Params::Scores(UnitScoresParams { units: d0, n })
         );
-        // The selection over one row of d0 scores writes the unit mask.
-        assert_eq!(l[1].args[0], Arg::Buf(Buf::Scores, 0));
-        assert_eq!(l[1].args[2..], [Arg::Null, Arg::Buf(Buf::UnitMask, 0)]);
-        assert_eq!(l[1].params, rows(1, d0, d0 / 2));
+        // The selection over one row of d0 scores writes the units' bit mask.
+        assert_eq!(l[1].kernel, select);
+        let (seg, args) = seg_of(l[1]);
+        assert_eq!(
+            args,
+            SegArgs {
+                w: Arg::Buf(Buf::Scores, 0),
+                vals: Arg::Null,
+                out: Arg::Null,
+                bits: Arg::Buf(Buf::UnitBits, 0)
+            }
+        );
+        assert_eq!((seg.n as u64, seg.k as u64, seg.elem_base), (d0, d0 / 2, 0));
         assert_eq!(l[2].kernel, Kernel::UnitApply(Width::U32));
         let groups = (d0 * n).div_ceil(4);
         assert_eq!(
@@ -382,7 +364,7 @@ fn unit_dropout_scores_selects_and_applies() {
                 Arg::Buf(Buf::W, 0),
                 Arg::Buf(Buf::Out, 0),
                 Arg::Null,
-                Arg::Buf(Buf::UnitMask, 0)
+                Arg::Buf(Buf::UnitBits, 0)
             ]
         );
     }
@@ -390,13 +372,17 @@ fn unit_dropout_scores_selects_and_applies() {
     let s = spec(DropoutKind::Unit, Dtype::F64, &[20_000, 3], 0.5);
     let p = forward(&s, &h200()).unwrap();
     let kinds: Vec<_> = p.launches().map(|l| l.kernel).collect();
-    assert_eq!(kinds[0], Kernel::ScoresTiny(Dtype::F64));
-    assert_eq!(kinds[1..9], [Kernel::LongHist(Width::U64); 8]);
+    assert_eq!(kinds[0], Kernel::UnitScoresTiny(Dtype::F64));
+    assert_eq!(kinds[1], Kernel::LongCount(Width::U64));
     assert_eq!(
-        kinds[9..],
-        [Kernel::LongApply(Width::U64), Kernel::UnitApply(Width::U64)]
+        kinds[kinds.len() - 3..],
+        [
+            Kernel::LongResolve(Width::U64),
+            Kernel::LongApply(Width::U64),
+            Kernel::UnitApply(Width::U64)
+        ]
     );
-    // No unit targeted: the zeroed unit mask, applied.
+    // No unit targeted: the zeroed unit bits, applied.
     let s = spec(DropoutKind::Unit, Dtype::Bf16, &[3, 8], 0.3);
     let p = forward(&s, &h200()).unwrap();
     let kinds: Vec<_> = p.launches().map(|l| l.kernel).collect();
@@ -414,7 +400,7 @@ fn unit_scores_alone() {
             init: Init::Zeroed
         }]
     );
-    assert_eq!(only_launch(&p).kernel, Kernel::ScoresBlock(Dtype::Bf16));
+    assert_eq!(only_launch(&p).kernel, Kernel::UnitScoresBlock(Dtype::Bf16));
     // Empty filters score 0: nothing to launch.
     assert!(unit_scores(Dtype::F64, 4, 0, &sm86()).steps.is_empty());
 }
@@ -433,6 +419,17 @@ fn rows_past_the_kernel_limit_are_an_error_naming_it() {
     s.d0 = long;
     let e = forward(&s, &h200()).unwrap_err().to_string();
     assert!(e.contains("unit scores") && e.contains("4294967296"), "{e}");
+    // The block path runs a block per row: at most 2^31 - 1 rows.
+    let mut s = spec(DropoutKind::Weight, Dtype::F32, &[1, 100], 0.5);
+    s.d0 = 1 << 31;
+    let e = forward(&s, &h200()).unwrap_err().to_string();
+    assert!(
+        e.contains("2147483648 filters") && e.contains("2^31 - 1"),
+        "{e}"
+    );
+    // Tiny rows and long rows loop over their rows: no such limit.
+    s.n = 9;
+    assert!(s.check().is_ok());
 }
 
 #[test]
@@ -443,53 +440,57 @@ fn the_threshold_is_clamped_to_always() {
     assert_eq!(s.draws.threshold, TD_ALWAYS);
 }
 
-/// The most dynamic shared memory the plan asks of each kernel over every shape (rows up to
-/// the tiny limit and to the block limit for every width; the other kernels ask for none),
-/// with threads per block: what `scripts/launchability.sh` checks the fatbins against.
-/// Printed as `launch KERNEL THREADS DYNAMIC_SMEM` lines, followed by what the emulator's
-/// profiles assume of the kernels compiled for their architecture (`profile ARCH KERNEL
-/// REGISTERS STATIC_SMEM`, registers 0 where the profile does not depend on them), which the
-/// script compares with the fatbin.
+/// Every kernel with the most threads and dynamic shared memory the plan asks of it over
+/// every path (rows at the edges of the tiny, block and long paths for every width, weight
+/// and unit dropout, values and mask out, N:M), printed as `launch KERNEL THREADS
+/// DYNAMIC_SMEM` lines: what `scripts/launchability.sh` checks the fatbins against. No kernel
+/// takes dynamic shared memory, and a block size is part of a kernel's name.
 #[test]
 #[ignore = "prints the plan's worst case for scripts/launchability.sh"]
 fn worst_case_launch() {
-    // A device with room for everything, so that no fallback lowers what the plan asks.
-    let big = Gpu {
-        smem_optin_per_block: 1 << 30,
-        smem_per_sm: 1 << 31,
-        ..Gpu::h200()
-    }
-    .limits()
-    .unwrap();
+    let lim = h200();
     let mut worst: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
     for k in Kernel::all() {
-        // The v5 kernels' block size is part of the kernel (its name).
         let threads = match k {
-            Kernel::Block5(_, t) => t,
-            Kernel::Tiny5(w) => tiny5_threads(w),
+            Kernel::Block(_, t) => t,
+            Kernel::Tiny(w) => tiny_threads(w),
+            Kernel::LongCount(_) | Kernel::LongResolve(_) | Kernel::LongApply(_) => TD_LONG_THREADS,
             _ => TD_BLOCK,
         };
         worst.insert(k.name(), (threads, 0));
     }
     for dt in [Dtype::F16, Dtype::F32, Dtype::F64] {
-        let longest_block = TD_BLOCK_ROW_BYTES as usize / dt.size() as usize;
+        let longest_block = (TD_MAX_THREADS * TD_NV) as usize * 16 / dt.size() as usize;
         let ns = [
             1,
             2,
             31,
             32,
             33,
+            1000,
             longest_block - 1,
             longest_block,
             longest_block + 1,
         ];
         for n in ns {
-            for kind in [DropoutKind::Weight, DropoutKind::Unit] {
-                let s = spec(kind, dt, &[3, n], 1.0);
-                for l in forward(&s, &big).unwrap().launches() {
+            for (kind, output) in [
+                (DropoutKind::Weight, Output::Values),
+                (DropoutKind::Weight, Output::Mask),
+                (DropoutKind::Unit, Output::Values),
+                (DropoutKind::Nm { n: 2, m: 4 }, Output::Values),
+            ] {
+                if matches!(kind, DropoutKind::Nm { .. }) && n % 4 != 0 {
+                    continue;
+                }
+                let o = op(kind, output, 0.5, 0.5);
+                let s = OpSpec::new(&o, dt, &Shape::from((3, n)), false);
+                for l in forward(&s, &lim).unwrap().launches() {
                     let threads = l.block.0 * l.block.1 * l.block.2;
-                    let e = worst.entry(l.kernel.name()).or_default();
-                    *e = (e.0.max(threads), e.1.max(l.smem));
+                    let e = worst
+                        .get_mut(&l.kernel.name())
+                        .expect("a kernel of Kernel::all");
+                    assert_eq!(e.0, threads, "{}", l.kernel.name());
+                    *e = (e.0, e.1.max(l.smem));
                 }
             }
         }
@@ -497,72 +498,14 @@ fn worst_case_launch() {
     for (k, (threads, smem)) in worst {
         println!("launch {k} {threads} {smem}");
     }
-    for (arch, g) in [("sm_90", Gpu::h200()), ("sm_86", Gpu::sm86())] {
-        for w in Width::ALL {
-            let tiny = Kernel::Tiny(w).name();
-            println!("profile {arch} {tiny} 0 {}", g.tiny_static_smem);
-            let block = Kernel::Block(w).name();
-            let regs = g.block_regs[w.index()];
-            println!("profile {arch} {block} {regs} {}", g.block_static_smem);
-        }
-    }
 }
 
-/// Aligned weight dropout with values out takes the v5 tiny kernel for
-/// rows of at most 32 and the v5 block kernel (the smallest block that holds the row) up to
-/// its limit; unaligned tensors, the u8 mask, unit selection and longer rows stay on v4.
-#[test]
-fn v5_serves_the_shapes_it_covers() {
-    let lim = h200();
-    let plan_of = |dt: Dtype, dims: &[usize], aligned: bool| {
-        let mut s = spec(DropoutKind::Weight, dt, dims, 0.5);
-        s.aligned16 = aligned;
-        forward(&s, &lim).unwrap()
-    };
-    let p = plan_of(Dtype::Bf16, &[1 << 20, 9], true);
-    let l = only_launch(&p);
-    assert_eq!(l.kernel, Kernel::Tiny5(Width::U16));
-    assert_eq!((l.grid.0, l.block.0), (132 * 8, 256));
-    assert_eq!(l.segs.len(), 1);
-    let l = only_launch(&plan_of(Dtype::F32, &[4096, 4096], true)).clone();
-    assert_eq!(l.kernel, Kernel::Block5(Width::U32, 256));
-    assert_eq!((l.grid.0, l.block.0, l.smem), (4096, 256, 0));
-    match l.params {
-        Params::Block5(p) => {
-            assert_eq!((p.nseg, p.seg[0].n, p.seg[0].k), (1, 4096, 2048));
-            assert_eq!(p.keys[..2], [7, 0]);
-        }
-        other => panic!("{other:?}"),
-    }
-    let l = only_launch(&plan_of(Dtype::F16, &[11008, 4096], true)).clone();
-    assert_eq!(l.kernel, Kernel::Block5(Width::U16, 128));
-    let l = only_launch(&plan_of(Dtype::F64, &[3, 8190], true)).clone();
-    assert_eq!(l.kernel, Kernel::Block5(Width::U64, 1024));
-    // Past the block: v5's long rows; unaligned: v4.
-    let names: Vec<String> = plan_of(Dtype::F64, &[3, 8193], true)
-        .launches()
-        .map(|l| l.kernel.name())
-        .collect();
-    assert_eq!(
-        names.first().map(String::as_str),
-        Some("td_long_count_u64")
-    );
-    assert_eq!(
-        names.last().map(String::as_str),
-        Some("td_long_apply_u64")
-    );
-    assert_eq!(
-        only_launch(&plan_of(Dtype::F32, &[4096, 4096], false)).kernel,
-        Kernel::Block(Width::U32)
-    );
-}
-
-/// The v5 long rows: enough count passes that the last one compacts at most `cap`
+/// The long rows: enough count passes that the last one compacts at most `cap`
 /// composites whatever the data, and the launches of a plan: the passes in order, the
 /// resolve over the rows, the output pass; only the output pass when everything is
 /// targeted.
 #[test]
-fn v5_long_rows_shape_and_launches() {
+fn long_rows_shape_and_launches() {
     use super::weight::long_shape;
     // [128, 2^20] f32: 64 tiles of 2048 vectors, cap 2^16; 63 composite bits, 11 fixed per
     // pass: 2^(63 - 55) <= 2^16 after the fifth pick, so six passes.
@@ -597,27 +540,27 @@ fn v5_long_rows_shape_and_launches() {
         let ls: Vec<_> = p.launches().collect();
         assert_eq!(ls.len(), 6 + 2);
         for (i, l) in ls[..6].iter().enumerate() {
-            assert_eq!(l.kernel, Kernel::LongCount5(Width::U32));
+            assert_eq!(l.kernel, Kernel::LongCount(Width::U32));
             assert_eq!((l.grid.0, l.block.0), (132 * 8, 256));
             match &l.params {
-                Params::Long5(p) => assert_eq!((p.pass, p.passes, p.rows), (i as u32, 6, 128)),
+                Params::Long(p) => assert_eq!((p.pass, p.passes, p.rows), (i as u32, 6, 128)),
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(ls[6].kernel, Kernel::LongResolve5(Width::U32));
+        assert_eq!(ls[6].kernel, Kernel::LongResolve(Width::U32));
         assert_eq!(ls[6].grid.0, 128);
-        assert_eq!(ls[7].kernel, Kernel::LongApply5(Width::U32));
+        assert_eq!(ls[7].kernel, Kernel::LongApply(Width::U32));
         assert_eq!(p.bytes(Buf::Cand), Some(128 << 19));
         assert_eq!(p.bytes(Buf::Hist), Some(128 * 5 * 2048 * 4));
         // gamma = 1: everything targeted, the output pass alone.
         let mut s = spec(DropoutKind::Weight, Dtype::F32, &[2, 1 << 15], 1.0);
         s.aligned16 = true;
         let p = forward(&s, &lim).unwrap();
-        assert_eq!(only_launch(&p).kernel, Kernel::LongApply5(Width::U32));
+        assert_eq!(only_launch(&p).kernel, Kernel::LongApply(Width::U32));
     }
 }
 
-/// A grouped call: the v5 block launches of many items merged per width and seed into
+/// A grouped call: the block launches of many items merged per width and seed into
 /// launches of at most TD_GROUP segments (first blocks cumulative, the block size of the
 /// longest row), the bit masks kept where asked, every other step left in its item's plan.
 #[test]
@@ -630,7 +573,7 @@ fn many_items_group_into_one_launch_per_width() {
         forward(&s, &lim).unwrap()
     };
     // 70 f32 items of the block path (one with rows of 4000: 256 threads), two bf16 ones,
-    // one tiny (its own launch) and one long row (the v5 long-row kernels, its own steps).
+    // one tiny (its own launch) and one long row (the long-row kernels, its own steps).
     let mut plans: Vec<Plan> = (0..70)
         .map(|i| {
             plan_of(
@@ -644,7 +587,7 @@ fn many_items_group_into_one_launch_per_width() {
     plans.push(plan_of(Dtype::F16, &[2, 300], false));
     plans.push(plan_of(Dtype::F32, &[100, 9], true));
     plans.push(plan_of(Dtype::F32, &[2, 70_000], true));
-    // The kept mask: allocated where a v5 kernel writes it, ceil(numel / 32) words.
+    // The kept mask: allocated where asked, ceil(numel / 32) words.
     assert_eq!(
         plans[0].bytes(Buf::Bits),
         Some((3u64 * 40).div_ceil(32) * 4)
@@ -654,23 +597,23 @@ fn many_items_group_into_one_launch_per_width() {
     assert_eq!(
         plans[73].bytes(Buf::Bits),
         Some((2u64 * 70_000).div_ceil(32) * 4),
-        "v5 long rows keep the mask too"
+        "long rows keep the mask too"
     );
     let g = group(&mut plans);
     let kernels: Vec<Kernel> = g.iter().map(|g| g.launch.kernel).collect();
     assert_eq!(
         kernels,
         [
-            Kernel::Block5(Width::U32, 64),
-            Kernel::Block5(Width::U32, 256),
-            Kernel::Block5(Width::U16, 64)
+            Kernel::Block(Width::U32, 64),
+            Kernel::Block(Width::U32, 256),
+            Kernel::Block(Width::U16, 64)
         ]
     );
     assert_eq!(g[0].items, (0..62).collect::<Vec<_>>());
     assert_eq!(g[1].items, (62..70).collect::<Vec<_>>());
     assert_eq!(g[2].items, [70, 71]);
     for gr in &g {
-        let Params::Block5(p) = &gr.launch.params else {
+        let Params::Block(p) = &gr.launch.params else {
             panic!("{:?}", gr.launch.params)
         };
         assert_eq!(p.nseg as usize, gr.items.len());
@@ -684,7 +627,7 @@ fn many_items_group_into_one_launch_per_width() {
             first += rows(i);
         }
         assert_eq!(gr.launch.grid, (first, 1, 1));
-        let Kernel::Block5(_, t) = gr.launch.kernel else {
+        let Kernel::Block(_, t) = gr.launch.kernel else {
             panic!("{:?}", gr.launch.kernel)
         };
         assert_eq!(gr.launch.block, (t, 1, 1));
@@ -694,9 +637,9 @@ fn many_items_group_into_one_launch_per_width() {
     assert_eq!(g[0].launch.segs[1].bits, Arg::Null);
     // The merged launches left their plans; the tiny and long-row items kept theirs.
     assert!(plans[..72].iter().all(|p| p.launches().count() == 0));
-    assert_eq!(only_launch(&plans[72]).kernel, Kernel::Tiny5(Width::U32));
+    assert_eq!(only_launch(&plans[72]).kernel, Kernel::Tiny(Width::U32));
     assert!(plans[73].launches().all(|l| matches!(
         l.kernel,
-        Kernel::LongCount5(_) | Kernel::LongResolve5(_) | Kernel::LongApply5(_)
+        Kernel::LongCount(_) | Kernel::LongResolve(_) | Kernel::LongApply(_)
     )));
 }

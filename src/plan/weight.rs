@@ -7,9 +7,8 @@ use super::{
     Width, BLOCK_THREADS,
 };
 use crate::cuda_params::{
-    TdBlockParams, TdBwdParams, TdLongParams, TdSeg, TdTinyParams, TdDraws, TD_BLOCK,
-    TD_LONG_NV, TD_LONG_STATE_BYTES, TD_LONG_THREADS, TD_MAX_ROW, TD_NV, TD_RADIX_BINS,
-    TD_TINY_ROW,
+    TdBlockParams, TdBwdParams, TdDraws, TdLongParams, TdSeg, TdTinyParams, TD_BLOCK, TD_LONG_NV,
+    TD_LONG_STATE_BYTES, TD_LONG_THREADS, TD_MAX_ROW, TD_NV, TD_RADIX_BINS, TD_TINY_ROW,
 };
 use crate::op::Output;
 use crate::select::targeted_count;

@@ -39,9 +39,9 @@ pub(crate) use cut::Cut;
 pub(crate) use par::row_cut_par;
 #[allow(unused_imports)] // the sharded ops' entry point (a row split over parts)
 pub(crate) use radix::prefix_histogram;
-pub(crate) use row::{row_cut, Scratch};
 #[cfg(test)]
 pub(crate) use row::FIRST_DIGIT;
+pub(crate) use row::{row_cut, Scratch};
 
 /// Rows at least this long are selected with all the pool's threads.
 pub(crate) const LONG_ROW: usize = 1 << 16;

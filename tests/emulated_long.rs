@@ -1,11 +1,11 @@
-//! The v5 long-row kernels (`kernels/weight_v5.cu`, "Long rows"; the default for rows past
-//! what one v5 block holds) under emulation, bit for bit against the CPU path, on both profiles:
-//! rows past what one v5 block holds for every dtype, plain data (the candidates of the first
+//! The long-row kernels (`kernels/weight.cu`, "Long rows": rows past what one block holds)
+//! under emulation, bit for bit against the CPU path, on both profiles: rows past what one
+//! block holds for every dtype, plain data (the candidates of the first
 //! digit fit the list), ties (four magnitudes: the count passes past the first digit), an
 //! all-zero row (ties to the last digit, resolved by index), gamma = 1 (the output pass
 //! alone), the recomputing backward (values from the gradient) and a shard (elem_base). The
 //! launches are read back through `emulate::run_traced`: the count passes, the resolve and
-//! the output pass, and no v4 long-row kernel.
+//! the output pass, and no block kernel.
 #![cfg(feature = "emulate")]
 mod common;
 
@@ -27,7 +27,7 @@ fn same_bits_and_kernels(
 }
 
 #[test]
-fn long_rows_on_v5_match_the_cpu_path() -> Result<()> {
+fn long_rows_match_the_cpu_path() -> Result<()> {
     let mut rng = Rng(0x22_2026);
     for gpu in [Gpu::h200(), Gpu::sm86()] {
         for (dt, shape, data) in [
@@ -54,7 +54,7 @@ fn long_rows_on_v5_match_the_cpu_path() -> Result<()> {
                     "{what} gamma {gamma}: {ks:?}"
                 );
                 assert!(
-                    !ks.iter().any(|k| k.starts_with("tdw_long")),
+                    !ks.iter().any(|k| k.starts_with("td_block")),
                     "{what}: {ks:?}"
                 );
             }
@@ -76,7 +76,7 @@ fn long_rows_on_v5_match_the_cpu_path() -> Result<()> {
 
 /// The recomputing backward (values from the gradient) on the long-row kernels.
 #[test]
-fn the_gradient_of_a_long_row_on_v5() -> Result<()> {
+fn the_gradient_of_a_long_row() -> Result<()> {
     let mut rng = Rng(0x22_0007);
     let w = tensor(&mut rng, &[2, 18_000], DType::F32, Data::Edgy)?;
     let grad = |w: &Tensor| -> Result<Tensor> {
