@@ -332,3 +332,83 @@ fn grouped_results_keep_their_masks_for_autograd() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every path runs on the one kernel generation (`kernels/weight.cu`, `unit.cu`, `nm.cu`),
+/// each launch sequence as the plan says, every result the CPU path's bits: weight dropout on
+/// tiny, block and long rows; the u8 mask (the selection writes bits, `td_mask_u8` expands
+/// them); unit dropout (scores, the selection over them, the apply); an unaligned view (the
+/// same selection after a copy, which launches nothing); N:M. (The recomputing backward:
+/// `without_a_kept_mask_the_backward_recomputes`.)
+#[test]
+fn every_path_is_served_by_the_one_generation() -> Result<()> {
+    let mut rng = Rng(0x0e6e);
+    let base = tensor(&mut rng, &[64 * 300 + 1], DType::F32, Data::Edgy)?;
+    let w = base.narrow(0, 0, 64 * 300)?.reshape((64, 300))?;
+    // A view one element into its storage: 4 bytes past a 16-byte boundary.
+    let odd = base.narrow(0, 1, 64 * 300)?.reshape((64, 300))?;
+    let tiny = tensor(&mut rng, &[500, 9], DType::BF16, Data::Ties)?;
+    let long = tensor(&mut rng, &[2, 40_000], DType::F16, Data::Plain)?;
+    let td = TargetedDropout::weight(0.5, 0.5)?;
+    type Case<'a> = (&'a str, Box<dyn Fn() -> Result<Tensor> + 'a>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "block",
+            Box::new(|| targeted_weight_dropout_seeded(&w, 0.5, 0.5, 3, 4)),
+            vec!["td_block_u32_t64"],
+        ),
+        (
+            "tiny",
+            Box::new(|| targeted_weight_dropout_seeded(&tiny, 0.5, 0.5, 3, 4)),
+            vec!["td_tiny_u16_t256"],
+        ),
+        (
+            "mask",
+            Box::new(|| targeted_dropout_mask(&w, td, 3, 4)),
+            vec!["td_block_u32_t64", "td_mask_u8"],
+        ),
+        (
+            "unit",
+            Box::new(|| targeted_unit_dropout_seeded(&w, 0.5, 0.5, 3, 4)),
+            vec![
+                "td_unit_scores_block_f32",
+                "td_block_u32_t64",
+                "td_unit_apply_u32",
+            ],
+        ),
+        (
+            "unaligned view",
+            Box::new(|| targeted_weight_dropout_seeded(&odd, 0.5, 0.5, 3, 4)),
+            vec!["td_block_u32_t64"],
+        ),
+        (
+            "nm",
+            Box::new(|| targeted_nm_dropout_seeded(&w, 2, 4, 0.5, 3, 4)),
+            vec!["td_nm_u32_m4"],
+        ),
+    ];
+    for gpu in [Gpu::h200(), Gpu::sm86()] {
+        for (what, f, want) in &cases {
+            let cpu = f()?;
+            let (emu, launches) = emulate::run_traced(&gpu, f)?;
+            assert_eq!(names(&launches), *want, "{what} on {}", gpu.name);
+            assert_same_bits(&emu, &cpu, &format!("{what} on {}", gpu.name))?;
+        }
+        // Long rows: the count passes, the resolve, the output pass.
+        let cpu = targeted_weight_dropout_seeded(&long, 0.5, 0.5, 3, 4)?;
+        let (emu, launches) = emulate::run_traced(&gpu, || {
+            targeted_weight_dropout_seeded(&long, 0.5, 0.5, 3, 4)
+        })?;
+        let n = names(&launches);
+        assert!(n.len() >= 4, "{n:?}");
+        assert!(
+            n[..n.len() - 2].iter().all(|k| *k == "td_long_count_u16"),
+            "{n:?}"
+        );
+        assert_eq!(
+            n[n.len() - 2..],
+            ["td_long_resolve_u16", "td_long_apply_u16"]
+        );
+        assert_same_bits(&emu, &cpu, &format!("long rows on {}", gpu.name))?;
+    }
+    Ok(())
+}
