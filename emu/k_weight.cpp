@@ -11,7 +11,9 @@
     EMU_KERNEL(td_bwd_##W);             \
     EMU_KERNEL(td_long_count_##W);     \
     EMU_KERNEL(td_long_resolve_##W);   \
-    EMU_KERNEL(td_long_apply_##W);
+    EMU_KERNEL(td_long_apply_##W);      \
+    EMU_KERNEL(td_pack_##W);            \
+    EMU_KERNEL(td_unpack_##W);
 
 EMU_KERNELS(weight) {
     EMU_WEIGHT_WIDTH(u16)
@@ -21,4 +23,5 @@ EMU_KERNELS(weight) {
     EMU_KERNEL(td_tiny_u32_t256);
     EMU_KERNEL(td_tiny_u64_t128);
     EMU_KERNEL(td_mask_u8);
+    EMU_KERNEL(td_pack_count);
 }

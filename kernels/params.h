@@ -170,4 +170,15 @@ typedef struct TdBwdParams {
     uint64_t numel;
 } TdBwdParams;
 
+/* td_pack_count, td_pack_* and td_unpack_*: numel elements in chunks of TD_PACK_CHUNK =
+ * 32 * TD_BLOCK (a mask word per thread), chunks = ceil(numel / TD_PACK_CHUNK) of them.
+ * Preconditions: blockDim = (TD_BLOCK, 1, 1), a 1-D grid of at least one block; bits holds
+ * ceil(numel / 32) words (bits past numel ignored); td_pack_count writes counts[chunks];
+ * offsets[c] is the exclusive prefix sum of those counts and values holds their total. */
+#define TD_PACK_CHUNK 8192
+typedef struct TdPackParams {
+    uint64_t numel;
+    uint64_t chunks;
+} TdPackParams;
+
 #endif /* TD_PARAMS_H */

@@ -63,6 +63,10 @@
 //
 // td_mask_u8: the u8 flags of `targeted_dropout_mask` from the bit mask that the selection
 // kernels wrote (n / 8 bytes read, n written).
+//
+// td_pack_count, td_pack_<width>, td_unpack_<width>: the dropped elements' original values
+// packed by the bit mask (what `VarMapDropout` holds between `apply` and `finish`) and put
+// back; n / 8 bytes of mask and the dropped elements read or written.
 
 #include "common.cuh"
 
@@ -70,6 +74,7 @@ namespace sel {
 
 static_assert(TD_MAX_THREADS * TD_NV * 8 <= 65536,
               "a local index (at most TD_MAX_THREADS * TD_NV * 8 slots) fits the 16 low bits of a composite");
+static_assert(TD_PACK_CHUNK == 32 * TD_BLOCK, "a mask word per thread of a pack block");
 static_assert(TD_GROUP <= 64, "a block of the smallest size (64 threads) reads every segment's first block at once");
 static_assert(sizeof(TdBlockParams) <= 4096, "the launch parameters fit the 4 KB that every driver accepts");
 
@@ -658,6 +663,51 @@ __device__ __forceinline__ void td_bwd(const U* g, U* out, const uint32_t* mask,
     }
 }
 
+// Pack and unpack of the dropped elements' original values (what `VarMapDropout` holds on
+// a device between `apply` and `finish`): chunks of TD_PACK_CHUNK = 32 * TD_BLOCK elements,
+// a block per chunk (grid-stride), a mask word per thread. The values of chunk c start at
+// offsets[c] (the host's exclusive scan of td_pack_count's counts), in element order.
+// The bits of the word at element e0 that belong to the tensor (none past numel).
+__device__ __forceinline__ uint32_t word_in(const uint32_t* bits, uint64_t word, uint64_t numel) {
+    const uint64_t e0 = word * 32;
+    if (e0 >= numel) return 0;
+    const uint32_t b = bits[word];
+    return numel - e0 >= 32 ? b : b & ((1u << (numel - e0)) - 1u);
+}
+
+// counts[c] = the set bits of chunk c.
+__device__ __forceinline__ void td_pack_count(const uint32_t* bits, uint32_t* counts, const TdPackParams& p) {
+    __shared__ uint32_t warp_tot[TD_BLOCK / 32];
+    for (uint64_t c = blockIdx.x; c < p.chunks; c += gridDim.x) {
+        const uint32_t x = __popc(word_in(bits, c * TD_BLOCK + threadIdx.x, p.numel));
+        const uint32_t ex = block_excl_scan<TD_BLOCK>(x, warp_tot);
+        if (threadIdx.x == TD_BLOCK - 1) counts[c] = ex + x;
+        __syncthreads();
+    }
+}
+
+// values[offsets[c] + j] = w[e] for the j-th set bit e of chunk c (pack), or out[e] =
+// values[...] for it (unpack: out holds the dropped weight already, only the dropped
+// elements are written).
+template <typename U, bool PACK>
+__device__ __forceinline__ void td_pack(const U* w, const uint32_t* bits, const uint64_t* offsets, U* values,
+                                        U* out, const TdPackParams& p) {
+    __shared__ uint32_t warp_tot[TD_BLOCK / 32];
+    for (uint64_t c = blockIdx.x; c < p.chunks; c += gridDim.x) {
+        const uint64_t word = c * TD_BLOCK + threadIdx.x;
+        uint32_t b = word_in(bits, word, p.numel);
+        uint64_t at = offsets[c] + block_excl_scan<TD_BLOCK>(__popc(b), warp_tot);
+        while (b) {  // hot-loop: pack, 1
+            const uint64_t e = word * 32 + (uint64_t)(__ffs((int)b) - 1);
+            if (PACK) values[at] = w[e];
+            else out[e] = values[at];
+            at++;
+            b &= b - 1;
+        }
+        __syncthreads();
+    }
+}
+
 // The u8 mask of `targeted_dropout_mask` from the bit mask: mask[e] = bit e, e < numel. One
 // thread per 32-bit word of the mask, two 16-byte stores; mask 16-byte aligned.
 __device__ __forceinline__ void td_mask_u8(const uint32_t* bits, uint8_t* mask, const TdBwdParams& p) {
@@ -1099,6 +1149,22 @@ __device__ __forceinline__ void td_long_apply(const LongRow* state, const TdLong
 TD_SEL_WIDTH(u16, uint16_t)
 TD_SEL_WIDTH(u32, uint32_t)
 TD_SEL_WIDTH(u64, uint64_t)
+extern "C" __global__ void __launch_bounds__(TD_BLOCK) td_pack_count(const uint32_t* bits, uint32_t* counts,
+                                                                     const TdPackParams p) {
+    sel::td_pack_count(bits, counts, p);
+}
+#define TD_SEL_PACK(NAME, U)                                                                        \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK)                                          \
+        td_pack_##NAME(const U* w, const uint32_t* bits, const uint64_t* offsets, U* values, const TdPackParams p) { \
+        sel::td_pack<U, true>(w, bits, offsets, values, nullptr, p);                                \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(TD_BLOCK)                                          \
+        td_unpack_##NAME(const uint32_t* bits, const uint64_t* offsets, const U* values, U* out, const TdPackParams p) { \
+        sel::td_pack<U, false>(nullptr, bits, offsets, const_cast<U*>(values), out, p);            \
+    }
+TD_SEL_PACK(u16, uint16_t)
+TD_SEL_PACK(u32, uint32_t)
+TD_SEL_PACK(u64, uint64_t)
 extern "C" __global__ void __launch_bounds__(TD_BLOCK) td_mask_u8(const uint32_t* bits, uint8_t* mask,
                                                                   const TdBwdParams p) {
     sel::td_mask_u8(bits, mask, p);

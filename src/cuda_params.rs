@@ -18,6 +18,7 @@ pub const TD_GROUP: u32 = 62;
 pub const TD_LONG_THREADS: u32 = 256;
 pub const TD_LONG_NV: u32 = 8;
 pub const TD_LONG_STATE_BYTES: u32 = 32;
+pub const TD_PACK_CHUNK: u32 = 8192;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct TdDraws {
@@ -192,4 +193,18 @@ const _: () = {
     ["Size of TdBwdParams"][::core::mem::size_of::<TdBwdParams>() - 8usize];
     ["Alignment of TdBwdParams"][::core::mem::align_of::<TdBwdParams>() - 8usize];
     ["Offset of field: TdBwdParams::numel"][::core::mem::offset_of!(TdBwdParams, numel) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct TdPackParams {
+    pub numel: u64,
+    pub chunks: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of TdPackParams"][::core::mem::size_of::<TdPackParams>() - 16usize];
+    ["Alignment of TdPackParams"][::core::mem::align_of::<TdPackParams>() - 8usize];
+    ["Offset of field: TdPackParams::numel"][::core::mem::offset_of!(TdPackParams, numel) - 0usize];
+    ["Offset of field: TdPackParams::chunks"]
+        [::core::mem::offset_of!(TdPackParams, chunks) - 8usize];
 };

@@ -59,6 +59,8 @@ mod element;
 pub mod emulate;
 mod functions;
 mod generator;
+#[cfg(any(feature = "cuda", feature = "emulate"))]
+mod hold;
 mod layers;
 mod op;
 pub mod philox;

@@ -330,6 +330,10 @@ enum Saved {
     /// rank-1 tensor of the weight's dtype): the variable holds every other element's
     /// original bits, so these two give the weight back exactly.
     Dropped { bits: Arc<Vec<u32>>, values: Tensor },
+    /// As `Dropped`, packed by the kernels on the weight's device (a GPU, or the emulator):
+    /// the kept bit mask and the dropped elements' values.
+    #[cfg(any(feature = "cuda", feature = "emulate"))]
+    Packed { bits: Bits, values: Tensor },
 }
 
 impl Saved {
@@ -343,6 +347,8 @@ impl Saved {
         match self {
             Saved::Full { orig, bits } => size(orig) + bits.as_ref().map_or(0, Bits::bytes),
             Saved::Dropped { bits, values } => bits.len() * 4 + size(values),
+            #[cfg(any(feature = "cuda", feature = "emulate"))]
+            Saved::Packed { bits, values } => bits.bytes() + size(values),
         }
     }
 
@@ -352,6 +358,8 @@ impl Saved {
             Saved::Full { orig, .. } if orig.elem_count() == 0 => Ok(()),
             Saved::Full { orig, .. } => var.set(orig),
             Saved::Dropped { bits, values } => var.set(&unpack(var.as_tensor(), bits, values)?),
+            #[cfg(any(feature = "cuda", feature = "emulate"))]
+            Saved::Packed { bits, values } => var.set(&unpacked(var.as_tensor(), bits, values)?),
         }
     }
 }
@@ -372,6 +380,13 @@ fn hold(
             Some(d) => d,
             None => crate::functions::values_of(w, op)?,
         };
+        // The kernels kept the mask (weight dropout): hold the dropped values only.
+        #[cfg(feature = "cuda")]
+        if let Some(b @ Bits::Cuda(_)) = &bits {
+            let values = crate::hold::pack(&w.contiguous()?, b)?;
+            let bits = b.clone();
+            return Ok((d, Saved::Packed { bits, values }));
+        }
         return Ok((
             d,
             Saved::Full {
@@ -379,6 +394,24 @@ fn hold(
                 bits,
             },
         ));
+    }
+    // Under the emulator, where the kernels served the call: the device's pack.
+    #[cfg(feature = "emulate")]
+    if let (Some(d), Some(b), true) = (
+        &dropped,
+        bits.as_ref().and_then(Bits::host),
+        crate::emulate::active().is_some(),
+    ) {
+        // The bits past the last element (a kernel leaves them as they were) cleared: a step
+        // finished outside the emulation reads the mask on the host.
+        let mut b = b.to_vec();
+        let tail = w.elem_count() % 32;
+        if let (true, Some(last)) = (tail != 0, b.last_mut()) {
+            *last &= (1u32 << tail) - 1;
+        }
+        let bits = Bits::Host(Arc::new(b));
+        let values = crate::hold::pack(&w.contiguous()?, &bits)?;
+        return Ok((d.clone(), Saved::Packed { bits, values }));
     }
     let w = w.contiguous()?;
     let mut bits: Vec<u32> = match bits.as_ref().and_then(Bits::host) {
@@ -416,6 +449,21 @@ fn hold(
     }
     let (d, values) = go!(F32, F64, F16, BF16);
     Ok((d, Saved::Dropped { bits, values }))
+}
+
+/// The weight from its dropped form `d` and what [`crate::hold::pack`] held: the kernels'
+/// unpack on a GPU or under the emulator, the host's otherwise (a step finished outside
+/// the emulation that applied it).
+#[cfg(any(feature = "cuda", feature = "emulate"))]
+fn unpacked(d: &Tensor, bits: &Bits, values: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "emulate")]
+    let emulated = crate::emulate::active().is_some();
+    #[cfg(not(feature = "emulate"))]
+    let emulated = false;
+    match bits.host() {
+        Some(b) if !emulated || !d.device().is_cpu() => unpack(d, b, values),
+        _ => crate::hold::unpack(&d.contiguous()?, values, bits),
+    }
 }
 
 /// The bit mask of a u8 mask (1 = dropped).
@@ -615,6 +663,18 @@ impl DropoutStep<'_> {
                     Saved::Full { orig, bits: None } => {
                         masked_gradient(orig, g, e.config, self.seed, offset)
                     }
+                    #[cfg(any(feature = "cuda", feature = "emulate"))]
+                    Saved::Packed { bits, values } => match masked_by_bits(g, bits) {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => match bits.host() {
+                            Some(b) => mask_on_host(g, b),
+                            // An unaligned gradient on a GPU: from the weight put back.
+                            None => unpacked(e.var.as_tensor(), bits, values).and_then(|orig| {
+                                masked_gradient(&orig, g, e.config, self.seed, offset)
+                            }),
+                        },
+                        Err(e) => Err(e),
+                    },
                 };
                 match masked {
                     Ok(masked) => {
@@ -637,12 +697,13 @@ impl DropoutStep<'_> {
         self.saved.now()
     }
 
-    /// The bytes the step holds until it ends, besides the variables themselves: on the CPU
-    /// (and the emulator) the bit mask of each variable's dropped elements (`ceil(n / 32)`
-    /// u32 words) and their original values (`dropped * size_of(dtype)`): at gamma = alpha =
-    /// 0.5 about a quarter of the weights plus 1/32 (f32) of an element per element. On a
-    /// CUDA device, today, a full copy of each weight (plus the mask where a v5 kernel
-    /// served it).
+    /// The bytes the step holds until it ends, besides the variables themselves: the bit
+    /// mask of each variable's dropped elements (`ceil(n / 32)` u32 words) and their original
+    /// values (`dropped * size_of(dtype)`): at gamma = alpha = 0.5 about a quarter of the
+    /// weights plus 1/32 (f32) of an element per element. So on the CPU, under the emulator
+    /// and on CUDA for weight dropout (the kernels' kept mask packs the values on the device:
+    /// `td_pack_*`, after reading back one count per 8192 elements, since the dropped count
+    /// is random); on CUDA unit and N:M dropout, whose kernels keep no mask, hold a full copy.
     pub fn held_bytes(&self) -> usize {
         self.saved.originals.iter().map(Saved::bytes).sum()
     }

@@ -147,7 +147,7 @@ fn a_resnet32_is_one_launch_per_dtype_and_path() -> Result<()> {
 }
 
 #[test]
-fn a_varmap_step_over_33_variables_is_one_launch() -> Result<()> {
+fn a_varmap_step_over_33_variables_is_one_selection_launch() -> Result<()> {
     let mut rng = Rng(0x3333);
     let ws = block_path_weights(&mut rng)?;
     let build = || -> Result<VarMap> {
@@ -189,13 +189,15 @@ fn a_varmap_step_over_33_variables_is_one_launch() -> Result<()> {
             (step.finish(&mut grads)?, Vec::new())
         };
         if emulated {
-            // The gradients from the kept masks: one td_bwd per variable, no selection.
-            assert!(
-                names(&finish).iter().all(|k| k.starts_with("td_bwd_u32")),
-                "{:?}",
-                names(&finish)
-            );
-            assert_eq!(finish.len(), vars.len());
+            // The gradients from the kept masks: one td_bwd per variable, no selection; then
+            // each weight put back from its held values (the chunk counts again, the unpack).
+            let n = names(&finish);
+            let k = vars.len();
+            assert_eq!(n.len(), 3 * k, "{n:?}");
+            assert!(n[..k].iter().all(|x| *x == "td_bwd_u32"), "{n:?}");
+            for pair in n[k..].chunks(2) {
+                assert_eq!(pair, ["td_pack_count", "td_unpack_u32"], "{n:?}");
+            }
         }
         let mut out = dropped;
         for v in &vars {
@@ -212,8 +214,15 @@ fn a_varmap_step_over_33_variables_is_one_launch() -> Result<()> {
     };
     let (cpu, _) = run(false)?;
     let (emu, launches) = run(true)?;
-    assert_eq!(launches.len(), 1, "{:?}", names(&launches));
-    assert!(launches[0].kernel.starts_with("td_block_u32"));
+    // One selection launch for the 33 variables; then what the step holds of each, packed
+    // by its kept mask: its chunk counts (read back: the held buffer is sized to the random
+    // dropped count) and its dropped values.
+    let n = names(&launches);
+    assert_eq!(n.len(), 1 + 2 * ws.len(), "{n:?}");
+    assert!(n[0].starts_with("td_block_u32"), "{n:?}");
+    for pair in n[1..].chunks(2) {
+        assert_eq!(pair, ["td_pack_count", "td_pack_u32"], "{n:?}");
+    }
     assert_eq!(cpu.len(), emu.len());
     for (i, (c, e)) in cpu.iter().zip(&emu).enumerate() {
         assert_eq!(c, e, "dropped weights then gradients, entry {i}");

@@ -29,6 +29,8 @@ unsafe impl DeviceRepr for crate::cuda_params::TdTinyParams {}
 unsafe impl DeviceRepr for crate::cuda_params::TdBwdParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for crate::cuda_params::TdLongParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for crate::cuda_params::TdPackParams {}
 
 /// Issues one launch whose pointer arguments resolve through `addr(segment, arg)` (the
 /// segment of a grouped launch whose buffers an argument names; 0 for the kernel's own).
@@ -60,6 +62,7 @@ fn issue(
         Params::Block(p) => b.arg(&**p),
         Params::Tiny(p) => b.arg(&**p),
         Params::Numel(p) => b.arg(p),
+        Params::Pack(p) => b.arg(p),
         Params::Long(p) => b.arg(&**p),
     };
     let cfg = LaunchConfig {
@@ -283,6 +286,57 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
             match a {
                 Arg::Buf(b, off) => Ok(ptr(b)? + off),
                 Arg::Null => Ok(0),
+            }
+        };
+        for step in &plan.steps {
+            issue_step(kern, stream, step, &addr)?;
+        }
+        drop(guards);
+    }
+    Ok(res)
+}
+
+/// Runs `plan` on `stream` with its input roles at the device addresses of `inputs` (their
+/// guards held by the caller across the call) and returns its `result` buffer as elements
+/// of `R`; the plan's other buffers are scratch, freed when the stream is done with them.
+pub(super) fn execute_raw<R: DeviceRepr + ValidAsZeroBits>(
+    kern: &Kernels,
+    stream: &Arc<CudaStream>,
+    plan: &Plan,
+    inputs: &[(Buf, u64)],
+    result: Buf,
+) -> Result<CudaSlice<R>> {
+    let mut res = None;
+    let mut scratch = Vec::new();
+    for a in &plan.allocs {
+        if a.buf == result {
+            let len = a.bytes as usize / std::mem::size_of::<R>();
+            res = Some(alloc::<R>(stream, len, a.init)?);
+        } else {
+            scratch.push((a.buf, alloc::<u8>(stream, a.bytes as usize, a.init)?));
+        }
+    }
+    let Some(mut res) = res else {
+        bail!("targeted dropout on CUDA: internal error, the plan allocates no {result:?}")
+    };
+    {
+        let mut ptrs: Vec<(Buf, u64)> = inputs.to_vec();
+        let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+        let (p, g) = res.device_ptr_mut(stream);
+        ptrs.push((result, p));
+        guards.push(g);
+        for (buf, s) in scratch.iter_mut() {
+            let (p, g) = s.device_ptr_mut(stream);
+            ptrs.push((*buf, p));
+            guards.push(g);
+        }
+        let addr = |_: usize, a: Arg| -> Result<u64> {
+            match a {
+                Arg::Null => Ok(0),
+                Arg::Buf(b, off) => match ptrs.iter().find(|(x, _)| *x == b) {
+                    Some((_, p)) => Ok(p + off),
+                    None => bail!("targeted dropout on CUDA: internal error, no buffer {b:?}"),
+                },
             }
         };
         for step in &plan.steps {

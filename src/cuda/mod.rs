@@ -17,9 +17,9 @@ use crate::op::{filters, Output, TargetedOp};
 use crate::plan::{self, Buf, Dtype, OpSpec};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
-use candle_core::cuda_backend::CudaStorageSlice;
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
-use exec::{execute, execute_many, Inputs};
+use exec::{execute, execute_many, execute_raw, Inputs};
 use module::Kernels;
 
 /// The contiguous view of a slice under a layout.
@@ -231,6 +231,120 @@ pub(crate) fn backward_bits(
         r
     };
     let (slice, _) = r.remove(0);
+    Ok(CudaStorage { slice, device: dev })
+}
+
+/// The dropped elements of `w` (those whose bit is set in `bits`) packed in element order,
+/// with the chunks' offsets: `td_pack_count`, the counts read back (the one device-to-host
+/// read: the held buffer is sized to the dropped count, which is random), their prefix sums
+/// copied to the device, `td_pack_*`. What `VarMapDropout` holds between `apply` and `finish`.
+pub(crate) fn pack(w: &CudaStorage, l: &Layout, bits: &CudaSlice<u32>) -> Result<CudaStorage> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    const OP: &str = "VarMapDropout::apply (pack)";
+    let dev = w.device().clone();
+    let dtype = Dtype::of(OP, w.dtype())?;
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{OP}: internal error, the weight is not contiguous")
+    };
+    let numel = (end - start) as u64;
+    if (bits.len() as u64) < numel.div_ceil(32) {
+        bail!(
+            "{OP}: internal error, a mask of {} words for {numel} elements",
+            bits.len()
+        )
+    }
+    let kern = Kernels::of(&dev)?;
+    let stream = dev.cuda_stream();
+    let (offsets, held) = pack_offsets(&kern, &stream, bits, numel)?;
+    let plan = plan::pack(dtype, numel, held, &kern.limits);
+    let (wp, wg) = input_ptr(&w.slice, start, &stream)?;
+    let (bp, bg) = bits.device_ptr(&stream);
+    let (op, og) = offsets.device_ptr(&stream);
+    let inputs = [(Buf::W, wp), (Buf::Bits, bp), (Buf::Offsets, op)];
+    use CudaStorageSlice as S;
+    let slice = match &w.slice {
+        S::F16(_) => S::F16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
+        S::BF16(_) => S::BF16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
+        S::F32(_) => S::F32(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
+        S::F64(_) => S::F64(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
+        _ => bail!("{OP}: unsupported dtype {:?}", w.dtype()),
+    };
+    drop((wg, bg, og));
+    Ok(CudaStorage { slice, device: dev })
+}
+
+/// Where each chunk's dropped values start (`td_pack_count`, the counts read back and summed
+/// on the host, the sums copied to the device) and their total.
+fn pack_offsets(
+    kern: &Kernels,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    bits: &CudaSlice<u32>,
+    numel: u64,
+) -> Result<(CudaSlice<u64>, u64)> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let counts: CudaSlice<u32> = {
+        let (bp, bg) = bits.device_ptr(stream);
+        let plan = plan::pack_counts(numel, &kern.limits);
+        let r = execute_raw(kern, stream, &plan, &[(Buf::Bits, bp)], Buf::Counts)?;
+        drop(bg);
+        r
+    };
+    let counts = stream.memcpy_dtov(&counts).w()?;
+    let (offsets, held) = plan::pack_offsets(&counts);
+    Ok((stream.memcpy_stod(&offsets).w()?, held))
+}
+
+/// The inverse of [`pack`]: `d` (the dropped weight) with the elements whose bit is set
+/// taken from `held` in order (the chunk offsets again, a copy, then `td_unpack_*` writes
+/// only those). The offsets are recomputed rather than held, so that a step holds the mask
+/// and the dropped values only.
+pub(crate) fn unpack(
+    d: &CudaStorage,
+    l: &Layout,
+    bits: &CudaSlice<u32>,
+    held: &CudaStorage,
+) -> Result<CudaStorage> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    const OP: &str = "VarMapDropout::finish (unpack)";
+    let dev = d.device().clone();
+    let dtype = Dtype::of(OP, d.dtype())?;
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{OP}: internal error, the weight is not contiguous")
+    };
+    let numel = (end - start) as u64;
+    use CudaStorageSlice as S;
+    let count = match &held.slice {
+        S::F16(x) => x.len(),
+        S::BF16(x) => x.len(),
+        S::F32(x) => x.len(),
+        S::F64(x) => x.len(),
+        _ => bail!("{OP}: internal error, held values that are not float"),
+    } as u64;
+    let kern = Kernels::of(&dev)?;
+    let stream = dev.cuda_stream();
+    let (offsets, total) = pack_offsets(&kern, &stream, bits, numel)?;
+    if total != count {
+        bail!("{OP}: internal error, {count} held values for a mask of {total}")
+    }
+    let plan = plan::unpack(dtype, numel, count, &kern.limits);
+    let (dp, dg) = input_ptr(&d.slice, start, &stream)?;
+    let (hp, hg) = input_ptr(&held.slice, 0, &stream)?;
+    let (bp, bg) = bits.device_ptr(&stream);
+    let (op, og) = offsets.device_ptr(&stream);
+    let inputs = [
+        (Buf::W, dp),
+        (Buf::Bits, bp),
+        (Buf::Offsets, op),
+        (Buf::Held, hp),
+    ];
+    let slice = match &d.slice {
+        S::F16(_) => S::F16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
+        S::BF16(_) => S::BF16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
+        S::F32(_) => S::F32(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
+        S::F64(_) => S::F64(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
+        _ => bail!("{OP}: unsupported dtype {:?}", d.dtype()),
+    };
+    drop((dg, hg, bg, og));
     Ok(CudaStorage { slice, device: dev })
 }
 

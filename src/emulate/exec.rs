@@ -246,6 +246,7 @@ fn launch_with(
         Params::Tiny(p) => &mut **p as *mut TdTinyParams as *mut c_void,
         Params::Long(p) => &mut **p as *mut TdLongParams as *mut c_void,
         Params::Numel(p) => p as *mut _ as *mut c_void,
+        Params::Pack(p) => p as *mut _ as *mut c_void,
     });
     let sched = schedule(ctx.schedule, ctx.trace.is_some());
     let cname = CString::new(name.clone()).expect("kernel names have no NUL");
@@ -508,6 +509,87 @@ pub(crate) fn backward_bits(
     ];
     let mut bufs = execute(OP, ctx, &plan, inputs)?;
     Ok(Some(storage(dtype, bufs.take(Buf::Out)?.bytes())))
+}
+
+/// The emulated pack of the dropped elements of `w` (those whose bit is set in `bits`), as
+/// `crate::cuda::pack` runs it: the chunk counts (`td_pack_count`), their prefix sums on the
+/// host, the packed values (`td_pack_*`).
+pub(crate) fn pack(ctx: &Context, w: &CpuStorage, wl: &Layout, bits: &[u32]) -> Result<CpuStorage> {
+    const OP: &str = "VarMapDropout::apply (pack)";
+    let dtype = Dtype::of(OP, w.dtype())?;
+    let numel = wl.shape().elem_count() as u64;
+    if (bits.len() as u64) < numel.div_ceil(32) {
+        bail!(
+            "{OP}: internal error, a mask of {} words for {numel} elements",
+            bits.len()
+        )
+    }
+    let lim = ctx.gpu.limits()?;
+    let mask = || DevBuf::from_bytes(as_bytes(bits), 0);
+    let (offsets, held) = pack_offsets(OP, ctx, bits, numel)?;
+    let (wb, at) = input(OP, "the weight", w, wl)?;
+    let inputs = vec![
+        (Buf::W, DevBuf::from_bytes(&wb, at)?),
+        (Buf::Bits, mask()?),
+        (Buf::Offsets, DevBuf::from_bytes(as_bytes(&offsets), 0)?),
+    ];
+    let mut b = execute(OP, ctx, &plan::pack(dtype, numel, held, &lim), inputs)?;
+    Ok(storage(dtype, b.take(Buf::Held)?.bytes()))
+}
+
+/// The chunks' offsets of a pack (`td_pack_count`, then the host's sums) and their total.
+fn pack_offsets(op: &str, ctx: &Context, bits: &[u32], numel: u64) -> Result<(Vec<u64>, u64)> {
+    let lim = ctx.gpu.limits()?;
+    let inputs = vec![(Buf::Bits, DevBuf::from_bytes(as_bytes(bits), 0)?)];
+    let mut b = execute(op, ctx, &plan::pack_counts(numel, &lim), inputs)?;
+    let counts: Vec<u32> = from_bytes(b.take(Buf::Counts)?.bytes());
+    Ok(plan::pack_offsets(&counts))
+}
+
+/// The emulated inverse of [`pack`], as `crate::cuda::unpack` runs it: `d` (the dropped
+/// weight) with the elements whose bit is set taken from `held` in order.
+pub(crate) fn unpack(
+    ctx: &Context,
+    d: &CpuStorage,
+    dl: &Layout,
+    bits: &[u32],
+    held: &CpuStorage,
+) -> Result<CpuStorage> {
+    const OP: &str = "VarMapDropout::finish (unpack)";
+    let dtype = Dtype::of(OP, d.dtype())?;
+    let numel = dl.shape().elem_count() as u64;
+    let count = match held {
+        CpuStorage::F16(v) => v.len(),
+        CpuStorage::BF16(v) => v.len(),
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        other => bail!(
+            "{OP}: internal error, held values of dtype {:?}",
+            other.dtype()
+        ),
+    };
+    let (offsets, total) = pack_offsets(OP, ctx, bits, numel)?;
+    if total != count as u64 {
+        bail!("{OP}: internal error, {count} held values for a mask of {total}")
+    }
+    let offsets = &offsets[..];
+    let (db, at) = input(OP, "the weight", d, dl)?;
+    let hl = Layout::contiguous(count);
+    let (hb, hat) = input(OP, "the held values", held, &hl)?;
+    let inputs = vec![
+        (Buf::W, DevBuf::from_bytes(&db, at)?),
+        (Buf::Bits, DevBuf::from_bytes(as_bytes(bits), 0)?),
+        (Buf::Offsets, DevBuf::from_bytes(as_bytes(offsets), 0)?),
+        (Buf::Held, DevBuf::from_bytes(&hb, hat)?),
+    ];
+    let lim = ctx.gpu.limits()?;
+    let mut b = execute(
+        OP,
+        ctx,
+        &plan::unpack(dtype, numel, count as u64, &lim),
+        inputs,
+    )?;
+    Ok(storage(dtype, b.take(Buf::Out)?.bytes()))
 }
 
 /// The emulated unit scores of `w`, as `crate::cuda::unit_scores` computes them.

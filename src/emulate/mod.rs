@@ -40,7 +40,9 @@ mod exec;
 mod ffi;
 
 pub use crate::plan::Gpu;
-pub(crate) use exec::{backward_bits, forward, forward_kept, forward_many, unit_scores};
+pub(crate) use exec::{
+    backward_bits, forward, forward_kept, forward_many, pack, unit_scores, unpack,
+};
 
 use candle_core::Result;
 use std::cell::RefCell;

@@ -23,8 +23,9 @@ mod weight;
 pub use gpu::Gpu;
 
 use crate::cuda_params::{
-    TdBlockParams, TdBwdParams, TdDraws, TdLongParams, TdNmParams, TdTinyParams, UnitApplyParams,
-    UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_GROUP, TD_MAX_ROW, TD_MAX_THREADS, TD_TINY_ROW,
+    TdBlockParams, TdBwdParams, TdDraws, TdLongParams, TdNmParams, TdPackParams, TdTinyParams,
+    UnitApplyParams, UnitScoresParams, TD_ALWAYS, TD_BLOCK, TD_GROUP, TD_MAX_ROW, TD_MAX_THREADS,
+    TD_PACK_CHUNK, TD_TINY_ROW,
 };
 use crate::op::{filters, DropoutKind, Output, TargetedOp};
 use candle_core::{bail, DType, Result, Shape};
@@ -131,6 +132,12 @@ pub(crate) enum Kernel {
     Bwd(Width),
     /// `td_mask_u8`: the u8 flags of a mask output from the bit mask.
     MaskU8,
+    /// `td_pack_count`: the dropped elements per chunk of a bit mask.
+    PackCount,
+    /// `td_pack_<w>`: the dropped elements' values, packed.
+    Pack(Width),
+    /// `td_unpack_<w>`: packed values back into their elements.
+    Unpack(Width),
     /// `td_unit_scores_tiny_<dtype>`: unit scores, a thread per unit (n <= TD_TINY_ROW).
     UnitScoresTiny(Dtype),
     /// `td_unit_scores_block_<dtype>`: unit scores, a block per unit.
@@ -153,6 +160,9 @@ impl Kernel {
             Kernel::LongApply(w) => format!("td_long_apply_{}", w.suffix()),
             Kernel::Bwd(w) => format!("td_bwd_{}", w.suffix()),
             Kernel::MaskU8 => "td_mask_u8".to_string(),
+            Kernel::PackCount => "td_pack_count".to_string(),
+            Kernel::Pack(w) => format!("td_pack_{}", w.suffix()),
+            Kernel::Unpack(w) => format!("td_unpack_{}", w.suffix()),
             Kernel::UnitScoresTiny(d) => format!("td_unit_scores_tiny_{}", d.suffix()),
             Kernel::UnitScoresBlock(d) => format!("td_unit_scores_block_{}", d.suffix()),
             Kernel::UnitApply(w) => format!("td_unit_apply_{}", w.suffix()),
@@ -184,11 +194,13 @@ impl Kernel {
                 Kernel::LongResolve(w),
                 Kernel::LongApply(w),
                 Kernel::Bwd(w),
+                Kernel::Pack(w),
+                Kernel::Unpack(w),
                 Kernel::UnitApply(w),
             ]);
             v.extend(nm::MAXM.map(|maxm| Kernel::Nm(w, maxm)));
         }
-        v.push(Kernel::MaskU8);
+        v.extend([Kernel::MaskU8, Kernel::PackCount]);
         for d in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::F64] {
             v.extend([Kernel::UnitScoresTiny(d), Kernel::UnitScoresBlock(d)]);
         }
@@ -230,6 +242,12 @@ pub(crate) enum Buf {
     /// The packed bit mask of the dropped elements (bit `e % 32` of u32 word `e / 32`,
     /// `ceil(numel / 32)` words): what a forward keeps for the backward pass.
     Bits,
+    /// The dropped elements of each chunk of TD_PACK_CHUNK elements of a bit mask (u32).
+    Counts,
+    /// The exclusive prefix sums of [`Buf::Counts`] (u64): where each chunk's values start.
+    Offsets,
+    /// The dropped elements' original values, packed in element order.
+    Held,
     /// The long-row kernels' first-digit histograms: `rows * (passes - 1) * TD_RADIX_BINS`
     /// u32.
     Hist,
@@ -297,6 +315,8 @@ pub(crate) enum Params {
     Long(Box<TdLongParams>),
     /// The element count of `td_bwd_*` and `td_mask_u8`.
     Numel(TdBwdParams),
+    /// The elements and chunks of `td_pack_count`, `td_pack_*` and `td_unpack_*`.
+    Pack(TdPackParams),
 }
 
 impl Params {
@@ -624,6 +644,93 @@ pub(crate) fn backward_bits(dtype: Dtype, numel: u64, lim: &Limits) -> Plan {
         Params::Numel(TdBwdParams { numel }),
     ));
     plan
+}
+
+/// Chunks of TD_PACK_CHUNK elements of a bit mask of `numel` elements.
+pub(crate) fn pack_chunks(numel: u64) -> u64 {
+    numel.div_ceil(TD_PACK_CHUNK as u64)
+}
+
+fn pack_launch(kernel: Kernel, numel: u64, lim: &Limits, args: Vec<Arg>) -> Launch {
+    let chunks = pack_chunks(numel);
+    Launch::new(
+        kernel,
+        (chunks.min(lim.sms as u64 * 16), 1),
+        0,
+        args,
+        Params::Pack(TdPackParams { numel, chunks }),
+    )
+}
+
+/// The first half of holding a weight's dropped values on a device: the dropped elements of
+/// each chunk of [`Buf::Bits`] into [`Buf::Counts`] (the host reads them back, sums them and
+/// sizes [`pack`]'s buffer: the one device-to-host read of a `VarMapDropout` step).
+pub(crate) fn pack_counts(numel: u64, lim: &Limits) -> Plan {
+    let mut plan = Plan::default();
+    plan.alloc(Buf::Counts, pack_chunks(numel) * 4, Init::Uninit);
+    if numel > 0 {
+        let args = vec![Arg::at(Buf::Bits), Arg::at(Buf::Counts)];
+        plan.launch(pack_launch(Kernel::PackCount, numel, lim, args));
+    }
+    plan
+}
+
+/// The second half: the `held` dropped elements of [`Buf::W`] (the elements whose bit is
+/// set in [`Buf::Bits`], chunk `c`'s from [`Buf::Offsets`]`[c]` on) packed into
+/// [`Buf::Held`].
+pub(crate) fn pack(dtype: Dtype, numel: u64, held: u64, lim: &Limits) -> Plan {
+    let mut plan = Plan::default();
+    plan.alloc(Buf::Held, held * dtype.size(), Init::Uninit);
+    if held > 0 {
+        let args = vec![
+            Arg::at(Buf::W),
+            Arg::at(Buf::Bits),
+            Arg::at(Buf::Offsets),
+            Arg::at(Buf::Held),
+        ];
+        plan.launch(pack_launch(Kernel::Pack(dtype.width()), numel, lim, args));
+    }
+    plan
+}
+
+/// The weight back from [`pack`]: [`Buf::Out`] = [`Buf::W`] (the dropped weight) with the
+/// elements whose bit is set taken from [`Buf::Held`] in order: a copy, then only the held
+/// elements written.
+pub(crate) fn unpack(dtype: Dtype, numel: u64, held: u64, lim: &Limits) -> Plan {
+    let mut plan = Plan::default();
+    plan.alloc(Buf::Out, numel * dtype.size(), Init::Uninit);
+    if numel == 0 {
+        return plan;
+    }
+    plan.steps.push(Step::Copy {
+        from: Buf::W,
+        to: Buf::Out,
+        bytes: numel * dtype.size(),
+    });
+    if held > 0 {
+        let args = vec![
+            Arg::at(Buf::Bits),
+            Arg::at(Buf::Offsets),
+            Arg::at(Buf::Held),
+            Arg::at(Buf::Out),
+        ];
+        plan.launch(pack_launch(Kernel::Unpack(dtype.width()), numel, lim, args));
+    }
+    plan
+}
+
+/// The exclusive prefix sums of the chunk counts of [`pack_counts`] and their total.
+pub(crate) fn pack_offsets(counts: &[u32]) -> (Vec<u64>, u64) {
+    let mut total = 0u64;
+    let offsets = counts
+        .iter()
+        .map(|&c| {
+            let at = total;
+            total += c as u64;
+            at
+        })
+        .collect();
+    (offsets, total)
 }
 
 /// The launches of a grouped call ([`group`]): each a `td_block` launch whose segment `j`
