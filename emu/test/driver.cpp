@@ -11,6 +11,8 @@
 //                                     long, unit), and grouped calls, u8 mask outputs,
 //                                     unaligned inputs, bit mask + backward; a fresh seed per
 //                                     run unless --seed (printed first: the replay command)
+//   driver ... --small                 smaller cases (at most 20000 elements, 150 units; the
+//                                     TSan run: its cost is per thread and barrier)
 //   driver --large                    large shapes ([4096, 4096], [4, 2^20], ...), once each
 //   driver --selftest[-hang|-asan N|-tsan N]   the emulator's self-tests (harness.h)
 //
@@ -51,6 +53,7 @@ using harness::GuardedBuf;
 
 static int g_fail = 0;
 static uint64_t g_launches = 0;
+static bool g_small = false;  // --small
 
 // ---------------------------------------------------------------------------------------
 // Random numbers (splitmix64)
@@ -711,9 +714,9 @@ static Case random_case() {
     else if (pick < 7) c.n = 33 + rnd() % 1500;          // block
     else if (pick < 8) c.n = bm - rnd() % 16;            // block, at its limit
     else c.n = bm + 1 + rnd() % (bm / 2);                // long rows: 1 .. 1.5 blocks' worth
-    const uint64_t cap = c.n > bm ? 100000 : 60000;
+    const uint64_t cap = g_small ? 20000 : c.n > bm ? 100000 : 60000;
     c.d0 = 1 + rnd() % (c.n <= 32 ? 600 : 4);
-    if (c.unit) c.d0 = 1 + rnd() % 700;
+    if (c.unit) c.d0 = 1 + rnd() % (g_small ? 150 : 700);
     c.d0 = std::max<uint64_t>(1, std::min(c.d0, cap / c.n));
     const uint64_t rowlen = c.unit ? c.d0 : c.n;
     c.k = pick_k(rowlen);
@@ -725,10 +728,10 @@ static Case random_case() {
 }
 
 // A random grouped call: 1 .. 2.5 TD_GROUP items (several launches past TD_GROUP), rows
-// of 1 .. 1500 (the tiny ones take td_tiny alone), one seed.
+// of 1 .. 1500 (the tiny ones take td_tiny alone), one seed. --small: at most TD_GROUP + 8.
 static std::vector<Case> random_group() {
     const int prof = (int)(rnd() % 4), dt = (int)(rnd() % 4);
-    const size_t m = rnd() % 3 == 0 ? TD_GROUP + 1 + rnd() % (3 * TD_GROUP / 2) : 1 + rnd() % TD_GROUP;
+    const size_t m = rnd() % 3 == 0 ? TD_GROUP + 1 + rnd() % (g_small ? 8 : 3 * TD_GROUP / 2) : 1 + rnd() % TD_GROUP;
     const uint64_t seed = rnd(), off0 = rnd() % 1000;
     std::vector<Case> items(m);
     for (size_t i = 0; i < m; i++) {
@@ -765,8 +768,9 @@ int main(int argc, char** argv) {
             seed = strtoull(argv[++i], nullptr, 0);
             seeded = true;
         } else if (!strcmp(argv[i], "--large")) large = true;
+        else if (!strcmp(argv[i], "--small")) g_small = true;
         else {
-            fprintf(stderr, "usage: %s [--cases N] [--min-per-class Q] [--seed S] [--large] [--selftest...]\n",
+            fprintf(stderr, "usage: %s [--cases N] [--min-per-class Q] [--seed S] [--small] [--large] [--selftest...]\n",
                     argv[0]);
             return 2;
         }
@@ -819,6 +823,12 @@ int main(int argc, char** argv) {
         for (const char* p : {"tiny", "block", "long", "unit"}) names.push_back(std::string(kDtype[dt]) + " " + p);
     for (const char* x : {"grouped", "mask-u8", "unaligned", "bits+backward"}) names.push_back(x);
     int ran = 0, drawn = 0, paths[4] = {0, 0, 0, 0}, groups = 0, items = 0;
+    double secs[5] = {0, 0, 0, 0, 0};  // per path, then grouped calls
+    auto now = [] {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec + 1e-9 * ts.tv_nsec;
+    };
     for (; drawn < cases || (!quota.met() && drawn < 200 * std::max(cases, 100)); drawn++) {
         if (rnd() % 12 == 0) {
             const std::vector<Case> g = random_group();
@@ -827,7 +837,10 @@ int main(int argc, char** argv) {
             groups++;
             items += (int)g.size();
             ran++;
-            if (!run_grouped(g)) {
+            const double t0 = now();
+            const bool ok = run_grouped(g);
+            secs[4] += now() - t0;
+            if (!ok) {
                 g_fail++;
                 fprintf(stderr, "  replay: %s --seed 0x%llx --cases %d --min-per-class %d\n", argv[0],
                         (unsigned long long)seed, cases, min_per_class);
@@ -848,7 +861,11 @@ int main(int argc, char** argv) {
         for (int x : cls) quota.add(x);
         paths[path]++;
         ran++;
-        if (!run_case(c)) {
+        const double t0 = now();
+        const bool ok = run_case(c);
+        secs[path] += now() - t0;
+        if (getenv("TD_DRIVER_SLOW") && now() - t0 > atof(getenv("TD_DRIVER_SLOW"))) fprintf(stderr, "slow %.2f s: %s\n", now() - t0, describe(c).c_str());
+        if (!ok) {
             g_fail++;
             fprintf(stderr, "  replay: %s --seed 0x%llx --cases %d --min-per-class %d\n", argv[0],
                     (unsigned long long)seed, cases, min_per_class);
@@ -859,6 +876,8 @@ int main(int argc, char** argv) {
            "%llu launches, %d failed\n",
            ran, paths[0], paths[1], paths[2], paths[3], groups, items, (unsigned long long)g_launches, g_fail);
     printf("driver: per class: %s\n", quota.report(names).c_str());
+    printf("driver: seconds: tiny %.1f, block %.1f, long %.1f, unit %.1f, grouped %.1f\n", secs[0], secs[1], secs[2],
+           secs[3], secs[4]);
     if (!g_fail && !quota.met()) {
         fprintf(stderr, "driver: a class has fewer than %d cases after %d draws\n", min_per_class, drawn);
         return 1;

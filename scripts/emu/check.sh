@@ -55,17 +55,12 @@ step "emu TSan self-tests (4 planted races)" emu_tsan_selftest
 # The random cases: a fresh seed every run (printed first; --seed replays), every fourth
 # launch with fibers switching at every memory access, guard regions around every buffer.
 step "emu kernels, plain, 2000 cases" target/emu/plain/driver --cases 2000 --min-per-class 50
-step "emu kernels, ASan + UBSan, 400 cases, >= 50 per dtype x path" target/emu/asan/driver --cases 400 --min-per-class 50
-step "emu kernels, TSan, 60 cases, >= 10 per dtype x path" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/driver --cases 60 --min-per-class 10
+step "emu kernels, ASan + UBSan, 400 cases, >= 50 per class" target/emu/asan/driver --cases 400 --min-per-class 50
+step "emu kernels, TSan, 60 cases, >= 10 per class, small shapes" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/driver --cases 60 --min-per-class 10 --small
 step "emu N:M kernel, ASan + UBSan, 300 cases" target/emu/asan/nm_driver --cases 300
 step "emu N:M kernel, TSan, 100 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/nm_driver --cases 100
 step "emu kernels, large shapes" target/emu/plain/driver --large
 step "dev harness on the emulator" target/emu/dev/td --emu
-# The v5 kernels (kernels/weight_v5.cu: the library's block, tiny, long-row and backward
-# kernels): their driver against its own reference under ASan + UBSan and TSan. The library's
-# ops through the emulated kernels, bit for bit against the CPU path, run in .ci/run's
-# `cargo test --release --features emulate` (tests/emulated.rs, emulated_long_v5.rs,
-# launch_plan.rs, equivalence.rs with TD_CASES, emulated.rs with TD_EMU_CASES).
-step "v5 kernels, ASan + UBSan, 40 cases" target/emu/asan/v5_driver --cases 40
-step "v5 kernels, TSan, 12 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/v5_driver --cases 12
-
+# The library's ops through the emulated kernels, bit for bit against the CPU path, run in
+# .ci/run's `cargo test --release --features emulate` (tests/emulated.rs, launch_plan.rs,
+# equivalence.rs with TD_CASES, emulated.rs with TD_EMU_CASES).
