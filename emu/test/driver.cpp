@@ -728,10 +728,12 @@ static Case random_case() {
 }
 
 // A random grouped call: 1 .. 2.5 TD_GROUP items (several launches past TD_GROUP), rows
-// of 1 .. 1500 (the tiny ones take td_tiny alone), one seed. --small: at most TD_GROUP + 8.
+// of 1 .. 1500 (the tiny ones take td_tiny alone), one seed. --small: 1 .. 16 items, or
+// TD_GROUP + 1 .. TD_GROUP + 8 (two launches).
 static std::vector<Case> random_group() {
     const int prof = (int)(rnd() % 4), dt = (int)(rnd() % 4);
-    const size_t m = rnd() % 3 == 0 ? TD_GROUP + 1 + rnd() % (g_small ? 8 : 3 * TD_GROUP / 2) : 1 + rnd() % TD_GROUP;
+    const size_t m = g_small ? (rnd() % 5 == 0 ? TD_GROUP + 1 + rnd() % 8 : 1 + rnd() % 16)
+                             : (rnd() % 3 == 0 ? TD_GROUP + 1 + rnd() % (3 * TD_GROUP / 2) : 1 + rnd() % TD_GROUP);
     const uint64_t seed = rnd(), off0 = rnd() % 1000;
     std::vector<Case> items(m);
     for (size_t i = 0; i < m; i++) {
@@ -830,7 +832,7 @@ int main(int argc, char** argv) {
         return ts.tv_sec + 1e-9 * ts.tv_nsec;
     };
     for (; drawn < cases || (!quota.met() && drawn < 200 * std::max(cases, 100)); drawn++) {
-        if (rnd() % 12 == 0) {
+        if (rnd() % 25 == 0) {  // a grouped call (each costs about 15 single cases)
             const std::vector<Case> g = random_group();
             if (!quota.wanted(kGrouped, drawn, cases)) continue;
             quota.add(kGrouped);
