@@ -29,7 +29,10 @@
 //
 // Every launch goes through the C ABI td_emu_launch with a schedule that rotates over thread
 // order (forward, reverse, random), warp run-ahead (off, on), fibers interleaved at memory
-// accesses (every fourth launch) and 1..3 block workers. Every buffer, the plan's scratch
+// accesses (every fourth launch) and 1..3 block workers. A launch that runs past
+// TD_DRIVER_LAUNCH_TIMEOUT seconds (default 180) ends the run with a HANG report and exit code
+// 124: a kernel that loops through its barriers for ever (which the emulator's watchdog, a
+// thread that reaches no barrier, does not see). Every buffer, the plan's scratch
 // buffers and each tensor of a grouped call included, has guard regions (harness.h); buffers
 // the plan leaves uninitialised start as garbage.
 #include <math.h>
@@ -39,8 +42,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -147,11 +154,54 @@ static TdEmuSchedule next_schedule() {
     return s;
 }
 
+// The launch watchdog: the start (CLOCK_MONOTONIC seconds, 0: none running) and kernel of the
+// launch in flight, checked every second by a thread; the longest launch so far.
+static std::atomic<double> g_launch_t0{0};
+static std::atomic<const char*> g_launch_name{""};
+static double g_launch_max = 0;
+static std::string g_launch_max_name;
+static double mono() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+static void start_watchdog() {
+    const char* e = getenv("TD_DRIVER_LAUNCH_TIMEOUT");
+    const double limit = e ? atof(e) : 180;
+    std::thread([limit] {
+        for (;;) {
+            sleep(1);
+            const double t0 = g_launch_t0.load();
+            if (t0 > 0 && mono() - t0 > limit) {
+                fprintf(stderr,
+                        "HANG: a launch of %s has run for more than %g s (a kernel that does not end; "
+                        "TD_DRIVER_LAUNCH_TIMEOUT=%g)\n",
+                        g_launch_name.load(), limit, limit);
+                fflush(stderr);
+                _exit(124);
+            }
+        }
+    }).detach();
+}
+
 static bool launch(const std::string& name, uint64_t grid, uint32_t block, std::vector<void*> args) {
     char err[2048];
     const TdEmuSchedule s = next_schedule();
-    if (td_emu_launch(name.c_str(), (uint32_t)std::max<uint64_t>(grid, 1), 1, 1, block, 1, 1, 0, args.data(),
-                      (uint32_t)args.size(), &s, err, sizeof err) != 0) {
+    static char names[2][128];  // the name outlives the launch (the watchdog may read it late)
+    static int cur = 0;
+    cur ^= 1;
+    snprintf(names[cur], sizeof names[cur], "%s", name.c_str());
+    g_launch_name = names[cur];
+    const double t0 = mono();
+    g_launch_t0 = t0;
+    const int rc = td_emu_launch(name.c_str(), (uint32_t)std::max<uint64_t>(grid, 1), 1, 1, block, 1, 1, 0, args.data(),
+                      (uint32_t)args.size(), &s, err, sizeof err);
+    g_launch_t0 = 0;
+    if (mono() - t0 > g_launch_max) {
+        g_launch_max = mono() - t0;
+        g_launch_max_name = name;
+    }
+    if (rc != 0) {
         fprintf(stderr, "EMULATOR: %s (schedule: order %u, run-ahead %u, workers %u)\n", err, s.thread_order,
                 s.warp_runahead, s.block_workers);
         return false;
@@ -783,6 +833,7 @@ int main(int argc, char** argv) {
     }
     harness::print_seed(argv[0], seed, seeded);
     g_rng = seed;
+    start_watchdog();
     if (large) {
         // Large shapes, once each (dropout at gamma = alpha = 0.5): the paths at sizes the GPU
         // runs, values out with the bit mask and its backward, or the u8 mask.
@@ -811,8 +862,9 @@ int main(int argc, char** argv) {
             fflush(stdout);
             g_fail += !ok;
         }
-        printf("driver: %zu large shapes in %llu s, %llu launches, %d failed\n", sizeof shapes / sizeof shapes[0],
-               (unsigned long long)(time(nullptr) - t0), (unsigned long long)g_launches, g_fail);
+        printf("driver: %zu large shapes in %llu s, %llu launches (the longest %.1f s, %s), %d failed\n",
+               sizeof shapes / sizeof shapes[0], (unsigned long long)(time(nullptr) - t0),
+               (unsigned long long)g_launches, g_launch_max, g_launch_max_name.c_str(), g_fail);
         return g_fail ? 1 : 0;
     }
     // Classes: dtype x path (weight tiny, block, long; unit), then grouped calls, weight cases
@@ -826,11 +878,7 @@ int main(int argc, char** argv) {
     for (const char* x : {"grouped", "mask-u8", "unaligned", "bits+backward"}) names.push_back(x);
     int ran = 0, drawn = 0, paths[4] = {0, 0, 0, 0}, groups = 0, items = 0;
     double secs[5] = {0, 0, 0, 0, 0};  // per path, then grouped calls
-    auto now = [] {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec + 1e-9 * ts.tv_nsec;
-    };
+    auto now = mono;
     for (; drawn < cases || (!quota.met() && drawn < 200 * std::max(cases, 100)); drawn++) {
         if (rnd() % 25 == 0) {  // a grouped call (each costs about 15 single cases)
             const std::vector<Case> g = random_group();
@@ -878,8 +926,8 @@ int main(int argc, char** argv) {
            "%llu launches, %d failed\n",
            ran, paths[0], paths[1], paths[2], paths[3], groups, items, (unsigned long long)g_launches, g_fail);
     printf("driver: per class: %s\n", quota.report(names).c_str());
-    printf("driver: seconds: tiny %.1f, block %.1f, long %.1f, unit %.1f, grouped %.1f\n", secs[0], secs[1], secs[2],
-           secs[3], secs[4]);
+    printf("driver: seconds: tiny %.1f, block %.1f, long %.1f, unit %.1f, grouped %.1f; the longest launch %.1f s (%s)\n",
+           secs[0], secs[1], secs[2], secs[3], secs[4], g_launch_max, g_launch_max_name.c_str());
     if (!g_fail && !quota.met()) {
         fprintf(stderr, "driver: a class has fewer than %d cases after %d draws\n", min_per_class, drawn);
         return 1;

@@ -34,7 +34,7 @@ for p in emu/test/planted/*.patch; do
   rc=0
   (cd "$d" && CHECK_BUILD=${build[$name]} CHECK_ONLY=${stepre[$name]} bash scripts/emu/check.sh) \
     > "$d/check.log" 2>&1 || rc=$?
-  line=$(grep -m1 -E 'MISMATCH|EMULATOR|GUARD|ThreadSanitizer: data race|AddressSanitizer|runtime error' "$d/check.log" || true)
+  line=$(grep -m1 -E 'MISMATCH|EMULATOR|GUARD|HANG|ThreadSanitizer: data race|AddressSanitizer|runtime error' "$d/check.log" || true)
   verdict=$(grep -m1 -E '^check: .*FAILED' "$d/check.log" || true)
   if [ $rc != 0 ] && [ -n "$verdict" ]; then
     echo "planted $name: caught in $((SECONDS - t0)) s (with its build): $verdict"
