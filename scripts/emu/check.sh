@@ -12,9 +12,9 @@ cd "$(dirname "$0")/../.."
 # against a CPU reference under ASan + UBSan and under TSan (a reduced case set), the large
 # shapes, and the dev harness's own validation. A mismatch, an emulator report or a sanitizer
 # report fails. Each step prints its time. Measured 2026-12-03 on the 2-core machine shared with
-# six other helpers' builds (load average 20-23): the builds 742 s, the C++ steps 509 s before
-# the v5 TSan and the library steps (plain 2000 cases 134 s, ASan 802 cases 87 s, TSan 160
-# cases 82 s, large shapes 136 s); on an idle 2-core machine a fraction of that.
+# six other helpers (load average 8-10): 525 s in all, 346 s of CPU (the builds 226 s, plain
+# 2000 cases 101 s, ASan 850 cases 58 s, TSan 172 small cases 48 s, large shapes 80 s, the
+# rest 15 s); at load 4-5, 377 s. Not measured on an idle machine.
 # CHECK_ONLY=<regex> runs only the steps whose names match (and the build, of the variants in
 # CHECK_BUILD, default all): scripts/emu/planted.sh uses it.
 step() {
