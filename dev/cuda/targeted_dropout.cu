@@ -1,7 +1,7 @@
 /*
 Targeted weight dropout / pruning kernels, standalone (llm.c dev/cuda style): a plain CPU
-reference written from DESIGN.md, the library's v4 kernels (included from kernels/weight.cu,
-as the baseline) and the new versions, each checked bit for bit against the reference and timed side by side with a
+reference written from DESIGN.md, the previous generation v4 (dev/cuda/weight_v4.cu, the
+baseline) and the library's kernels v5 (included from kernels/weight.cu), each checked bit for bit against the reference and timed side by side with a
 device-to-device copy measured in the same run.
 
 Build (sm_90, from the repository root):
@@ -14,12 +14,12 @@ Run:
                          bash scripts/emu/dev.sh builds this file with g++ and runs it (no GPU)
 Or everything, sanitizers included: bash dev/cuda/run.sh
 
-Kernel versions (both included from kernels/, not copied: the harness validates and times
+Kernel versions (v5 included from kernels/, not copied: the harness validates and times
 what the library ships):
-  v4  kernels/weight.cu: one block per row, the row staged in shared memory, 8-bit MSB radix
+  v4  dev/cuda/weight_v4.cu (the library no longer ships it): one block per row, the row staged in shared memory, 8-bit MSB radix
       passes over shared memory, tie rank by a block scan in the output pass; tiny rows
       (n <= 32) a thread per row.
-  v5  kernels/weight_v5.cu (library feature `kernels-v5`): one block per row with the row in
+  v5  kernels/weight.cu (the library's only generation): one block per row with the row in
       registers (16-byte loads, 4 vectors per thread, block size 64..1024 picked by row
       length); the first 11-bit digit of the key counted in shared memory while loading; one
       block scan picks the bin holding rank k; only that bin's elements are compacted to
@@ -146,14 +146,14 @@ static void ref_weight_dropout(const U* w, U* out, uint8_t* dropped, uint64_t ro
 }
 
 // =======================================================================================
-// v4: the library's kernels as the crate ships them (kernels/weight.cu with its params.h and
-// common.cuh), included, not copied: the harness times and validates what the library runs.
+// v4: the previous generation of the selection kernels (dev/cuda/weight_v4.cu, with its own
+// parameter structs), the timed baseline.
 
 #include "weight_v4.cu"
 
 // =======================================================================================
-// v5: row in registers, 11-bit first digit counted while loading, bin compacted and resolved
-// alone, tie cut as an index, fused Philox mask.
+// v5, the library's kernels (kernels/weight.cu): row in registers, 11-bit first digit counted
+// while loading, bin compacted and resolved alone, tie cut as an index, fused Philox mask.
 
 #include "../../kernels/weight.cu"
 

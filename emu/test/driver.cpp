@@ -1,20 +1,40 @@
-// The library's kernels on the emulator, launched as src/cuda.rs launches them (same kernels,
-// grids, shared memory and parameter structs, per device profile), on random cases against a
-// CPU reference written from DESIGN.md. Needs no Rust: the sanitizer runs (ASan + UBSan, TSan)
-// build this with the emulator (scripts/emu/build.sh) and run it; any mismatch, emulator
-// report or sanitizer report fails (exit code != 0).
+// The library's kernels on the emulator, launched as the launch plan (src/plan/weight.rs,
+// unit.rs, mod.rs) launches them (same kernels, grids, block sizes and parameter structs, per
+// device profile), on random cases against a CPU reference written from DESIGN.md. Needs no
+// Rust: the sanitizer runs (ASan + UBSan, TSan) build this with the emulator
+// (scripts/emu/build.sh) and run it; any mismatch, emulator report or sanitizer report fails
+// (exit code != 0).
 //
 //   driver [--cases N] [--min-per-class Q] [--seed S]
 //                                     N random cases (default 160), then more until each
-//                                     dtype x path has Q (default 0); a fresh seed per run
-//                                     unless --seed (printed first: the replay command)
+//                                     class has Q (default 0): dtype x path (tiny, block,
+//                                     long, unit), and grouped calls, u8 mask outputs,
+//                                     unaligned inputs, bit mask + backward; a fresh seed per
+//                                     run unless --seed (printed first: the replay command)
+//   driver ... --small                 smaller cases (at most 20000 elements, 150 units; the
+//                                     TSan run: its cost is per thread and barrier)
 //   driver --large                    large shapes ([4096, 4096], [4, 2^20], ...), once each
 //   driver --selftest[-hang|-asan N|-tsan N]   the emulator's self-tests (harness.h)
 //
+// What the plan launches, and so this driver:
+// - weight selection (td_tiny_<w>_t<T> for rows of at most TD_TINY_ROW, td_block_<w>_t<T>
+//   for rows a block holds, td_long_count / resolve / apply_<w> past that); an unaligned
+//   input (or gradient) is first copied to a 16-byte aligned buffer; a u8 mask output is the
+//   selection writing bits, then td_mask_u8; k = 0 or threshold 0 is a copy (no launch);
+// - grouped calls: the td_block launches of many tensors of one width and seed merged into
+//   launches of at most TD_GROUP segments (src/plan/mod.rs, `group`);
+// - the backward from a kept bit mask (td_bwd_<w>);
+// - unit dropout: td_unit_scores_{tiny,block}_<dtype>, the selection over the scores as one
+//   row (draw index = unit index) writing bits into a zeroed bit buffer, td_unit_apply_<w>.
+//
 // Every launch goes through the C ABI td_emu_launch with a schedule that rotates over thread
 // order (forward, reverse, random), warp run-ahead (off, on), fibers interleaved at memory
-// accesses (every fourth launch) and 1..3 block workers. Every buffer has guard regions
-// (harness.h), and the long rows' row groups each their own allocations.
+// accesses (every fourth launch) and 1..3 block workers. A launch that runs past
+// TD_DRIVER_LAUNCH_TIMEOUT seconds (default 180) ends the run with a HANG report and exit code
+// 124: a kernel that loops through its barriers for ever (which the emulator's watchdog, a
+// thread that reaches no barrier, does not see). Every buffer, the plan's scratch
+// buffers and each tensor of a grouped call included, has guard regions (harness.h); buffers
+// the plan leaves uninitialised start as garbage.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,7 +42,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -35,6 +60,7 @@ using harness::GuardedBuf;
 
 static int g_fail = 0;
 static uint64_t g_launches = 0;
+static bool g_small = false;  // --small
 
 // ---------------------------------------------------------------------------------------
 // Random numbers (splitmix64)
@@ -106,24 +132,20 @@ template <typename A> static A ref_score(const void* x, int kind, uint64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Device profiles and the launch plan of src/cuda.rs
+// Device profiles and the launch plan of src/plan/
 
+// The plan needs only the multiprocessor count (the grids of the grid-stride kernels); the
+// kernels take no dynamic shared memory.
 struct Profile {
     const char* name;
-    uint64_t sms, optin, l2;
+    uint64_t sms;
 };
 static const Profile kProfiles[] = {
-    {"h200", 132, 232448, 60ull << 20},
-    {"sm86", 28, 101376, 6ull << 20},
-    {"1sm-small-l2", 1, 232448, 256 << 10},  // long rows take several row groups
-    {"64k", 2, 65536, 1 << 20},              // f64 rows of 32 take the block path
+    {"h200", 132},
+    {"sm86", 28},
+    {"1sm", 1},  // long rows: 8 blocks, each several tiles across rows
+    {"2sm", 2},
 };
-// The kernels' static shared memory (what cuFuncGetAttribute reports, near enough): tdw_tiny
-// a u32 per row, tdw_block the Scratch struct.
-static const uint64_t kTinyStatic = 1024, kBlockStatic = 1088;
-
-static uint64_t tiny_smem(uint64_t n, uint64_t size) { return (uint64_t)TD_BLOCK * (n | 1) * size; }
-static uint64_t block_smem(uint64_t n, uint64_t size) { return (n + 3) / 4 * 4 * size; }
 
 static TdEmuSchedule next_schedule() {
     const uint64_t c = g_launches++;
@@ -132,11 +154,54 @@ static TdEmuSchedule next_schedule() {
     return s;
 }
 
-static bool launch(const char* name, uint32_t gx, uint32_t gy, uint32_t dyn, std::vector<void*> args) {
+// The launch watchdog: the start (CLOCK_MONOTONIC seconds, 0: none running) and kernel of the
+// launch in flight, checked every second by a thread; the longest launch so far.
+static std::atomic<double> g_launch_t0{0};
+static std::atomic<const char*> g_launch_name{""};
+static double g_launch_max = 0;
+static std::string g_launch_max_name;
+static double mono() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+static void start_watchdog() {
+    const char* e = getenv("TD_DRIVER_LAUNCH_TIMEOUT");
+    const double limit = e ? atof(e) : 180;
+    std::thread([limit] {
+        for (;;) {
+            sleep(1);
+            const double t0 = g_launch_t0.load();
+            if (t0 > 0 && mono() - t0 > limit) {
+                fprintf(stderr,
+                        "HANG: a launch of %s has run for more than %g s (a kernel that does not end; "
+                        "TD_DRIVER_LAUNCH_TIMEOUT=%g)\n",
+                        g_launch_name.load(), limit, limit);
+                fflush(stderr);
+                _exit(124);
+            }
+        }
+    }).detach();
+}
+
+static bool launch(const std::string& name, uint64_t grid, uint32_t block, std::vector<void*> args) {
     char err[2048];
     const TdEmuSchedule s = next_schedule();
-    if (td_emu_launch(name, std::max(gx, 1u), std::max(gy, 1u), 1, TD_BLOCK, 1, 1, dyn, args.data(),
-                      (uint32_t)args.size(), &s, err, sizeof err) != 0) {
+    static char names[2][128];  // the name outlives the launch (the watchdog may read it late)
+    static int cur = 0;
+    cur ^= 1;
+    snprintf(names[cur], sizeof names[cur], "%s", name.c_str());
+    g_launch_name = names[cur];
+    const double t0 = mono();
+    g_launch_t0 = t0;
+    const int rc = td_emu_launch(name.c_str(), (uint32_t)std::max<uint64_t>(grid, 1), 1, 1, block, 1, 1, 0, args.data(),
+                      (uint32_t)args.size(), &s, err, sizeof err);
+    g_launch_t0 = 0;
+    if (mono() - t0 > g_launch_max) {
+        g_launch_max = mono() - t0;
+        g_launch_max_name = name;
+    }
+    if (rc != 0) {
         fprintf(stderr, "EMULATOR: %s (schedule: order %u, run-ahead %u, workers %u)\n", err, s.thread_order,
                 s.warp_runahead, s.block_workers);
         return false;
@@ -145,88 +210,261 @@ static bool launch(const char* name, uint32_t gx, uint32_t gy, uint32_t dyn, std
 }
 
 static const char* wname(unsigned size) { return size == 2 ? "u16" : size == 4 ? "u32" : "u64"; }
+static uint64_t bits_bytes(uint64_t numel) { return (numel + 31) / 32 * 4; }
+static uint64_t dev(const void* p) { return (uint64_t)(uintptr_t)p; }
 
-// select_rows of src/cuda.rs.
-static bool select_rows(const Profile& pf, unsigned size, const void* w, const void* vals, void* out, uint8_t* mask,
-                        uint64_t rows, uint64_t n, uint64_t k, uint64_t elem_base, TdDraws draws) {
-    if (k == 0 || draws.threshold == 0) {
-        if (out) memcpy(out, vals ? vals : w, rows * n * size);
-        if (mask) memset(mask, 0, rows * n);
-        return true;
+// tiny_threads of src/plan/mod.rs.
+static unsigned tiny_threads(unsigned sz) { return sz == 8 ? 128 : 256; }
+
+// block_threads of src/plan/weight.rs: the smallest block (64 .. 1024 threads, TD_NV 16-byte
+// vectors each) that holds a row of n (a row that starts mid-vector spans one vector more);
+// 0 past the largest.
+static unsigned block_threads(unsigned sz, uint64_t n) {
+    const uint64_t ve = 16 / sz;
+    const uint64_t vectors = n % ve == 0 ? n / ve : (n + 2 * ve - 2) / ve;
+    for (unsigned t = 64; t <= TD_MAX_THREADS; t *= 2)
+        if ((uint64_t)t * TD_NV >= vectors) return t;
+    return 0;
+}
+
+// The longest row of the block path for width sz.
+static uint64_t block_max(unsigned sz) {
+    uint64_t n = (uint64_t)TD_MAX_THREADS * TD_NV * (16 / sz);
+    while (block_threads(sz, n) == 0) n--;
+    return n;
+}
+
+// The path of a selection row: 0 tiny, 1 block, 2 long.
+static int path_of(unsigned sz, uint64_t n) { return n <= TD_TINY_ROW ? 0 : block_threads(sz, n) ? 1 : 2; }
+
+// round_keys of src/plan/weight.rs.
+static void round_keys(uint64_t seed, uint32_t* keys) {
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int i = 0; i < 10; i++) {
+        keys[2 * i] = k0;
+        keys[2 * i + 1] = k1;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
     }
-    void* nul = nullptr;
-    const void* vp = vals;
-    TdwRowsParams p = {rows, n, k, elem_base, draws};
-    const uint64_t tiny_lim = std::min(pf.optin - kTinyStatic, tiny_smem(TD_TINY_ROW, size));
-    const uint64_t block_lim = std::min(pf.optin - kBlockStatic, (uint64_t)TD_BLOCK_ROW_BYTES);
-    std::string nm;
-    if (n <= TD_TINY_ROW && tiny_smem(n, size) <= tiny_lim) {
-        const uint32_t smem = (uint32_t)tiny_smem(n, size);
-        const uint32_t grid = (uint32_t)std::min((rows + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 8);
-        nm = std::string("tdw_tiny_") + wname(size);
-        return launch(nm.c_str(), grid, 1, smem, {&w, vals ? (void*)&vp : (void*)&nul, out ? (void*)&out : (void*)&nul,
-                                                  mask ? (void*)&mask : (void*)&nul, &p});
-    }
-    if (block_smem(n, size) <= block_lim) {
-        const uint32_t smem = (uint32_t)block_smem(n, size);
-        // Blocks per multiprocessor: by threads (2048 / 256) and by shared memory.
-        const uint64_t per_sm = std::max<uint64_t>(1, std::min<uint64_t>(8, 233472 / (smem + kBlockStatic + 1024)));
-        const uint32_t grid = (uint32_t)std::min(rows, pf.sms * per_sm);
-        nm = std::string("tdw_block_") + wname(size);
-        return launch(nm.c_str(), grid, 1, smem, {&w, vals ? (void*)&vp : (void*)&nul, out ? (void*)&out : (void*)&nul,
-                                                  mask ? (void*)&mask : (void*)&nul, &p});
-    }
-    const uint32_t passes = size;
-    const uint64_t chunks = (n + TD_LONG_CHUNK - 1) / TD_LONG_CHUNK;
-    const uint64_t group = std::max<uint64_t>(1, std::min((pf.l2 / 2) / (n * size), std::min<uint64_t>(rows, 65535)));
-    for (uint64_t row0 = 0; row0 < rows; row0 += group) {
-        const uint64_t g = std::min(group, rows - row0);
-        // The row group's rows, histograms and outputs in their own guarded allocations: the
-        // kernels index w, values, out and mask from row 0 of the tensor, so those pointers
-        // are the allocations less row0 rows (the histograms are the group's own), and an
-        // access outside the group lands in a guard.
-        const size_t gb = g * n * size, off = row0 * n * size;
-        GuardedBuf wg(gb), vg(vals ? gb : 0), og(out ? gb : 0), mg(mask ? g * n : 0, 0, 0xAB);
-        GuardedBuf hist(g * passes * 256 * 4), chunk_hist(g * chunks * 256 * 4, 0, 0xAB);
-        memcpy(wg.data(), (const char*)w + off, gb);
-        if (vals) memcpy(vg.data(), (const char*)vals + off, gb);
-        const void* wb = wg.data() - off;
-        const void* vb = vals ? (const void*)(vg.data() - off) : nullptr;
-        void* ob = out ? (void*)(og.data() - off) : nullptr;
-        uint8_t* mb = mask ? mg.data() - row0 * n : nullptr;
-        uint32_t* hist_g = hist.as<uint32_t>();  // (indexed by blockIdx.y: the group's own)
-        uint32_t* ch = chunk_hist.as<uint32_t>();
-        for (uint32_t pass = 0; pass < passes; pass++) {
-            TdwLongHistParams hp = {row0, n, k, pass, 0};
-            nm = std::string("tdw_long_hist_") + wname(size);
-            if (!launch(nm.c_str(), (uint32_t)chunks, (uint32_t)g, 0, {&wb, &hist_g, &ch, &hp})) return false;
+}
+
+// long_shape of src/plan/weight.rs: tiles per row, candidates per row at most, passes.
+struct LongShape {
+    uint64_t chunks;
+    uint32_t cap, passes;
+};
+static LongShape long_shape(unsigned sz, uint64_t n) {
+    const uint64_t ve = 16 / sz, vectors = (n + 2 * ve - 2) / ve;
+    const uint64_t tile = (uint64_t)TD_LONG_THREADS * TD_LONG_NV;
+    uint64_t cap = 1;
+    while (cap < n / 16) cap <<= 1;
+    cap = std::min<uint64_t>(std::max<uint64_t>(cap, 1 << 12), 1 << 16);
+    const uint64_t cw = sz * 8 - 1 + 32;
+    uint64_t log_cap = 0;
+    while ((1ull << log_cap) < cap) log_cap++;
+    uint64_t j = 1;
+    while (n > cap && (cw > 11 * j ? cw - 11 * j : 0) > log_cap) j++;
+    return {(vectors + tile - 1) / tile, (uint32_t)cap, (uint32_t)(j + 1)};
+}
+
+// A selection (src/plan/weight.rs, Select): rows x n elements of width sz at w; masked vals
+// (or w) into out, the u8 flags into mask, the bit mask into bits (each optional).
+struct Sel {
+    unsigned sz;
+    const uint8_t* w;
+    const uint8_t* vals;
+    uint8_t* out;
+    uint8_t* mask;
+    uint32_t* bits;
+    uint64_t rows, n, k, elem_base;
+    TdDraws draws;
+    bool aligned16;
+};
+
+static TdSeg seg_of(const Sel& s) {
+    TdSeg g;
+    memset(&g, 0, sizeof g);
+    g.w = dev(s.w);
+    g.vals = dev(s.vals);
+    g.out = dev(s.out);
+    g.bits = dev(s.bits);
+    g.elem_base = s.elem_base;
+    g.offset = s.draws.offset;
+    g.n = (uint32_t)s.n;
+    g.k = (uint32_t)s.k;
+    g.threshold = s.draws.threshold;
+    return g;
+}
+
+// long_rows of src/plan/weight.rs: the count passes, the resolve, the output pass (only the
+// output pass at k = n); the scratch buffers guarded, hist and state zeroed, the candidates
+// garbage.
+static bool long_rows(const Profile& pf, const Sel& s) {
+    const LongShape sh = long_shape(s.sz, s.n);
+    TdLongParams p;
+    memset(&p, 0, sizeof p);
+    round_keys(s.draws.seed, p.keys);
+    p.rows = s.rows;
+    p.chunks = sh.chunks;
+    p.cap = sh.cap;
+    p.passes = sh.passes;
+    p.seg = seg_of(s);
+    const uint64_t blocks = std::min<uint64_t>(s.rows * sh.chunks, pf.sms * 8);
+    const std::string w = wname(s.sz);
+    GuardedBuf state(s.rows * sh.passes * TD_LONG_STATE_BYTES, 0, 0);
+    void* sp = state.data();
+    if (s.k < s.n) {
+        GuardedBuf hist(s.rows * (sh.passes - 1) * TD_RADIX_BINS * 4, 0, 0);
+        GuardedBuf cand(s.rows * sh.cap * (s.sz == 8 ? 16 : 8), 0, 0xEE);
+        void* hp = hist.data();
+        void* cp = cand.data();
+        for (uint32_t pass = 0; pass < sh.passes; pass++) {
+            p.pass = pass;
+            if (!launch("td_long_count_" + w, blocks, TD_LONG_THREADS, {&hp, &sp, &cp, &p})) return false;
         }
-        TdwLongApplyParams ap = {row0, n, k, elem_base, draws};
-        const uint32_t* hist_c = hist_g;
-        const uint32_t* ch_c = ch;
-        nm = std::string("tdw_long_apply_") + wname(size);
-        if (!launch(nm.c_str(), (uint32_t)chunks, (uint32_t)g, 0,
-                    {&wb, vals ? (void*)&vb : (void*)&nul, out ? (void*)&ob : (void*)&nul,
-                     mask ? (void*)&mb : (void*)&nul, &hist_c, &ch_c, &ap}))
-            return false;
-        if (!wg.check("row group of w") || !vg.check("row group of values") || !og.check("row group of out") ||
-            !mg.check("row group of mask") || !hist.check("histograms") || !chunk_hist.check("chunk histograms"))
-            return false;
-        if (out) memcpy((char*)out + off, og.data(), gb);
-        if (mask) memcpy(mask + row0 * n, mg.data(), g * n);
+        if (!launch("td_long_resolve_" + w, s.rows, TD_LONG_THREADS, {&sp, &cp, &p})) return false;
+        if (!hist.check("long-row histograms") || !cand.check("long-row candidates")) return false;
     }
+    return launch("td_long_apply_" + w, blocks, TD_LONG_THREADS, {&sp, &p}) && state.check("long-row state");
+}
+
+// select_aligned of src/plan/weight.rs.
+static bool select_aligned(const Profile& pf, const Sel& s) {
+    if (s.n <= TD_TINY_ROW) {
+        const unsigned t = tiny_threads(s.sz);
+        TdTinyParams p;
+        memset(&p, 0, sizeof p);
+        round_keys(s.draws.seed, p.keys);
+        p.rows = s.rows;
+        p.seg = seg_of(s);
+        const uint64_t blocks = std::min<uint64_t>((s.rows + t - 1) / t, pf.sms * 8);
+        return launch(std::string("td_tiny_") + wname(s.sz) + "_t" + std::to_string(t), blocks, t, {&p});
+    }
+    const unsigned t = block_threads(s.sz, s.n);
+    if (t == 0) return long_rows(pf, s);
+    TdBlockParams p;
+    memset(&p, 0, sizeof p);
+    round_keys(s.draws.seed, p.keys);
+    p.nseg = 1;
+    p.seg[0] = seg_of(s);
+    return launch(std::string("td_block_") + wname(s.sz) + "_t" + std::to_string(t), s.rows, t, {&p});
+}
+
+// td_mask_u8 over numel flags from bits (src/plan/weight.rs, select_rows).
+static bool mask_u8(const Profile& pf, const uint32_t* bits, uint8_t* mask, uint64_t numel) {
+    const uint64_t words = (numel + 31) / 32;
+    const uint64_t blocks = std::min<uint64_t>((words + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 16);
+    TdBwdParams p = {numel};
+    return launch("td_mask_u8", blocks, TD_BLOCK, {&bits, &mask, &p});
+}
+
+// The part of select_rows of src/plan/weight.rs before the launches: k = 0 or threshold 0 is
+// a copy; an unaligned input is copied to an aligned buffer first; a u8 mask needs bits.
+// `aligned` gets the selection over aligned buffers (bits set when a u8 mask is asked).
+struct Prepared {
+    Sel aligned;
+    bool copied = false;  // nothing dropped: the outputs are written already
+    std::unique_ptr<GuardedBuf> wa, va, bits;
+};
+static void prepare(const Sel& s, Prepared& pr) {
+    const uint64_t numel = s.rows * s.n;
+    pr.aligned = s;
+    if (s.k == 0 || s.draws.threshold == 0) {
+        if (s.out) memcpy(s.out, s.vals ? s.vals : s.w, numel * s.sz);
+        if (s.mask) memset(s.mask, 0, numel);
+        if (s.bits) memset(s.bits, 0, bits_bytes(numel));
+        pr.copied = true;
+        return;
+    }
+    if (!s.aligned16) {
+        pr.wa.reset(new GuardedBuf(numel * s.sz, 0, 0xEE));
+        memcpy(pr.wa->data(), s.w, numel * s.sz);
+        pr.aligned.w = pr.wa->data();
+        if (s.vals) {
+            pr.va.reset(new GuardedBuf(numel * s.sz, 0, 0xEE));
+            memcpy(pr.va->data(), s.vals, numel * s.sz);
+            pr.aligned.vals = pr.va->data();
+        }
+    }
+    if (s.mask && !s.bits) {
+        // Buf::Bits, uninitialised (every bit of an element is written).
+        pr.bits.reset(new GuardedBuf(bits_bytes(numel), 0, 0xCD));
+        pr.aligned.bits = pr.bits->as<uint32_t>();
+    }
+    pr.aligned.mask = nullptr;
+    pr.aligned.aligned16 = true;
+}
+static bool finish(const Profile& pf, const Sel& s, Prepared& pr) {
+    if (pr.copied) return true;
+    if (s.mask && !mask_u8(pf, pr.aligned.bits, s.mask, s.rows * s.n)) return false;
+    return (!pr.wa || pr.wa->check("aligned copy of w")) && (!pr.va || pr.va->check("aligned copy of values")) &&
+           (!pr.bits || pr.bits->check("bit mask of a u8 mask"));
+}
+
+// select_rows of src/plan/weight.rs.
+static bool select_rows(const Profile& pf, const Sel& s) {
+    Prepared pr;
+    prepare(s, pr);
+    if (pr.copied) return true;
+    return select_aligned(pf, pr.aligned) && finish(pf, s, pr);
+}
+
+// A grouped call (src/plan/mod.rs, `group`): the selections of one width and seed; those
+// whose plan is one td_block launch are merged into launches of at most TD_GROUP segments
+// (each with the block size of its longest row), the others run alone (copies, tiny rows).
+static bool select_grouped(const Profile& pf, const std::vector<Sel>& sels) {
+    std::vector<Prepared> prs(sels.size());
+    std::vector<size_t> merged;
+    for (size_t i = 0; i < sels.size(); i++) {
+        prepare(sels[i], prs[i]);
+        if (prs[i].copied) continue;
+        if (path_of(sels[i].sz, sels[i].n) == 1) merged.push_back(i);
+        else if (!select_aligned(pf, prs[i].aligned)) return false;
+    }
+    for (size_t g0 = 0; g0 < merged.size(); g0 += TD_GROUP) {
+        const size_t g1 = std::min(merged.size(), g0 + (size_t)TD_GROUP);
+        TdBlockParams p;
+        memset(&p, 0, sizeof p);
+        round_keys(sels[merged[g0]].draws.seed, p.keys);
+        uint64_t total = 0, max_n = 0;
+        for (size_t j = g0; j < g1; j++) {
+            const Sel& a = prs[merged[j]].aligned;
+            TdSeg& sg = p.seg[p.nseg++];
+            sg = seg_of(a);
+            sg.first_block = (uint32_t)total;
+            total += a.rows;
+            max_n = std::max(max_n, a.n);
+        }
+        const unsigned t = block_threads(sels[0].sz, max_n);
+        if (!launch(std::string("td_block_") + wname(sels[0].sz) + "_t" + std::to_string(t), total, t, {&p}))
+            return false;
+    }
+    for (size_t i = 0; i < sels.size(); i++)
+        if (!finish(pf, sels[i], prs[i])) return false;
     return true;
 }
 
 static const char* kDtype[] = {"f32", "f16", "bf16", "f64"};
 static unsigned dsize(int dt) { return dt == 3 ? 8 : dt == 0 ? 4 : 2; }
 
-// launch_scores of src/cuda.rs.
+// scores of src/plan/unit.rs.
 static bool launch_scores(const Profile& pf, int dt, const void* w, void* scores, uint64_t d0, uint64_t n) {
     UnitScoresParams p = {d0, n};
-    std::string nm = std::string(n <= TD_TINY_ROW ? "td_unit_scores_tiny_" : "td_unit_scores_block_") + kDtype[dt];
-    const uint64_t grid = n <= TD_TINY_ROW ? std::min((d0 + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 8) : std::min(d0, pf.sms * 8);
-    return launch(nm.c_str(), (uint32_t)grid, 1, 0, {&w, &scores, &p});
+    const bool tiny = n <= TD_TINY_ROW;
+    const std::string nm = std::string(tiny ? "td_unit_scores_tiny_" : "td_unit_scores_block_") + kDtype[dt];
+    const uint64_t grid = tiny ? std::min<uint64_t>((d0 + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 8)
+                               : std::min<uint64_t>(d0, pf.sms * 8);
+    return launch(nm, grid, TD_BLOCK, {&w, &scores, &p});
+}
+
+// backward_bits of src/plan/mod.rs: out = g with the elements whose bit is set zeroed.
+static bool backward_bits(const Profile& pf, unsigned sz, const void* g, void* out, const uint32_t* bits,
+                          uint64_t numel) {
+    const uint64_t vectors = numel / (16 / sz);
+    const uint64_t blocks =
+        std::max<uint64_t>(1, std::min<uint64_t>((vectors + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 16));
+    TdBwdParams p = {numel};
+    return launch(std::string("td_bwd_") + wname(sz), blocks, TD_BLOCK, {&g, &out, &bits, &p});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -281,22 +519,31 @@ static void fill(std::vector<uint8_t>& buf, int dt, uint64_t numel, int kind) {
 
 struct Case {
     int prof, dt;
-    bool unit, values, grad;
+    bool unit;
+    bool values;  // values out (else the u8 mask)
+    bool grad;    // values from a gradient (the recomputing backward)
+    bool bits;    // (weight, values out) the bit mask kept, then the backward from it
     uint64_t d0, n, k, elem_base;
     TdDraws draws;
     int kind;
     unsigned misalign;
 };
 
+static int path_of(const Case& c) {
+    return c.unit ? 3 : path_of(dsize(c.dt), c.n);
+}
+
 static std::string describe(const Case& c) {
-    char b[512];
+    static const char* kPath[] = {"tiny", "block", "long", "unit"};
+    char b[600];
     snprintf(b, sizeof b,
-             "profile %s %s %s [%llu, %llu] k=%llu elem_base=%llu threshold=%u seed=%llx offset=%llu kind=%d "
-             "output=%s%s misalign=%u",
-             kProfiles[c.prof].name, kDtype[c.dt], c.unit ? "unit" : "weight", (unsigned long long)c.d0,
-             (unsigned long long)c.n, (unsigned long long)c.k, (unsigned long long)c.elem_base, c.draws.threshold,
-             (unsigned long long)c.draws.seed, (unsigned long long)c.draws.offset, c.kind,
-             c.values ? "values" : "mask", c.grad ? " (backward: values from a gradient)" : "", c.misalign);
+             "profile %s %s %s (%s path) [%llu, %llu] k=%llu elem_base=%llu threshold=%u seed=%llx offset=%llu "
+             "kind=%d output=%s%s%s misalign=%u",
+             kProfiles[c.prof].name, kDtype[c.dt], c.unit ? "unit" : "weight", kPath[path_of(c)],
+             (unsigned long long)c.d0, (unsigned long long)c.n, (unsigned long long)c.k,
+             (unsigned long long)c.elem_base, c.draws.threshold, (unsigned long long)c.draws.seed,
+             (unsigned long long)c.draws.offset, c.kind, c.values ? "values" : "mask",
+             c.grad ? " (backward: values from a gradient)" : "", c.bits ? " +bits +backward" : "", c.misalign);
     return b;
 }
 
@@ -311,6 +558,78 @@ struct Buf {
     }
 };
 
+// The reference's dropped flags of a case.
+static std::vector<uint8_t> ref_case(const Case& c, const std::vector<uint8_t>& wb) {
+    const unsigned sz = dsize(c.dt);
+    if (!c.unit) return ref_select(wb.data(), sz, c.d0, c.n, c.k, c.elem_base, c.draws);
+    std::vector<uint8_t> scores(c.d0 * (c.dt == 3 ? 8 : 4));
+    for (uint64_t u = 0; u < c.d0; u++) {
+        if (c.dt == 3) { double s = ref_score<double>(&wb[u * c.n * sz], c.dt, c.n); memcpy(&scores[u * 8], &s, 8); }
+        else { float s = ref_score<float>(&wb[u * c.n * sz], c.dt, c.n); memcpy(&scores[u * 4], &s, 4); }
+    }
+    const std::vector<uint8_t> um = ref_select(scores.data(), c.dt == 3 ? 8 : 4, 1, c.d0, c.k, 0, c.draws);
+    std::vector<uint8_t> d(c.d0 * c.n);
+    for (uint64_t e = 0; e < d.size(); e++) d[e] = um[e / c.n];
+    return d;
+}
+
+// The outputs of a case against the reference; then (bits) the backward from the bit mask
+// on a fresh gradient.
+static bool check_case(const Case& c, const std::vector<uint8_t>& want_drop, const std::vector<uint8_t>& src,
+                       const uint8_t* out, const uint8_t* mask, const uint32_t* bits) {
+    const unsigned sz = dsize(c.dt);
+    const uint64_t numel = c.d0 * c.n;
+    for (uint64_t e = 0; e < numel; e++) {
+        uint64_t got = 0, want = 0;
+        if (c.values) {
+            memcpy(&got, out + e * sz, sz);
+            if (!want_drop[e]) memcpy(&want, &src[e * sz], sz);
+        } else {
+            got = mask[e];
+            want = want_drop[e];
+        }
+        if (got != want) {
+            fprintf(stderr, "MISMATCH %s: element %llu (row %llu, col %llu): got %llx want %llx\n  case: %s\n",
+                    c.values ? "values" : "mask", (unsigned long long)e, (unsigned long long)(e / c.n),
+                    (unsigned long long)(e % c.n), (unsigned long long)got, (unsigned long long)want,
+                    describe(c).c_str());
+            return false;
+        }
+        if (bits && ((bits[e / 32] >> (e % 32)) & 1) != want_drop[e]) {
+            fprintf(stderr, "MISMATCH bit mask: element %llu (row %llu, col %llu): got %u want %u\n  case: %s\n",
+                    (unsigned long long)e, (unsigned long long)(e / c.n), (unsigned long long)(e % c.n),
+                    (bits[e / 32] >> (e % 32)) & 1, want_drop[e], describe(c).c_str());
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool backward_case(const Case& c, const std::vector<uint8_t>& want_drop, const uint32_t* bits) {
+    const unsigned sz = dsize(c.dt);
+    const uint64_t numel = c.d0 * c.n;
+    std::vector<uint8_t> gb;
+    fill(gb, c.dt, numel, 0);
+    GuardedBuf g(numel * sz, 0, 0), out(numel * sz, 0, 0xAB);
+    memcpy(g.data(), gb.data(), gb.size());
+    if (!backward_bits(kProfiles[c.prof], sz, g.data(), out.data(), bits, numel) || !g.check("gradient") ||
+        !out.check("backward out")) {
+        fprintf(stderr, "  case (backward): %s\n", describe(c).c_str());
+        return false;
+    }
+    for (uint64_t e = 0; e < numel; e++) {
+        uint64_t got = 0, want = 0;
+        memcpy(&got, out.data() + e * sz, sz);
+        if (!want_drop[e]) memcpy(&want, &gb[e * sz], sz);
+        if (got != want) {
+            fprintf(stderr, "MISMATCH backward: element %llu: got %llx want %llx\n  case: %s\n",
+                    (unsigned long long)e, (unsigned long long)got, (unsigned long long)want, describe(c).c_str());
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool run_case(const Case& c) {
     const Profile& pf = kProfiles[c.prof];
     const unsigned sz = dsize(c.dt);
@@ -321,78 +640,113 @@ static bool run_case(const Case& c) {
     Buf w, g;
     w.init(wb, sz, c.misalign);
     if (c.grad) g.init(gb, sz, c.misalign);
+    // The op's output, uninitialised (garbage); Buf::Bits likewise.
     GuardedBuf out(c.values ? numel * sz : 0, 0, 0xAB), mask(c.values ? 0 : numel, 0, 0xAB);
-    // Reference.
-    std::vector<uint8_t> want_drop(numel);
-    if (!c.unit) {
-        want_drop = ref_select(wb.data(), sz, c.d0, c.n, c.k, c.elem_base, c.draws);
-    } else {
-        std::vector<uint8_t> scores(c.d0 * (c.dt == 3 ? 8 : 4));
-        for (uint64_t u = 0; u < c.d0; u++) {
-            if (c.dt == 3) { double s = ref_score<double>(&wb[u * c.n * sz], c.dt, c.n); memcpy(&scores[u * 8], &s, 8); }
-            else { float s = ref_score<float>(&wb[u * c.n * sz], c.dt, c.n); memcpy(&scores[u * 4], &s, 4); }
-        }
-        const std::vector<uint8_t> um = ref_select(scores.data(), c.dt == 3 ? 8 : 4, 1, c.d0, c.k, 0, c.draws);
-        for (uint64_t e = 0; e < numel; e++) want_drop[e] = um[e / c.n];
-    }
-    // The emulated kernels, as src/cuda.rs runs them.
+    GuardedBuf bits(c.bits ? bits_bytes(numel) : 0, 0, 0xCD);
+    const std::vector<uint8_t> want_drop = ref_case(c, wb);
     bool ok = true;
-    const void* vals = c.grad ? g.p : nullptr;
-    void* outp = c.values ? (void*)out.data() : nullptr;
-    const auto guards_hold = [&] {
-        return w.b.check("w") && g.b.check("values") && out.check("out") && mask.check("mask");
-    };
+    const uint8_t* vals = c.grad ? g.p : nullptr;
+    uint8_t* outp = c.values ? out.data() : nullptr;
     uint8_t* maskp = c.values ? nullptr : mask.data();
+    uint32_t* bitsp = c.bits ? bits.as<uint32_t>() : nullptr;
     if (!c.unit) {
-        ok = select_rows(pf, sz, w.p, vals, outp, maskp, c.d0, c.n, c.k, c.elem_base, c.draws);
+        Sel s{sz, w.p, vals, outp, maskp, bitsp, c.d0, c.n, c.k, c.elem_base, c.draws, c.misalign == 0};
+        ok = select_rows(pf, s);
     } else {
+        // src/plan/unit.rs: Buf::UnitBits zeroed, the scores zeroed.
         const unsigned asz = c.dt == 3 ? 8 : 4;
-        GuardedBuf umask(c.d0, 0, 0);
+        GuardedBuf ubits(bits_bytes(c.d0), 0, 0);
         if (c.k > 0 && c.draws.threshold != 0) {
             GuardedBuf scores(c.d0 * asz, 0, 0);
+            Sel s{asz, scores.data(), nullptr, nullptr, nullptr, ubits.as<uint32_t>(), 1, c.d0, c.k, 0, c.draws, true};
             ok = launch_scores(pf, c.dt, w.p, scores.data(), c.d0, c.n) && scores.check("scores") &&
-                 select_rows(pf, asz, scores.data(), nullptr, nullptr, umask.data(), 1, c.d0, c.k, 0, c.draws) &&
-                 umask.check("unit mask");
+                 select_rows(pf, s) && ubits.check("unit bits");
         }
         if (ok) {
             const uint64_t groups = (numel + 3) / 4;
-            const uint32_t grid = (uint32_t)std::min((groups + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 16);
+            const uint64_t grid = std::min<uint64_t>((groups + TD_BLOCK - 1) / TD_BLOCK, pf.sms * 16);
             UnitApplyParams p = {numel, c.n};
             void* nul = nullptr;
-            const void* v = vals ? vals : (const void*)w.p;
-            const uint8_t* um = umask.data();
-            const std::string nm = std::string("td_unit_apply_") + wname(sz);
-            ok = launch(nm.c_str(), grid, 1, 0,
-                        {&v, outp ? (void*)&outp : (void*)&nul, maskp ? (void*)&maskp : (void*)&nul, &um, &p});
+            const void* v = vals ? (const void*)vals : (const void*)w.p;
+            const uint32_t* ub = ubits.as<uint32_t>();
+            ok = launch(std::string("td_unit_apply_") + wname(sz), grid, TD_BLOCK,
+                        {&v, outp ? (void*)&outp : (void*)&nul, maskp ? (void*)&maskp : (void*)&nul, &ub, &p}) &&
+                 ubits.check("unit bits");
         }
     }
-    if (ok) ok = guards_hold();
+    ok = ok && w.b.check("w") && g.b.check("values") && out.check("out") && mask.check("mask") && bits.check("bits");
     if (!ok) {
         fprintf(stderr, "  case: %s\n", describe(c).c_str());
         return false;
     }
-    const std::vector<uint8_t>& src = c.grad ? gb : wb;
-    for (uint64_t e = 0; e < numel; e++) {
-        bool bad;
-        uint64_t got = 0, want = 0;
-        if (c.values) {
-            memcpy(&got, out.data() + e * sz, sz);
-            if (!want_drop[e]) memcpy(&want, &src[e * sz], sz);
-            bad = got != want;
-        } else {
-            got = mask.data()[e];
-            want = want_drop[e];
-            bad = got != want;
+    if (!check_case(c, want_drop, c.grad ? gb : wb, out.data(), mask.data(), bitsp)) return false;
+    return !c.bits || backward_case(c, want_drop, bitsp);
+}
+
+// A grouped call: `items` cases of one dtype, profile and seed (values out, aligned: the
+// inputs of targeted_dropout_many), each its own guarded buffers; item i draws at offset
+// off0 + i.
+static bool run_grouped(const std::vector<Case>& items) {
+    const unsigned sz = dsize(items[0].dt);
+    const size_t m = items.size();
+    std::vector<std::vector<uint8_t>> wb(m), gb(m);
+    std::vector<std::unique_ptr<GuardedBuf>> w(m), g(m), out(m), bits(m);
+    std::vector<Sel> sels(m);
+    for (size_t i = 0; i < m; i++) {
+        const Case& c = items[i];
+        const uint64_t numel = c.d0 * c.n;
+        fill(wb[i], c.dt, numel, c.kind);
+        w[i].reset(new GuardedBuf(numel * sz, 0, 0));
+        memcpy(w[i]->data(), wb[i].data(), wb[i].size());
+        if (c.grad) {
+            fill(gb[i], c.dt, numel, 0);
+            g[i].reset(new GuardedBuf(numel * sz, 0, 0));
+            memcpy(g[i]->data(), gb[i].data(), gb[i].size());
         }
-        if (bad) {
-            fprintf(stderr, "MISMATCH %s: element %llu (row %llu, col %llu): got %llx want %llx\n  case: %s\n",
-                    c.values ? "values" : "mask", (unsigned long long)e, (unsigned long long)(e / c.n),
-                    (unsigned long long)(e % c.n), (unsigned long long)got, (unsigned long long)want,
-                    describe(c).c_str());
+        out[i].reset(new GuardedBuf(numel * sz, 0, 0xAB));
+        bits[i].reset(new GuardedBuf(c.bits ? bits_bytes(numel) : 0, 0, 0xCD));
+        sels[i] = Sel{sz, w[i]->data(), c.grad ? g[i]->data() : nullptr, out[i]->data(), nullptr,
+                      c.bits ? bits[i]->as<uint32_t>() : nullptr, c.d0, c.n, c.k, c.elem_base, c.draws, true};
+    }
+    bool ok = select_grouped(kProfiles[items[0].prof], sels);
+    for (size_t i = 0; ok && i < m; i++)
+        ok = w[i]->check("w") && (!g[i] || g[i]->check("values")) && out[i]->check("out") && bits[i]->check("bits");
+    if (!ok) {
+        fprintf(stderr, "  grouped call of %zu items, the first: %s\n", m, describe(items[0]).c_str());
+        return false;
+    }
+    for (size_t i = 0; i < m; i++) {
+        const Case& c = items[i];
+        const std::vector<uint8_t> d = ref_case(c, wb[i]);
+        if (!check_case(c, d, c.grad ? gb[i] : wb[i], out[i]->data(), nullptr,
+                        c.bits ? bits[i]->as<uint32_t>() : nullptr) ||
+            (c.bits && !backward_case(c, d, bits[i]->as<uint32_t>()))) {
+            fprintf(stderr, "  (item %zu of a grouped call of %zu)\n", i, m);
             return false;
         }
     }
     return true;
+}
+
+static uint64_t pick_k(uint64_t rowlen) {
+    const int kk = (int)(rnd() % 6);
+    return kk == 0 ? 0 : kk == 1 ? rowlen : kk == 2 ? 1 : kk == 3 ? rowlen - 1 : rnd() % (rowlen + 1);
+}
+
+static TdDraws pick_draws(uint64_t draws_from, uint64_t draws_count) {
+    TdDraws d;
+    const int tk = (int)(rnd() % 5);
+    d.seed = rnd();
+    d.offset = rnd() % 4 == 0 ? rnd() : rnd() % 100;
+    d.threshold = tk == 0 ? 0 : tk == 1 ? TD_ALWAYS : (uint32_t)(rnd() % TD_ALWAYS);
+    if (tk == 4) {
+        // The threshold at the draw of one element: `(r >> 8) < t` must keep it (a `<=`
+        // would drop it, a difference of one draw in 2^24 that random thresholds never see).
+        const uint64_t e = draws_from + rnd() % draws_count;
+        d.threshold = std::max<uint32_t>(1, draw(e, d.seed, d.offset) >> 8);
+    }
+    d.pad0 = 0;
+    return d;
 }
 
 // A random case: row lengths around each path's limits, every dtype, op and output.
@@ -403,35 +757,54 @@ static Case random_case() {
     c.unit = rnd() % 4 == 0;
     c.values = rnd() % 3 != 0;
     c.grad = c.values && rnd() % 4 == 0;
+    c.bits = !c.unit && c.values && rnd() % 3 == 0;
     const unsigned sz = dsize(c.dt);
-    const uint64_t pick = rnd() % 10;
-    const uint64_t block_max = std::min<uint64_t>(TD_BLOCK_ROW_BYTES, kProfiles[c.prof].optin - kBlockStatic) / sz;
-    if (pick < 3) c.n = 1 + rnd() % 40;                                       // tiny (and just above)
-    else if (pick < 7) c.n = 33 + rnd() % 1500;                              // block
-    else if (pick < 8) c.n = block_max - rnd() % 8;                          // block, at its limit
-    else c.n = block_max + 1 + rnd() % (2 * TD_LONG_CHUNK + 100);            // long rows
-    const uint64_t cap = 60000;
+    const uint64_t pick = rnd() % 10, bm = block_max(sz);
+    if (pick < 3) c.n = 1 + rnd() % 40;                   // tiny (and just above)
+    else if (pick < 7) c.n = 33 + rnd() % 1500;          // block
+    else if (pick < 8) c.n = bm - rnd() % 16;            // block, at its limit
+    else c.n = bm + 1 + rnd() % (bm / 2);                // long rows: 1 .. 1.5 blocks' worth
+    const uint64_t cap = g_small ? 20000 : c.n > bm ? 100000 : 60000;
     c.d0 = 1 + rnd() % (c.n <= 32 ? 600 : 4);
-    if (c.unit) c.d0 = 1 + rnd() % 700;
+    if (c.unit) c.d0 = 1 + rnd() % (g_small ? 150 : 700);
     c.d0 = std::max<uint64_t>(1, std::min(c.d0, cap / c.n));
     const uint64_t rowlen = c.unit ? c.d0 : c.n;
-    const int kk = (int)(rnd() % 6);
-    c.k = kk == 0 ? 0 : kk == 1 ? rowlen : kk == 2 ? 1 : kk == 3 ? rowlen - 1 : rnd() % (rowlen + 1);
+    c.k = pick_k(rowlen);
     c.elem_base = c.unit ? 0 : (rnd() % 3 == 0 ? rnd() % 1000003 : (rnd() % 3 == 0 ? (rnd() >> 2) : 0));
-    const int tk = (int)(rnd() % 5);
-    c.draws.seed = rnd();
-    c.draws.offset = rnd() % 4 == 0 ? rnd() : rnd() % 100;
-    c.draws.threshold = tk == 0 ? 0 : tk == 1 ? TD_ALWAYS : (uint32_t)(rnd() % TD_ALWAYS);
-    if (tk == 4) {
-        // The threshold at the draw of one element: `(r >> 8) < t` must keep it (a `<=`
-        // would drop it, a difference of one draw in 2^24 that random thresholds never see).
-        const uint64_t e = (c.unit ? 0 : c.elem_base) + rnd() % (c.unit ? c.d0 : c.d0 * c.n);
-        c.draws.threshold = std::max<uint32_t>(1, draw(e, c.draws.seed, c.draws.offset) >> 8);
-    }
-    c.draws.pad0 = 0;
+    c.draws = pick_draws(c.elem_base, c.unit ? c.d0 : c.d0 * c.n);
     c.kind = (int)(rnd() % 6);
     c.misalign = rnd() % 4 == 0 ? (unsigned)(1 + rnd() % 3) : 0;
     return c;
+}
+
+// A random grouped call: 1 .. 2.5 TD_GROUP items (several launches past TD_GROUP), rows
+// of 1 .. 1500 (the tiny ones take td_tiny alone), one seed. --small: 1 .. 16 items, or
+// TD_GROUP + 1 .. TD_GROUP + 8 (two launches).
+static std::vector<Case> random_group() {
+    const int prof = (int)(rnd() % 4), dt = (int)(rnd() % 4);
+    const size_t m = g_small ? (rnd() % 5 == 0 ? TD_GROUP + 1 + rnd() % 8 : 1 + rnd() % 16)
+                             : (rnd() % 3 == 0 ? TD_GROUP + 1 + rnd() % (3 * TD_GROUP / 2) : 1 + rnd() % TD_GROUP);
+    const uint64_t seed = rnd(), off0 = rnd() % 1000;
+    std::vector<Case> items(m);
+    for (size_t i = 0; i < m; i++) {
+        Case& c = items[i];
+        c.prof = prof;
+        c.dt = dt;
+        c.unit = false;
+        c.values = true;
+        c.grad = rnd() % 4 == 0;
+        c.bits = rnd() % 3 == 0;
+        c.n = rnd() % 8 == 0 ? 1 + rnd() % 32 : 33 + rnd() % 1500;
+        c.d0 = std::max<uint64_t>(1, std::min<uint64_t>(1 + rnd() % (c.n <= 32 ? 100 : 4), 3000 / c.n));
+        c.k = pick_k(c.n);
+        c.elem_base = rnd() % 3 == 0 ? rnd() % 1000003 : 0;
+        c.draws = pick_draws(c.elem_base, c.d0 * c.n);
+        c.draws.seed = seed;
+        c.draws.offset = off0 + i;
+        c.kind = (int)(rnd() % 6);
+        c.misalign = 0;
+    }
+    return items;
 }
 
 int main(int argc, char** argv) {
@@ -447,8 +820,9 @@ int main(int argc, char** argv) {
             seed = strtoull(argv[++i], nullptr, 0);
             seeded = true;
         } else if (!strcmp(argv[i], "--large")) large = true;
+        else if (!strcmp(argv[i], "--small")) g_small = true;
         else {
-            fprintf(stderr, "usage: %s [--cases N] [--min-per-class Q] [--seed S] [--large] [--selftest...]\n",
+            fprintf(stderr, "usage: %s [--cases N] [--min-per-class Q] [--seed S] [--small] [--large] [--selftest...]\n",
                     argv[0]);
             return 2;
         }
@@ -459,66 +833,103 @@ int main(int argc, char** argv) {
     }
     harness::print_seed(argv[0], seed, seeded);
     g_rng = seed;
+    start_watchdog();
     if (large) {
-        // Large shapes, once each (dropout at gamma = alpha = 0.5, and a backward): the paths
-        // at sizes the GPU runs.
-        struct Shape { int prof, dt; uint64_t d0, n; bool unit; };
+        // Large shapes, once each (dropout at gamma = alpha = 0.5): the paths at sizes the GPU
+        // runs, values out with the bit mask and its backward, or the u8 mask.
+        struct Shape { int prof, dt; uint64_t d0, n; bool unit, values; };
         const Shape shapes[] = {
-            {0, 0, 4096, 4096, false}, {0, 2, 4096, 4096, false}, {1, 0, 11008, 4096, false},
-            {0, 2, 4, 1ull << 20, false}, {2, 2, 2, 3ull << 20, false}, {0, 3, 64, 100003, false},
-            {0, 1, 131072, 9, false}, {3, 3, 4096, 32, false}, {1, 0, 4096, 4096, true},
-            {0, 2, 50000, 7, true},
+            {0, 0, 4096, 4096, false, true}, {0, 2, 4096, 4096, false, false}, {1, 0, 11008, 4096, false, true},
+            {0, 2, 4, 1ull << 20, false, true}, {2, 2, 2, 3ull << 20, false, false}, {0, 3, 64, 100003, false, true},
+            {0, 1, 131072, 9, false, true}, {3, 3, 4096, 32, false, false}, {1, 0, 4096, 4096, true, true},
+            {0, 2, 50000, 7, true, false},
         };
         const uint64_t t0 = (uint64_t)time(nullptr);
         for (const Shape& sh : shapes) {
             Case c{};
-            c.prof = sh.prof; c.dt = sh.dt; c.unit = sh.unit; c.values = true; c.grad = false;
+            c.prof = sh.prof; c.dt = sh.dt; c.unit = sh.unit; c.values = sh.values; c.grad = false;
+            c.bits = !sh.unit && sh.values;
             c.d0 = sh.d0; c.n = sh.n;
             c.k = (uint64_t)floor(0.5 * (double)(sh.unit ? sh.d0 : sh.n));
             c.elem_base = 0;
             c.draws = TdDraws{rnd(), 7, 1u << 23, 0};
             c.kind = 0;
             c.misalign = 0;
+            const uint64_t l0 = g_launches;
             const bool ok = run_case(c);
-            printf("large %s: %s\n", describe(c).c_str(), ok ? "bit-exact" : "FAIL");
+            printf("large %s: %llu launches, %s\n", describe(c).c_str(), (unsigned long long)(g_launches - l0),
+                   ok ? "bit-exact" : "FAIL");
             fflush(stdout);
             g_fail += !ok;
         }
-        printf("driver: %zu large shapes in %llu s, %llu launches, %d failed\n", sizeof shapes / sizeof shapes[0],
-               (unsigned long long)(time(nullptr) - t0), (unsigned long long)g_launches, g_fail);
+        printf("driver: %zu large shapes in %llu s, %llu launches (the longest %.1f s, %s), %d failed\n",
+               sizeof shapes / sizeof shapes[0], (unsigned long long)(time(nullptr) - t0),
+               (unsigned long long)g_launches, g_launch_max, g_launch_max_name.c_str(), g_fail);
         return g_fail ? 1 : 0;
     }
-    // Classes: dtype x path (weight tiny, block, long; unit).
-    int paths[4] = {0, 0, 0, 0};
-    harness::Quota quota(16, min_per_class);
+    // Classes: dtype x path (weight tiny, block, long; unit), then grouped calls, weight cases
+    // with a u8 mask out (td_mask_u8), with an unaligned input (the aligned copy), with the
+    // bit mask kept (and the backward from it). A case may count in several classes.
+    enum { kGrouped = 16, kMaskU8, kUnaligned, kBackward, kClasses };
+    harness::Quota quota(kClasses, min_per_class);
     std::vector<std::string> names;
     for (int dt = 0; dt < 4; dt++)
         for (const char* p : {"tiny", "block", "long", "unit"}) names.push_back(std::string(kDtype[dt]) + " " + p);
-    int ran = 0, drawn = 0;
+    for (const char* x : {"grouped", "mask-u8", "unaligned", "bits+backward"}) names.push_back(x);
+    int ran = 0, drawn = 0, paths[4] = {0, 0, 0, 0}, groups = 0, items = 0;
+    double secs[5] = {0, 0, 0, 0, 0};  // per path, then grouped calls
+    auto now = mono;
     for (; drawn < cases || (!quota.met() && drawn < 200 * std::max(cases, 100)); drawn++) {
+        if (rnd() % 25 == 0) {  // a grouped call (each costs about 15 single cases)
+            const std::vector<Case> g = random_group();
+            if (!quota.wanted(kGrouped, drawn, cases)) continue;
+            quota.add(kGrouped);
+            groups++;
+            items += (int)g.size();
+            ran++;
+            const double t0 = now();
+            const bool ok = run_grouped(g);
+            secs[4] += now() - t0;
+            if (!ok) {
+                g_fail++;
+                fprintf(stderr, "  replay: %s --seed 0x%llx --cases %d --min-per-class %d\n", argv[0],
+                        (unsigned long long)seed, cases, min_per_class);
+            }
+            if (g_fail >= 5) break;
+            continue;
+        }
         const Case c = random_case();
-        const unsigned sz = dsize(c.dt);
-        const uint64_t tl = std::min(kProfiles[c.prof].optin - kTinyStatic, tiny_smem(TD_TINY_ROW, sz));
-        const uint64_t rowlen = c.unit ? c.d0 : c.n;
-        const unsigned rsz = c.unit ? (c.dt == 3 ? 8 : 4) : sz;
-        const uint64_t bl = std::min<uint64_t>(TD_BLOCK_ROW_BYTES, kProfiles[c.prof].optin - kBlockStatic);
-        const int path = c.unit ? 3 : rowlen <= 32 && tiny_smem(rowlen, rsz) <= tl ? 0 : block_smem(rowlen, rsz) <= bl ? 1 : 2;
-        if (!quota.wanted(c.dt * 4 + path, drawn, cases)) continue;
-        quota.add(c.dt * 4 + path);
+        const int path = path_of(c);
+        const bool selects = c.k > 0 && c.draws.threshold != 0;
+        std::vector<int> cls = {c.dt * 4 + path};
+        if (!c.unit && !c.values && selects) cls.push_back(kMaskU8);
+        if (!c.unit && c.misalign && selects) cls.push_back(kUnaligned);
+        if (c.bits) cls.push_back(kBackward);
+        bool want = false;
+        for (int x : cls) want = want || quota.wanted(x, drawn, cases);
+        if (!want) continue;
+        for (int x : cls) quota.add(x);
         paths[path]++;
         ran++;
-        if (!run_case(c)) {
+        const double t0 = now();
+        const bool ok = run_case(c);
+        secs[path] += now() - t0;
+        if (getenv("TD_DRIVER_SLOW") && now() - t0 > atof(getenv("TD_DRIVER_SLOW"))) fprintf(stderr, "slow %.2f s: %s\n", now() - t0, describe(c).c_str());
+        if (!ok) {
             g_fail++;
             fprintf(stderr, "  replay: %s --seed 0x%llx --cases %d --min-per-class %d\n", argv[0],
                     (unsigned long long)seed, cases, min_per_class);
         }
         if (g_fail >= 5) break;
     }
-    printf("driver: %d cases (weight tiny %d, block %d, long %d; unit %d), %llu launches, %d failed\n", ran,
-           paths[0], paths[1], paths[2], paths[3], (unsigned long long)g_launches, g_fail);
-    printf("driver: per dtype x path: %s\n", quota.report(names).c_str());
+    printf("driver: %d cases (weight tiny %d, block %d, long %d; unit %d; %d grouped calls of %d tensors), "
+           "%llu launches, %d failed\n",
+           ran, paths[0], paths[1], paths[2], paths[3], groups, items, (unsigned long long)g_launches, g_fail);
+    printf("driver: per class: %s\n", quota.report(names).c_str());
+    printf("driver: seconds: tiny %.1f, block %.1f, long %.1f, unit %.1f, grouped %.1f; the longest launch %.1f s (%s)\n",
+           secs[0], secs[1], secs[2], secs[3], secs[4], g_launch_max, g_launch_max_name.c_str());
     if (!g_fail && !quota.met()) {
-        fprintf(stderr, "driver: a dtype x path has fewer than %d cases after %d draws\n", min_per_class, drawn);
+        fprintf(stderr, "driver: a class has fewer than %d cases after %d draws\n", min_per_class, drawn);
         return 1;
     }
     return g_fail ? 1 : 0;

@@ -1,18 +1,19 @@
-// Driver machinery shared by the emulator's drivers (emu/test/driver.cpp, nm_driver.cpp;
-// v5_driver.cpp adopts it with a few lines): the run's seed, case quotas per class (dtype x
-// path), guarded buffers, the self-test flags. Header-only; include after td_emu.h.
+// Driver machinery shared by the emulator's drivers (emu/test/driver.cpp, nm_driver.cpp): the
+// run's seed, case quotas per class (dtype x path, ...), guarded buffers, the self-test flags.
+// Header-only; include after td_emu.h.
 //
 // - Seed: `--seed S` replays a run; without it every run draws a fresh seed (time and pid)
 //   and prints it first, so that CI's runs differ and a failure names its replay command.
 // - Quota: after the run's N random cases, more are drawn (only those of classes still
-//   short) until every class has its minimum, so that no dtype x path is left with a handful.
+//   short) until every class has its minimum, so that no dtype x path (or other class, e.g.
+//   grouped calls) is left with a handful.
 // - GuardedBuf: a device buffer with guard regions before and after it. Under ASan the guards
 //   are poisoned (any kernel read or write there is an ASan report); otherwise the guards are
 //   registered with the emulator (td_emu_guard_add: a kernel access there is an emulator
 //   report naming kernel, block and thread, in builds with the access hook) and hold a
 //   canary that check() compares (a write there is reported even without the hook). A driver
-//   allocates each segment or row group that a launch treats as separate as its own
-//   GuardedBuf, so that an over-read at an interior boundary lands in a guard.
+//   allocates each tensor of a grouped launch and each scratch buffer as its own GuardedBuf,
+//   so that an over-read at an interior boundary lands in a guard.
 #pragma once
 #include <stdint.h>
 #include <stdio.h>

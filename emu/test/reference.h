@@ -1,9 +1,8 @@
 // The one C++ reference of the crate's random numbers and keys, written from DESIGN.md and
 // sharing nothing with the kernels: splitmix64 (the drivers' case generator), Philox4x32-10 with
 // its known-answer vector, the draw of a flat element index, the drop test, and the selection
-// key of a raw element. Included by emu/test/driver.cpp and nm_driver.cpp; v5_driver.cpp and
-// dev/cuda/targeted_dropout.cu keep their own copies for now (they belong to others: each
-// should include this header and delete its copy).
+// key of a raw element. Included by emu/test/driver.cpp and nm_driver.cpp;
+// dev/cuda/targeted_dropout.cu keeps its own copy (the harness stands alone for nvcc).
 #pragma once
 #include <stdint.h>
 #include <string.h>

@@ -36,13 +36,11 @@ build() { # variant
   $CXX $BASE $san $ksan $KERN -x c++ -c emu/test/faulty.cu -x none -o "$o/faulty.o" & pids+=($!)
   $CXX $BASE $san -c emu/test/driver.cpp -o "$o/driver.o" & pids+=($!)
   $CXX $BASE $san -c emu/test/nm_driver.cpp -o "$o/nm_driver.o" & pids+=($!)
-  $CXX $BASE $san -c emu/test/v5_driver.cpp -o "$o/v5_driver.o" & pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
   local ks=kernels,${KSRC// /,},dyn_shared,emu
   eval "$CXX $link -pthread -o \"$o/driver\" \"$o\"/{driver,faulty,$ks}.o"
   eval "$CXX $link -pthread -o \"$o/nm_driver\" \"$o\"/{nm_driver,$ks}.o"
-  eval "$CXX $link -pthread -o \"$o/v5_driver\" \"$o\"/{v5_driver,faulty,$ks}.o"
-  echo "built $o/driver $o/nm_driver $o/v5_driver"
+  echo "built $o/driver $o/nm_driver"
 }
 
 build_dev() {

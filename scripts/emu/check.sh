@@ -12,9 +12,10 @@ cd "$(dirname "$0")/../.."
 # against a CPU reference under ASan + UBSan and under TSan (a reduced case set), the large
 # shapes, and the dev harness's own validation. A mismatch, an emulator report or a sanitizer
 # report fails. Each step prints its time. Measured 2026-12-03 on the 2-core machine shared with
-# six other helpers' builds (load average 20-23): the builds 742 s, the C++ steps 509 s before
-# the v5 TSan and the library steps (plain 2000 cases 134 s, ASan 802 cases 87 s, TSan 160
-# cases 82 s, large shapes 136 s); on an idle 2-core machine a fraction of that.
+# six other helpers (load average 8-10): 525 s in all, 346 s of CPU (the builds 226 s, plain
+# 2000 cases 101 s, ASan 850 cases 58 s, TSan 172 small cases 48 s, large shapes 80 s, the
+# rest 15 s); an earlier version (more grouped calls) 377 s at load 4-5. Not measured on an
+# idle machine.
 # CHECK_ONLY=<regex> runs only the steps whose names match (and the build, of the variants in
 # CHECK_BUILD, default all): scripts/emu/planted.sh uses it.
 step() {
@@ -55,17 +56,12 @@ step "emu TSan self-tests (4 planted races)" emu_tsan_selftest
 # The random cases: a fresh seed every run (printed first; --seed replays), every fourth
 # launch with fibers switching at every memory access, guard regions around every buffer.
 step "emu kernels, plain, 2000 cases" target/emu/plain/driver --cases 2000 --min-per-class 50
-step "emu kernels, ASan + UBSan, 400 cases, >= 50 per dtype x path" target/emu/asan/driver --cases 400 --min-per-class 50
-step "emu kernels, TSan, 60 cases, >= 10 per dtype x path" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/driver --cases 60 --min-per-class 10
+step "emu kernels, ASan + UBSan, 400 cases, >= 50 per class" target/emu/asan/driver --cases 400 --min-per-class 50
+step "emu kernels, TSan, 60 cases, >= 10 per class, small shapes" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/driver --cases 60 --min-per-class 10 --small
 step "emu N:M kernel, ASan + UBSan, 300 cases" target/emu/asan/nm_driver --cases 300
 step "emu N:M kernel, TSan, 100 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/nm_driver --cases 100
 step "emu kernels, large shapes" target/emu/plain/driver --large
 step "dev harness on the emulator" target/emu/dev/td --emu
-# The v5 kernels (kernels/weight_v5.cu: the library's block, tiny, long-row and backward
-# kernels): their driver against its own reference under ASan + UBSan and TSan. The library's
-# ops through the emulated kernels, bit for bit against the CPU path, run in .ci/run's
-# `cargo test --release --features emulate` (tests/emulated.rs, emulated_long_v5.rs,
-# launch_plan.rs, equivalence.rs with TD_CASES, emulated.rs with TD_EMU_CASES).
-step "v5 kernels, ASan + UBSan, 40 cases" target/emu/asan/v5_driver --cases 40
-step "v5 kernels, TSan, 12 cases" env TSAN_OPTIONS=halt_on_error=1 target/emu/tsan/v5_driver --cases 12
-
+# The library's ops through the emulated kernels, bit for bit against the CPU path, run in
+# .ci/run's `cargo test --release --features emulate` (tests/emulated.rs, launch_plan.rs,
+# equivalence.rs with TD_CASES, emulated.rs with TD_EMU_CASES).
