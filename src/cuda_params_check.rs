@@ -68,6 +68,7 @@ fn constants_are_the_headers() {
         ("TD_CAND_RADIX_BINS", TD_CAND_RADIX_BINS as u64),
         ("TD_WARP_RANK", TD_WARP_RANK as u64),
         ("TD_UNIT_LANES", TD_UNIT_LANES as u64),
+        ("TD_PACK_CHUNK", TD_PACK_CHUNK as u64),
         ("TD_ALWAYS", TD_ALWAYS as u64),
         ("TD_MAX_ROW", TD_MAX_ROW as u64),
         ("TD_NV", TD_NV as u64),
@@ -108,6 +109,11 @@ fn constants_are_the_headers() {
         "a bin per digit value"
     );
     assert_eq!(TD_WARP_RANK, 32, "one warp ranks the last candidates");
+    assert_eq!(
+        TD_PACK_CHUNK,
+        32 * TD_BLOCK,
+        "a mask word per thread of a pack block"
+    );
     // The CPU select takes the kernels' first digit, and the CPU unit scores their lanes.
     assert_eq!(crate::select::FIRST_DIGIT, TD_RADIX_BITS);
     assert_eq!(crate::cpu::SCORE_LANES as u32, TD_UNIT_LANES);

@@ -289,9 +289,9 @@ fn pack_offsets(
         drop(bg);
         r
     };
-    let counts = stream.memcpy_dtov(&counts).w()?;
+    let counts = stream.clone_dtoh(&counts).w()?;
     let (offsets, held) = plan::pack_offsets(&counts);
-    Ok((stream.memcpy_stod(&offsets).w()?, held))
+    Ok((stream.clone_htod(&offsets).w()?, held))
 }
 
 /// The inverse of [`pack`]: `d` (the dropped weight) with the elements whose bit is set
