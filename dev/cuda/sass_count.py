@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Static SASS instruction counts per phase of the v5 kernel (and v4 for reference).
 
-usage: nvcc -cubin -O3 -std=c++17 -lineinfo -arch=sm_90 -Ikernels -o v5.cubin kernels/weight_v5.cu
-       nvdisasm -g -c v5.cubin > v5.sass;  python3 dev/cuda/sass_count.py v5.sass kernels/weight_v5.cu
+usage: nvcc -cubin -O3 -std=c++17 -lineinfo -arch=sm_90 -Ikernels -o weight.cubin kernels/weight.cu
+       nvdisasm -g -c weight.cubin > weight.sass;  python3 dev/cuda/sass_count.py weight.sass kernels/weight.cu
 
 Instructions are attributed to the phase of the last kernel-body source line seen before them
 (helpers and the `each` lambda inherit the phase of their caller). Phases are found from
