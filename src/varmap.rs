@@ -11,9 +11,10 @@ use crate::functions::{
 };
 use crate::generator::take_offsets;
 use crate::op::DropoutKind;
+use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
 use candle_core::TensorId;
-use candle_core::{bail, CpuStorage, Device, Result, Storage, Tensor, Var};
+use candle_core::{bail, CpuStorage, Device, InplaceOp1, Layout, Result, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashSet;
 use std::fmt;
@@ -217,6 +218,13 @@ impl VarMapDropout {
                 Some(v) => (Some(v[i].0.clone()), v[i].1.clone()),
                 None => (None, None),
             };
+            if dropped.is_none() && w.device().is_cpu() {
+                // The CPU: the variable dropped in place, its dropped values moved out.
+                let saved = drop_in_place(&e.var, ops[i]).map_err(named)?;
+                step.saved.vars.push(&e.var);
+                step.saved.originals.push(saved);
+                continue;
+            }
             let (d, saved) = hold(w, ops[i], dropped, bits).map_err(named)?;
             e.var.set(&d).map_err(named)?;
             step.saved.vars.push(&e.var);
@@ -351,8 +359,86 @@ impl Saved {
         match self {
             Saved::Full { orig, .. } if orig.elem_count() == 0 => Ok(()),
             Saved::Full { orig, .. } => var.set(orig),
+            // The held values put back in place.
+            Saved::Dropped { bits, values } if var.device().is_cpu() => {
+                var.as_tensor().inplace_op1(&PutBack {
+                    bits,
+                    values: values.clone(),
+                })
+            }
             Saved::Dropped { bits, values } => var.set(&unpack(var.as_tensor(), bits, values)?),
         }
+    }
+}
+
+/// A CPU variable dropped in place under `op` for one step ([`crate::cpu::held`]): one pass
+/// writes the bit mask of the dropped elements, one moves them out; held: the bits and the
+/// values.
+fn drop_in_place(var: &Var, op: crate::op::TargetedOp) -> Result<Saved> {
+    let d = DropInPlace {
+        op,
+        out: Mutex::new(None),
+    };
+    var.as_tensor().inplace_op1(&d)?;
+    let taken = d.out.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some((bits, values)) = taken else {
+        bail!("VarMapDropout: internal error, the in-place drop wrote nothing")
+    };
+    let cpu = Device::Cpu;
+    macro_rules! go {
+        ($($variant:ident),*) => {
+            match values {
+                $(CpuStorage::$variant(v) => {
+                    let n = v.len();
+                    Tensor::from_vec(v, n, &cpu)?
+                })*
+                other => bail!("VarMapDropout: unsupported dtype {:?}", other.dtype()),
+            }
+        };
+    }
+    let values = go!(F32, F64, F16, BF16);
+    Ok(Saved::Dropped {
+        bits: Arc::new(bits),
+        values,
+    })
+}
+
+/// [`drop_in_place`] as candle's in-place op.
+struct DropInPlace {
+    op: crate::op::TargetedOp,
+    out: Mutex<Option<(Vec<u32>, CpuStorage)>>,
+}
+
+impl InplaceOp1 for DropInPlace {
+    fn name(&self) -> &'static str {
+        self.op.name()
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let r = crate::cpu::held::drop_in_place(&self.op, s, l)?;
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        Ok(())
+    }
+}
+
+/// The held values put back into a CPU variable, in place.
+struct PutBack<'a> {
+    bits: &'a [u32],
+    values: Tensor,
+}
+
+impl InplaceOp1 for PutBack<'_> {
+    fn name(&self) -> &'static str {
+        "VarMapDropout restore"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let values = self.values.contiguous()?;
+        let (vs, vl) = values.storage_and_layout();
+        let (Storage::Cpu(v), Some(ab)) = (&*vs, vl.contiguous_offsets()) else {
+            bail!("VarMapDropout: internal error, held values that are not a contiguous CPU tensor")
+        };
+        crate::cpu::held::restore_in_place(s, l, self.bits, (v, ab))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::element::Element;
 use crate::philox::{Bernoulli, THRESHOLD_ALWAYS};
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// The value each element of a part keeps when it is not dropped.
 pub(crate) trait Kept<O>: Copy + Send + Sync {
@@ -129,14 +130,42 @@ impl Targets for All {
     }
 }
 
-/// What a part writes: the values kept, the value of a dropped element (+0 or the mask's 1),
-/// which elements are targeted and the flat index (draw index) of the first.
+/// Where a writer puts the bit mask of the dropped elements as it writes them (DESIGN.md's
+/// kept mask, `Buf::Bits`): bit `e % 32` of word `e / 32` is set iff element `e` (its index
+/// within the tensor: its draw index `first_e + i` less `base`) is dropped. The words must
+/// start at 0: a part stores the words that lie wholly inside it and ors in its first and
+/// last words, which it may share with the parts beside it (parts run on several threads).
 #[derive(Clone, Copy)]
-pub(crate) struct Part<O, K, G> {
+pub(crate) struct BitsOut<'a> {
+    pub words: &'a [AtomicU32],
+    pub base: u64,
+}
+
+/// `n` bits' words, all 0, for a [`BitsOut`].
+pub(crate) fn zeroed_words(n: usize) -> Vec<AtomicU32> {
+    // `vec![0; _]` allocates zeroed memory; the map is an in-place collect.
+    vec![0u32; n.div_ceil(32)]
+        .into_iter()
+        .map(AtomicU32::new)
+        .collect()
+}
+
+/// The words of [`zeroed_words`] once written.
+pub(crate) fn into_words(v: Vec<AtomicU32>) -> Vec<u32> {
+    v.into_iter().map(AtomicU32::into_inner).collect()
+}
+
+/// What a part writes: the values kept, the value of a dropped element (+0 or the mask's 1),
+/// which elements are targeted, the flat index (draw index) of the first, and where the bit
+/// mask of the dropped elements goes, if anywhere (`O = ()` with `Fill(())` writes the bit
+/// mask alone).
+#[derive(Clone, Copy)]
+pub(crate) struct Part<'b, O, K, G> {
     pub kept: K,
     pub dropped: O,
     pub targets: G,
     pub first_e: u64,
+    pub bits: Option<BitsOut<'b>>,
 }
 
 /// Writes every element of `out` (see the module): targeted elements whose draw falls under
@@ -147,7 +176,7 @@ pub(crate) struct Part<O, K, G> {
 #[inline]
 pub(crate) fn write_masked<O: Copy, K: Kept<O>, G: Targets>(
     out: &mut [MaybeUninit<O>],
-    part: Part<O, K, G>,
+    part: Part<'_, O, K, G>,
     draws: &Bernoulli,
     words: &mut Vec<u32>,
 ) {
@@ -167,7 +196,7 @@ pub(crate) fn write_masked<O: Copy, K: Kept<O>, G: Targets>(
 #[target_feature(enable = "avx2")]
 unsafe fn write_masked_avx2<O: Copy, K: Kept<O>, G: Targets>(
     out: &mut [MaybeUninit<O>],
-    part: Part<O, K, G>,
+    part: Part<'_, O, K, G>,
     draws: &Bernoulli,
     words: &mut Vec<u32>,
 ) {
@@ -234,7 +263,7 @@ fn draw_targeted<'w, G: Targets>(
 #[inline(always)]
 fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
     out: &mut [MaybeUninit<O>],
-    part: Part<O, K, G>,
+    part: Part<'_, O, K, G>,
     draws: &Bernoulli,
     words: &mut Vec<u32>,
     blocks8: impl Fn(u64) -> [u32; 32],
@@ -246,23 +275,103 @@ fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
     let t = draws.threshold;
     // SAFETY (every `at` below): `i < len = out.len()`, the length of both prefixes.
     if t == 0 {
+        // Nothing dropped: the bits stay 0.
         for (i, o) in out.iter_mut().enumerate() {
             o.write(unsafe { kept.at(i) });
         }
         return;
     }
     if t == THRESHOLD_ALWAYS {
-        for (i, o) in out.iter_mut().enumerate() {
-            let (v, d) = unsafe { (kept.at(i), targets.at(i)) };
-            o.write(if d { dropped } else { v });
+        match part.bits {
+            None => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let (v, d) = unsafe { (kept.at(i), targets.at(i)) };
+                    o.write(if d { dropped } else { v });
+                }
+            }
+            Some(b) => with_bits(
+                out,
+                kept,
+                dropped,
+                part.first_e - b.base,
+                b.words,
+                |i| unsafe { targets.at(i) },
+            ),
         }
         return;
     }
     let words = draw_targeted(words, part.first_e, len, draws, &blocks8, targets);
-    for ((i, o), &w) in out.iter_mut().enumerate().zip(&*words) {
-        let (v, f) = unsafe { (kept.at(i), targets.at(i)) };
-        let d = f & ((w >> 8) < t);
-        o.write(if d { dropped } else { v });
+    match part.bits {
+        None => {
+            for ((i, o), &w) in out.iter_mut().enumerate().zip(&*words) {
+                let (v, f) = unsafe { (kept.at(i), targets.at(i)) };
+                let d = f & ((w >> 8) < t);
+                o.write(if d { dropped } else { v });
+            }
+        }
+        Some(b) => {
+            let words = &*words;
+            with_bits(out, kept, dropped, part.first_e - b.base, b.words, |i| {
+                // SAFETY: `i < len`, and `words` has `len` words.
+                let w = unsafe { *words.get_unchecked(i) };
+                (unsafe { targets.at(i) }) & ((w >> 8) < t)
+            })
+        }
+    }
+}
+
+/// The selects of [`write_masked_body`] with the bit mask: element `i` of `out` (index `e0 +
+/// i` within the tensor) is dropped iff `drops(i)`; the bits go to `bits` (see [`BitsOut`]),
+/// a word at a time: the part's elements up to the first multiple of 32, whole words, the
+/// rest.
+#[inline(always)]
+fn with_bits<O: Copy, K: Kept<O>>(
+    out: &mut [MaybeUninit<O>],
+    kept: K,
+    dropped: O,
+    e0: u64,
+    bits: &[AtomicU32],
+    drops: impl Fn(usize) -> bool,
+) {
+    let len = out.len();
+    // The elements `a .. a + o.len()`, their bits from bit 0 of the word returned.
+    let chunk = |o: &mut [MaybeUninit<O>], a: usize| -> u32 {
+        let mut m = 0u32;
+        for (j, o) in o.iter_mut().enumerate() {
+            let d = drops(a + j);
+            // SAFETY: `a + j < len`, the length of `kept`.
+            o.write(if d {
+                dropped
+            } else {
+                unsafe { kept.at(a + j) }
+            });
+            m |= (d as u32) << j;
+        }
+        m
+    };
+    let head = (((32 - e0 % 32) % 32) as usize).min(len);
+    let (ho, rest) = out.split_at_mut(head);
+    if head > 0 {
+        let m = chunk(ho, 0);
+        if m != 0 {
+            bits[(e0 / 32) as usize].fetch_or(m << (e0 % 32), Relaxed);
+        }
+    }
+    // From here on every chunk starts a word.
+    let w0 = ((e0 + head as u64) / 32) as usize;
+    let mut whole = rest.chunks_exact_mut(32);
+    for (c, o) in (&mut whole).enumerate() {
+        let m = chunk(o, head + 32 * c);
+        // The word lies wholly inside this part: no other part writes it.
+        bits[w0 + c].store(m, Relaxed);
+    }
+    let full = (len - head) / 32;
+    let tail = whole.into_remainder();
+    if !tail.is_empty() {
+        let m = chunk(tail, head + 32 * full);
+        if m != 0 {
+            bits[w0 + full].fetch_or(m, Relaxed);
+        }
     }
 }
 
@@ -330,10 +439,71 @@ mod tests {
                         dropped: -7.0,
                         targets: below,
                         first_e,
+                        bits: None,
                     };
                     let want = contract(&|i| row[i].key() < lim, &|i| kept[i]);
                     assert_eq!(run(part, false), want, "below, {what}");
                     assert_eq!(run(part, true), want, "below, portable, {what}");
+                    // With the bit mask: the part is elements `off .. off + len` of a tensor
+                    // whose other bits (random) stay as they were.
+                    let off = (first_e % 41) as usize;
+                    let outside: Vec<u32> = (0..(off + len).div_ceil(32) + 1)
+                        .map(|_| next() as u32)
+                        .collect();
+                    let inside = |e: usize| (off..off + len).contains(&e);
+                    let bit = |v: &[u32], e: usize| (v[e / 32] >> (e % 32)) & 1 == 1;
+                    let mut want_bits = outside.clone();
+                    for e in 0..32 * outside.len() {
+                        let d = inside(e) && want[e - off] == -7.0;
+                        if inside(e) {
+                            want_bits[e / 32] &= !(1 << (e % 32));
+                            want_bits[e / 32] |= (d as u32) << (e % 32);
+                        }
+                    }
+                    let start = || -> Vec<AtomicU32> {
+                        (0..outside.len())
+                            .map(|w| {
+                                let m = (0..32)
+                                    .filter(|j| !inside(32 * w + j))
+                                    .fold(0u32, |m, j| m | (1 << j));
+                                AtomicU32::new(outside[w] & m)
+                            })
+                            .collect()
+                    };
+                    for portable in [false, true] {
+                        let b = start();
+                        let part = Part {
+                            bits: Some(BitsOut {
+                                words: &b,
+                                base: first_e - off as u64,
+                            }),
+                            ..part
+                        };
+                        assert_eq!(run(part, portable), want, "values + bits, {what}");
+                        let got = into_words(b);
+                        for e in 0..32 * got.len() {
+                            assert_eq!(
+                                bit(&got, e),
+                                bit(&want_bits, e),
+                                "bit {e}, part {off}.., portable {portable}, {what}"
+                            );
+                        }
+                    }
+                    // The bits alone (`O = ()`).
+                    let b = start();
+                    let mut o = vec![MaybeUninit::new(()); len];
+                    let part = Part {
+                        kept: Fill(()),
+                        dropped: (),
+                        targets: below,
+                        first_e,
+                        bits: Some(BitsOut {
+                            words: &b,
+                            base: first_e - off as u64,
+                        }),
+                    };
+                    write_masked(&mut o, part, &draws, &mut words);
+                    assert_eq!(into_words(b), want_bits, "bits alone, {what}");
                     // Flags and a fill (a mask: 0 kept, 1 dropped).
                     let mut o = vec![MaybeUninit::new(9u8); len];
                     let part = Part {
@@ -341,6 +511,7 @@ mod tests {
                         dropped: 1u8,
                         targets: Flags(&flags),
                         first_e,
+                        bits: None,
                     };
                     write_masked(&mut o, part, &draws, &mut Vec::new());
                     let want: Vec<u8> = (0..len)

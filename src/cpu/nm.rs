@@ -11,12 +11,13 @@
 //!    allocation per group);
 //! 2. writes its output once, in memory order, through the masked-output writer.
 
-use super::mask::{write_masked, Flags, Kept, Part};
+use super::mask::{write_masked, BitsOut, Flags, Kept, Part};
 use crate::config::NmPattern;
 use crate::element::Element;
 use crate::philox::Bernoulli;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::AtomicU32;
 
 /// The largest group: ranks fit a `u8` and a tile's keys the stack.
 const MAX_M: usize = crate::config::MAX_M;
@@ -123,15 +124,15 @@ fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
 }
 
 /// N:M targeted dropout of `w` (`[outer, c, s]` row-major, `c` a multiple of `m`) into every
-/// element of `out`: `dropped` where an element is dropped, its kept value elsewhere.
+/// element of `out`: `dropped` where an element is dropped, its kept value elsewhere; and the
+/// bit mask of the dropped elements into `bits`, if given (zeroed, see [`BitsOut`]).
 pub(super) fn nm_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>(
     w: &[T],
-    kept: K,
     out: &mut [MaybeUninit<O>],
-    dropped: O,
-    p: NmPattern,
-    s: usize,
+    (kept, dropped): (K, O),
+    (p, s): (NmPattern, usize),
     draws: &Bernoulli,
+    bits: Option<&[AtomicU32]>,
 ) {
     if w.is_empty() {
         return;
@@ -162,6 +163,7 @@ pub(super) fn nm_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>(
                     dropped,
                     targets: Flags(flags),
                     first_e: start as u64,
+                    bits: bits.map(|words| BitsOut { words, base: 0 }),
                 };
                 write_masked(o, part, draws, words);
             },
@@ -196,7 +198,14 @@ mod tests {
                         .map(|_| values[(next() % values.len() as u64) as usize])
                         .collect();
                     let mut out = vec![MaybeUninit::new(9u8); len];
-                    nm_into(&w, Fill(0u8), &mut out, 1u8, p, s, &Bernoulli::always());
+                    nm_into(
+                        &w,
+                        &mut out,
+                        (Fill(0u8), 1u8),
+                        (p, s),
+                        &Bernoulli::always(),
+                        None,
+                    );
                     // SAFETY: every element was initialised (to 9, then written).
                     let flags: Vec<u8> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
                     for sl in 0..slabs {

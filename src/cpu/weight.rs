@@ -6,13 +6,14 @@
 //!   segments below the cut's two limits;
 //! - a few rows of at least [`LONG_ROW`]: each row's selection and writing split over the pool.
 
-use super::mask::{write_masked, Below, Kept, Part};
+use super::mask::{write_masked, Below, BitsOut, Kept, Part};
 use crate::element::Element;
 use crate::op::TargetedOp;
 use crate::philox::Bernoulli;
 use crate::select::{row_cut, row_cut_par, targeted_count, Cut, Scratch, LONG_ROW, PAR_CHUNK};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::AtomicU32;
 
 /// A part of a row that starts at index `start` of the row: `row` and `kept` are that part,
 /// `first_e` the flat index of its first element.
@@ -23,6 +24,7 @@ struct RowPart<'a, T, O, K> {
     dropped: O,
     start: usize,
     first_e: u64,
+    bits: Option<BitsOut<'a>>,
 }
 
 /// Writes a part of a row: the cut splits it into a segment below `kth + 1` and one below
@@ -48,25 +50,32 @@ fn write_cut<T: Element, O: Copy, K: Kept<O>>(
             dropped: rp.dropped,
             targets: Below { row: r, lim },
             first_e: rp.first_e + s as u64,
+            bits: rp.bits,
         };
         write_masked(o, part, draws, words);
     }
 }
 
 /// Targeted weight dropout on `w` (row-major, rows of `n`), written into every element of
-/// `out`: `dropped` where an element is dropped, its kept value elsewhere.
+/// `out`: `dropped` where an element is dropped, its kept value elsewhere; and the bit mask
+/// of the dropped elements into `bits`, if given (zeroed, see [`BitsOut`]).
 pub(super) fn weight_dropout_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>(
     w: &[T],
     out: &mut [MaybeUninit<O>],
-    kept: K,
-    dropped: O,
+    (kept, dropped): (K, O),
     n: usize,
     op: &TargetedOp,
+    bits: Option<&[AtomicU32]>,
 ) {
     if w.is_empty() || n == 0 {
         return;
     }
     let elem_base = op.elem_base;
+    // Draw index `elem_base + e` is bit `e`.
+    let bits = bits.map(|words| BitsOut {
+        words,
+        base: elem_base,
+    });
     let k = targeted_count(op.gamma, n);
     // Nothing is dropped at alpha = 0, so nothing needs selecting.
     let k = if op.draws.threshold == 0 { 0 } else { k };
@@ -87,6 +96,7 @@ pub(super) fn weight_dropout_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>
                         dropped,
                         start,
                         first_e: elem_base + (r * n + start) as u64,
+                        bits,
                     };
                     write_cut(o, rp, cut, &op.draws, words)
                 });
@@ -107,6 +117,7 @@ pub(super) fn weight_dropout_into<T: Element, O: Copy + Send + Sync, K: Kept<O>>
                     dropped,
                     start: 0,
                     first_e: elem_base + (r * n) as u64,
+                    bits,
                 };
                 write_cut(o, rp, cut, &op.draws, words)
             },
