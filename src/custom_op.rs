@@ -328,7 +328,7 @@ pub(crate) fn mask_on_host(grad: &Tensor, bits: &[u32]) -> Result<Tensor> {
 }
 
 /// Whether the emulation is in force on this thread.
-fn emulated() -> bool {
+pub(crate) fn emulated() -> bool {
     #[cfg(feature = "emulate")]
     return crate::emulate::active().is_some();
     #[cfg(not(feature = "emulate"))]

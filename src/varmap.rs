@@ -4,7 +4,7 @@
 //! ([`SparsityReport`]). The model's code does not change.
 
 use crate::config::{check_kind_args, TargetedDropout};
-use crate::custom_op::{mask_on_host, masked_by_bits, Bits};
+use crate::custom_op::{emulated, mask_on_host, masked_by_bits, Bits};
 use crate::functions::{
     grouped, is_nm_sparse, many_ops, mask_of, masked_gradient, prune_nm, prune_units,
     prune_weights, zero_count,
@@ -205,10 +205,46 @@ impl VarMapDropout {
         // Where the kernels serve the call (a GPU, the emulator): one grouped plan for every
         // variable, each output with its kept bit mask where its kernel writes one.
         let served = grouped(&items, &ops, &|_| true).map_err(context)?;
+        // The CPU's variables (where no kernel served the call) dropped in place, all of them
+        // in one call to the pool: their passes run side by side, and the pool is entered once
+        // a step, not once a pass.
+        let mut on_cpu: Vec<Option<Result<Saved>>> = match served {
+            Some(_) => Vec::new(),
+            None => {
+                use rayon::prelude::*;
+                self.entries
+                    .par_iter()
+                    .zip(current.par_iter())
+                    .zip(ops.par_iter())
+                    .map(|((e, w), op)| {
+                        (w.elem_count() > 0 && w.device().is_cpu())
+                            .then(|| drop_in_place(&e.var, *op))
+                    })
+                    .collect()
+            }
+        };
+        // Every variable set is recorded before an error returns (dropping the step puts
+        // them back).
+        let mut first_err = None;
         for (i, (e, w)) in self.entries.iter().zip(&current).enumerate() {
             let named = |err: candle_core::Error| {
                 err.context(format!("VarMapDropout::{what}: variable {}", e.name))
             };
+            if let Some(r) = on_cpu.get_mut(i).and_then(Option::take) {
+                match r {
+                    Ok(saved) => {
+                        step.saved.vars.push(&e.var);
+                        step.saved.originals.push(saved);
+                    }
+                    Err(err) => {
+                        first_err.get_or_insert(named(err));
+                    }
+                }
+                continue;
+            }
+            if first_err.is_some() {
+                continue;
+            }
             if w.elem_count() == 0 {
                 step.saved.vars.push(&e.var);
                 step.saved.originals.push(Saved::full(w.clone()));
@@ -218,19 +254,24 @@ impl VarMapDropout {
                 Some(v) => (Some(v[i].0.clone()), v[i].1.clone()),
                 None => (None, None),
             };
-            if dropped.is_none() && w.device().is_cpu() {
-                // The CPU: the variable dropped in place, its dropped values moved out.
-                let saved = drop_in_place(&e.var, ops[i]).map_err(named)?;
-                step.saved.vars.push(&e.var);
-                step.saved.originals.push(saved);
-                continue;
+            let held = hold(w, ops[i], dropped, bits).and_then(|(d, saved)| {
+                e.var.set(&d)?;
+                Ok(saved)
+            });
+            match held {
+                Ok(saved) => {
+                    step.saved.vars.push(&e.var);
+                    step.saved.originals.push(saved);
+                }
+                Err(err) => {
+                    first_err.get_or_insert(named(err));
+                }
             }
-            let (d, saved) = hold(w, ops[i], dropped, bits).map_err(named)?;
-            e.var.set(&d).map_err(named)?;
-            step.saved.vars.push(&e.var);
-            step.saved.originals.push(saved);
         }
-        Ok(step)
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(step),
+        }
     }
 
     /// Prunes every selected variable in place (its config's kind and gamma: the whole
@@ -599,6 +640,17 @@ impl Drop for Restore<'_> {
 
 /// Sets every variable back, trying all of them; the first error, if any.
 fn restore(vars: &[&Var], originals: &[Saved]) -> Result<()> {
+    let in_place = |v: &Var, o: &Saved| v.device().is_cpu() && matches!(o, Saved::Dropped { .. });
+    if vars.iter().zip(originals).all(|(v, o)| in_place(v, o)) {
+        // Every one in place on the CPU: all of them in one call to the pool.
+        use rayon::prelude::*;
+        let rs: Vec<Result<()>> = vars
+            .par_iter()
+            .zip(originals.par_iter())
+            .map(|(v, o)| o.restore(v))
+            .collect();
+        return rs.into_iter().find(Result::is_err).unwrap_or(Ok(()));
+    }
     let mut first = Ok(());
     for (v, o) in vars.iter().zip(originals) {
         if let Err(e) = o.restore(v) {
@@ -668,6 +720,28 @@ impl DropoutStep<'_> {
     /// Masks the gradient of every selected variable in `grads` (bit-identical to what
     /// autograd gives through the functional op) and restores the original weights.
     pub fn finish(self, grads: &mut GradStore) -> Result<()> {
+        // The CPU's gradients (no emulation in force) masked with their held bits, all of them
+        // in one call to the pool.
+        let mut on_cpu: Vec<Option<Result<Tensor>>> = if emulated() {
+            Vec::new()
+        } else {
+            use rayon::prelude::*;
+            let gs: Vec<Option<&Tensor>> = self
+                .vd
+                .entries
+                .iter()
+                .map(|e| grads.get(e.var.as_tensor()))
+                .collect();
+            gs.par_iter()
+                .zip(self.saved.originals.par_iter())
+                .map(|(g, orig)| match (g, orig) {
+                    (Some(g), Saved::Dropped { bits, .. }) if g.device().is_cpu() => {
+                        Some(mask_on_host(g, bits))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         let mut result = Ok(());
         for (i, (e, orig)) in self
             .vd
@@ -680,27 +754,30 @@ impl DropoutStep<'_> {
             // keeps what it had.
             if let Some(g) = grads.get(e.var.as_tensor()) {
                 let offset = self.first_offset.wrapping_add(i as u64);
-                let masked = match orig {
-                    // The kept mask: one pass over the gradient, no selection.
-                    Saved::Dropped { bits, .. } => {
-                        let b = Bits::Host(bits.clone());
-                        match masked_by_bits(g, &b) {
-                            Ok(Some(m)) => Ok(m),
-                            Ok(None) => mask_on_host(g, bits),
-                            Err(e) => Err(e),
+                let masked = match on_cpu.get_mut(i).and_then(Option::take) {
+                    Some(m) => m,
+                    None => match orig {
+                        // The kept mask: one pass over the gradient, no selection.
+                        Saved::Dropped { bits, .. } => {
+                            let b = Bits::Host(bits.clone());
+                            match masked_by_bits(g, &b) {
+                                Ok(Some(m)) => Ok(m),
+                                Ok(None) => mask_on_host(g, bits),
+                                Err(e) => Err(e),
+                            }
                         }
-                    }
-                    Saved::Full {
-                        orig,
-                        bits: Some(b),
-                    } => match masked_by_bits(g, b) {
-                        Ok(Some(m)) => Ok(m),
-                        Ok(None) => masked_gradient(orig, g, e.config, self.seed, offset),
-                        Err(e) => Err(e),
+                        Saved::Full {
+                            orig,
+                            bits: Some(b),
+                        } => match masked_by_bits(g, b) {
+                            Ok(Some(m)) => Ok(m),
+                            Ok(None) => masked_gradient(orig, g, e.config, self.seed, offset),
+                            Err(e) => Err(e),
+                        },
+                        Saved::Full { orig, bits: None } => {
+                            masked_gradient(orig, g, e.config, self.seed, offset)
+                        }
                     },
-                    Saved::Full { orig, bits: None } => {
-                        masked_gradient(orig, g, e.config, self.seed, offset)
-                    }
                 };
                 match masked {
                     Ok(masked) => {

@@ -41,9 +41,13 @@ struct Tile {
     targeted: usize,
 }
 
-/// Flags one [`Tile`] of `x` (see [`Tile`]).
+/// A tile's keys: element `j` of lane `l` at `[j][l]`.
+type TileKeys<K> = [[K; LANES]; MAX_M];
+
+/// Flags one [`Tile`] of `x` (see [`Tile`]); `keys` is scratch, reused across tiles (its 2 KiB
+/// are cleared once a task, not once a tile).
 #[inline(always)]
-fn flag_tile<T: Element>(x: &[T], flags: &mut [u8], tile: Tile) {
+fn flag_tile<T: Element>(x: &[T], flags: &mut [u8], tile: Tile, keys: &mut TileKeys<T::Key>) {
     let Tile {
         base,
         ls,
@@ -52,7 +56,6 @@ fn flag_tile<T: Element>(x: &[T], flags: &mut [u8], tile: Tile) {
         m,
         targeted,
     } = tile;
-    let mut keys = [[T::Key::default(); LANES]; MAX_M];
     for (j, kj) in keys[..m].iter_mut().enumerate() {
         for (l, k) in kj[..lanes].iter_mut().enumerate() {
             *k = x[base + l * ls + j * js].key();
@@ -83,6 +86,9 @@ fn flag_tile<T: Element>(x: &[T], flags: &mut [u8], tile: Tile) {
 /// The targeted flags of whole slabs `x` (`m * s` elements each) into `flags`.
 fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
     let (m, t) = (p.m, p.targeted());
+    // Lanes past a tile's `lanes` keep keys of an earlier tile (or 0): their ranks are
+    // counted and never written.
+    let mut keys = [[T::Key::default(); LANES]; MAX_M];
     if s == 1 {
         // Groups are contiguous: lanes are consecutive groups.
         let groups = x.len() / m;
@@ -99,6 +105,7 @@ fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
                     m,
                     targeted: t,
                 },
+                &mut keys,
             );
         }
     } else {
@@ -117,6 +124,7 @@ fn flag_slabs<T: Element>(x: &[T], flags: &mut [u8], p: NmPattern, s: usize) {
                         m,
                         targeted: t,
                     },
+                    &mut keys,
                 );
             }
         }
