@@ -1,12 +1,14 @@
 //! The one masked-output writer of the CPU path: every op (weight, unit, N:M; values, their
-//! gradient, or the `u8` mask) writes its output here, from which elements are targeted
-//! ([`Targets`]), the values kept ([`Kept`]) and the draws.
+//! gradient, the `u8` mask, or the packed bit mask alone or beside the values) writes its
+//! output here, from which elements are targeted ([`Targets`]), the values kept ([`Kept`])
+//! and the draws.
 //!
 //! Element `i` of a part becomes `dropped` when it is targeted and its draw (flat index
 //! `first_e + i`) falls under alpha, `kept[i]` otherwise; each output element is written once,
-//! into uninitialised memory. At alpha = 0 the part is a copy and at alpha = 1 a select with
-//! no draws; otherwise the Philox words come first, only for the 32-element batches that hold
-//! a targeted element (eight blocks in AVX2 lanes where the processor has AVX2), then one
+//! into uninitialised memory, and with a [`BitsOut`] its bit is set in the same pass. At
+//! alpha = 0 the part is a copy and at alpha = 1 a select with no draws; otherwise the Philox
+//! words come first, only for the 64- and 32-element batches that hold a targeted element
+//! (sixteen or eight blocks in AVX-512 or AVX2 lanes where the processor has them), then one
 //! vectorised select per element.
 
 use crate::element::Element;
@@ -170,9 +172,10 @@ pub(crate) struct Part<'b, O, K, G> {
 
 /// Writes every element of `out` (see the module): targeted elements whose draw falls under
 /// alpha become `part.dropped`, the others `part.kept`. `words` is the caller's scratch for
-/// the draws, reused across parts. With AVX2 the same code is compiled for AVX2 (the selects
-/// in 256-bit vectors, the Philox blocks eight lanes at a time, inlined); elsewhere for the
-/// baseline with scalar Philox.
+/// the draws, reused across parts. With AVX-512F the same code is compiled for AVX-512 (the
+/// Philox blocks sixteen and eight at a time in 64-bit lanes, `philox512.rs`), with AVX2 for
+/// AVX2 (the selects in 256-bit vectors, the Philox blocks eight lanes at a time, inlined);
+/// elsewhere for the baseline with scalar Philox. The draws are the same bits on each.
 #[inline]
 pub(crate) fn write_masked<O: Copy, K: Kept<O>, G: Targets>(
     out: &mut [MaybeUninit<O>],
@@ -180,12 +183,34 @@ pub(crate) fn write_masked<O: Copy, K: Kept<O>, G: Targets>(
     draws: &Bernoulli,
     words: &mut Vec<u32>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx2")
+    {
+        // SAFETY: the processor has AVX-512F and AVX2, the features the function enables.
+        return unsafe { write_masked_avx512(out, part, draws, words) };
+    }
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the processor has AVX2, the only feature the function enables.
         return unsafe { write_masked_avx2(out, part, draws, words) };
     }
-    write_masked_body(out, part, draws, words, |c| draws.blocks8_scalar(c))
+    write_masked_body(
+        out,
+        part,
+        draws,
+        words,
+        |c| draws.blocks8_scalar(c),
+        |c| blocks16_of(|c| draws.blocks8_scalar(c), c),
+    )
+}
+
+/// Sixteen blocks as two calls of an eight-block function.
+#[inline(always)]
+fn blocks16_of(blocks8: impl Fn(u64) -> [u32; 32], c: u64) -> [u32; 64] {
+    let mut w = [0u32; 64];
+    w[..32].copy_from_slice(&blocks8(c));
+    w[32..].copy_from_slice(&blocks8(c.wrapping_add(8)));
+    w
 }
 
 /// [`write_masked`] compiled for AVX2.
@@ -200,26 +225,52 @@ unsafe fn write_masked_avx2<O: Copy, K: Kept<O>, G: Targets>(
     draws: &Bernoulli,
     words: &mut Vec<u32>,
 ) {
-    write_masked_body(out, part, draws, words, |c| {
-        // SAFETY: this function only runs on processors with AVX2.
-        unsafe { crate::philox::x86::blocks8_avx2(draws, c) }
+    // SAFETY (both closures): this function only runs on processors with AVX2.
+    let blocks8 = |c| unsafe { crate::philox::x86::blocks8_avx2(draws, c) };
+    write_masked_body(out, part, draws, words, blocks8, |c| {
+        blocks16_of(blocks8, c)
     })
+}
+
+/// [`write_masked`] compiled for AVX-512F (and AVX2).
+///
+/// # Safety
+/// The processor must support AVX-512F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn write_masked_avx512<O: Copy, K: Kept<O>, G: Targets>(
+    out: &mut [MaybeUninit<O>],
+    part: Part<'_, O, K, G>,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+) {
+    use super::philox512::{blocks16_avx512, blocks8_avx512};
+    write_masked_body(
+        out,
+        part,
+        draws,
+        words,
+        // SAFETY (both closures): this function only runs on processors with AVX-512F.
+        |c| unsafe { blocks8_avx512(draws, c) },
+        |c| unsafe { blocks16_avx512(draws, c) },
+    )
 }
 
 /// Fills `words[..len]` (returned) with the Philox words of flat indices `first_e ..
 /// first_e + len` where they are needed: the elements before the first aligned group of four
-/// and after the last one a draw each, whole groups eight blocks (32 elements) at a time, the
-/// groups left one block at a time, each only when `targets.any(range)` says one of its
-/// elements is targeted (the words of the others are left as they were and must not be
-/// looked at). `blocks8(c)` gives the words of Philox blocks `c .. c + 8`. `targets` is a
-/// prefix of `len` elements.
+/// and after the last one a draw each, whole groups sixteen blocks (64 elements) at a time,
+/// then eight (32 elements), the groups left one block at a time, each only when
+/// `targets.any(range)` says one of its elements is targeted (the words of the others are
+/// left as they were and must not be looked at). `blocks8(c)` and `blocks16(c)` give the
+/// words of Philox blocks `c .. c + 8` and `c .. c + 16`. `targets` is a prefix of `len`
+/// elements.
 #[inline(always)]
 fn draw_targeted<'w, G: Targets>(
     words: &'w mut Vec<u32>,
     first_e: u64,
     len: usize,
     draws: &Bernoulli,
-    blocks8: &impl Fn(u64) -> [u32; 32],
+    (blocks8, blocks16): (&impl Fn(u64) -> [u32; 32], &impl Fn(u64) -> [u32; 64]),
     targets: G,
 ) -> &'w mut [u32] {
     if words.len() < len {
@@ -236,18 +287,28 @@ fn draw_targeted<'w, G: Targets>(
             words[i] = draws.draw(first_e + i as u64);
         }
     }
-    let batches = groups / 8;
-    for (b, w) in words[head..head + 32 * batches]
-        .chunks_exact_mut(32)
+    let big = groups / 16;
+    for (b, w) in words[head..head + 64 * big]
+        .chunks_exact_mut(64)
         .enumerate()
     {
-        let i = head + 32 * b;
-        // SAFETY: i + 32 <= head + 32 * batches <= len.
-        if unsafe { targets.any(i..i + 32) } {
-            w.copy_from_slice(&blocks8(g0 + 8 * b as u64));
+        let i = head + 64 * b;
+        // SAFETY: i + 64 <= head + 64 * big <= len.
+        if unsafe { targets.any(i..i + 64) } {
+            w.copy_from_slice(&blocks16(g0 + 16 * b as u64));
         }
     }
-    for g in 8 * batches..groups {
+    // The groups left: eight blocks at a time (at most one batch), then one at a time.
+    let batches = (groups - 16 * big) / 8;
+    for k in 0..batches {
+        let g = 16 * big + 8 * k;
+        let i = head + 4 * g;
+        // SAFETY: i + 32 <= head + 4 * groups <= len.
+        if unsafe { targets.any(i..i + 32) } {
+            words[i..i + 32].copy_from_slice(&blocks8(g0 + g as u64));
+        }
+    }
+    for g in 16 * big + 8 * batches..groups {
         let i = head + 4 * g;
         // SAFETY: i + 4 <= body <= len.
         if unsafe { targets.any(i..i + 4) } {
@@ -267,6 +328,7 @@ fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
     draws: &Bernoulli,
     words: &mut Vec<u32>,
     blocks8: impl Fn(u64) -> [u32; 32],
+    blocks16: impl Fn(u64) -> [u32; 64],
 ) {
     let len = out.len();
     let kept = part.kept.part(0, len);
@@ -300,7 +362,8 @@ fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
         }
         return;
     }
-    let words = draw_targeted(words, part.first_e, len, draws, &blocks8, targets);
+    let blocks = (&blocks8, &blocks16);
+    let words = draw_targeted(words, part.first_e, len, draws, blocks, targets);
     match part.bits {
         None => {
             for ((i, o), &w) in out.iter_mut().enumerate().zip(&*words) {
@@ -384,10 +447,11 @@ mod tests {
         v.iter().map(|x| unsafe { x.assume_init() }).collect()
     }
 
-    /// The portable writer (scalar Philox) and the dispatching one (AVX2 here) against a
-    /// direct evaluation of the contract, over part starts of every alignment, lengths around
-    /// the 32-element batches, limits at the row's own keys, flags, and thresholds 0, 2^24 and
-    /// in between; kept values from a slice and a fill.
+    /// The portable writer (scalar Philox), the AVX2 one and the dispatching one (AVX-512
+    /// here) against a direct evaluation of the contract, over part starts of every
+    /// alignment, lengths around the 32- and 64-element batches, limits at the row's own keys,
+    /// flags, and thresholds 0, 2^24 and in between; kept values from a slice and a fill;
+    /// values with the bit mask, and the bit mask alone.
     #[test]
     fn parts_match_the_contract() {
         let mut x = 0x1234_5678_9abc_def1u64;
@@ -422,11 +486,20 @@ mod tests {
                             .collect::<Vec<f32>>()
                     };
                     let mut words = Vec::new();
-                    let mut run = |part: Part<f32, &[f32], Below<f32>>, portable: bool| {
+                    // Mode 0: the dispatch (AVX-512 or AVX2 where present), 1: the portable
+                    // body (scalar Philox), 2: the AVX2 writer where the processor has AVX2.
+                    let mut run = |part: Part<f32, &[f32], Below<f32>>, mode: u8| {
                         let mut o = vec![MaybeUninit::new(-1.0f32); len];
-                        if portable {
-                            write_masked_body(&mut o, part, &draws, &mut words, |c| {
-                                draws.blocks8_scalar(c)
+                        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                        if mode == 2 && std::arch::is_x86_feature_detected!("avx2") {
+                            // SAFETY: the processor has AVX2.
+                            unsafe { write_masked_avx2(&mut o, part, &draws, &mut words) };
+                            return init(o);
+                        }
+                        if mode == 1 {
+                            let b8 = |c| draws.blocks8_scalar(c);
+                            write_masked_body(&mut o, part, &draws, &mut words, b8, |c| {
+                                blocks16_of(b8, c)
                             });
                         } else {
                             write_masked(&mut o, part, &draws, &mut words);
@@ -442,8 +515,9 @@ mod tests {
                         bits: None,
                     };
                     let want = contract(&|i| row[i].key() < lim, &|i| kept[i]);
-                    assert_eq!(run(part, false), want, "below, {what}");
-                    assert_eq!(run(part, true), want, "below, portable, {what}");
+                    for mode in [0, 1, 2] {
+                        assert_eq!(run(part, mode), want, "below, mode {mode}, {what}");
+                    }
                     // With the bit mask: the part is elements `off .. off + len` of a tensor
                     // whose other bits (random) stay as they were.
                     let off = (first_e % 41) as usize;
@@ -470,7 +544,7 @@ mod tests {
                             })
                             .collect()
                     };
-                    for portable in [false, true] {
+                    for mode in [0, 1, 2] {
                         let b = start();
                         let part = Part {
                             bits: Some(BitsOut {
@@ -479,13 +553,13 @@ mod tests {
                             }),
                             ..part
                         };
-                        assert_eq!(run(part, portable), want, "values + bits, {what}");
+                        assert_eq!(run(part, mode), want, "values + bits, {what}");
                         let got = into_words(b);
                         for e in 0..32 * got.len() {
                             assert_eq!(
                                 bit(&got, e),
                                 bit(&want_bits, e),
-                                "bit {e}, part {off}.., portable {portable}, {what}"
+                                "bit {e}, part {off}.., mode {mode}, {what}"
                             );
                         }
                     }

@@ -14,6 +14,8 @@
 pub(crate) mod held;
 mod mask;
 mod nm;
+#[cfg(target_arch = "x86_64")]
+mod philox512;
 mod unit;
 mod weight;
 
