@@ -99,6 +99,17 @@ fn take_chunk<T: Held>(w: &mut [T], bits: &[u32], out: &mut [MaybeUninit<T>]) {
     }
 }
 
+/// Moves the values of `w` whose bit is set (`bits` from bit 0, no bit past `w`) to the end
+/// of `run`, +0.0 left in their place.
+pub(super) fn take_into<T: Held>(w: &mut [T], bits: &[u32], run: &mut Vec<T>) {
+    let n = count(bits);
+    run.reserve(n);
+    let at = run.len();
+    take_chunk(w, bits, &mut run.spare_capacity_mut()[..n]);
+    // SAFETY: `take_chunk` wrote all `n` elements after `at` (as many as bits are set).
+    unsafe { run.set_len(at + n) };
+}
+
 /// Puts `values` back at the set bits of one chunk.
 fn put_chunk<T: Held>(w: &mut [T], bits: &[u32], values: &[T]) {
     if T::put_simd(w, bits, values) {
@@ -388,8 +399,7 @@ pub(crate) fn drop_in_place(
             match s {
                 $(CpuStorage::$variant(x) => {
                     let x = &mut x[a..b];
-                    let bits = op.dropped_bits(x, l.shape());
-                    let values = take_dropped(x, &bits);
+                    let (bits, values) = op.drop_in_place(x, l.shape());
                     (bits, CpuStorage::$variant(values))
                 })*
                 other => bail!(

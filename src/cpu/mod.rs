@@ -142,4 +142,24 @@ impl TargetedOp {
         let _: Vec<()> = self.run(w, None, (), Self::geometry(shape), Some(&bits));
         into_words(bits)
     }
+
+    /// One step's drop of `w` in place: the bit mask of the dropped elements and their
+    /// values moved out in flat order (+0.0 left in their place). Weight dropout does both
+    /// row by row ([`weight::weight_drop_in_place`]: the row still in the cache); the others
+    /// write the bits in one pass, then move the values ([`held::take_dropped`]).
+    pub(crate) fn drop_in_place<T: Scored + held::Held>(
+        &self,
+        w: &mut [T],
+        shape: &Shape,
+    ) -> (Vec<u32>, Vec<T>) {
+        let (n, _) = Self::geometry(shape);
+        if self.kind == DropoutKind::Weight && weight::weight_in_place_fits(w.len(), n) {
+            let bits = zeroed_words(w.len());
+            let values = weight::weight_drop_in_place(w, n, self, &bits);
+            return (into_words(bits), values);
+        }
+        let bits = self.dropped_bits(w, shape);
+        let values = held::take_dropped(w, &bits);
+        (bits, values)
+    }
 }
