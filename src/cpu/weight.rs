@@ -140,7 +140,7 @@ fn row_words(bits: &[AtomicU32], e0: usize, n: usize, out: &mut Vec<u32>) {
         };
         out.push(lo | hi);
     }
-    if n % 32 != 0 {
+    if !n.is_multiple_of(32) {
         if let Some(last) = out.last_mut() {
             *last &= (1u32 << (n % 32)) - 1;
         }
