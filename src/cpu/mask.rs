@@ -58,12 +58,12 @@ impl<O: Copy + Send + Sync> Kept<O> for Fill<O> {
 
 /// Which elements of a part are targeted.
 pub(crate) trait Targets: Copy {
-    /// The first `len` elements (a slice panics when they are not there).
-    fn prefix(self, len: usize) -> Self;
+    /// The `len` elements from `start` on (a slice panics when they are not there).
+    fn part(self, start: usize, len: usize) -> Self;
     /// Whether element `i` is targeted, unchecked, so that the writer's loops vectorise.
     ///
     /// # Safety
-    /// `i` is below the `len` of the last [`Targets::prefix`] that made `self`.
+    /// `i` is below the `len` of the last [`Targets::part`] that made `self`.
     unsafe fn at(&self, i: usize) -> bool;
     /// Whether any element of `r` is targeted (a fold, which vectorises).
     ///
@@ -86,9 +86,9 @@ pub(crate) struct Below<'a, T: Element> {
 
 impl<T: Element> Targets for Below<'_, T> {
     #[inline(always)]
-    fn prefix(self, len: usize) -> Self {
+    fn part(self, start: usize, len: usize) -> Self {
         Below {
-            row: &self.row[..len],
+            row: &self.row[start..start + len],
             lim: self.lim,
         }
     }
@@ -106,8 +106,8 @@ pub(crate) struct Flags<'a>(pub &'a [u8]);
 
 impl Targets for Flags<'_> {
     #[inline(always)]
-    fn prefix(self, len: usize) -> Self {
-        Flags(&self.0[..len])
+    fn part(self, start: usize, len: usize) -> Self {
+        Flags(&self.0[start..start + len])
     }
     #[inline(always)]
     unsafe fn at(&self, i: usize) -> bool {
@@ -123,7 +123,7 @@ pub(crate) struct All(pub bool);
 
 impl Targets for All {
     #[inline(always)]
-    fn prefix(self, _: usize) -> Self {
+    fn part(self, _: usize, _: usize) -> Self {
         self
     }
     #[inline(always)]
@@ -262,7 +262,7 @@ unsafe fn write_masked_avx512<O: Copy, K: Kept<O>, G: Targets>(
 /// then eight (32 elements), the groups left one block at a time, each only when
 /// `targets.any(range)` says one of its elements is targeted (the words of the others are
 /// left as they were and must not be looked at). `blocks8(c)` and `blocks16(c)` give the
-/// words of Philox blocks `c .. c + 8` and `c .. c + 16`. `targets` is a prefix of `len`
+/// words of Philox blocks `c .. c + 8` and `c .. c + 16`. `targets` is a part of `len`
 /// elements.
 #[inline(always)]
 fn draw_targeted<'w, G: Targets>(
@@ -330,9 +330,39 @@ fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
     blocks8: impl Fn(u64) -> [u32; 32],
     blocks16: impl Fn(u64) -> [u32; 64],
 ) {
+    let t = draws.threshold;
+    if out.len() <= SPAN || t == 0 || t == THRESHOLD_ALWAYS {
+        return write_span(out, part, draws, words, (&blocks8, &blocks16));
+    }
+    // A long part with draws: spans of `SPAN`, so that the words of the draws stay in the
+    // L1 cache between the draws and the selects.
+    for (j, o) in out.chunks_mut(SPAN).enumerate() {
+        let (start, len) = (j * SPAN, o.len());
+        let span = Part {
+            kept: part.kept.part(start, len),
+            targets: part.targets.part(start, len),
+            first_e: part.first_e + start as u64,
+            ..part
+        };
+        write_span(o, span, draws, words, (&blocks8, &blocks16));
+    }
+}
+
+/// Elements of a span of a long part (a multiple of 64).
+const SPAN: usize = 4096;
+
+/// One span of [`write_masked_body`].
+#[inline(always)]
+fn write_span<O: Copy, K: Kept<O>, G: Targets>(
+    out: &mut [MaybeUninit<O>],
+    part: Part<'_, O, K, G>,
+    draws: &Bernoulli,
+    words: &mut Vec<u32>,
+    (blocks8, blocks16): (&impl Fn(u64) -> [u32; 32], &impl Fn(u64) -> [u32; 64]),
+) {
     let len = out.len();
     let kept = part.kept.part(0, len);
-    let targets = part.targets.prefix(len);
+    let targets = part.targets.part(0, len);
     let dropped = part.dropped;
     let t = draws.threshold;
     // SAFETY (every `at` below): `i < len = out.len()`, the length of both prefixes.
@@ -362,8 +392,14 @@ fn write_masked_body<O: Copy, K: Kept<O>, G: Targets>(
         }
         return;
     }
-    let blocks = (&blocks8, &blocks16);
-    let words = draw_targeted(words, part.first_e, len, draws, blocks, targets);
+    let words = draw_targeted(
+        words,
+        part.first_e,
+        len,
+        draws,
+        (blocks8, blocks16),
+        targets,
+    );
     match part.bits {
         None => {
             for ((i, o), &w) in out.iter_mut().enumerate().zip(&*words) {
@@ -449,9 +485,9 @@ mod tests {
 
     /// The portable writer (scalar Philox), the AVX2 one and the dispatching one (AVX-512
     /// here) against a direct evaluation of the contract, over part starts of every
-    /// alignment, lengths around the 32- and 64-element batches, limits at the row's own keys,
-    /// flags, and thresholds 0, 2^24 and in between; kept values from a slice and a fill;
-    /// values with the bit mask, and the bit mask alone.
+    /// alignment, lengths around the 32- and 64-element batches and past a span, limits at the
+    /// row's own keys, flags, and thresholds 0, 2^24 and in between; kept values from a slice
+    /// and a fill; values with the bit mask, and the bit mask alone.
     #[test]
     fn parts_match_the_contract() {
         let mut x = 0x1234_5678_9abc_def1u64;
@@ -461,7 +497,9 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for len in [0usize, 1, 3, 4, 5, 31, 32, 33, 35, 36, 64, 67, 100, 257] {
+        for len in [
+            0usize, 1, 3, 4, 5, 31, 32, 33, 35, 36, 64, 67, 100, 257, 4163, 8193,
+        ] {
             for first_e in [0u64, 1, 2, 3, 4, 29, (1 << 34) - 3, u64::MAX / 2 - 70] {
                 let row: Vec<f32> = (0..len).map(|_| (next() % 200) as f32 - 100.0).collect();
                 let kept: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
