@@ -18,13 +18,26 @@ const CHUNK: usize = 1 << 15;
 
 /// The words of the elements of chunk `c`.
 fn chunk_words(bits: &[u32], c: usize, len: usize) -> &[u32] {
-    let w0 = c * CHUNK / 32;
+    let w0 = (c * CHUNK / 32).min(bits.len());
     &bits[w0..(w0 + len.div_ceil(32)).min(bits.len())]
 }
 
-/// The set bits of `bits`.
-fn count(bits: &[u32]) -> usize {
-    bits.iter().map(|b| b.count_ones() as usize).sum()
+/// The bits of a word that belong to a chunk of `len` elements (bits past its end are
+/// ignored everywhere: they must not count a value that is not there).
+fn in_range(word: u32, len: usize) -> u32 {
+    if len >= 32 {
+        word
+    } else {
+        word & ((1u32 << len) - 1)
+    }
+}
+
+/// The set bits of `bits` for the first `len` elements.
+fn count(bits: &[u32], len: usize) -> usize {
+    bits.iter()
+        .enumerate()
+        .map(|(i, &b)| in_range(b, len.saturating_sub(32 * i)).count_ones() as usize)
+        .sum()
 }
 
 /// An element type a step holds: f32 moves its values with AVX2 (eight at a time, by a
@@ -88,7 +101,7 @@ fn take_chunk<T: Held>(w: &mut [T], bits: &[u32], out: &mut [MaybeUninit<T>]) {
     }
     let mut k = 0;
     for (c, &word) in w.chunks_mut(32).zip(bits) {
-        let mut b = word;
+        let mut b = in_range(word, c.len());
         while b != 0 {
             let j = b.trailing_zeros() as usize;
             out[k].write(c[j]);
@@ -102,7 +115,7 @@ fn take_chunk<T: Held>(w: &mut [T], bits: &[u32], out: &mut [MaybeUninit<T>]) {
 /// Moves the values of `w` whose bit is set (`bits` from bit 0, no bit past `w`) to the end
 /// of `run`, +0.0 left in their place.
 pub(super) fn take_into<T: Held>(w: &mut [T], bits: &[u32], run: &mut Vec<T>) {
-    let n = count(bits);
+    let n = count(bits, w.len());
     run.reserve(n);
     let at = run.len();
     take_chunk(w, bits, &mut run.spare_capacity_mut()[..n]);
@@ -117,7 +130,7 @@ fn put_chunk<T: Held>(w: &mut [T], bits: &[u32], values: &[T]) {
     }
     let mut v = values.iter();
     for (c, &word) in w.chunks_mut(32).zip(bits) {
-        let mut b = word;
+        let mut b = in_range(word, c.len());
         while b != 0 {
             let j = b.trailing_zeros() as usize;
             if let Some(&x) = v.next() {
@@ -129,12 +142,15 @@ fn put_chunk<T: Held>(w: &mut [T], bits: &[u32], values: &[T]) {
 }
 
 /// The values of `w` whose bit is set, in flat order, each replaced by `T::default()` (+0.0,
-/// the contract's dropped value) in `w`. `bits` has `ceil(w.len() / 32)` words and no bit set
-/// past the last element.
+/// the contract's dropped value) in `w`. `bits` has `ceil(w.len() / 32)` words; bits past the
+/// last element are ignored.
 pub(crate) fn take_dropped<T: Held>(w: &mut [T], bits: &[u32]) -> Vec<T> {
     debug_assert_eq!(bits.len(), w.len().div_ceil(32));
     let counts: Vec<usize> = (0..w.len().div_ceil(CHUNK))
-        .map(|c| count(chunk_words(bits, c, CHUNK.min(w.len() - c * CHUNK))))
+        .map(|c| {
+            let len = CHUNK.min(w.len() - c * CHUNK);
+            count(chunk_words(bits, c, len), len)
+        })
         .collect();
     let total = counts.iter().sum();
     let mut out = Vec::with_capacity(total);
@@ -173,12 +189,13 @@ pub(crate) fn put_back<T: Held>(w: &mut [T], bits: &[u32], values: &[T]) {
     let mut at = 0usize;
     for c in 0..w.len().div_ceil(CHUNK) {
         starts.push(at);
-        at += count(chunk_words(bits, c, CHUNK.min(w.len() - c * CHUNK)));
+        let len = CHUNK.min(w.len() - c * CHUNK);
+        at += count(chunk_words(bits, c, len), len);
     }
     w.par_chunks_mut(CHUNK).enumerate().for_each(|(c, x)| {
         let words = chunk_words(bits, c, x.len());
         let from = starts[c].min(values.len());
-        let to = (from + count(words)).min(values.len());
+        let to = (from + count(words, x.len())).min(values.len());
         put_chunk(x, words, &values[from..to]);
     });
 }
@@ -198,7 +215,7 @@ pub(crate) fn mask_values<T: Copy + Default + Send + Sync>(g: &[T], bits: &[u32]
             .for_each(|(c, (o, g))| mask_chunk(o, g, chunk_words(bits, c, g.len())));
     }
     // SAFETY: the capacity is `g.len()`, and every element of `spare` was written above
-    // (`bits` has a word for every 32 elements: the callers check it).
+    // (a chunk with fewer words than it needs reads the missing ones as 0).
     unsafe { out.set_len(g.len()) };
     out
 }
@@ -225,7 +242,9 @@ unsafe fn mask_chunk_avx2<T: Copy + Default>(o: &mut [MaybeUninit<T>], g: &[T], 
 
 #[inline(always)]
 fn mask_chunk_body<T: Copy + Default>(o: &mut [MaybeUninit<T>], g: &[T], words: &[u32]) {
-    for ((o, g), &w) in o.chunks_mut(32).zip(g.chunks(32)).zip(words) {
+    for (i, (o, g)) in o.chunks_mut(32).zip(g.chunks(32)).enumerate() {
+        // A missing word masks nothing (every element is written either way).
+        let w = words.get(i).copied().unwrap_or(0);
         for (j, (o, &g)) in o.iter_mut().zip(g).enumerate() {
             o.write(if (w >> j) & 1 == 0 { g } else { T::default() });
         }
@@ -478,7 +497,7 @@ mod tests {
             3 * CHUNK + 77,
         ];
         for len in lens {
-            for density in [0u32, 1, 2, 4] {
+            for density in [0u32, 1, 2, 3, 4] {
                 let mut bits: Vec<u32> = (0..len.div_ceil(32))
                     .map(|_| match density {
                         0 => 0,
@@ -487,7 +506,8 @@ mod tests {
                         _ => !0,
                     })
                     .collect();
-                if len % 32 != 0 {
+                // Bits past the last element stay set in odd rounds: they must be ignored.
+                if len % 32 != 0 && density % 2 == 0 {
                     *bits.last_mut().unwrap() &= (1u32 << (len % 32)) - 1;
                 }
                 let w: Vec<f32> = (0..len).map(|i| i as f32 + 1.0).collect();
