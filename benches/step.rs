@@ -13,13 +13,18 @@
 //! that the machine's load falls on all alike; two warm-up rounds, then the median of
 //! `TD_STEP_ROUNDS` (default 15) rounds. Overhead = (step with - plain step) / plain step.
 //!
-//! Where the time goes, from the same rounds: `apply` (inside the step: the selection and
-//! draws, the held copy of every selected weight, setting the variables) and `finish` (the
-//! gradient masks and the restore); and, timed alone right after each step on the same
-//! weights, the parts: `select` (pruning the selected weights: the selection and the write,
-//! no draws), `draws` (dropout minus pruning), `held copy` (a copy of every selected weight,
-//! what `VarMapDropout` holds), `set` (writing the variables), `grad mask` (finish minus
-//! restore) and `restore` (setting the variables back from the copies).
+//! Where the time goes, from the same rounds: `apply` (inside the step: for each selected
+//! weight, on the CPU, the selection, the draws and the packed bit mask in one pass, then the
+//! dropped values moved out of the variable in place) and `finish` (the gradient masks, one
+//! pass over each gradient with the bits, and the restore, the held values put back in
+//! place); and, timed alone right after each step on the same weights, the parts: `prune`
+//! (pruning the selected weights with the public op: the selection and a written output, no
+//! draws), `draws` (dropout minus pruning with the same op), `apply alone` and `restore` (a
+//! step's `apply` and its `restore`, no model between), and `grad mask` (finish minus
+//! restore). `fwd+bwd` and `opt step` are the model's own parts of the step with dropout, with
+//! their difference from the plain step's in brackets: with `TD_BENCH_CLOCK=cpu` they show
+//! what the process's CPU time charges to a step for the thread pools' state (a worker that
+//! spins after a job, or sleeps and is woken), which is not work of the model.
 //! `TD_STEP_MODELS=proj` (a substring filter) picks models; `TD_BENCH_CLOCK=cpu` (with
 //! `RAYON_NUM_THREADS=1`) times by the process's CPU time, for a loaded machine.
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
@@ -125,15 +130,16 @@ struct StepTimes {
     total: f64,
     apply: f64,
     finish: f64,
+    model: f64,
+    opt: f64,
 }
 
 /// The parts timed alone (see the module).
 #[derive(Default, Clone, Copy)]
 struct Parts {
-    select: f64,
+    prune: f64,
     dropout: f64,
-    copy: f64,
-    set: f64,
+    apply: f64,
     restore: f64,
 }
 
@@ -150,16 +156,18 @@ fn step(m: &Model, opt: &mut SGD, vd: Option<&VarMapDropout>) -> Result<StepTime
     let t3 = now();
     opt.step(&grads)?;
     let t4 = now();
+
     Ok(StepTimes {
         total: t4 - t0,
         apply: t1 - t0,
         finish: t3 - t2,
+        model: t2 - t1,
+        opt: t4 - t3,
     })
 }
 
-fn parts(m: &Model, td: TargetedDropout) -> Result<Parts> {
-    let vars = m.vars();
-    let ws: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().detach()).collect();
+fn parts(m: &Model, vd: &VarMapDropout, td: TargetedDropout) -> Result<Parts> {
+    let ws: Vec<Tensor> = m.vars().iter().map(|v| v.as_tensor().detach()).collect();
     let prune_cfg = TargetedDropout::new(td.kind(), td.gamma(), 1.0)?;
     let items = |c: TargetedDropout| ws.iter().map(|w| (w, c)).collect::<Vec<_>>();
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
@@ -167,37 +175,27 @@ fn parts(m: &Model, td: TargetedDropout) -> Result<Parts> {
         f()?;
         Ok(now() - t)
     };
-    let select = time(&mut || {
+    let prune = time(&mut || {
         black_box(targeted_dropout_many_seeded(&items(prune_cfg), 1, 2)?);
         Ok(())
     })?;
-    let mut dropped = Vec::new();
     let dropout = time(&mut || {
-        dropped = targeted_dropout_many_seeded(&items(td), 1, 2)?;
+        black_box(targeted_dropout_many_seeded(&items(td), 1, 2)?);
         Ok(())
     })?;
-    let mut copies = Vec::new();
-    let copy = time(&mut || {
-        copies = ws.iter().map(|w| w.copy()).collect::<Result<_>>()?;
+    let mut held = None;
+    let apply = time(&mut || {
+        held = Some(vd.apply_seeded(1, 2)?);
         Ok(())
     })?;
-    let set = time(&mut || {
-        for (v, d) in vars.iter().zip(&dropped) {
-            v.set(d)?;
-        }
-        Ok(())
-    })?;
-    let restore = time(&mut || {
-        for (v, c) in vars.iter().zip(&copies) {
-            v.set(c)?;
-        }
-        Ok(())
+    let restore = time(&mut || match held.take() {
+        Some(s) => s.restore(),
+        None => Ok(()),
     })?;
     Ok(Parts {
-        select,
+        prune,
         dropout,
-        copy,
-        set,
+        apply,
         restore,
     })
 }
@@ -220,9 +218,11 @@ fn main() -> Result<()> {
         clock::clock_name()
     );
     println!(
-        "| model | dropout | plain step | step | overhead | apply | finish | select | draws | held copy | set | grad mask | restore |"
+        "| model | dropout | plain step | step | overhead | apply | finish | fwd+bwd | opt step | prune | draws | apply alone | restore | grad mask |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     candle_targeted_dropout::set_seed(0);
     for make in [Model::mlp, Model::proj] {
         let m = make(&dev)?;
@@ -249,38 +249,44 @@ fn main() -> Result<()> {
             let p = step(&m, &mut opt, None)?;
             let mut ts = Vec::new();
             for (i, vd) in vds.iter().enumerate() {
-                ts.push((step(&m, &mut opt, Some(vd))?, parts(&m, configs[i].1)?));
+                ts.push((step(&m, &mut opt, Some(vd))?, parts(&m, vd, configs[i].1)?));
             }
             if round >= 2 {
-                plain.push(p.total);
+                plain.push(p);
                 for (i, (t, q)) in ts.into_iter().enumerate() {
                     with[i].push(t);
                     part[i].push(q);
                 }
             }
         }
-        let plain = median(plain);
+        let plain_model = median(plain.iter().map(|p: &StepTimes| p.model).collect());
+        let plain_opt = median(plain.iter().map(|p: &StepTimes| p.opt).collect());
+        let plain = median(plain.iter().map(|p: &StepTimes| p.total).collect());
         for (i, (name, _)) in configs.iter().enumerate() {
             let med = |f: &dyn Fn(&StepTimes) -> f64| median(with[i].iter().map(f).collect());
             let pm = |f: &dyn Fn(&Parts) -> f64| median(part[i].iter().map(f).collect());
             let total = med(&|t| t.total);
             let finish = med(&|t| t.finish);
             let restore = pm(&|p| p.restore);
-            let select = pm(&|p| p.select);
+            let prune = pm(&|p| p.prune);
+
             println!(
-                "| {} | {name} | {:.2} | {:.2} | {:+.1}% | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {name} | {:.2} | {:.2} | {:+.1}% | {:.2} | {:.2} | {:.2} ({:+.2}) | {:.2} ({:+.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 m.name,
                 plain * 1e3,
                 total * 1e3,
                 (total - plain) / plain * 100.0,
                 med(&|t| t.apply) * 1e3,
                 finish * 1e3,
-                select * 1e3,
-                (pm(&|p| p.dropout) - select) * 1e3,
-                pm(&|p| p.copy) * 1e3,
-                pm(&|p| p.set) * 1e3,
-                (finish - restore) * 1e3,
+                med(&|t| t.model) * 1e3,
+                (med(&|t| t.model) - plain_model) * 1e3,
+                med(&|t| t.opt) * 1e3,
+                (med(&|t| t.opt) - plain_opt) * 1e3,
+                prune * 1e3,
+                (pm(&|p| p.dropout) - prune) * 1e3,
+                pm(&|p| p.apply) * 1e3,
                 restore * 1e3,
+                (finish - restore) * 1e3,
             );
         }
     }

@@ -61,6 +61,24 @@ impl TargetedOp {
     }
 }
 
+impl TargetedOp {
+    /// The values on CPU storage with the bit mask of the dropped elements, written in the
+    /// same pass (the kept forward's mask on the CPU).
+    fn cpu_storage_kept(&self, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Vec<u32>)> {
+        match w {
+            CpuStorage::F32(w) => self.cpu_kept(w, wl, CpuStorage::F32),
+            CpuStorage::F64(w) => self.cpu_kept(w, wl, CpuStorage::F64),
+            CpuStorage::F16(w) => self.cpu_kept(w, wl, CpuStorage::F16),
+            CpuStorage::BF16(w) => self.cpu_kept(w, wl, CpuStorage::BF16),
+            other => bail!(
+                "{}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
+                self.name(),
+                other.dtype()
+            ),
+        }
+    }
+}
+
 impl CustomOp1 for TargetedOp {
     fn name(&self) -> &'static str {
         TargetedOp::name(self)
@@ -165,9 +183,10 @@ pub(crate) enum Ready {
 
 /// The differentiable forward of [`TargetedOp`] with values out: the op (or the output that
 /// a grouped call computed for it, `ready`), and the bit mask of the dropped elements that the
-/// kernel serving it wrote (the weight kernels on a GPU or the emulator), kept for the
-/// backward pass: `td_bwd` then masks the gradient in one pass with no selection. Without a
-/// kept mask (the CPU, the paths of other kernels) the backward recomputes the selection.
+/// kernel serving it wrote (the weight kernels on a GPU or the emulator) or the CPU wrote
+/// with the values, kept for the backward pass: `td_bwd` (or one pass on the CPU) then masks
+/// the gradient with no selection. Without a kept mask (the paths of other kernels) the
+/// backward recomputes the selection.
 pub(crate) struct KeptForward {
     pub op: TargetedOp,
     pub ready: Mutex<Option<Ready>>,
@@ -225,7 +244,10 @@ impl CustomOp1 for KeptForward {
             }
             return Ok((out, l.shape().clone()));
         }
-        Ok((self.op.cpu_storage(s, l, None)?, l.shape().clone()))
+        // The CPU writes the bit mask with the values: the backward is one pass.
+        let (out, bits) = self.op.cpu_storage_kept(s, l)?;
+        let _ = self.bits.set(Bits::Host(Arc::new(bits)));
+        Ok((out, l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -306,7 +328,7 @@ pub(crate) fn mask_on_host(grad: &Tensor, bits: &[u32]) -> Result<Tensor> {
 }
 
 /// Whether the emulation is in force on this thread.
-fn emulated() -> bool {
+pub(crate) fn emulated() -> bool {
     #[cfg(feature = "emulate")]
     return crate::emulate::active().is_some();
     #[cfg(not(feature = "emulate"))]
@@ -318,28 +340,9 @@ struct MaskedGrad {
     bits: Bits,
 }
 
-/// `g[e]`, or +0.0 where bit `e` is set: word by word (a word without a set bit is a copy of
-/// its 32 elements), in parallel chunks of 2^15 elements.
+/// `g[e]`, or +0.0 where bit `e` is set (`crate::cpu::held::mask_values`).
 pub(crate) fn mask_values<T: Copy + Default + Send + Sync>(g: &[T], bits: &[u32]) -> Vec<T> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 15; // a multiple of 32: each chunk starts on a word
-    let mut out = vec![T::default(); g.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .enumerate()
-        .for_each(|(c, (o, g))| {
-            let words = &bits[c * CHUNK / 32..];
-            for ((o, g), &w) in o.chunks_mut(32).zip(g.chunks(32)).zip(words) {
-                if w == 0 {
-                    o.copy_from_slice(g);
-                } else {
-                    for (j, (o, &g)) in o.iter_mut().zip(g).enumerate() {
-                        *o = if (w >> j) & 1 == 0 { g } else { T::default() };
-                    }
-                }
-            }
-        });
-    out
+    crate::cpu::held::mask_values(g, bits)
 }
 
 impl CustomOp1 for MaskedGrad {

@@ -4,16 +4,17 @@
 //! ([`SparsityReport`]). The model's code does not change.
 
 use crate::config::{check_kind_args, TargetedDropout};
-use crate::custom_op::{mask_on_host, masked_by_bits, Bits};
+use crate::custom_op::{emulated, mask_on_host, masked_by_bits, Bits};
 use crate::functions::{
     grouped, is_nm_sparse, many_ops, mask_of, masked_gradient, prune_nm, prune_units,
     prune_weights, zero_count,
 };
 use crate::generator::take_offsets;
 use crate::op::DropoutKind;
+use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
 use candle_core::TensorId;
-use candle_core::{bail, CpuStorage, Device, Result, Storage, Tensor, Var};
+use candle_core::{bail, CpuStorage, Device, InplaceOp1, Layout, Result, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashSet;
 use std::fmt;
@@ -204,10 +205,46 @@ impl VarMapDropout {
         // Where the kernels serve the call (a GPU, the emulator): one grouped plan for every
         // variable, each output with its kept bit mask where its kernel writes one.
         let served = grouped(&items, &ops, &|_| true).map_err(context)?;
+        // The CPU's variables (where no kernel served the call) dropped in place, all of them
+        // in one call to the pool: their passes run side by side, and the pool is entered once
+        // a step, not once a pass.
+        let mut on_cpu: Vec<Option<Result<Saved>>> = match served {
+            Some(_) => Vec::new(),
+            None => {
+                use rayon::prelude::*;
+                self.entries
+                    .par_iter()
+                    .zip(current.par_iter())
+                    .zip(ops.par_iter())
+                    .map(|((e, w), op)| {
+                        (w.elem_count() > 0 && w.device().is_cpu())
+                            .then(|| drop_in_place(&e.var, *op))
+                    })
+                    .collect()
+            }
+        };
+        // Every variable set is recorded before an error returns (dropping the step puts
+        // them back).
+        let mut first_err = None;
         for (i, (e, w)) in self.entries.iter().zip(&current).enumerate() {
             let named = |err: candle_core::Error| {
                 err.context(format!("VarMapDropout::{what}: variable {}", e.name))
             };
+            if let Some(r) = on_cpu.get_mut(i).and_then(Option::take) {
+                match r {
+                    Ok(saved) => {
+                        step.saved.vars.push(&e.var);
+                        step.saved.originals.push(saved);
+                    }
+                    Err(err) => {
+                        first_err.get_or_insert(named(err));
+                    }
+                }
+                continue;
+            }
+            if first_err.is_some() {
+                continue;
+            }
             if w.elem_count() == 0 {
                 step.saved.vars.push(&e.var);
                 step.saved.originals.push(Saved::full(w.clone()));
@@ -217,12 +254,24 @@ impl VarMapDropout {
                 Some(v) => (Some(v[i].0.clone()), v[i].1.clone()),
                 None => (None, None),
             };
-            let (d, saved) = hold(w, ops[i], dropped, bits).map_err(named)?;
-            e.var.set(&d).map_err(named)?;
-            step.saved.vars.push(&e.var);
-            step.saved.originals.push(saved);
+            let held = hold(w, ops[i], dropped, bits).and_then(|(d, saved)| {
+                e.var.set(&d)?;
+                Ok(saved)
+            });
+            match held {
+                Ok(saved) => {
+                    step.saved.vars.push(&e.var);
+                    step.saved.originals.push(saved);
+                }
+                Err(err) => {
+                    first_err.get_or_insert(named(err));
+                }
+            }
         }
-        Ok(step)
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(step),
+        }
     }
 
     /// Prunes every selected variable in place (its config's kind and gamma: the whole
@@ -357,10 +406,88 @@ impl Saved {
         match self {
             Saved::Full { orig, .. } if orig.elem_count() == 0 => Ok(()),
             Saved::Full { orig, .. } => var.set(orig),
+            // The held values put back in place.
+            Saved::Dropped { bits, values } if var.device().is_cpu() => {
+                var.as_tensor().inplace_op1(&PutBack {
+                    bits,
+                    values: values.clone(),
+                })
+            }
             Saved::Dropped { bits, values } => var.set(&unpack(var.as_tensor(), bits, values)?),
             #[cfg(any(feature = "cuda", feature = "emulate"))]
             Saved::Packed { bits, values } => var.set(&unpacked(var.as_tensor(), bits, values)?),
         }
+    }
+}
+
+/// A CPU variable dropped in place under `op` for one step ([`crate::cpu::held`]): one pass
+/// writes the bit mask of the dropped elements, one moves them out; held: the bits and the
+/// values.
+fn drop_in_place(var: &Var, op: crate::op::TargetedOp) -> Result<Saved> {
+    let d = DropInPlace {
+        op,
+        out: Mutex::new(None),
+    };
+    var.as_tensor().inplace_op1(&d)?;
+    let taken = d.out.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some((bits, values)) = taken else {
+        bail!("VarMapDropout: internal error, the in-place drop wrote nothing")
+    };
+    let cpu = Device::Cpu;
+    macro_rules! go {
+        ($($variant:ident),*) => {
+            match values {
+                $(CpuStorage::$variant(v) => {
+                    let n = v.len();
+                    Tensor::from_vec(v, n, &cpu)?
+                })*
+                other => bail!("VarMapDropout: unsupported dtype {:?}", other.dtype()),
+            }
+        };
+    }
+    let values = go!(F32, F64, F16, BF16);
+    Ok(Saved::Dropped {
+        bits: Arc::new(bits),
+        values,
+    })
+}
+
+/// [`drop_in_place`] as candle's in-place op.
+struct DropInPlace {
+    op: crate::op::TargetedOp,
+    out: Mutex<Option<(Vec<u32>, CpuStorage)>>,
+}
+
+impl InplaceOp1 for DropInPlace {
+    fn name(&self) -> &'static str {
+        self.op.name()
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let r = crate::cpu::held::drop_in_place(&self.op, s, l)?;
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        Ok(())
+    }
+}
+
+/// The held values put back into a CPU variable, in place.
+struct PutBack<'a> {
+    bits: &'a [u32],
+    values: Tensor,
+}
+
+impl InplaceOp1 for PutBack<'_> {
+    fn name(&self) -> &'static str {
+        "VarMapDropout restore"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let values = self.values.contiguous()?;
+        let (vs, vl) = values.storage_and_layout();
+        let (Storage::Cpu(v), Some(ab)) = (&*vs, vl.contiguous_offsets()) else {
+            bail!("VarMapDropout: internal error, held values that are not a contiguous CPU tensor")
+        };
+        crate::cpu::held::restore_in_place(s, l, self.bits, (v, ab))
     }
 }
 
@@ -561,6 +688,17 @@ impl Drop for Restore<'_> {
 
 /// Sets every variable back, trying all of them; the first error, if any.
 fn restore(vars: &[&Var], originals: &[Saved]) -> Result<()> {
+    let in_place = |v: &Var, o: &Saved| v.device().is_cpu() && matches!(o, Saved::Dropped { .. });
+    if vars.iter().zip(originals).all(|(v, o)| in_place(v, o)) {
+        // Every one in place on the CPU: all of them in one call to the pool.
+        use rayon::prelude::*;
+        let rs: Vec<Result<()>> = vars
+            .par_iter()
+            .zip(originals.par_iter())
+            .map(|(v, o)| o.restore(v))
+            .collect();
+        return rs.into_iter().find(Result::is_err).unwrap_or(Ok(()));
+    }
     let mut first = Ok(());
     for (v, o) in vars.iter().zip(originals) {
         if let Err(e) = o.restore(v) {
@@ -630,6 +768,28 @@ impl DropoutStep<'_> {
     /// Masks the gradient of every selected variable in `grads` (bit-identical to what
     /// autograd gives through the functional op) and restores the original weights.
     pub fn finish(self, grads: &mut GradStore) -> Result<()> {
+        // The CPU's gradients (no emulation in force) masked with their held bits, all of them
+        // in one call to the pool.
+        let mut on_cpu: Vec<Option<Result<Tensor>>> = if emulated() {
+            Vec::new()
+        } else {
+            use rayon::prelude::*;
+            let gs: Vec<Option<&Tensor>> = self
+                .vd
+                .entries
+                .iter()
+                .map(|e| grads.get(e.var.as_tensor()))
+                .collect();
+            gs.par_iter()
+                .zip(self.saved.originals.par_iter())
+                .map(|(g, orig)| match (g, orig) {
+                    (Some(g), Saved::Dropped { bits, .. }) if g.device().is_cpu() => {
+                        Some(mask_on_host(g, bits))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         let mut result = Ok(());
         for (i, (e, orig)) in self
             .vd
@@ -642,38 +802,43 @@ impl DropoutStep<'_> {
             // keeps what it had.
             if let Some(g) = grads.get(e.var.as_tensor()) {
                 let offset = self.first_offset.wrapping_add(i as u64);
-                let masked = match orig {
-                    // The kept mask: one pass over the gradient, no selection.
-                    Saved::Dropped { bits, .. } => {
-                        let b = Bits::Host(bits.clone());
-                        match masked_by_bits(g, &b) {
-                            Ok(Some(m)) => Ok(m),
-                            Ok(None) => mask_on_host(g, bits),
-                            Err(e) => Err(e),
+                let masked = match on_cpu.get_mut(i).and_then(Option::take) {
+                    Some(m) => m,
+                    None => match orig {
+                        // The kept mask: one pass over the gradient, no selection.
+                        Saved::Dropped { bits, .. } => {
+                            let b = Bits::Host(bits.clone());
+                            match masked_by_bits(g, &b) {
+                                Ok(Some(m)) => Ok(m),
+                                Ok(None) => mask_on_host(g, bits),
+                                Err(e) => Err(e),
+                            }
                         }
-                    }
-                    Saved::Full {
-                        orig,
-                        bits: Some(b),
-                    } => match masked_by_bits(g, b) {
-                        Ok(Some(m)) => Ok(m),
-                        Ok(None) => masked_gradient(orig, g, e.config, self.seed, offset),
-                        Err(e) => Err(e),
-                    },
-                    Saved::Full { orig, bits: None } => {
-                        masked_gradient(orig, g, e.config, self.seed, offset)
-                    }
-                    #[cfg(any(feature = "cuda", feature = "emulate"))]
-                    Saved::Packed { bits, values } => match masked_by_bits(g, bits) {
-                        Ok(Some(m)) => Ok(m),
-                        Ok(None) => match bits.host() {
-                            Some(b) => mask_on_host(g, b),
-                            // An unaligned gradient on a GPU: from the weight put back.
-                            None => unpacked(e.var.as_tensor(), bits, values).and_then(|orig| {
-                                masked_gradient(&orig, g, e.config, self.seed, offset)
-                            }),
+                        Saved::Full {
+                            orig,
+                            bits: Some(b),
+                        } => match masked_by_bits(g, b) {
+                            Ok(Some(m)) => Ok(m),
+                            Ok(None) => masked_gradient(orig, g, e.config, self.seed, offset),
+                            Err(e) => Err(e),
                         },
-                        Err(e) => Err(e),
+                        Saved::Full { orig, bits: None } => {
+                            masked_gradient(orig, g, e.config, self.seed, offset)
+                        }
+                        #[cfg(any(feature = "cuda", feature = "emulate"))]
+                        Saved::Packed { bits, values } => match masked_by_bits(g, bits) {
+                            Ok(Some(m)) => Ok(m),
+                            Ok(None) => match bits.host() {
+                                Some(b) => mask_on_host(g, b),
+                                // An unaligned gradient on a GPU: from the weight put back.
+                                None => {
+                                    unpacked(e.var.as_tensor(), bits, values).and_then(|orig| {
+                                        masked_gradient(&orig, g, e.config, self.seed, offset)
+                                    })
+                                }
+                            },
+                            Err(e) => Err(e),
+                        },
                     },
                 };
                 match masked {

@@ -3,12 +3,13 @@
 //! the row of scores, a draw per unit, and every row written through the masked-output writer
 //! (a unit is dropped or kept whole).
 
-use super::mask::{write_masked, All, Kept, Part};
+use super::mask::{write_masked, All, BitsOut, Kept, Part};
 use crate::element::{Element, Score, Scored};
 use crate::philox::Bernoulli;
 use crate::select::{row_cut, row_cut_par, targeted_count, Scratch, LONG_ROW};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::AtomicU32;
 
 /// Lanes of the unit-norm reduction: see [`unit_score`].
 pub(crate) const SCORE_LANES: usize = 1024;
@@ -86,14 +87,15 @@ pub(super) fn unit_dropped<T: Scored>(
 }
 
 /// Writes every element of `out` (rows of `n`): `dropped` in the dropped units, the kept
-/// values elsewhere. The unit's draw is decided already, so each row is a part whose
+/// values elsewhere; and the bit mask of the dropped elements into `bits`, if given (zeroed,
+/// see [`BitsOut`]). The unit's draw is decided already, so each row is a part whose
 /// elements are all targeted or none, written with no further draws.
 pub(super) fn unit_dropout_into<O: Copy + Send + Sync, K: Kept<O>>(
     out: &mut [MaybeUninit<O>],
-    kept: K,
-    dropped: O,
+    (kept, dropped): (K, O),
     n: usize,
     units: &[bool],
+    bits: Option<&[AtomicU32]>,
 ) {
     let decided = Bernoulli::always();
     out.par_chunks_mut(n)
@@ -106,6 +108,7 @@ pub(super) fn unit_dropout_into<O: Copy + Send + Sync, K: Kept<O>>(
                 dropped,
                 targets: All(d),
                 first_e: (r * n) as u64,
+                bits: bits.map(|words| BitsOut { words, base: 0 }),
             };
             write_masked(o, part, &decided, words)
         });

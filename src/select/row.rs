@@ -4,6 +4,8 @@
 
 use super::cut::Cut;
 use super::radix::{select_in_place, Threshold};
+#[cfg(target_arch = "x86_64")]
+use super::simd::compact_bin_f32_avx2;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::simd::{kth_by_prefix_avx2, RANK_ROW};
 use crate::element::{Element, RadixKey};
@@ -111,8 +113,14 @@ pub(super) fn row_cut_body<T: Element>(
         hist[(x.key().to_u64() >> shift) as usize & (BINS - 1)] += 1;
     }
     let (bin, below) = find_bin(hist, k - 1);
-    if s.cand.len() < n {
-        s.cand.resize(n, Default::default());
+    // Eight past the row: the AVX2 compaction stores whole vectors.
+    if s.cand.len() < n + 8 {
+        s.cand.resize(n + 8, Default::default());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(c) = compact_f32(row, shift, bin, &mut s.cand) {
+        let th = select_in_place(&mut s.cand[..c], k - 1 - below);
+        return Cut::of_threshold(row, th);
     }
     let cand = &mut s.cand[..n];
     let in_bin = |x: &T| (x.key().to_u64() >> shift) as usize == bin;
@@ -134,6 +142,32 @@ pub(super) fn row_cut_body<T: Element>(
     }
     let th = select_in_place(&mut cand[..c], k - 1 - below);
     Cut::of_threshold(row, th)
+}
+
+/// The keys of an f32 row in first-digit bin `bin`, compacted into `cand` with AVX2
+/// ([`compact_bin_f32_avx2`]); `None` for other types or without AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn compact_f32<T: Element>(
+    row: &[T],
+    shift: u32,
+    bin: usize,
+    cand: &mut [T::Key],
+) -> Option<usize> {
+    use std::any::TypeId;
+    if TypeId::of::<T>() != TypeId::of::<f32>()
+        || TypeId::of::<T::Key>() != TypeId::of::<u32>()
+        || !std::arch::is_x86_feature_detected!("avx2")
+    {
+        return None;
+    }
+    // SAFETY: `T` is f32 and `T::Key` is u32 (checked above): f32 and u32 have one size and
+    // alignment and every bit pattern is valid as either. The processor has AVX2.
+    unsafe {
+        let row = std::slice::from_raw_parts(row.as_ptr().cast::<u32>(), row.len());
+        let cand = std::slice::from_raw_parts_mut(cand.as_mut_ptr().cast::<u32>(), cand.len());
+        Some(compact_bin_f32_avx2(row, shift, bin as u32, cand))
+    }
 }
 
 /// The bin of a histogram that holds rank `r`, and the count below it. Sums blocks of 16

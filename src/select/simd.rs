@@ -149,6 +149,76 @@ pub(super) unsafe fn kth_by_prefix_avx2(
     unsafe { kth_by_ranks_avx2(keys, n, r) }
 }
 
+/// For each 8-bit mask, the lanes whose bit is set, in order (the rest 0): the permutation
+/// that packs those lanes at the front of a vector (`_mm256_permutevar8x32_epi32`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) static COMPRESS8: [[u32; 8]; 256] = {
+    let mut c = [[0u32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut k, mut i) = (0, 0);
+        while i < 8 {
+            if (m >> i) & 1 == 1 {
+                c[m][k] = i as u32;
+                k += 1;
+            }
+            i += 1;
+        }
+        m += 1;
+    }
+    c
+};
+
+/// The keys (f32 bits, sign cleared) of `row` whose 11-bit digit `key >> shift` is `bin`,
+/// packed in order at the front of `cand`; returns how many. Eight elements at a time with
+/// no branch: the digits compared in a vector, the matching lanes packed by a permutation
+/// and stored whole (the lanes past the count are overwritten by the next store), so `cand`
+/// needs eight elements past the last one kept: at least `row.len() + 8`.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn compact_bin_f32_avx2(
+    row: &[u32],
+    shift: u32,
+    bin: u32,
+    cand: &mut [u32],
+) -> usize {
+    use std::arch::x86_64::*;
+    assert!(
+        cand.len() >= row.len() + 8,
+        "compact_bin_f32_avx2: cand too short"
+    );
+    let sign = _mm256_set1_epi32(0x7fff_ffff);
+    let b = _mm256_set1_epi32(bin as i32);
+    let sh = _mm_cvtsi32_si128(shift as i32);
+    let mut c = 0usize;
+    let mut groups = row.chunks_exact(8);
+    for g in &mut groups {
+        // SAFETY: `g` holds eight u32; `cand[c..c + 8]` is in bounds (`c` is at most the
+        // elements seen, and `cand` has eight past the row); `COMPRESS8` rows are 32 bytes.
+        unsafe {
+            let k = _mm256_and_si256(_mm256_loadu_si256(g.as_ptr().cast()), sign);
+            let eq = _mm256_cmpeq_epi32(_mm256_srl_epi32(k, sh), b);
+            let m = _mm256_movemask_ps(_mm256_castsi256_ps(eq)) as usize;
+            let idx = _mm256_loadu_si256(COMPRESS8[m].as_ptr().cast());
+            _mm256_storeu_si256(
+                cand[c..c + 8].as_mut_ptr().cast(),
+                _mm256_permutevar8x32_epi32(k, idx),
+            );
+            c += m.count_ones() as usize;
+        }
+    }
+    for &x in groups.remainder() {
+        let k = x & 0x7fff_ffff;
+        cand[c] = k;
+        c += ((k >> shift) == bin) as usize;
+    }
+    c
+}
+
 #[cfg(all(test, any(target_arch = "x86", target_arch = "x86_64")))]
 mod tests {
     use super::*;
