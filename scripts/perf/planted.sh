@@ -2,8 +2,9 @@
 # The budget check's own test: plant a regression in a scratch copy of kernels/ and require
 # that scripts/perf/model.py fails on it, naming the kernel, the figure and the budget.
 #   philox: drop4 draws a Philox block for every element instead of one per group of four
-#   reread: tdw_block's output pass reads the row from global memory again instead of shared
-#           memory (a second read of the row: the emulator's counted bytes catch it; the
+#   reread: td_block's output pass (kernels/weight.cu, "4. Targeting, draws, output") reads
+#           each whole vector of the row from global memory again instead of the registers
+#           that hold it (a second read of the row: the emulator's counted bytes catch it; the
 #           scratch copy of the crate is built and run under the emulator, a few minutes)
 # usage: scripts/perf/planted.sh [philox|reread] (after scripts/perf-model.sh, whose
 # target/perf/traffic.txt philox reuses)
@@ -32,9 +33,13 @@ PY
 import sys
 p = sys.argv[1]
 s = open(p).read()
-old = "apply_range<U>(s, vals ? vals + e0 : nullptr,"
-new = "apply_range<U>(w + e0, vals ? vals + e0 : nullptr,"
-assert s.count(old) == 1, "the plant's line is not in weight.cu: update scripts/perf/planted.sh"
+old = """        if (out) {
+            uint4 y = x[v];
+            if (sg.vals) {"""
+new = """        if (out) {
+            uint4 y = valid[v] == FULL ? __ldcs(wv + vi) : x[v];
+            if (sg.vals) {"""
+assert s.count(old) == 1, "the plant's lines are not in weight.cu: update scripts/perf/planted.sh"
 open(p, "w").write(s.replace(old, new))
 PY
     traffic=$tmp/traffic.txt
