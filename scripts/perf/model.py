@@ -452,6 +452,12 @@ def read_traffic(path):
             part=kv.get("part", "op"), elems=int(kv["elems"]), kernel=kv["kernel"], grid=[int(x) for x in kv["grid"].split(",")],
             block=[int(x) for x in kv["block"].split(",")], smem=int(kv["smem"]),
             ld=int(kv["ld"]), st=int(kv["st"]), lds=int(kv["lds"]), sts=int(kv["sts"])))
+        # What reaches DRAM: the counted bytes, but no more than the 32-byte sectors the warps'
+        # accesses touched (threads of a warp that read the same mask word count its bytes once
+        # per thread, its sector once: td_bwd_*, td_unit_apply_* read a bit-mask word per vector
+        # or element)
+        r = rec["launches"][-1]
+        r["ldd"], r["std"] = min(r["ld"], 32 * r["lds"]), min(r["st"], 32 * r["sts"])
     return out
 
 
@@ -520,10 +526,10 @@ def lib_launches(kern, op, shape, dt, rec):
             if path.startswith("lib_long"):
                 ld = r["ld"] - (grid * 2048 * 4 if path == "lib_long_count" else 0)
                 env["touch"] = round(min(1.0, max(0, ld) / (r["elems"] * sz)), 3)
-            cnt_abs = (r["ld"] + r["st"]) * sel_scale
+            cnt_abs = (r["ldd"] + r["std"]) * sel_scale
             l = Launch(path, max(1, round(grid * sel_scale)), threads, r["smem"], d0,
                        cnt_abs, env=env, t=r["kernel"], row_len=d0 / max(1, round(grid * sel_scale)),
-                       dtype="f32", rd=r["ld"] * sel_scale)
+                       dtype="f32", rd=r["ldd"] * sel_scale)
             counted += cnt_abs / full_elems
             g = {**env, "size": sz, "ve": 16 // sz}
             planned += eval("(" + k.get("bytes", "2 * size") + ")", {}, g) * d0 / full_elems
@@ -539,15 +545,15 @@ def lib_launches(kern, op, shape, dt, rec):
         plan_b = eval("(" + k.get("bytes", "2 * size") + ")", {}, g)
         l2_b = eval("(" + k.get("l2", "0") + ")", {}, g)
         rd_b = eval("(" + k.get("rd", "(" + k.get("bytes", "2 * size") + ") / 2") + ")", {}, g)
-        cnt_b = (r["ld"] + r["st"]) / rec["elems"]
+        cnt_b = (r["ldd"] + r["std"]) / rec["elems"]
         rl = elems / items  # the elements of one block's work item (a row, a tile, a chunk)
         l = Launch(path, items, threads, r["smem"], elems, plan_b * elems, l2=l2_b * elems,
                    env=env, t=r["kernel"], row_len=rl, rd=rd_b * elems)
-        cnt_abs = (r["ld"] + r["st"]) * scale  # this launch's counted bytes at the full shape
+        cnt_abs = (r["ldd"] + r["std"]) * scale  # this launch's counted bytes at the full shape
         if cnt_b > 0:
             # the counted traffic, less what the plan serves from the L2
             l.dram = max(cnt_abs - l.l2, 0)
-            l.rd = max(r["ld"] * scale - l.l2, 0)
+            l.rd = max(r["ldd"] * scale - l.l2, 0)
         counted += cnt_abs / full_elems
         planned += (plan_b + l2_b) * elems / full_elems
         ls.append(l)
