@@ -498,22 +498,14 @@ def lib_launches(kern, op, shape, dt, rec):
         if op == "grouped_resnet32":
             items = max(1, grid)
             if nl > 1:
-                # one launch per tensor: the tensor of the list whose row length the launch's
-                # shared memory holds (v4: the row for tdw_block, 256 rows of n | 1 for tdw_tiny)
-                tn = {math.prod(x[1:]): x[0] * math.prod(x[1:]) for x in RESNET32}
-                guess = r["smem"] / size / (256 if "tiny" in r["kernel"] else 1)
-                match = [t for t in tn if t == round(guess) or t | 1 == round(guess)
-                         or math.ceil(t / 4) * 4 == round(guess)]
+                # one grouped launch per kind (td_tiny for rows of <= 32 elements, td_block for
+                # the rest): the tensors of its kind, whose rows (block) the grid counts
                 tiny = "tiny" in r["kernel"]
-                cands = [x for x in RESNET32 if (math.prod(x[1:]) <= 32) == tiny
-                         and (tiny or x[0] == grid)]
-                if match:
-                    n = match[0]
-                    elems = tn[n] if tiny else grid * n
-                elif cands:
-                    # no row in dynamic shared memory (v5): the tensors of its kind and rows
-                    n = sum(math.prod(x[1:]) for x in cands) / len(cands)
-                    elems = sum(math.prod(x) for x in cands) / len(cands)
+                kind = [x for x in RESNET32 if (math.prod(x[1:]) <= 32) == tiny]
+                rows_k = sum(x[0] for x in kind)
+                if kind and (tiny or rows_k == grid):
+                    elems = sum(math.prod(x) for x in kind)
+                    n = elems / rows_k
                 else:
                     elems = full_elems / nl
                 env["n"] = n
