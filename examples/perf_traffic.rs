@@ -7,13 +7,17 @@
 //! One line per launch, on the H200's launch plan (`Gpu::h200`):
 //!
 //! ```text
-//! launch <op> <full shape> <dtype> scaled=<shape run> elems=<its elements> kernel=<name>
-//!   grid=x,y,z block=x,y,z smem=<dynamic bytes> ld=<bytes> st=<bytes> lds=<sectors> sts=<sectors>
+//! launch <op> <full shape> <dtype> scaled=<shape run> elems=<its elements>
+//!   part=<op|select> kernel=<name> grid=x,y,z block=x,y,z smem=<dynamic bytes> ld=<bytes> st=<bytes>
+//!   lds=<sectors> sts=<sectors>
 //! ```
 //!
 //! Shapes are scaled down where the emulator is slow (fewer rows, the same row length, so the
 //! same kernel and per-row work; unit dropout on [128,2^20] keeps 2 units): the per-element
-//! figures carry to the full shape, and `scaled=` says what ran. Data: seeded normal values (as
+//! figures carry to the full shape, and `scaled=` says what ran. Unit dropout's selection (one
+//! row of d0 scores) depends on d0, so it is traced apart at the full d0 (`part=select`,
+//! `scaled=[d0,1]`, `elems=d0`). `mask` is `targeted_dropout_mask` (the selection writing
+//! bits, then `td_mask_u8`). Data: seeded normal values (as
 //! the GPU benchmark's randn, `examples/gpu_bench.rs`, but the same on every run); gamma =
 //! alpha = 0.5.
 
@@ -46,21 +50,24 @@ fn main() -> candle_core::Result<()> {
     };
     let gpu = Gpu::h200();
     // (op, full shape as spelled in the model's lines, the shape run)
-    let big: [(&str, Vec<usize>); 4] = [
-        ("[4096,4096]", vec![8, 4096]),
-        ("[11008,4096]", vec![8, 4096]),
-        ("[128,2^20]", vec![1, 1 << 20]),
-        ("[2^20,9]", vec![4096, 9]),
+    // (full shape as spelled, its units d0, the shape run)
+    let big: [(&str, usize, Vec<usize>); 4] = [
+        ("[4096,4096]", 4096, vec![8, 4096]),
+        ("[11008,4096]", 11008, vec![8, 4096]),
+        ("[128,2^20]", 128, vec![1, 1 << 20]),
+        ("[2^20,9]", 1 << 20, vec![4096, 9]),
     ];
+    let units_of = |full: &str| big.iter().find(|b| b.0 == full).map_or(0, |b| b.1);
     let mut cases: Vec<(&str, String, Vec<usize>)> = Vec::new();
     for op in [
         "weight_dropout",
         "prune",
+        "mask",
         "unit_dropout",
         "nm_2:4_dropout",
         "backward",
     ] {
-        for (full, run) in &big {
+        for (full, _, run) in &big {
             let mut run = run.clone();
             if op == "unit_dropout" && run[0] == 1 {
                 run[0] = 2; // a unit selection needs units to choose from
@@ -110,6 +117,10 @@ fn main() -> candle_core::Result<()> {
                         .1
                     }
                     "prune" => emulate::run_traced(&gpu, || prune_weights(&w, 0.5))?.1,
+                    "mask" => {
+                        let td = TargetedDropout::weight(0.5, 0.5)?;
+                        emulate::run_traced(&gpu, || targeted_dropout_mask(&w, td, 7, 0))?.1
+                    }
                     "unit_dropout" => {
                         emulate::run_traced(&gpu, || {
                             targeted_unit_dropout_seeded(&w, 0.5, 0.5, 7, 0)
@@ -141,9 +152,32 @@ fn main() -> candle_core::Result<()> {
             } else {
                 format!("{run:?}").replace(' ', "")
             };
-            for l in &launches {
+            // Unit dropout's selection runs over one row of d0 scores: the scaled run has fewer
+            // units, so the selection (td_tiny / td_block / td_long_*) is traced apart, at the
+            // full d0, on [d0, 1] (its scores and output pass left out), marked `part=select`.
+            let is_select = |k: &str| {
+                k.starts_with("td_tiny_") || k.starts_with("td_block_") || k.starts_with("td_long_")
+            };
+            let mut launches: Vec<(String, usize, &str, emulate::Launch)> = launches
+                .into_iter()
+                .filter(|l| op != "unit_dropout" || !is_select(&l.kernel))
+                .map(|l| (scaled.clone(), elems, "op", l))
+                .collect();
+            if op == "unit_dropout" {
+                let d0 = units_of(&full);
+                let w = randn(&[d0, 1], dt)?;
+                let (_, l) =
+                    emulate::run_traced(&gpu, || targeted_unit_dropout_seeded(&w, 0.5, 0.5, 7, 0))?;
+                let at = format!("[{d0},1]");
+                launches.extend(
+                    l.into_iter()
+                        .filter(|l| is_select(&l.kernel))
+                        .map(|l| (at.clone(), d0, "select", l)),
+                );
+            }
+            for (scaled, elems, part, l) in &launches {
                 println!(
-                    "launch {op} {full} {dts} scaled={scaled} elems={elems} kernel={} grid={},{},{} block={},{},{} smem={} ld={} st={} lds={} sts={}",
+                    "launch {op} {full} {dts} scaled={scaled} elems={elems} part={part} kernel={} grid={},{},{} block={},{},{} smem={} ld={} st={} lds={} sts={}",
                     l.kernel,
                     l.grid[0],
                     l.grid[1],

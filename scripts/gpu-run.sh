@@ -5,7 +5,8 @@
 # minutes on an H200 with the unpacking and the build of the dev harness):
 #   1. the libraries resolve; the GPU
 #   2. dev/cuda harness: validation first (the kernels against its CPU reference), then v4
-#      (the baseline) vs the v5 kernels vs a device-to-device copy, timed side by side
+#      (the baseline, dev/cuda/weight_v4.cu) vs the library's kernels (kernels/weight.cu) vs
+#      a device-to-device copy, timed side by side
 #   3. the library's CUDA tests: equivalence (GPU vs CPU, the long rows), ops, boundary,
 #      8 host threads and the 2^31-element row, VarMapDropout, N:M
 #   4. compute-sanitizer memcheck and racecheck on a reduced set of the equivalence cases
@@ -35,7 +36,7 @@ run() { # name timeout command...
   local rc=$? e=$(( $(date +%s) - s ))
   status+=("$(printf '%-26s rc=%-3s %4ss  %s' "$name" "$rc" "$e" "$(grep -E 'test result|ERROR SUMMARY|RACECHECK SUMMARY|validation|MISMATCH' "$OUT/$name.log" | head -3 | tr '\n' ' ' | cut -c1-100)")")
 }
-# 2. The dev harness (validation first, then v4 vs v5 vs copy).
+# 2. The dev harness (validation first, then v4 vs the library's kernels vs copy).
 if nvcc -O3 -std=c++17 -lineinfo -arch=sm_90 -Xptxas -v -o dev/cuda/td dev/cuda/targeted_dropout.cu > "$OUT/dev_build.log" 2>&1; then
   run dev_validate_and_time 150 dev/cuda/td
 else
@@ -57,7 +58,7 @@ unset TD_ONLY_CUDA
 run gpu_bench 60 .gpu/gpu_bench "$OUT/gpu_bench.csv"
 run torch_baseline 60 env PYTHONUNBUFFERED=1 python3 benches/torch_baseline.py "$OUT/torch_baseline.csv"
 # 6. The table.
-echo; echo "== dev harness: timing (v4 baseline, v5, copy) =="
+echo; echo "== dev harness: timing (v4 baseline, the library's kernels, copy) =="
 sed -n '/== summary/,$p' "$OUT/dev_validate_and_time.log" 2>/dev/null | head -24
 echo; echo "== benchmark (the library vs copy and PyTorch, same GPU, same run) =="
 [ -s "$OUT/gpu_bench.csv" ] && [ -s "$OUT/torch_baseline.csv" ] \

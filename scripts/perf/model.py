@@ -426,7 +426,7 @@ def fit(kern):
 # ---------------------------------------------------------------------------------------
 # The library's kernels: the launches the plan makes (examples/perf_traffic.rs), predicted
 
-OPS = ["weight_dropout", "prune", "unit_dropout", "nm_2:4_dropout", "backward",
+OPS = ["weight_dropout", "prune", "mask", "unit_dropout", "nm_2:4_dropout", "backward",
        "grouped_resnet32"]
 SHAPES = ["[4096,4096]", "[11008,4096]", "[128,2^20]", "[2^20,9]"]
 RESNET32 = [[16, 3, 3, 3]] + [s for (ci, c) in [(16, 16), (16, 32), (32, 64)] for b in range(5)
@@ -449,9 +449,15 @@ def read_traffic(path):
         rec = out.setdefault((op, shape, dt), {"scaled": kv["scaled"], "elems": int(kv["elems"]),
                                                "launches": []})
         rec["launches"].append(dict(
-            kernel=kv["kernel"], grid=[int(x) for x in kv["grid"].split(",")],
+            part=kv.get("part", "op"), elems=int(kv["elems"]), kernel=kv["kernel"], grid=[int(x) for x in kv["grid"].split(",")],
             block=[int(x) for x in kv["block"].split(",")], smem=int(kv["smem"]),
             ld=int(kv["ld"]), st=int(kv["st"]), lds=int(kv["lds"]), sts=int(kv["sts"])))
+        # What reaches DRAM: the counted bytes, but no more than the 32-byte sectors the warps'
+        # accesses touched (threads of a warp that read the same mask word count its bytes once
+        # per thread, its sector once: td_bwd_*, td_unit_apply_* read a bit-mask word per vector
+        # or element)
+        r = rec["launches"][-1]
+        r["ldd"], r["std"] = min(r["ld"], 32 * r["lds"]), min(r["st"], 32 * r["sts"])
     return out
 
 
@@ -477,7 +483,6 @@ def lib_launches(kern, op, shape, dt, rec):
     scale = full_elems / rec["elems"]
     pf = 0.0 if op == "prune" else 1 - 0.5 ** 4
     ls, counted, planned = [], 0.0, 0.0
-    sel_done = False
     nl = len(rec["launches"])
     for r in rec["launches"]:
         path = path_of(kern, r["kernel"])
@@ -493,78 +498,56 @@ def lib_launches(kern, op, shape, dt, rec):
         if op == "grouped_resnet32":
             items = max(1, grid)
             if nl > 1:
-                # one launch per tensor: the tensor of the list whose row length the launch's
-                # shared memory holds (v4: the row for tdw_block, 256 rows of n | 1 for tdw_tiny)
-                tn = {math.prod(x[1:]): x[0] * math.prod(x[1:]) for x in RESNET32}
-                guess = r["smem"] / size / (256 if "tiny" in r["kernel"] else 1)
-                match = [t for t in tn if t == round(guess) or t | 1 == round(guess)
-                         or math.ceil(t / 4) * 4 == round(guess)]
+                # one grouped launch per kind (td_tiny for rows of <= 32 elements, td_block for
+                # the rest): the tensors of its kind, whose rows (block) the grid counts
                 tiny = "tiny" in r["kernel"]
-                cands = [x for x in RESNET32 if (math.prod(x[1:]) <= 32) == tiny
-                         and (tiny or x[0] == grid)]
-                if match:
-                    n = match[0]
-                    elems = tn[n] if tiny else grid * n
-                elif cands:
-                    # no row in dynamic shared memory (v5): the tensors of its kind and rows
-                    n = sum(math.prod(x[1:]) for x in cands) / len(cands)
-                    elems = sum(math.prod(x) for x in cands) / len(cands)
+                kind = [x for x in RESNET32 if (math.prod(x[1:]) <= 32) == tiny]
+                rows_k = sum(x[0] for x in kind)
+                if kind and (tiny or rows_k == grid):
+                    elems = sum(math.prod(x) for x in kind)
+                    n = elems / rows_k
                 else:
                     elems = full_elems / nl
                 env["n"] = n
-        if op == "unit_dropout" and r["kernel"].startswith(("tdw", "td5")):
-            # the select over one row of d0 f32 scores (modelled at the full d0)
-            if sel_done:
-                continue
-            sel_done = True
-            sub, _ = run4_select("f32", 1, d0, 0.5, pf)
-            for s2 in sub:
-                s2.path = s2.path.replace("run4_", "lib_")
-                s2.dtype = "f32"
-                s2.dram = s2.dram * 5 // 8
-                ls.append(s2)
+        if r["part"] == "select":
+            # unit dropout's selection over one row of d0 f32 scores, traced at the full d0
+            # (examples/perf_traffic.rs): the launch as it ran, on u32 keys
+            sel_scale = d0 / r["elems"]
+            env["n"] = d0
+            sz = WIDTH["f32"][1]
+            if path.startswith("lib_long"):
+                ld = r["ld"] - (grid * 2048 * 4 if path == "lib_long_count" else 0)
+                env["touch"] = round(min(1.0, max(0, ld) / (r["elems"] * sz)), 3)
+            cnt_abs = (r["ldd"] + r["std"]) * sel_scale
+            l = Launch(path, max(1, round(grid * sel_scale)), threads, r["smem"], d0,
+                       cnt_abs, env=env, t=r["kernel"], row_len=d0 / max(1, round(grid * sel_scale)),
+                       dtype="f32", rd=r["ldd"] * sel_scale)
+            counted += cnt_abs / full_elems
+            g = {**env, "size": sz, "ve": 16 // sz}
+            planned += eval("(" + k.get("bytes", "2 * size") + ")", {}, g) * d0 / full_elems
+            ls.append(l)
             continue
-        if path.startswith("v5_long"):
+        if path.startswith("lib_long"):
             # the share of the row this launch read (a count pass whose rows are done: none)
             # (every block of a count pass after the first reads its row's 2048-bin histogram
             # of 4-byte counts for the pick: not the row)
-            ld = r["ld"] - (grid * 2048 * 4 if path == "v5_long_count" else 0)
+            ld = r["ld"] - (grid * 2048 * 4 if path == "lib_long_count" else 0)
             env["touch"] = round(min(1.0, max(0, ld) / (rec["elems"] * size)), 3)
-        if path == "lib_block":
-            p_, s_, t_ = v4_select_stats(dt, int(n), targeted(0.5, int(n)))
-            env.update(passes=p_, single=s_, scan=t_)
-        long_row = path in ("lib_long_hist", "lib_long_apply")
-        if long_row:
-            env.update(passes=size, scan=1 if dt == "bf16" else 0)
         g = {**env, "size": size, "ve": 16 // size}
         plan_b = eval("(" + k.get("bytes", "2 * size") + ")", {}, g)
         l2_b = eval("(" + k.get("l2", "0") + ")", {}, g)
         rd_b = eval("(" + k.get("rd", "(" + k.get("bytes", "2 * size") + ") / 2") + ")", {}, g)
-        if op == "backward" and path != "lib_long_hist":
-            plan_b += size  # the recomputing backward's output pass reads the gradient too
-            rd_b += size
-        cnt_b = (r["ld"] + r["st"]) / rec["elems"]
+        cnt_b = (r["ldd"] + r["std"]) / rec["elems"]
         rl = elems / items  # the elements of one block's work item (a row, a tile, a chunk)
         l = Launch(path, items, threads, r["smem"], elems, plan_b * elems, l2=l2_b * elems,
                    env=env, t=r["kernel"], row_len=rl, rd=rd_b * elems)
-        cnt_abs = (r["ld"] + r["st"]) * scale  # this launch's counted bytes at the full shape
+        cnt_abs = (r["ldd"] + r["std"]) * scale  # this launch's counted bytes at the full shape
         if cnt_b > 0:
             # the counted traffic, less what the plan serves from the L2
             l.dram = max(cnt_abs - l.l2, 0)
-            l.rd = max(r["ld"] * scale - l.l2, 0)
+            l.rd = max(r["ldd"] * scale - l.l2, 0)
         counted += cnt_abs / full_elems
         planned += (plan_b + l2_b) * elems / full_elems
-        if long_row:
-            # the plan processes the rows in groups that fit in half the L2: a launch per pass
-            # and group (the scaled run has one group)
-            group = max(1, min((L2_BYTES // 2) // (n * size), d0))
-            ng = math.ceil(d0 / group)
-            for _ in range(ng):
-                c = Launch(path, max(1, round(items / ng)), threads, l.dyn, elems / ng,
-                           l.dram / ng, l2=l.l2 / ng, env=env, t=r["kernel"], row_len=rl,
-                           rd=l.rd / ng)
-                ls.append(c)
-            continue
         ls.append(l)
     return ls, counted, planned, full_elems
 

@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # The budget check's own test: plant a regression in a scratch copy of kernels/ and require
 # that scripts/perf/model.py fails on it, naming the kernel, the figure and the budget.
-#   philox: drop4 draws a Philox block for every element instead of one per group of four
-#   reread: tdw_block's output pass reads the row from global memory again instead of shared
-#           memory (a second read of the row: the emulator's counted bytes catch it; the
+#   philox: dropped_of (kernels/weight.cu) draws a Philox block for every element instead of
+#           one per group of four (the same bytes: the SASS instructions per element catch it)
+#   reread: td_block's output pass (kernels/weight.cu, "4. Targeting, draws, output") reads
+#           each whole vector of the row from global memory again instead of the registers
+#           that hold it (a second read of the row: the emulator's counted bytes catch it; the
 #           scratch copy of the crate is built and run under the emulator, a few minutes)
 # usage: scripts/perf/planted.sh [philox|reread] (after scripts/perf-model.sh, whose
 # target/perf/traffic.txt philox reuses)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if ! command -v nvdisasm >/dev/null && [ -f "${CUDA_DIR:-$HOME/.cache/cuda13}/env.sh" ]; then
+  # shellcheck disable=SC1091
+  source "${CUDA_DIR:-$HOME/.cache/cuda13}/env.sh"
+fi
 what=${1:-philox}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 case "$what" in
   philox)
     cp -r kernels "$tmp/kernels"
-    python3 - "$tmp/kernels/common.cuh" <<'PY'
+    python3 - "$tmp/kernels/weight.cu" <<'PY'
 import sys
 p = sys.argv[1]
 s = open(p).read()
-old = "for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(b, q) >> 8) < d.threshold;"
-new = ("for (int q = 0; q < 4; q++) dr[q] = tg[q] && (word_of(philox_block(4 * g + q, d.seed, "
-       "d.offset ^ b.x), q) >> 8) < d.threshold;")
-assert s.count(old) == 1, "the plant's line is not in common.cuh: update scripts/perf/planted.sh"
+old = "const uint4 b = philox_rk(g0 + h, offset, keys);"
+new = ("const uint4 b0 = philox_rk(g0 + h, offset, keys), b1 = philox_rk(g0 + h, offset ^ 1, keys), "
+       "b2 = philox_rk(g0 + h, offset ^ 2, keys), b3 = philox_rk(g0 + h, offset ^ 3, keys); "
+       "const uint4 b = make_uint4(b0.x, b1.y, b2.z, b3.w);")
+assert s.count(old) == 1, "the plant's line is not in weight.cu: update scripts/perf/planted.sh"
 open(p, "w").write(s.replace(old, new))
 PY
     traffic=target/perf/traffic.txt ;;
@@ -32,9 +39,13 @@ PY
 import sys
 p = sys.argv[1]
 s = open(p).read()
-old = "apply_range<U>(s, vals ? vals + e0 : nullptr,"
-new = "apply_range<U>(w + e0, vals ? vals + e0 : nullptr,"
-assert s.count(old) == 1, "the plant's line is not in weight.cu: update scripts/perf/planted.sh"
+old = """        if (out) {
+            uint4 y = x[v];
+            if (sg.vals) {"""
+new = """        if (out) {
+            uint4 y = valid[v] == FULL ? __ldcs(wv + vi) : x[v];
+            if (sg.vals) {"""
+assert s.count(old) == 1, "the plant's lines are not in weight.cu: update scripts/perf/planted.sh"
 open(p, "w").write(s.replace(old, new))
 PY
     traffic=$tmp/traffic.txt
