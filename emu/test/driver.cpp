@@ -9,7 +9,8 @@
 //                                     N random cases (default 160), then more until each
 //                                     class has Q (default 0): dtype x path (tiny, block,
 //                                     long, unit), and grouped calls, u8 mask outputs,
-//                                     unaligned inputs, bit mask + backward; a fresh seed per
+//                                     unaligned inputs, bit mask + backward, pack / unpack per
+//                                     width (u16, u32, u64); a fresh seed per
 //                                     run unless --seed (printed first: the replay command)
 //   driver ... --small                 smaller cases (at most 20000 elements, 150 units; the
 //                                     TSan run: its cost is per thread and barrier)
@@ -25,7 +26,12 @@
 //   launches of at most TD_GROUP segments (src/plan/mod.rs, `group`);
 // - the backward from a kept bit mask (td_bwd_<w>);
 // - unit dropout: td_unit_scores_{tiny,block}_<dtype>, the selection over the scores as one
-//   row (draw index = unit index) writing bits into a zeroed bit buffer, td_unit_apply_<w>.
+//   row (draw index = unit index) writing bits into a zeroed bit buffer, td_unit_apply_<w>;
+// - pack / unpack of the dropped elements (VarMapDropout on a device): td_pack_count, the
+//   host's prefix sums, td_pack_<w>, then a copy of the dropped weight and td_unpack_<w>; the
+//   reference is the set bits' elements in element order and the round trip gives w back,
+//   with all-zero, all-ones, sparse, dense, per-chunk and one-bit masks, garbage bits past
+//   numel, numel at word and chunk edges and more chunks than blocks (grid-stride).
 //
 // Every launch goes through the C ABI td_emu_launch with a schedule that rotates over thread
 // order (forward, reverse, random), warp run-ahead (off, on), fibers interleaved at memory
@@ -683,6 +689,166 @@ static bool run_case(const Case& c) {
     return !c.bits || backward_case(c, want_drop, bitsp);
 }
 
+// ---------------------------------------------------------------------------------------
+// Pack and unpack (src/plan/mod.rs: pack_counts, pack_offsets, pack, unpack): what
+// VarMapDropout holds on a device between apply and finish. td_pack_count over the bit
+// mask (counts uninitialised), the host's exclusive prefix sums of the counts (the offsets),
+// td_pack (values uninitialised, no launch when nothing is held), then the round trip:
+// out = a copy of the dropped weight, td_unpack writes the held elements back (no launch when
+// nothing is held). Every grid is min(chunks, sms * 16) blocks of TD_BLOCK threads.
+
+struct PackCase {
+    int prof;
+    unsigned sz;
+    uint64_t numel;
+    int mask;           // kMaskKind
+    bool tail_garbage;  // the bits of the last word past numel set (at random, its top bit always)
+};
+static const char* kMaskKind[] = {"all-zero", "all-ones", "half", "sparse", "dense", "chunk-mix", "one-bit"};
+enum { kMaskKinds = 7 };
+
+static uint64_t pack_chunks(uint64_t numel) { return (numel + TD_PACK_CHUNK - 1) / TD_PACK_CHUNK; }
+static uint64_t pack_grid(const Profile& pf, uint64_t numel) {
+    return std::min<uint64_t>(pack_chunks(numel), pf.sms * 16);
+}
+
+static std::string describe(const PackCase& c) {
+    char b[300];
+    snprintf(b, sizeof b, "pack profile %s %s numel=%llu (%llu chunks, grid %llu) mask=%s%s", kProfiles[c.prof].name,
+             wname(c.sz), (unsigned long long)c.numel, (unsigned long long)pack_chunks(c.numel),
+             (unsigned long long)pack_grid(kProfiles[c.prof], c.numel), kMaskKind[c.mask],
+             c.tail_garbage ? " +bits past numel set" : "");
+    return b;
+}
+
+// A random pack case: numel within a word or two, at chunk edges (multiples of TD_PACK_CHUNK
+// and one either side), multiples of 32, anything up to ~12 chunks (--small: 5), and more
+// chunks than the grid has blocks (profile 1sm: 16 blocks, each several chunks).
+static PackCase random_pack() {
+    PackCase c;
+    c.prof = (int)(rnd() % 4);
+    c.sz = 2u << (rnd() % 3);
+    const uint64_t pick = rnd() % 10;
+    if (pick < 2) c.numel = 1 + rnd() % 70;
+    else if (pick < 4) c.numel = TD_PACK_CHUNK * (1 + rnd() % (g_small ? 3 : 5)) + rnd() % 3 - 1;
+    else if (pick < 5) c.numel = 32 * (1 + rnd() % (g_small ? 1200 : 3000));
+    else if (pick < 6) {
+        c.prof = 2;
+        c.numel = 16 * TD_PACK_CHUNK + 1 + rnd() % ((g_small ? 2 : 4) * TD_PACK_CHUNK);
+    } else c.numel = 1 + rnd() % (g_small ? 40000 : 100000);
+    c.mask = (int)(rnd() % kMaskKinds);
+    c.tail_garbage = rnd() % 4 != 0;
+    return c;
+}
+
+static bool run_pack(const PackCase& c) {
+    const Profile& pf = kProfiles[c.prof];
+    const unsigned sz = c.sz;
+    const uint64_t numel = c.numel, chunks = pack_chunks(numel), words = (numel + 31) / 32;
+    const uint64_t grid = pack_grid(pf, numel);
+    const std::string wn = wname(sz);
+    // The mask (flags, and its words with the bits past numel), the weight (random bits).
+    std::vector<uint8_t> flag(numel, 0);
+    std::vector<uint32_t> hb(words, 0);
+    const uint64_t one = numel ? rnd() % numel : 0;
+    int chunk_kind = 0;
+    for (uint64_t e = 0; e < numel; e++) {
+        if (e % TD_PACK_CHUNK == 0) chunk_kind = (int)(rnd() % 3);
+        bool f = false;
+        switch (c.mask) {
+            case 0: f = false; break;
+            case 1: f = true; break;
+            case 2: f = rnd() & 1; break;
+            case 3: f = rnd() % 64 == 0; break;
+            case 4: f = rnd() % 64 != 0; break;
+            case 5: f = chunk_kind == 0 ? false : chunk_kind == 1 ? true : (rnd() & 1); break;
+            default: f = e == one; break;
+        }
+        flag[e] = f;
+        if (f) hb[e / 32] |= 1u << (e % 32);
+    }
+    if (numel % 32 && c.tail_garbage)
+        hb[words - 1] |= ((uint32_t)rnd() | 0x80000000u) & ~((1u << (numel % 32)) - 1u);
+    std::vector<uint8_t> wb(numel * sz);
+    for (size_t i = 0; i < wb.size(); i += 8) {
+        const uint64_t r = rnd();
+        memcpy(&wb[i], &r, std::min<size_t>(8, wb.size() - i));
+    }
+    std::vector<uint32_t> want_counts(chunks, 0);
+    std::vector<uint8_t> want_vals;
+    for (uint64_t e = 0; e < numel; e++)
+        if (flag[e]) {
+            want_counts[e / TD_PACK_CHUNK]++;
+            want_vals.insert(want_vals.end(), &wb[e * sz], &wb[e * sz] + sz);
+        }
+    auto fail = [&](const char* what) {
+        fprintf(stderr, "  %s\n  case: %s\n", what, describe(c).c_str());
+        return false;
+    };
+
+    GuardedBuf w(numel * sz, 0, 0), bits(words * 4, 0, 0), counts(chunks * 4, 0, 0xCD);
+    memcpy(w.data(), wb.data(), wb.size());
+    memcpy(bits.data(), hb.data(), words * 4);
+    TdPackParams p = {numel, chunks};
+    const uint8_t* wp = w.data();
+    const uint32_t* bp = bits.as<uint32_t>();
+    uint32_t* cp = counts.as<uint32_t>();
+    // pack_counts
+    if (numel > 0 && !launch("td_pack_count", grid, TD_BLOCK, {&bp, &cp, &p})) return fail("td_pack_count");
+    if (!counts.check("pack counts") || !bits.check("bits")) return fail("td_pack_count");
+    for (uint64_t k = 0; k < chunks; k++)
+        if (cp[k] != want_counts[k]) {
+            fprintf(stderr, "MISMATCH pack counts: chunk %llu of %llu: got %u want %u\n", (unsigned long long)k,
+                    (unsigned long long)chunks, cp[k], want_counts[k]);
+            return fail("td_pack_count");
+        }
+    // pack_offsets (from the counts read back, as the host does)
+    GuardedBuf offs(chunks * 8, 0, 0);
+    uint64_t held = 0;
+    for (uint64_t k = 0; k < chunks; k++) {
+        offs.as<uint64_t>()[k] = held;
+        held += cp[k];
+    }
+    const uint64_t* op = offs.as<uint64_t>();
+    // pack
+    GuardedBuf vals(held * sz, 0, 0xAB);
+    uint8_t* vp = vals.data();
+    if (held > 0 && !launch("td_pack_" + wn, grid, TD_BLOCK, {&wp, &bp, &op, &vp, &p})) return fail("td_pack");
+    if (!vals.check("packed values") || !w.check("w") || !bits.check("bits") || !offs.check("offsets"))
+        return fail("td_pack");
+    for (uint64_t j = 0; j < held; j++)
+        if (memcmp(vp + j * sz, &want_vals[j * sz], sz)) {
+            uint64_t got = 0, want = 0;
+            memcpy(&got, vp + j * sz, sz);
+            memcpy(&want, &want_vals[j * sz], sz);
+            fprintf(stderr, "MISMATCH packed values: value %llu of %llu: got %llx want %llx\n", (unsigned long long)j,
+                    (unsigned long long)held, (unsigned long long)got, (unsigned long long)want);
+            return fail("td_pack");
+        }
+    // unpack: out = the dropped weight (here each held element's bits inverted: an element
+    // the kernel misses differs from w), then td_unpack.
+    GuardedBuf out(numel * sz, 0, 0xAB);
+    uint8_t* outp = out.data();
+    for (uint64_t e = 0; e < numel; e++)
+        for (unsigned i = 0; i < sz; i++) outp[e * sz + i] = flag[e] ? (uint8_t)~wb[e * sz + i] : wb[e * sz + i];
+    if (held > 0 && !launch("td_unpack_" + wn, grid, TD_BLOCK, {&bp, &op, &vp, &outp, &p})) return fail("td_unpack");
+    if (!out.check("unpack out") || !vals.check("packed values") || !bits.check("bits") || !offs.check("offsets"))
+        return fail("td_unpack");
+    for (uint64_t e = 0; e < numel; e++)
+        if (memcmp(outp + e * sz, &wb[e * sz], sz)) {
+            uint64_t got = 0, want = 0;
+            memcpy(&got, outp + e * sz, sz);
+            memcpy(&want, &wb[e * sz], sz);
+            fprintf(stderr, "MISMATCH unpack (round trip): element %llu (bit %s): got %llx want %llx\n",
+                    (unsigned long long)e, flag[e] ? "set" : "clear", (unsigned long long)got,
+                    (unsigned long long)want);
+            return fail("td_unpack");
+        }
+    if ((held > 0 && memcmp(vp, want_vals.data(), want_vals.size())) || memcmp(bits.data(), hb.data(), words * 4))
+        return fail("td_unpack wrote its inputs (packed values or bits)");
+    return true;
+}
+
 // A grouped call: `items` cases of one dtype, profile and seed (values out, aligned: the
 // inputs of targeted_dropout_many), each its own guarded buffers; item i draws at offset
 // off0 + i.
@@ -856,28 +1022,44 @@ int main(int argc, char** argv) {
             c.kind = 0;
             c.misalign = 0;
             const uint64_t l0 = g_launches;
+            const double s0 = mono();
             const bool ok = run_case(c);
-            printf("large %s: %llu launches, %s\n", describe(c).c_str(), (unsigned long long)(g_launches - l0),
-                   ok ? "bit-exact" : "FAIL");
+            printf("large %s: %llu launches, %.1f s, %s\n", describe(c).c_str(), (unsigned long long)(g_launches - l0),
+                   mono() - s0, ok ? "bit-exact" : "FAIL");
+            fflush(stdout);
+            g_fail += !ok;
+        }
+        // Pack / unpack of a [4096, 4096] mask (2048 chunks, a block each on h200), and of 3 Mi + 7
+        // elements on one multiprocessor (385 chunks over 16 blocks).
+        const PackCase pshapes[] = {{0, 4, 4096ull * 4096, 2, false}, {2, 2, (3ull << 20) + 7, 5, true}};
+        for (const PackCase& pc : pshapes) {
+            const uint64_t l0 = g_launches;
+            const double s0 = mono();
+            const bool ok = run_pack(pc);
+            printf("large %s: %llu launches, %.1f s, %s\n", describe(pc).c_str(), (unsigned long long)(g_launches - l0),
+                   mono() - s0, ok ? "bit-exact" : "FAIL");
             fflush(stdout);
             g_fail += !ok;
         }
         printf("driver: %zu large shapes in %llu s, %llu launches (the longest %.1f s, %s), %d failed\n",
-               sizeof shapes / sizeof shapes[0], (unsigned long long)(time(nullptr) - t0),
+               sizeof shapes / sizeof shapes[0] + sizeof pshapes / sizeof pshapes[0],
+               (unsigned long long)(time(nullptr) - t0),
                (unsigned long long)g_launches, g_launch_max, g_launch_max_name.c_str(), g_fail);
         return g_fail ? 1 : 0;
     }
     // Classes: dtype x path (weight tiny, block, long; unit), then grouped calls, weight cases
     // with a u8 mask out (td_mask_u8), with an unaligned input (the aligned copy), with the
-    // bit mask kept (and the backward from it). A case may count in several classes.
-    enum { kGrouped = 16, kMaskU8, kUnaligned, kBackward, kClasses };
+    // bit mask kept (and the backward from it), then pack / unpack per width. A case may count
+    // in several classes.
+    enum { kGrouped = 16, kMaskU8, kUnaligned, kBackward, kPack, kClasses = kPack + 3 };
     harness::Quota quota(kClasses, min_per_class);
     std::vector<std::string> names;
     for (int dt = 0; dt < 4; dt++)
         for (const char* p : {"tiny", "block", "long", "unit"}) names.push_back(std::string(kDtype[dt]) + " " + p);
-    for (const char* x : {"grouped", "mask-u8", "unaligned", "bits+backward"}) names.push_back(x);
-    int ran = 0, drawn = 0, paths[4] = {0, 0, 0, 0}, groups = 0, items = 0;
-    double secs[5] = {0, 0, 0, 0, 0};  // per path, then grouped calls
+    for (const char* x : {"grouped", "mask-u8", "unaligned", "bits+backward", "pack u16", "pack u32", "pack u64"})
+        names.push_back(x);
+    int ran = 0, drawn = 0, paths[4] = {0, 0, 0, 0}, groups = 0, items = 0, packs = 0;
+    double secs[6] = {0, 0, 0, 0, 0, 0};  // per path, then grouped calls, then pack / unpack
     auto now = mono;
     for (; drawn < cases || (!quota.met() && drawn < 200 * std::max(cases, 100)); drawn++) {
         if (rnd() % 25 == 0) {  // a grouped call (each costs about 15 single cases)
@@ -890,6 +1072,24 @@ int main(int argc, char** argv) {
             const double t0 = now();
             const bool ok = run_grouped(g);
             secs[4] += now() - t0;
+            if (!ok) {
+                g_fail++;
+                fprintf(stderr, "  replay: %s --seed 0x%llx --cases %d --min-per-class %d\n", argv[0],
+                        (unsigned long long)seed, cases, min_per_class);
+            }
+            if (g_fail >= 5) break;
+            continue;
+        }
+        if (rnd() % 8 == 0) {  // pack / unpack (cheap: a few launches of up to 20 chunks)
+            const PackCase pc = random_pack();
+            const int cls = kPack + (pc.sz == 2 ? 0 : pc.sz == 4 ? 1 : 2);
+            if (!quota.wanted(cls, drawn, cases)) continue;
+            quota.add(cls);
+            packs++;
+            ran++;
+            const double t0 = now();
+            const bool ok = run_pack(pc);
+            secs[5] += now() - t0;
             if (!ok) {
                 g_fail++;
                 fprintf(stderr, "  replay: %s --seed 0x%llx --cases %d --min-per-class %d\n", argv[0],
@@ -922,12 +1122,13 @@ int main(int argc, char** argv) {
         }
         if (g_fail >= 5) break;
     }
-    printf("driver: %d cases (weight tiny %d, block %d, long %d; unit %d; %d grouped calls of %d tensors), "
-           "%llu launches, %d failed\n",
-           ran, paths[0], paths[1], paths[2], paths[3], groups, items, (unsigned long long)g_launches, g_fail);
+    printf("driver: %d cases (weight tiny %d, block %d, long %d; unit %d; %d grouped calls of %d tensors; "
+           "pack %d), %llu launches, %d failed\n",
+           ran, paths[0], paths[1], paths[2], paths[3], groups, items, packs, (unsigned long long)g_launches, g_fail);
     printf("driver: per class: %s\n", quota.report(names).c_str());
-    printf("driver: seconds: tiny %.1f, block %.1f, long %.1f, unit %.1f, grouped %.1f; the longest launch %.1f s (%s)\n",
-           secs[0], secs[1], secs[2], secs[3], secs[4], g_launch_max, g_launch_max_name.c_str());
+    printf("driver: seconds: tiny %.1f, block %.1f, long %.1f, unit %.1f, grouped %.1f, pack %.1f; the longest launch "
+           "%.1f s (%s)\n",
+           secs[0], secs[1], secs[2], secs[3], secs[4], secs[5], g_launch_max, g_launch_max_name.c_str());
     if (!g_fail && !quota.met()) {
         fprintf(stderr, "driver: a class has fewer than %d cases after %d draws\n", min_per_class, drawn);
         return 1;

@@ -14,7 +14,9 @@ cd "$(dirname "$0")/../.."
 # report fails. Each step prints its time. Measured 2026-12-03 on the 2-core machine shared with
 # six other helpers (load average 8-10): 525 s in all, 346 s of CPU (the builds 226 s, plain
 # 2000 cases 101 s, ASan 850 cases 58 s, TSan 172 small cases 48 s, large shapes 80 s, the
-# rest 15 s); an earlier version (more grouped calls) 377 s at load 4-5. Not measured on an
+# rest 15 s); an earlier version (more grouped calls) 377 s at load 4-5. With the pack / unpack
+# classes (2026-12-03, load 3-7): 456 s in all, the builds 228 s, plain 86 s, ASan 48 s, TSan
+# 34 s, large shapes 49 s (the pack classes about 10% of each driver run). Not measured on an
 # idle machine.
 # CHECK_ONLY=<regex> runs only the steps whose names match (and the build, of the variants in
 # CHECK_BUILD, default all): scripts/emu/planted.sh uses it.
