@@ -4,7 +4,7 @@
 //! `cuda/`; with the `emulate` feature, the CPU forward inside `emulate::run` runs the CUDA
 //! kernels' plan on the emulator instead.
 
-use crate::cpu::unit_scores;
+use crate::cpu::{held, unit_scores};
 use crate::op::{filters, TargetedOp, UnitScoresOp};
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor,
@@ -340,11 +340,6 @@ struct MaskedGrad {
     bits: Bits,
 }
 
-/// `g[e]`, or +0.0 where bit `e` is set (`crate::cpu::held::mask_values`).
-pub(crate) fn mask_values<T: Copy + Default + Send + Sync>(g: &[T], bits: &[u32]) -> Vec<T> {
-    crate::cpu::held::mask_values(g, bits)
-}
-
 impl CustomOp1 for MaskedGrad {
     fn name(&self) -> &'static str {
         BACKWARD
@@ -391,10 +386,10 @@ impl MaskedGrad {
             )
         }
         let out = match s {
-            CpuStorage::F32(g) => CpuStorage::F32(mask_values(&g[start..end], bits)),
-            CpuStorage::F64(g) => CpuStorage::F64(mask_values(&g[start..end], bits)),
-            CpuStorage::F16(g) => CpuStorage::F16(mask_values(&g[start..end], bits)),
-            CpuStorage::BF16(g) => CpuStorage::BF16(mask_values(&g[start..end], bits)),
+            CpuStorage::F32(g) => CpuStorage::F32(held::mask_values(&g[start..end], bits)),
+            CpuStorage::F64(g) => CpuStorage::F64(held::mask_values(&g[start..end], bits)),
+            CpuStorage::F16(g) => CpuStorage::F16(held::mask_values(&g[start..end], bits)),
+            CpuStorage::BF16(g) => CpuStorage::BF16(held::mask_values(&g[start..end], bits)),
             other => bail!(
                 "{BACKWARD}: unsupported dtype {:?} (expected f16, bf16, f32 or f64)",
                 other.dtype()

@@ -553,12 +553,6 @@ pub(crate) fn values_of(w: &Tensor, mut op: TargetedOp) -> Result<Tensor> {
     apply(&w.detach(), op)
 }
 
-/// The u8 mask (1 = dropped) of `op` on `w`: the same selection and draws with the mask out.
-pub(crate) fn mask_of(w: &Tensor, mut op: TargetedOp) -> Result<Tensor> {
-    op.output = Output::Mask;
-    apply(w, op)
-}
-
 /// The gradient that autograd gives `w` through targeted dropout at `(seed, offset)`: `grad`
 /// with the dropped elements zeroed. For [`crate::VarMapDropout`], whose model saw the
 /// dropped weights directly.

@@ -6,8 +6,8 @@
 use crate::config::{check_kind_args, TargetedDropout};
 use crate::custom_op::{emulated, mask_on_host, masked_by_bits, Bits};
 use crate::functions::{
-    grouped, is_nm_sparse, many_ops, mask_of, masked_gradient, prune_nm, prune_units,
-    prune_weights, zero_count,
+    grouped, is_nm_sparse, many_ops, masked_gradient, prune_nm, prune_units, prune_weights,
+    zero_count,
 };
 use crate::generator::take_offsets;
 use crate::op::DropoutKind;
@@ -406,16 +406,24 @@ impl Saved {
         match self {
             Saved::Full { orig, .. } if orig.elem_count() == 0 => Ok(()),
             Saved::Full { orig, .. } => var.set(orig),
-            // The held values put back in place.
-            Saved::Dropped { bits, values } if var.device().is_cpu() => {
-                var.as_tensor().inplace_op1(&PutBack {
-                    bits,
-                    values: values.clone(),
-                })
-            }
-            Saved::Dropped { bits, values } => var.set(&unpack(var.as_tensor(), bits, values)?),
+            // The held values put back in place (a CPU variable: `drop_in_place` made it).
+            Saved::Dropped { bits, values } => var.as_tensor().inplace_op1(&PutBack {
+                bits,
+                values: values.clone(),
+            }),
+            // A host mask outside the emulation that packed it: in place on the host, too.
             #[cfg(any(feature = "cuda", feature = "emulate"))]
-            Saved::Packed { bits, values } => var.set(&unpacked(var.as_tensor(), bits, values)?),
+            Saved::Packed { bits, values } => match bits.host() {
+                Some(b) if !crate::custom_op::emulated() => var.as_tensor().inplace_op1(&PutBack {
+                    bits: b,
+                    values: values.clone(),
+                }),
+                _ => var.set(&crate::hold::unpack(
+                    &var.as_tensor().contiguous()?,
+                    values,
+                    bits,
+                )?),
+            },
         }
     }
 }
@@ -491,177 +499,46 @@ impl InplaceOp1 for PutBack<'_> {
     }
 }
 
-/// What `apply` makes of one variable `w` under `op`: the dropped weight and what the step
-/// holds. On the CPU (the emulator's device included) the held state is the bit mask and the
-/// dropped elements' original values; `dropped` and `bits` are what a grouped call computed
-/// (the kernels' output and kept mask), computed here where absent (the CPU's selection gives
-/// the u8 mask: one pass, then one pass that writes the output and packs). Elsewhere a copy.
+/// What `apply` makes of one variable `w` that the kernels served (a GPU, the emulator) or
+/// that sits on a device without them: the dropped weight (`dropped`, what the grouped call
+/// computed, or computed here) and what the step holds. Where the kernels kept the bit mask
+/// (weight dropout), the mask and the dropped values packed on the weight's device
+/// (`crate::hold`); elsewhere (unit and N:M, whose kernels keep no mask) a copy, as on a GPU.
 fn hold(
     w: &Tensor,
     op: crate::op::TargetedOp,
     dropped: Option<Tensor>,
     bits: Option<Bits>,
 ) -> Result<(Tensor, Saved)> {
-    if !w.device().is_cpu() {
-        let d = match dropped {
-            Some(d) => d,
-            None => crate::functions::values_of(w, op)?,
+    let d = match dropped {
+        Some(d) => d,
+        None => crate::functions::values_of(w, op)?,
+    };
+    #[cfg(any(feature = "cuda", feature = "emulate"))]
+    if let Some(b) = &bits {
+        // A host mask's bits past the last element (a kernel leaves them as they were)
+        // cleared: a step finished outside the emulation reads it on the host.
+        let bits = match b.host() {
+            Some(h) => {
+                let mut h = h.to_vec();
+                let tail = w.elem_count() % 32;
+                if let (true, Some(last)) = (tail != 0, h.last_mut()) {
+                    *last &= (1u32 << tail) - 1;
+                }
+                Bits::Host(Arc::new(h))
+            }
+            None => b.clone(),
         };
-        // The kernels kept the mask (weight dropout): hold the dropped values only.
-        #[cfg(feature = "cuda")]
-        if let Some(b @ Bits::Cuda(_)) = &bits {
-            let values = crate::hold::pack(&w.contiguous()?, b)?;
-            let bits = b.clone();
-            return Ok((d, Saved::Packed { bits, values }));
-        }
-        return Ok((
-            d,
-            Saved::Full {
-                orig: w.copy()?,
-                bits,
-            },
-        ));
-    }
-    // Under the emulator, where the kernels served the call: the device's pack.
-    #[cfg(feature = "emulate")]
-    if let (Some(d), Some(b), true) = (
-        &dropped,
-        bits.as_ref().and_then(Bits::host),
-        crate::emulate::active().is_some(),
-    ) {
-        // The bits past the last element (a kernel leaves them as they were) cleared: a step
-        // finished outside the emulation reads the mask on the host.
-        let mut b = b.to_vec();
-        let tail = w.elem_count() % 32;
-        if let (true, Some(last)) = (tail != 0, b.last_mut()) {
-            *last &= (1u32 << tail) - 1;
-        }
-        let bits = Bits::Host(Arc::new(b));
         let values = crate::hold::pack(&w.contiguous()?, &bits)?;
-        return Ok((d.clone(), Saved::Packed { bits, values }));
+        return Ok((d, Saved::Packed { bits, values }));
     }
-    let w = w.contiguous()?;
-    let mut bits: Vec<u32> = match bits.as_ref().and_then(Bits::host) {
-        Some(b) => b.to_vec(),
-        None => bits_of(&mask_of(&w, op)?)?,
-    };
-    // The bits past the last element (a kernel leaves them as they were) cleared.
-    let tail = w.elem_count() % 32;
-    if let (true, Some(last)) = (tail != 0, bits.last_mut()) {
-        *last &= (1u32 << tail) - 1;
-    }
-    let bits = Arc::new(bits);
-    let shape = w.shape().clone();
-    let cpu = Device::Cpu;
-    macro_rules! go {
-        ($($variant:ident),*) => {{
-            let (st, l) = w.storage_and_layout();
-            let Some((a, b)) = l.contiguous_offsets() else {
-                bail!("VarMapDropout: internal error, a weight that is not contiguous")
-            };
-            match &*st {
-                $(Storage::Cpu(CpuStorage::$variant(x)) => {
-                    let x = &x[a..b];
-                    let values = packed(x, &bits);
-                    let d = match dropped {
-                        Some(d) => d,
-                        None => Tensor::from_vec(zeroed(x, &bits), &shape, &cpu)?,
-                    };
-                    let n = values.len();
-                    (d, Tensor::from_vec(values, n, &cpu)?)
-                })*
-                _ => bail!("VarMapDropout: internal error, a weight that is not a float CPU tensor"),
-            }
-        }};
-    }
-    let (d, values) = go!(F32, F64, F16, BF16);
-    Ok((d, Saved::Dropped { bits, values }))
-}
-
-/// The weight from its dropped form `d` and what [`crate::hold::pack`] held: the kernels'
-/// unpack on a GPU or under the emulator, the host's otherwise (a step finished outside
-/// the emulation that applied it).
-#[cfg(any(feature = "cuda", feature = "emulate"))]
-fn unpacked(d: &Tensor, bits: &Bits, values: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "emulate")]
-    let emulated = crate::emulate::active().is_some();
-    #[cfg(not(feature = "emulate"))]
-    let emulated = false;
-    match bits.host() {
-        Some(b) if !emulated || !d.device().is_cpu() => unpack(d, b, values),
-        _ => crate::hold::unpack(&d.contiguous()?, values, bits),
-    }
-}
-
-/// The bit mask of a u8 mask (1 = dropped).
-fn bits_of(mask: &Tensor) -> Result<Vec<u32>> {
-    let m = mask.flatten_all()?.to_vec1::<u8>()?;
-    Ok(m.chunks(32)
-        .map(|c| {
-            c.iter()
-                .enumerate()
-                .fold(0u32, |w, (j, &x)| w | (((x != 0) as u32) << j))
-        })
-        .collect())
-}
-
-/// The elements of `w` whose bit is set, in order (exactly as many as are held).
-fn packed<T: Copy>(w: &[T], bits: &[u32]) -> Vec<T> {
-    let count = bits.iter().map(|b| b.count_ones() as usize).sum();
-    let mut v = Vec::with_capacity(count);
-    for (c, &word) in w.chunks(32).zip(bits) {
-        let mut b = word;
-        while b != 0 {
-            v.push(c[b.trailing_zeros() as usize]);
-            b &= b - 1;
-        }
-    }
-    v
-}
-
-/// `w` with the elements whose bit is set +0.0 (the contract's dropped value).
-fn zeroed<T: Copy + Default + Send + Sync>(w: &[T], bits: &[u32]) -> Vec<T> {
-    crate::custom_op::mask_values(w, bits)
-}
-
-/// The weight `d` (a CPU tensor) with the elements whose bit is set taken from `values`, in
-/// order.
-fn unpack(d: &Tensor, bits: &[u32], values: &Tensor) -> Result<Tensor> {
-    let d = d.contiguous()?;
-    let (sd, ld) = d.storage_and_layout();
-    let (sv, lv) = values.storage_and_layout();
-    let (Some((a, b)), Some((va, vb))) = (ld.contiguous_offsets(), lv.contiguous_offsets()) else {
-        bail!("VarMapDropout: internal error, a saved weight that is not contiguous")
-    };
-    let cpu = Device::Cpu;
-    macro_rules! go {
-        ($($variant:ident),*) => {
-            match (&*sd, &*sv) {
-                $((Storage::Cpu(CpuStorage::$variant(x)), Storage::Cpu(CpuStorage::$variant(v))) => {
-                    let mut v = v[va..vb].iter();
-                    let mut out = x[a..b].to_vec();
-                    for (c, &word) in out.chunks_mut(32).zip(bits) {
-                        let mut w = word;
-                        while w != 0 {
-                            let j = w.trailing_zeros() as usize;
-                            if let Some(&x) = v.next() {
-                                c[j] = x;
-                            }
-                            w &= w - 1;
-                        }
-                    }
-                    Tensor::from_vec(out, ld.shape(), &cpu)
-                })*
-                _ => bail!(
-                    "VarMapDropout: the variable is {:?} on {:?} but its saved values are {:?}",
-                    d.dtype(),
-                    d.device(),
-                    values.dtype()
-                ),
-            }
-        };
-    }
-    go!(F32, F64, F16, BF16)
+    Ok((
+        d,
+        Saved::Full {
+            orig: w.copy()?,
+            bits,
+        },
+    ))
 }
 
 /// Puts saved weights back, at once or when dropped (an error path).
@@ -831,11 +708,14 @@ impl DropoutStep<'_> {
                             Ok(None) => match bits.host() {
                                 Some(b) => mask_on_host(g, b),
                                 // An unaligned gradient on a GPU: from the weight put back.
-                                None => {
-                                    unpacked(e.var.as_tensor(), bits, values).and_then(|orig| {
+                                None => e
+                                    .var
+                                    .as_tensor()
+                                    .contiguous()
+                                    .and_then(|v| crate::hold::unpack(&v, values, bits))
+                                    .and_then(|orig| {
                                         masked_gradient(&orig, g, e.config, self.seed, offset)
-                                    })
-                                }
+                                    }),
                             },
                             Err(e) => Err(e),
                         },
