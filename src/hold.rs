@@ -24,7 +24,7 @@ impl CustomOp1 for Pack<'_> {
         #[cfg(feature = "emulate")]
         if let (Some(ctx), Some(bits)) = (crate::emulate::active(), self.bits.host()) {
             let held = crate::emulate::pack(&ctx, _s, _l, bits)?;
-            let n = host_len(&held)?;
+            let n = crate::emulate::float_len(&held)?;
             return Ok((held, Shape::from(n)));
         }
         bail!("{PACK}: internal error, the kernels' pack outside a GPU or the emulator")
@@ -40,32 +40,8 @@ impl CustomOp1 for Pack<'_> {
             bail!("{PACK}: internal error, a host mask for a CUDA weight")
         };
         let held = crate::cuda::pack(s, l, bits)?;
-        let n = cuda_len(&held);
+        let n = crate::cuda::float_len(&held.slice)?;
         Ok((held, Shape::from(n)))
-    }
-}
-
-#[cfg(feature = "emulate")]
-fn host_len(s: &CpuStorage) -> Result<usize> {
-    use candle_core::backend::BackendStorage;
-    Ok(match s {
-        CpuStorage::F16(v) => v.len(),
-        CpuStorage::BF16(v) => v.len(),
-        CpuStorage::F32(v) => v.len(),
-        CpuStorage::F64(v) => v.len(),
-        other => bail!("{PACK}: internal error, held values of {:?}", other.dtype()),
-    })
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_len(s: &candle_core::CudaStorage) -> usize {
-    use candle_core::cuda_backend::CudaStorageSlice as S;
-    match &s.slice {
-        S::F16(x) => x.len(),
-        S::BF16(x) => x.len(),
-        S::F32(x) => x.len(),
-        S::F64(x) => x.len(),
-        _ => 0,
     }
 }
 

@@ -242,58 +242,17 @@ pub(super) fn execute<T, R: DeviceRepr + ValidAsZeroBits>(
     inputs: Inputs<'_, '_, T>,
     result: Buf,
 ) -> Result<CudaSlice<R>> {
-    let mut res = None;
-    let mut scratch = Vec::new();
-    for a in &plan.allocs {
-        if a.buf == result {
-            let len = a.bytes as usize / std::mem::size_of::<R>();
-            res = Some(alloc::<R>(stream, len, a.init)?);
-        } else {
-            scratch.push((a.buf, alloc::<u8>(stream, a.bytes as usize, a.init)?));
-        }
-    }
-    let Some(mut res) = res else {
-        bail!("targeted dropout on CUDA: internal error, the plan allocates no {result:?}")
-    };
-    {
-        // Every buffer bound to its device pointer for the whole plan; the guards record the
-        // reads and writes on the stream when they drop, after the last step is issued.
-        let mut ptrs: Vec<(Buf, u64)> = Vec::new();
-        let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
-        let (p, g) = inputs.w.device_ptr(stream);
-        ptrs.push((Buf::W, p));
-        guards.push(g);
-        if let Some(v) = inputs.vals {
-            let (p, g) = v.device_ptr(stream);
-            ptrs.push((Buf::Vals, p));
-            guards.push(g);
-        }
-        let (p, g) = res.device_ptr_mut(stream);
-        ptrs.push((result, p));
-        guards.push(g);
-        for (buf, s) in scratch.iter_mut() {
-            let (p, g) = s.device_ptr_mut(stream);
-            ptrs.push((*buf, p));
-            guards.push(g);
-        }
-        let ptr = |buf: Buf| -> Result<u64> {
-            match ptrs.iter().find(|(b, _)| *b == buf) {
-                Some((_, p)) => Ok(*p),
-                None => bail!("targeted dropout on CUDA: internal error, no buffer {buf:?}"),
-            }
-        };
-        let addr = |_: usize, a: Arg| -> Result<u64> {
-            match a {
-                Arg::Buf(b, off) => Ok(ptr(b)? + off),
-                Arg::Null => Ok(0),
-            }
-        };
-        for step in &plan.steps {
-            issue_step(kern, stream, step, &addr)?;
-        }
-        drop(guards);
-    }
-    Ok(res)
+    // The inputs' guards record their reads on the stream when they drop, after the plan.
+    let (w, wg) = inputs.w.device_ptr(stream);
+    let mut ptrs = vec![(Buf::W, w)];
+    let vg = inputs.vals.map(|v| {
+        let (p, g) = v.device_ptr(stream);
+        ptrs.push((Buf::Vals, p));
+        g
+    });
+    let r = execute_raw(kern, stream, plan, &ptrs, result);
+    drop((wg, vg));
+    r
 }
 
 /// Runs `plan` on `stream` with its input roles at the device addresses of `inputs` (their

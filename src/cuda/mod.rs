@@ -261,16 +261,40 @@ pub(crate) fn pack(w: &CudaStorage, l: &Layout, bits: &CudaSlice<u32>) -> Result
     let (bp, bg) = bits.device_ptr(&stream);
     let (op, og) = offsets.device_ptr(&stream);
     let inputs = [(Buf::W, wp), (Buf::Bits, bp), (Buf::Offsets, op)];
-    use CudaStorageSlice as S;
-    let slice = match &w.slice {
-        S::F16(_) => S::F16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
-        S::BF16(_) => S::BF16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
-        S::F32(_) => S::F32(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
-        S::F64(_) => S::F64(execute_raw(&kern, &stream, &plan, &inputs, Buf::Held)?),
-        _ => bail!("{OP}: unsupported dtype {:?}", w.dtype()),
-    };
+    let slice = execute_like(&kern, &stream, &plan, &inputs, Buf::Held, &w.slice)?;
     drop((wg, bg, og));
     Ok(CudaStorage { slice, device: dev })
+}
+
+/// [`execute_raw`] with its result of `like`'s float type.
+fn execute_like(
+    kern: &Kernels,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    plan: &plan::Plan,
+    inputs: &[(Buf, u64)],
+    result: Buf,
+    like: &CudaStorageSlice,
+) -> Result<CudaStorageSlice> {
+    use CudaStorageSlice as S;
+    Ok(match like {
+        S::F16(_) => S::F16(execute_raw(kern, stream, plan, inputs, result)?),
+        S::BF16(_) => S::BF16(execute_raw(kern, stream, plan, inputs, result)?),
+        S::F32(_) => S::F32(execute_raw(kern, stream, plan, inputs, result)?),
+        S::F64(_) => S::F64(execute_raw(kern, stream, plan, inputs, result)?),
+        _ => bail!("targeted dropout on CUDA: internal error, a slice that is not float"),
+    })
+}
+
+/// The elements of a float slice.
+pub(crate) fn float_len(s: &CudaStorageSlice) -> Result<usize> {
+    use CudaStorageSlice as S;
+    Ok(match s {
+        S::F16(x) => x.len(),
+        S::BF16(x) => x.len(),
+        S::F32(x) => x.len(),
+        S::F64(x) => x.len(),
+        _ => bail!("targeted dropout on CUDA: internal error, a slice that is not float"),
+    })
 }
 
 /// Where each chunk's dropped values start (`td_pack_count`, the counts read back and summed
@@ -312,14 +336,7 @@ pub(crate) fn unpack(
         bail!("{OP}: internal error, the weight is not contiguous")
     };
     let numel = (end - start) as u64;
-    use CudaStorageSlice as S;
-    let count = match &held.slice {
-        S::F16(x) => x.len(),
-        S::BF16(x) => x.len(),
-        S::F32(x) => x.len(),
-        S::F64(x) => x.len(),
-        _ => bail!("{OP}: internal error, held values that are not float"),
-    } as u64;
+    let count = float_len(&held.slice)? as u64;
     let kern = Kernels::of(&dev)?;
     let stream = dev.cuda_stream();
     let (offsets, total) = pack_offsets(&kern, &stream, bits, numel)?;
@@ -337,13 +354,7 @@ pub(crate) fn unpack(
         (Buf::Offsets, op),
         (Buf::Held, hp),
     ];
-    let slice = match &d.slice {
-        S::F16(_) => S::F16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
-        S::BF16(_) => S::BF16(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
-        S::F32(_) => S::F32(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
-        S::F64(_) => S::F64(execute_raw(&kern, &stream, &plan, &inputs, Buf::Out)?),
-        _ => bail!("{OP}: unsupported dtype {:?}", d.dtype()),
-    };
+    let slice = execute_like(&kern, &stream, &plan, &inputs, Buf::Out, &d.slice)?;
     drop((dg, hg, bg, og));
     Ok(CudaStorage { slice, device: dev })
 }

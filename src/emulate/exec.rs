@@ -558,16 +558,7 @@ pub(crate) fn unpack(
     const OP: &str = "VarMapDropout::finish (unpack)";
     let dtype = Dtype::of(OP, d.dtype())?;
     let numel = dl.shape().elem_count() as u64;
-    let count = match held {
-        CpuStorage::F16(v) => v.len(),
-        CpuStorage::BF16(v) => v.len(),
-        CpuStorage::F32(v) => v.len(),
-        CpuStorage::F64(v) => v.len(),
-        other => bail!(
-            "{OP}: internal error, held values of dtype {:?}",
-            other.dtype()
-        ),
-    };
+    let count = float_len(held)?;
     let (offsets, total) = pack_offsets(OP, ctx, bits, numel)?;
     if total != count as u64 {
         bail!("{OP}: internal error, {count} held values for a mask of {total}")
@@ -590,6 +581,20 @@ pub(crate) fn unpack(
         inputs,
     )?;
     Ok(storage(dtype, b.take(Buf::Out)?.bytes()))
+}
+
+/// The elements of a float CPU storage.
+pub(crate) fn float_len(s: &CpuStorage) -> Result<usize> {
+    Ok(match s {
+        CpuStorage::F16(v) => v.len(),
+        CpuStorage::BF16(v) => v.len(),
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        other => bail!(
+            "emulated CUDA: internal error, a storage of {:?}",
+            other.dtype()
+        ),
+    })
 }
 
 /// The emulated unit scores of `w`, as `crate::cuda::unit_scores` computes them.

@@ -41,7 +41,7 @@ mod ffi;
 
 pub use crate::plan::Gpu;
 pub(crate) use exec::{
-    backward_bits, forward, forward_kept, forward_many, pack, unit_scores, unpack,
+    backward_bits, float_len, forward, forward_kept, forward_many, pack, unit_scores, unpack,
 };
 
 use candle_core::Result;
