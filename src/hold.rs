@@ -1,12 +1,12 @@
 //! What `VarMapDropout` holds on a device between `apply` and `finish`: the dropped
 //! elements' original values packed by the kept bit mask (`td_pack_count`, `td_pack_*`) and
-//! put back (`td_pack_count` again, `td_unpack_*`), as candle ops (no autograd) so that the
-//! results are tensors on the weight's device. On a GPU the held buffer is sized to the
+//! put back in place (`td_pack_count` again, `td_unpack_*`: only the held elements written),
+//! as candle ops (no autograd) on the weight's device. On a GPU the held buffer is sized to the
 //! dropped count, which is random: the chunk counts are read back once per weight at `apply`
 //! and once at `finish`. Under the emulator the same kernels run on the host.
 
 use crate::custom_op::Bits;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 
 const PACK: &str = "targeted-dropout-pack";
 const UNPACK: &str = "targeted-dropout-unpack";
@@ -55,22 +55,21 @@ struct Unpack<'a> {
     bits: &'a Bits,
 }
 
-impl CustomOp2 for Unpack<'_> {
+impl InplaceOp2 for Unpack<'_> {
     fn name(&self) -> &'static str {
         UNPACK
     }
 
     fn cpu_fwd(
         &self,
-        _d: &CpuStorage,
+        _d: &mut CpuStorage,
         _dl: &Layout,
         _h: &CpuStorage,
         _hl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    ) -> Result<()> {
         #[cfg(feature = "emulate")]
         if let (Some(ctx), Some(bits)) = (crate::emulate::active(), self.bits.host()) {
-            let out = crate::emulate::unpack(&ctx, _d, _dl, bits, _h)?;
-            return Ok((out, _dl.shape().clone()));
+            return crate::emulate::unpack(&ctx, _d, _dl, bits, _h);
         }
         bail!("{UNPACK}: internal error, the kernels' unpack outside a GPU or the emulator")
     }
@@ -78,20 +77,20 @@ impl CustomOp2 for Unpack<'_> {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        d: &candle_core::CudaStorage,
+        d: &mut candle_core::CudaStorage,
         dl: &Layout,
         h: &candle_core::CudaStorage,
         _hl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    ) -> Result<()> {
         let Bits::Cuda(bits) = self.bits else {
             bail!("{UNPACK}: internal error, a host mask for a CUDA weight")
         };
-        Ok((crate::cuda::unpack(d, dl, bits, h)?, dl.shape().clone()))
+        crate::cuda::unpack(d, dl, bits, h)
     }
 }
 
-/// `d` (the dropped weight, contiguous) with the elements whose bit is set taken from `held`
-/// in order: the weight [`pack`] was given.
-pub(crate) fn unpack(d: &Tensor, held: &Tensor, bits: &Bits) -> Result<Tensor> {
-    d.apply_op2_no_bwd(held, &Unpack { bits })
+/// `d` (the dropped weight, contiguous) given back the weight [`pack`] was given, in place:
+/// the elements whose bit is set taken from `held` in order, no other element written.
+pub(crate) fn unpack(d: &Tensor, held: &Tensor, bits: &Bits) -> Result<()> {
+    d.inplace_op2(held, &Unpack { bits })
 }

@@ -418,11 +418,7 @@ impl Saved {
                     bits: b,
                     values: values.clone(),
                 }),
-                _ => var.set(&crate::hold::unpack(
-                    &var.as_tensor().contiguous()?,
-                    values,
-                    bits,
-                )?),
+                _ => crate::hold::unpack(var.as_tensor(), values, bits),
             },
         }
     }
@@ -711,8 +707,8 @@ impl DropoutStep<'_> {
                                 None => e
                                     .var
                                     .as_tensor()
-                                    .contiguous()
-                                    .and_then(|v| crate::hold::unpack(&v, values, bits))
+                                    .copy()
+                                    .and_then(|v| crate::hold::unpack(&v, values, bits).map(|()| v))
                                     .and_then(|orig| {
                                         masked_gradient(&orig, g, e.config, self.seed, offset)
                                     }),

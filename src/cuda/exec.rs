@@ -127,7 +127,7 @@ fn alloc_like(
 }
 
 /// The device address of a float slice, mutably, and its guard.
-fn slice_ptr_mut<'a>(
+pub(super) fn slice_ptr_mut<'a>(
     s: &'a mut CudaStorageSlice,
     stream: &'a Arc<CudaStream>,
 ) -> Result<(u64, SyncOnDrop<'a>)> {
@@ -265,43 +265,56 @@ pub(super) fn execute_raw<R: DeviceRepr + ValidAsZeroBits>(
     inputs: &[(Buf, u64)],
     result: Buf,
 ) -> Result<CudaSlice<R>> {
-    let mut res = None;
-    let mut scratch = Vec::new();
-    for a in &plan.allocs {
-        if a.buf == result {
-            let len = a.bytes as usize / std::mem::size_of::<R>();
-            res = Some(alloc::<R>(stream, len, a.init)?);
-        } else {
-            scratch.push((a.buf, alloc::<u8>(stream, a.bytes as usize, a.init)?));
-        }
-    }
-    let Some(mut res) = res else {
+    let Some(a) = plan.allocs.iter().find(|a| a.buf == result) else {
         bail!("targeted dropout on CUDA: internal error, the plan allocates no {result:?}")
     };
+    let mut res = alloc::<R>(stream, a.bytes as usize / std::mem::size_of::<R>(), a.init)?;
     {
-        let mut ptrs: Vec<(Buf, u64)> = inputs.to_vec();
-        let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
         let (p, g) = res.device_ptr_mut(stream);
+        let mut ptrs = inputs.to_vec();
         ptrs.push((result, p));
-        guards.push(g);
-        for (buf, s) in scratch.iter_mut() {
-            let (p, g) = s.device_ptr_mut(stream);
-            ptrs.push((*buf, p));
-            guards.push(g);
-        }
-        let addr = |_: usize, a: Arg| -> Result<u64> {
-            match a {
-                Arg::Null => Ok(0),
-                Arg::Buf(b, off) => match ptrs.iter().find(|(x, _)| *x == b) {
-                    Some((_, p)) => Ok(p + off),
-                    None => bail!("targeted dropout on CUDA: internal error, no buffer {b:?}"),
-                },
-            }
-        };
-        for step in &plan.steps {
-            issue_step(kern, stream, step, &addr)?;
-        }
-        drop(guards);
+        execute_bound(kern, stream, plan, &ptrs)?;
+        drop(g);
     }
     Ok(res)
+}
+
+/// Runs `plan` on `stream` with the roles of `bound` at their device addresses (their guards
+/// held by the caller) and the plan's other buffers allocated as scratch: an op in place, or
+/// the body of [`execute_raw`].
+pub(super) fn execute_bound(
+    kern: &Kernels,
+    stream: &Arc<CudaStream>,
+    plan: &Plan,
+    bound: &[(Buf, u64)],
+) -> Result<()> {
+    let mut scratch = Vec::new();
+    for a in plan
+        .allocs
+        .iter()
+        .filter(|a| !bound.iter().any(|(b, _)| *b == a.buf))
+    {
+        scratch.push((a.buf, alloc::<u8>(stream, a.bytes as usize, a.init)?));
+    }
+    let mut ptrs: Vec<(Buf, u64)> = bound.to_vec();
+    let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+    for (buf, s) in scratch.iter_mut() {
+        let (p, g) = s.device_ptr_mut(stream);
+        ptrs.push((*buf, p));
+        guards.push(g);
+    }
+    let addr = |_: usize, a: Arg| -> Result<u64> {
+        match a {
+            Arg::Null => Ok(0),
+            Arg::Buf(b, off) => match ptrs.iter().find(|(x, _)| *x == b) {
+                Some((_, p)) => Ok(p + off),
+                None => bail!("targeted dropout on CUDA: internal error, no buffer {b:?}"),
+            },
+        }
+    };
+    for step in &plan.steps {
+        issue_step(kern, stream, step, &addr)?;
+    }
+    drop(guards);
+    Ok(())
 }

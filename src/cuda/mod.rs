@@ -19,7 +19,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
-use exec::{execute, execute_many, execute_raw, Inputs};
+use exec::{execute, execute_bound, execute_many, execute_raw, slice_ptr_mut, Inputs};
 use module::Kernels;
 
 /// The contiguous view of a slice under a layout.
@@ -318,16 +318,16 @@ fn pack_offsets(
     Ok((stream.clone_htod(&offsets).w()?, held))
 }
 
-/// The inverse of [`pack`]: `d` (the dropped weight) with the elements whose bit is set
-/// taken from `held` in order (the chunk offsets again, a copy, then `td_unpack_*` writes
-/// only those). The offsets are recomputed rather than held, so that a step holds the mask
-/// and the dropped values only.
+/// The inverse of [`pack`], in place: the elements of `d` (the variable's storage, holding
+/// the dropped weight) whose bit is set taken from `held` in order (the chunk offsets again,
+/// then `td_unpack_*` writes only those). The offsets are recomputed rather than held, so
+/// that a step holds the mask and the dropped values only.
 pub(crate) fn unpack(
-    d: &CudaStorage,
+    d: &mut CudaStorage,
     l: &Layout,
     bits: &CudaSlice<u32>,
     held: &CudaStorage,
-) -> Result<CudaStorage> {
+) -> Result<()> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     const OP: &str = "VarMapDropout::finish (unpack)";
     let dev = d.device().clone();
@@ -344,19 +344,20 @@ pub(crate) fn unpack(
         bail!("{OP}: internal error, {count} held values for a mask of {total}")
     }
     let plan = plan::unpack(dtype, numel, count, &kern.limits);
-    let (dp, dg) = input_ptr(&d.slice, start, &stream)?;
     let (hp, hg) = input_ptr(&held.slice, 0, &stream)?;
     let (bp, bg) = bits.device_ptr(&stream);
     let (op, og) = offsets.device_ptr(&stream);
-    let inputs = [
-        (Buf::W, dp),
+    let (dp, dg) = slice_ptr_mut(&mut d.slice, &stream)?;
+    let out = dp + start as u64 * dtype.size();
+    let bound = [
         (Buf::Bits, bp),
         (Buf::Offsets, op),
         (Buf::Held, hp),
+        (Buf::Out, out),
     ];
-    let slice = execute_like(&kern, &stream, &plan, &inputs, Buf::Out, &d.slice)?;
+    execute_bound(&kern, &stream, &plan, &bound)?;
     drop((dg, hg, bg, og));
-    Ok(CudaStorage { slice, device: dev })
+    Ok(())
 }
 
 /// The unit scores of `w` (DESIGN.md, "Targeted unit dropout", step 1): one per filter, f32

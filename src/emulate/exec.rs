@@ -546,15 +546,15 @@ fn pack_offsets(op: &str, ctx: &Context, bits: &[u32], numel: u64) -> Result<(Ve
     Ok(plan::pack_offsets(&counts))
 }
 
-/// The emulated inverse of [`pack`], as `crate::cuda::unpack` runs it: `d` (the dropped
-/// weight) with the elements whose bit is set taken from `held` in order.
+/// The emulated inverse of [`pack`], in place, as `crate::cuda::unpack` runs it: the
+/// elements of `d` (the dropped weight) whose bit is set taken from `held` in order.
 pub(crate) fn unpack(
     ctx: &Context,
-    d: &CpuStorage,
+    d: &mut CpuStorage,
     dl: &Layout,
     bits: &[u32],
     held: &CpuStorage,
-) -> Result<CpuStorage> {
+) -> Result<()> {
     const OP: &str = "VarMapDropout::finish (unpack)";
     let dtype = Dtype::of(OP, d.dtype())?;
     let numel = dl.shape().elem_count() as u64;
@@ -563,24 +563,28 @@ pub(crate) fn unpack(
     if total != count as u64 {
         bail!("{OP}: internal error, {count} held values for a mask of {total}")
     }
-    let offsets = &offsets[..];
     let (db, at) = input(OP, "the weight", d, dl)?;
-    let hl = Layout::contiguous(count);
-    let (hb, hat) = input(OP, "the held values", held, &hl)?;
+    let (hb, hat) = input(OP, "the held values", held, &Layout::contiguous(count))?;
     let inputs = vec![
-        (Buf::W, DevBuf::from_bytes(&db, at)?),
+        (Buf::Out, DevBuf::from_bytes(&db, at)?),
         (Buf::Bits, DevBuf::from_bytes(as_bytes(bits), 0)?),
-        (Buf::Offsets, DevBuf::from_bytes(as_bytes(offsets), 0)?),
+        (Buf::Offsets, DevBuf::from_bytes(as_bytes(&offsets), 0)?),
         (Buf::Held, DevBuf::from_bytes(&hb, hat)?),
     ];
-    let lim = ctx.gpu.limits()?;
-    let mut b = execute(
-        OP,
-        ctx,
-        &plan::unpack(dtype, numel, count as u64, &lim),
-        inputs,
-    )?;
-    Ok(storage(dtype, b.take(Buf::Out)?.bytes()))
+    let plan = plan::unpack(dtype, numel, count as u64, &ctx.gpu.limits()?);
+    let mut b = execute(OP, ctx, &plan, inputs)?;
+    let out = b.take(Buf::Out)?;
+    let Some((start, end)) = dl.contiguous_offsets() else {
+        bail!("{OP}: internal error, the weight is not contiguous")
+    };
+    match d {
+        CpuStorage::F16(v) => v[start..end].copy_from_slice(&from_bytes::<f16>(out.bytes())),
+        CpuStorage::BF16(v) => v[start..end].copy_from_slice(&from_bytes::<bf16>(out.bytes())),
+        CpuStorage::F32(v) => v[start..end].copy_from_slice(&from_bytes::<f32>(out.bytes())),
+        CpuStorage::F64(v) => v[start..end].copy_from_slice(&from_bytes::<f64>(out.bytes())),
+        other => bail!("{OP}: unsupported dtype {:?}", other.dtype()),
+    }
+    Ok(())
 }
 
 /// The elements of a float CPU storage.

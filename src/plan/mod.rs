@@ -693,20 +693,11 @@ pub(crate) fn pack(dtype: Dtype, numel: u64, held: u64, lim: &Limits) -> Plan {
     plan
 }
 
-/// The weight back from [`pack`]: [`Buf::Out`] = [`Buf::W`] (the dropped weight) with the
-/// elements whose bit is set taken from [`Buf::Held`] in order: a copy, then only the held
-/// elements written.
+/// The weight back from [`pack`], in place: the elements of [`Buf::Out`] (the variable's
+/// storage, holding the dropped weight) whose bit is set taken from [`Buf::Held`] in order;
+/// only those elements are written.
 pub(crate) fn unpack(dtype: Dtype, numel: u64, held: u64, lim: &Limits) -> Plan {
     let mut plan = Plan::default();
-    plan.alloc(Buf::Out, numel * dtype.size(), Init::Uninit);
-    if numel == 0 {
-        return plan;
-    }
-    plan.steps.push(Step::Copy {
-        from: Buf::W,
-        to: Buf::Out,
-        bytes: numel * dtype.size(),
-    });
     if held > 0 {
         let args = vec![
             Arg::at(Buf::Bits),
